@@ -1,0 +1,113 @@
+"""The float-baseline cache: train once per (dataset, model, train, seed) key, load it after.
+
+An entry is a folder ``<cache_dir>/<key>/`` holding ``model.h5`` and ``meta.json`` (with the
+model file's SHA-256). It is written in a temp folder and renamed into place, so a killed run
+never leaves a half entry under the real name; an entry whose hash or load fails is rebuilt.
+A file lock per key makes concurrent jobs of a sweep wait for the first trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.files import atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.h5"  # HDF5: saves without optimizer state; QAT models load back from it
+META_FILE = "meta.json"
+
+
+def cache_key(spec: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able spec (resolved configs and the seed)."""
+    blob = json.dumps(spec, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    model: Any
+    status: str  # "hit" or "miss"
+    path: Path
+    train_seconds: float
+    history: dict[str, Any]
+
+
+def get_or_train(root: str | os.PathLike, spec: dict[str, Any], train_fn: Callable[[], Any]) -> CacheResult:
+    """Load the baseline for ``spec`` from the cache, or call ``train_fn`` and store its result.
+
+    ``train_fn`` returns an object with ``model``, ``seconds`` and ``history``
+    (:class:`runner.train.TrainResult`).
+    """
+    from filelock import FileLock, Timeout
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(spec)
+    entry = root / key
+    lock = FileLock(str(root / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("baseline %s is being trained by another job; waiting for it", key)
+        lock.acquire()
+    try:
+        if entry.exists():
+            loaded = _load_entry(entry)
+            if loaded is not None:
+                model, meta = loaded
+                log.info("baseline cache hit: %s (trained in %.1fs)", entry, meta["train_seconds"])
+                return CacheResult(model, "hit", entry / MODEL_FILE, float(meta["train_seconds"]), meta.get("history", {}))
+            shutil.rmtree(entry, ignore_errors=True)
+        log.info("baseline cache miss: training %s", key)
+        result = train_fn()
+        _store_entry(root, entry, spec, result)
+        return CacheResult(result.model, "miss", entry / MODEL_FILE, float(result.seconds), result.history)
+    finally:
+        lock.release()
+
+
+def _load_entry(entry: Path):
+    from runner.models import load_model
+
+    try:
+        meta = json.loads((entry / META_FILE).read_text())
+        model_path = entry / MODEL_FILE
+        if sha256_file(model_path) != meta["sha256"]:
+            raise ValueError("model file does not match its recorded SHA-256")
+        return load_model(model_path), meta
+    except Exception as e:  # noqa: BLE001 - any defect means: rebuild
+        log.warning("baseline cache entry %s is incomplete or corrupt (%s); rebuilding it", entry, e)
+        return None
+
+
+def _store_entry(root: Path, entry: Path, spec: dict[str, Any], result: Any) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
+    try:
+        result.model.save(tmp / MODEL_FILE, include_optimizer=False)
+        atomic_write_json(
+            tmp / META_FILE,
+            {
+                "key": entry.name,
+                "spec": spec,
+                "sha256": sha256_file(tmp / MODEL_FILE),
+                "train_seconds": result.seconds,
+                "history": result.history,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

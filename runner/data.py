@@ -1,0 +1,307 @@
+"""Data stage: load a data set into uint8 images (or int token ids) and integer labels.
+
+Images stay uint8 in memory; :func:`batches` scales one batch at a time to float32, so a float
+copy of a whole split never exists (CIFAR-100 as float32 would be 4x the memory).
+
+Each loader is referenced from ``conf/dataset/*.yaml`` by ``_target_``; a new data set is a new
+YAML file plus, when it needs new code, a new loader function here.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: ``x`` uint8 images (N, H, W, C) or int32 token ids (N, L); ``y`` int labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    # Loader-specific extras another stage may need (e.g. the vocabulary of a text set).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+    @property
+    def is_text(self) -> bool:
+        return np.issubdtype(self.train.x.dtype, np.integer) and self.train.x.ndim == 2
+
+
+# --------------------------------------------------------------------------- input scaling
+@dataclass(frozen=True)
+class Scaling:
+    """How raw inputs become model inputs; recorded in results.json.
+
+    kind: ``unit`` (pixels to [0, 1]), ``symmetric`` ([-1, 1]), ``standardize`` ((x/255 - mean) / std,
+    per channel) or ``none`` (pass through, e.g. token ids).
+    """
+
+    kind: str = "unit"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if self.kind not in _SCALINGS:
+            raise RunnerError(
+                f"unknown input_scaling {self.kind!r}; choose one of {sorted(_SCALINGS)}"
+            )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return _SCALINGS[self.kind](self, x)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
+
+
+_SCALINGS = {
+    "unit": lambda s, x: x.astype(np.float32) * np.float32(1 / 255),
+    "symmetric": lambda s, x: x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1),
+    "standardize": lambda s, x: (x.astype(np.float32) * np.float32(1 / 255) - np.asarray(s.mean, np.float32))
+    / np.asarray(s.std, np.float32),
+    "none": lambda s, x: x,
+}
+
+
+def batches(x: np.ndarray, batch_size: int, scaling: Scaling) -> Iterator[np.ndarray]:
+    """Yield scaled batches of ``x`` in order; only one batch is ever converted at a time."""
+    for start in range(0, len(x), batch_size):
+        yield scaling(x[start : start + batch_size])
+
+
+def subset(split: Split, size: int | None, seed: int) -> Split:
+    """A seeded random subset of ``size`` samples (the whole split when ``size`` is None or larger)."""
+    if size is None or size >= len(split):
+        return split
+    if size <= 0:
+        raise RunnerError(f"a subset size must be positive, got {size}")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:size])
+    return Split(split.x[idx], split.y[idx])
+
+
+def calibration_sample(split: Split, n: int, seed: int) -> np.ndarray:
+    """``n`` raw samples of ``split`` drawn with ``seed`` (the representative data of a recipe)."""
+    n = min(int(n), len(split))
+    idx = np.random.default_rng(seed).choice(len(split), size=n, replace=False)
+    return split.x[np.sort(idx)]
+
+
+# --------------------------------------------------------------------------- digits
+def load_digits(
+    name: str = "digits",
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    **_: Any,
+) -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, shipped with the package).
+
+    Pixel values 0..16 are stretched to uint8 0..255 so every image set shares one scaling.
+    The stratified split is reproducible from ``split_seed``.
+    """
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=split_seed, stratify=y
+    )
+    return Dataset(
+        name=name,
+        train=subset(Split(x_tr, y_tr), train_size, split_seed),
+        test=subset(Split(x_te, y_te), test_size, split_seed),
+        num_classes=10,
+        class_names=tuple(str(i) for i in range(10)),
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+CIFAR_DIRNAME = "cifar-100-python"
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras's ``cifar100.load_data()`` keeps its download (``$KERAS_HOME`` or ``~/.keras``)."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+
+
+def load_cifar100(
+    name: str = "cifar100",
+    path: str | None = None,
+    label_mode: str = "fine",
+    train_size: int | None = None,
+    test_size: int | None = None,
+    subset_seed: int = 0,
+    extract_dir: str | None = None,
+    **_: Any,
+) -> Dataset:
+    """CIFAR-100 from a local ``cifar-100-python.tar.gz``, its extracted folder, or Keras's cache.
+
+    The archive holds Python pickles, so only the files the user names are read, and they are
+    unpickled with a loader that accepts nothing but NumPy arrays and plain containers.
+
+    Raises:
+        RunnerError: the data cannot be found offline, the archive has unsafe members, or the
+            folder is not in the ``cifar-100-python`` layout.
+    """
+    if label_mode not in ("fine", "coarse"):
+        raise RunnerError(f"dataset.label_mode must be 'fine' or 'coarse', got {label_mode!r}")
+    folder = _find_cifar_folder(path, extract_dir)
+    meta = _load_pickle(folder / "meta")
+    train = _load_pickle(folder / "train")
+    test = _load_pickle(folder / "test")
+    key = f"{label_mode}_labels"
+    names_key = f"{label_mode}_label_names"
+    try:
+        class_names = tuple(_s(n) for n in meta[names_key])
+        tr = Split(_cifar_images(train["data"]), np.asarray(train[key], np.int64))
+        te = Split(_cifar_images(test["data"]), np.asarray(test[key], np.int64))
+    except (KeyError, ValueError, TypeError) as e:
+        raise RunnerError(
+            f"{folder} is not in the cifar-100-python layout (train/test pickles with 'data' and "
+            f"'{key}', meta with '{names_key}'): {e}"
+        ) from None
+    return Dataset(
+        name=name,
+        train=subset(tr, train_size, subset_seed),
+        test=subset(te, test_size, subset_seed),
+        num_classes=len(class_names),
+        class_names=class_names,
+    )
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _cifar_images(data: Any) -> np.ndarray:
+    arr = np.asarray(data, dtype=np.uint8)
+    if arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"'data' has shape {arr.shape}, expected (N, 3072)")
+    # Rows are channel-major (R plane, G plane, B plane); reshape in place, then one NHWC copy.
+    return np.ascontiguousarray(arr.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _find_cifar_folder(path: str | None, extract_dir: str | None) -> Path:
+    if path:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise RunnerError(f"dataset.path={p} does not exist; point it at cifar-100-python.tar.gz or its extracted folder")
+        if p.is_dir():
+            inner = p / CIFAR_DIRNAME
+            return inner if inner.is_dir() and not (p / "train").exists() else p
+        return _extract_archive(p, Path(extract_dir or p.parent / ".cifar-extract"))
+    cache = keras_cache_dir()
+    if (cache / CIFAR_DIRNAME / "train").exists():
+        return cache / CIFAR_DIRNAME
+    if (cache / f"{CIFAR_DIRNAME}.tar.gz").exists():
+        return _extract_archive(cache / f"{CIFAR_DIRNAME}.tar.gz", cache)
+    raise RunnerError(
+        "CIFAR-100 is not available offline. Provide it one of two ways: put the extracted "
+        f"folder at {cache / CIFAR_DIRNAME} (Keras's cache, as cifar100.load_data() leaves it), "
+        "or pass dataset.path=/path/to/cifar-100-python.tar.gz (or its extracted folder)."
+    )
+
+
+def _extract_archive(archive: Path, target: Path) -> Path:
+    """Extract a CIFAR tarball into ``target`` once; refuse members that would escape it."""
+    done = target / CIFAR_DIRNAME
+    if (done / "train").exists() and (done / ".complete").exists():
+        return done
+    try:
+        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tar:` below
+    except (tarfile.TarError, OSError) as e:
+        raise RunnerError(f"{archive} is not a readable tar archive ({e}); expected cifar-100-python.tar.gz") from None
+    with tar:
+        members = tar.getmembers()
+        for m in members:
+            parts = Path(m.name).parts
+            if m.name.startswith(("/", "\\")) or os.path.isabs(m.name) or ".." in parts:
+                raise RunnerError(
+                    f"refusing {archive}: member {m.name!r} would be written outside the target folder "
+                    "(absolute path or '..'); use an untouched copy of cifar-100-python.tar.gz"
+                )
+        if not any(Path(m.name).parts[:1] == (CIFAR_DIRNAME,) for m in members):
+            raise RunnerError(f"{archive} has no '{CIFAR_DIRNAME}/' folder; it is not the CIFAR-100 python archive")
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
+        try:
+            tar.extractall(tmp, filter="data")
+            (tmp / CIFAR_DIRNAME / ".complete").touch()
+            if done.exists():
+                shutil.rmtree(done)
+            os.replace(tmp / CIFAR_DIRNAME, done)
+        except tarfile.FilterError as e:
+            raise RunnerError(f"refusing {archive}: {e}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("extracted %s to %s", archive, done)
+    return done
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only; any other class is refused."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "float64"),
+        ("numpy", "int64"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _load_pickle(path: Path) -> dict:
+    if not path.is_file():
+        raise RunnerError(
+            f"{path} is missing: the folder is not in the cifar-100-python layout (meta, train, test)"
+        )
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayOnlyUnpickler(io.BufferedReader(f), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a CIFAR pickle"
+        raise RunnerError(f"{path} is not a CIFAR-100 pickle ({e})") from None
+    if not isinstance(obj, dict):
+        raise RunnerError(f"{path} is not a CIFAR-100 pickle (expected a dict, got {type(obj).__name__})")
+    # The real files are Python 2 pickles with bytes keys; accept str keys too.
+    return {_s(k): v for k, v in obj.items()}

@@ -1,0 +1,233 @@
+"""Evaluate stage: score the real artifacts on the test split.
+
+TFLite files run in the LiteRT interpreter (``ai-edge-litert``), batched where the input can be
+resized, with integer inputs quantized and outputs dequantized from the tensors' own scale and
+zero point. This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.data import Scaling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 128
+    num_threads: int = 1
+    latency_warmup: int = 5
+    latency_samples: int = 50
+    progress: bool = True
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> EvalConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+
+
+@dataclass(frozen=True)
+class Metrics:
+    accuracy: float
+    top5: float | None
+    agreement: float | None
+    labels: np.ndarray
+    latency_ms: float | None
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    eval_seconds: float
+
+
+# --------------------------------------------------------------------------- scoring
+def labels_from_outputs(out: np.ndarray) -> np.ndarray:
+    """Predicted labels from a sigmoid (one unit, threshold 0.5) or softmax/logit head."""
+    out = np.asarray(out)
+    if out.ndim == 1 or out.shape[-1] == 1:
+        return (out.reshape(-1) > 0.5).astype(np.int64)
+    return np.argmax(out, axis=-1).astype(np.int64)
+
+
+def top_k_accuracy(out: np.ndarray, y: np.ndarray, k: int) -> float:
+    top = np.argpartition(-out, kth=min(k, out.shape[-1]) - 1, axis=-1)[:, :k]
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def score(
+    out: np.ndarray,
+    y: np.ndarray,
+    reference: np.ndarray | None,
+    num_classes: int,
+    latencies_ms: list[float] | None = None,
+    eval_seconds: float = 0.0,
+) -> Metrics:
+    labels = labels_from_outputs(out)
+    lat = sorted(latencies_ms or [])
+    return Metrics(
+        accuracy=float(np.mean(labels == y)),
+        top5=top_k_accuracy(out, y, 5) if num_classes > 10 else None,
+        agreement=float(np.mean(labels == reference)) if reference is not None else None,
+        labels=labels,
+        latency_ms=statistics.fmean(lat) if lat else None,
+        latency_p50_ms=_percentile(lat, 50),
+        latency_p90_ms=_percentile(lat, 90),
+        eval_seconds=eval_seconds,
+    )
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float | None:
+    return float(np.percentile(sorted_vals, q)) if sorted_vals else None
+
+
+# --------------------------------------------------------------------------- TFLite
+class TFLiteModel:
+    """A ``.tflite`` file in the LiteRT interpreter, fed raw (uint8 / token id) inputs."""
+
+    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
+        self._interp.allocate_tensors()
+        self.input = self._interp.get_input_details()[0]
+        self.output = self._interp.get_output_details()[0]
+        sig = self.input.get("shape_signature", self.input["shape"])
+        # A dynamic batch (-1) can be resized; a fixed one (e.g. a fused LSTM) is fed in its own size.
+        self.fixed_batch = int(sig[0]) if int(sig[0]) > 0 else None
+        self._batch = int(self.input["shape"][0])
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.input["dtype"])
+
+    def prepare(self, x_raw: np.ndarray, scaling: Scaling) -> np.ndarray:
+        """Scale raw inputs, then quantize them if the model takes quantized integers."""
+        dtype = self.input_dtype
+        x = scaling(x_raw)
+        scale, zero_point = self.input["quantization"]
+        if np.issubdtype(dtype, np.integer) and scale and np.issubdtype(np.asarray(x).dtype, np.floating):
+            info = np.iinfo(dtype)
+            return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+        return np.asarray(x, dtype=dtype)
+
+    def _dequantize(self, out: np.ndarray) -> np.ndarray:
+        scale, zero_point = self.output["quantization"]
+        if np.issubdtype(out.dtype, np.integer) and scale:
+            return (out.astype(np.float32) - zero_point) * np.float32(scale)
+        return out.astype(np.float32, copy=False)
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._interp.resize_tensor_input(self.input["index"], [n, *self.input["shape"][1:]], strict=True)
+            self._interp.allocate_tensors()
+            self._batch = n
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """Run one prepared batch whose size the interpreter already has."""
+        self._interp.set_tensor(self.input["index"], x)
+        self._interp.invoke()
+        return self._interp.get_tensor(self.output["index"])
+
+    def predict(self, x_raw: np.ndarray, scaling: Scaling, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        """Dequantized outputs for every sample of ``x_raw``."""
+        n = len(x_raw)
+        bs = self.fixed_batch or max(1, min(batch_size, n))
+        if self.fixed_batch is None:
+            try:
+                self._resize(bs)
+            except (RuntimeError, ValueError) as e:  # input not resizable after all: one at a time
+                log.info("%s: cannot resize input to %d (%s); evaluating one sample at a time", self.path.name, bs, e)
+                self.fixed_batch = bs = int(self.input["shape"][0])
+        outs = []
+        for start in _progress(range(0, n, bs), progress and n > 20 * bs, f"eval {self.path.name}"):
+            chunk = x_raw[start : start + bs]
+            real = len(chunk)
+            if real < bs:
+                if self.fixed_batch is None:
+                    self._resize(real)
+                else:  # pad a fixed-batch model's last batch
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - real, axis=0)])
+            outs.append(self._dequantize(self.invoke(self.prepare(chunk, scaling)))[:real].copy())
+        return np.concatenate(outs) if outs else np.empty((0,), np.float32)
+
+    def latencies(self, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int) -> list[float]:
+        """Single-invoke latency in ms over ``samples`` inputs (after ``warmup`` untimed runs).
+
+        A dynamic-batch model is timed at batch 1; a fixed-batch model at its own batch.
+        """
+        bs = self.fixed_batch or 1
+        if self.fixed_batch is None:
+            self._resize(1)
+        idx = np.arange(max(samples, 1)) % len(x_raw)
+        prepared = [self.prepare(np.repeat(x_raw[i : i + 1], bs, axis=0), scaling) for i in idx]
+        for x in prepared[:warmup]:
+            self.invoke(x)
+        times = []
+        for x in prepared[:samples]:
+            self._interp.set_tensor(self.input["index"], x)
+            t0 = time.perf_counter()
+            self._interp.invoke()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+def evaluate_tflite(
+    path: str | Path, x_raw: np.ndarray, y: np.ndarray, scaling: Scaling, reference: np.ndarray | None, num_classes: int, cfg: EvalConfig
+) -> Metrics:
+    t0 = time.perf_counter()
+    model = TFLiteModel(path, num_threads=cfg.num_threads)
+    out = model.predict(x_raw, scaling, cfg.batch_size, progress=cfg.progress)
+    seconds = time.perf_counter() - t0
+    lat = model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples) if cfg.latency_samples else None
+    return score(out, y, reference, num_classes, lat, seconds)
+
+
+# --------------------------------------------------------------------------- Keras
+def predict_keras(model, x_raw: np.ndarray, scaling: Scaling, batch_size: int = 128) -> np.ndarray:
+    # A direct call in inference mode: no tf.function retracing for a short last batch.
+    outs = [np.asarray(model(scaling(x_raw[s : s + batch_size]), training=False)) for s in range(0, len(x_raw), batch_size)]
+    return np.concatenate(outs)
+
+
+def keras_latencies(model, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int) -> list[float]:
+    idx = np.arange(max(samples, 1)) % len(x_raw)
+    xs = [scaling(x_raw[i : i + 1]) for i in idx]
+    for x in xs[:warmup]:
+        model(x, training=False)
+    times = []
+    for x in xs[:samples]:
+        t0 = time.perf_counter()
+        model(x, training=False)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def evaluate_keras(
+    model, x_raw: np.ndarray, y: np.ndarray, scaling: Scaling, reference: np.ndarray | None, num_classes: int, cfg: EvalConfig
+) -> Metrics:
+    t0 = time.perf_counter()
+    out = predict_keras(model, x_raw, scaling, cfg.batch_size)
+    seconds = time.perf_counter() - t0
+    lat = keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples) if cfg.latency_samples else None
+    return score(out, y, reference, num_classes, lat, seconds)
+
+
+def _progress(it: range, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit="batch", leave=False)
+
+
+EvaluateFn = Callable[..., Metrics]

@@ -1,0 +1,301 @@
+"""Chains the stages for one run: data -> baseline -> recipe -> evaluation -> report.
+
+:func:`run` takes a composed config and an output folder, so tests and the benchmark call it
+without Hydra's command line. The table is rewritten after every artifact, so a later failure
+never loses a finished row.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import report
+from runner.data import Dataset, Scaling
+from runner.errors import RunnerError
+from runner.evaluate import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
+from runner.files import atomic_copy, atomic_write_json, sha256_file
+from runner.quantize import Artifact, RecipeContext, summarize_error
+
+log = logging.getLogger(__name__)
+
+VERSIONED = ["tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "hydra-core", "omegaconf", "numpy"]
+# Dataset keys that do not change the trained model, left out of the baseline cache key.
+NOT_IN_CACHE_KEY = ("test_size",)
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.rows)
+
+    def row(self, artifact: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["artifact"] == artifact)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def scaling_from(model_cfg: Any) -> Scaling:
+    return Scaling(
+        kind=str(model_cfg.get("input_scaling", "unit")),
+        mean=tuple(model_cfg.get("input_mean") or (0.0,)),
+        std=tuple(model_cfg.get("input_std") or (1.0,)),
+    )
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.dataset, _convert_="all")
+
+
+def baseline_spec(cfg: DictConfig) -> dict[str, Any]:
+    data = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in NOT_IN_CACHE_KEY}
+    return {
+        "dataset": data,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "train": OmegaConf.to_container(cfg.train, resolve=True),
+        "seed": cfg.seed,
+    }
+
+
+@dataclass
+class Baseline:
+    model: Any
+    path: Path
+    cache: str  # hit, miss or pretrained
+    train_seconds: float
+
+
+def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
+    """The trained float model: loaded from ``model.path``, from the cache, or trained now."""
+    import tf_keras as keras
+    from hydra.utils import instantiate
+
+    from runner import cache
+    from runner.train import TrainConfig, train
+
+    keras.backend.clear_session()  # a reused worker process (joblib) starts clean
+    builder = instantiate(cfg.model, _convert_="all")
+    if not cfg.model.get("needs_training", True):
+        model = builder(input_shape=data.input_shape, num_classes=data.num_classes)
+        return Baseline(model, Path(cfg.model.path), "pretrained", 0.0)
+
+    def _train():
+        model = builder(input_shape=data.input_shape, num_classes=data.num_classes)
+        return train(model, data, TrainConfig.from_mapping(cfg.train), scaling)
+
+    got = cache.get_or_train(Path(cfg.cache_dir), baseline_spec(cfg), _train)
+    return Baseline(got.model, got.path, got.status, got.train_seconds)
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
+    """Run one experiment; writes ``models/``, ``comparison.{csv,md}`` and ``results.json``."""
+
+    out = Path(output_dir)
+    models_dir = out / "models"
+    result = RunResult(out)
+    timings: dict[str, float] = {}
+    ecfg = EvalConfig.from_mapping(cfg.evaluation)
+
+    t = time.perf_counter()
+    data = load_dataset(cfg)
+    timings["data_seconds"] = time.perf_counter() - t
+    scaling = scaling_from(cfg.model)
+    log.info("data: %s, %d train / %d test, input %s, %d classes", data.name, len(data.train), len(data.test), data.input_shape, data.num_classes)
+
+    t = time.perf_counter()
+    base = get_baseline(cfg, data, scaling)
+    timings["baseline_seconds"] = time.perf_counter() - t
+
+    common = {"dataset": data.name, "model": str(cfg.model.get("name", "model")), "baseline_cache": base.cache}
+    state = _State(cfg, result, common, timings, scaling)
+
+    # 1. the float Keras model: the reference for accuracy_delta and agreement
+    keras_path = base.path if base.cache == "pretrained" else atomic_copy(base.path, models_dir / "float.h5")
+    t = time.perf_counter()
+    m = evaluate_keras(base.model, data.test.x, data.test.y, scaling, None, data.num_classes, ecfg)
+    timings["evaluate_seconds"] = time.perf_counter() - t
+    state.reference = m
+    state.add(
+        Artifact(Path(keras_path).name, "float", Path(keras_path), "keras", False, train_seconds=base.train_seconds),
+        m, use_case="the trained float model: the reference for accuracy and agreement",
+    )
+
+    # 2. the float32 TFLite reference (every size is compared with it), then 3. the recipe's artifacts
+    ctx = RecipeContext(model=base.model, dataset=data, scaling=scaling, models_dir=models_dir, train_cfg=cfg.train)
+    recipe_cfgs = [cfg.reference] + ([cfg.recipe] if cfg.recipe != cfg.reference else [])
+    for rcfg in recipe_cfgs:
+        state.produce_and_score(rcfg, ctx, data, ecfg)
+    state.finish()
+    return result
+
+
+@dataclass
+class _State:
+    cfg: DictConfig
+    result: RunResult
+    common: dict[str, Any]
+    timings: dict[str, float]
+    scaling: Scaling
+    reference: Metrics | None = None
+    reference_size: int | None = None
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    def produce_and_score(self, rcfg: DictConfig, ctx: RecipeContext, data: Dataset, ecfg: EvalConfig) -> None:
+        from hydra.utils import instantiate
+
+        name = str(rcfg.get("name", "?"))
+        use_case = str(rcfg.get("use_case", ""))
+        t = time.perf_counter()
+        try:
+            recipe = instantiate(rcfg, _convert_="all")
+            artifacts = recipe.produce(ctx)
+        except Exception as e:  # noqa: BLE001 - a failing recipe is a failed row, never a lost table
+            log.error("recipe %s failed: %s", name, summarize_error(e))
+            log.debug("recipe %s traceback", name, exc_info=True)
+            self.fail(name, f"{name}.tflite", summarize_error(e), use_case)
+            return
+        finally:
+            self.timings["convert_seconds"] = self.timings.get("convert_seconds", 0.0) + time.perf_counter() - t
+        for art in artifacts:
+            t = time.perf_counter()
+            try:
+                if art.format == "tflite":
+                    m = evaluate_tflite(art.path, data.test.x, data.test.y, self.scaling, self.reference.labels, data.num_classes, ecfg)
+                else:
+                    m = evaluate_keras(art.model, data.test.x, data.test.y, self.scaling, self.reference.labels, data.num_classes, ecfg)
+            except Exception as e:  # noqa: BLE001
+                log.error("evaluating %s failed: %s", art.path, summarize_error(e))
+                self.fail(name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case)
+                continue
+            finally:
+                self.timings["evaluate_seconds"] += time.perf_counter() - t
+            self.add(art, m, use_case)
+
+    def add(self, art: Artifact, m: Metrics, use_case: str) -> None:
+        size = _size(art.path)
+        if art.recipe == "none":
+            self.reference_size = size
+            for r in self.result.rows:  # rows added before the reference existed
+                if r["size_bytes"]:
+                    r["compression"] = size / r["size_bytes"]
+        ref_acc = self.reference.accuracy if self.reference else m.accuracy
+        sha = sha256_file(art.path) if art.path.is_file() else None
+        self.hashes[art.name] = sha or ""
+        self.result.rows.append(
+            report.empty_row(
+                **self.common,
+                recipe=art.recipe,
+                artifact=art.name,
+                format=art.format,
+                size_bytes=size,
+                size_mb=size / report.MB,
+                compression=(self.reference_size / size) if self.reference_size and size else None,
+                accuracy=m.accuracy,
+                accuracy_delta=m.accuracy - ref_acc,
+                agreement=m.agreement if m.agreement is not None else 1.0,
+                top5=m.top5,
+                latency_ms=m.latency_ms,
+                latency_p50_ms=m.latency_p50_ms,
+                latency_p90_ms=m.latency_p90_ms,
+                train_seconds=art.train_seconds,
+                convert_seconds=art.convert_seconds,
+                status="ok",
+                error="",
+                use_case=use_case,
+                path=str(art.path),
+                sha256=sha,
+            )
+        )
+        self._check_agreement(art, self.result.rows[-1]["agreement"])
+        self.write()
+
+    def _check_agreement(self, art: Artifact, agreement: float) -> None:
+        ecfg = self.cfg.evaluation
+        floor = float(ecfg.min_agreement_quantized if art.quantized else ecfg.min_agreement)
+        if agreement < floor:
+            what = "the conversion, not the quantization, changed the model" if not art.quantized else "quantization changed many predictions"
+            self.result.warnings.append(
+                f"{art.name}: agreement with the float Keras model is {agreement:.4f} < {floor} ({what})"
+            )
+
+    def fail(self, recipe: str, artifact: str, error: str, use_case: str) -> None:
+        self.result.rows.append(
+            report.empty_row(**self.common, recipe=recipe, artifact=artifact, format="tflite", status="failed", error=error, use_case=use_case)
+        )
+        self.write()
+
+    def write(self) -> None:
+        out = self.result.output_dir
+        report.write_tables(self.result.rows, out)
+        atomic_write_json(
+            out / "results.json",
+            {
+                "status": "ok" if self.result.ok else "failed",
+                "rows": self.result.rows,
+                "warnings": self.result.warnings,
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "seeds": {
+                    "seed": self.cfg.seed,
+                    "train": self.cfg.train.get("seed"),
+                    "split": self.cfg.dataset.get("split_seed", self.cfg.dataset.get("subset_seed")),
+                    "calibration": self.cfg.recipe.get("calibration_seed"),
+                },
+                "input_scaling": self.scaling.as_dict(),
+                "num_threads": int(self.cfg.evaluation.num_threads),
+                "versions": versions(),
+                "sha256": self.hashes,
+                "timings": self.timings,
+            },
+        )
+
+    def finish(self) -> None:
+        for w in self.result.warnings:
+            log.warning("%s", w)
+        self.write()
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def failed_job_rows(cfg: DictConfig, error: str) -> list[dict[str, Any]]:
+    """The one row a job that failed before any artifact existed leaves in the table."""
+    return [
+        report.empty_row(
+            dataset=str(cfg.dataset.get("name", "?")),
+            model=str(cfg.model.get("name", "?")),
+            recipe=str(cfg.recipe.get("name", "?")),
+            artifact="",
+            status="failed",
+            error=error,
+            use_case=str(cfg.recipe.get("use_case", "")),
+        )
+    ]
+
+
+def ensure_runner_error(e: BaseException) -> RunnerError:
+    return e if isinstance(e, RunnerError) else RunnerError(summarize_error(e))

@@ -1,0 +1,126 @@
+"""Train stage: Keras ``fit`` on uint8 data scaled one batch at a time."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runner.data import Dataset, Scaling, Split
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"
+    learning_rate: float = 3e-3
+    seed: int = 0
+    validation_split: float = 0.1
+    early_stopping_patience: int = 5
+    verbose: int = 0
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def batch_sequence(split: Split, batch_size: int, scaling: Scaling, shuffle: bool, seed: int, steps: int | None = None):
+    """A ``keras.utils.Sequence`` over ``split`` that scales each batch as it is served.
+
+    With ``steps`` larger than one pass, indices wrap around, so a fit that asks for
+    ``steps_per_epoch * epochs`` batches never runs dry, however small the data.
+    """
+    import tf_keras as keras
+
+    class _Seq(keras.utils.Sequence):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(split))
+            self.per_pass = max(1, math.ceil(len(split) / batch_size))
+            self.steps = steps or self.per_pass
+            self.on_epoch_end()
+
+        def __len__(self) -> int:
+            return self.steps
+
+        def __getitem__(self, i: int):
+            start = (i % self.per_pass) * batch_size
+            idx = self.order[start : start + batch_size]
+            return scaling(split.x[idx]), split.y[idx]
+
+        def on_epoch_end(self) -> None:
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+    return _Seq()
+
+
+def loss_for(model) -> str:
+    """One sigmoid unit means binary labels; otherwise integer labels over a softmax."""
+    return "binary_crossentropy" if int(model.output_shape[-1]) == 1 else "sparse_categorical_crossentropy"
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import tf_keras as keras
+
+    try:
+        return keras.optimizers.get({"class_name": name, "config": {"learning_rate": float(learning_rate)}})
+    except ValueError:
+        raise RunnerError(f"unknown train.optimizer {name!r}; use a Keras optimizer name such as adam, sgd, rmsprop") from None
+
+
+def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    if not fraction:
+        return train, None
+    n_val = max(1, int(round(len(train) * fraction)))
+    perm = np.random.default_rng(seed).permutation(len(train))
+    val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return Split(train.x[tr], train.y[tr]), Split(train.x[val], train.y[val])
+
+
+def train(model, data: Dataset, cfg: TrainConfig, scaling: Scaling) -> TrainResult:
+    """Fit ``model`` on ``data.train``; returns the model with its best validation weights."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    fit_split, val_split = split_validation(data.train, cfg.validation_split, cfg.seed)
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate), loss=loss_for(model), metrics=["accuracy"])
+    callbacks = []
+    if val_split is not None and cfg.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True)
+        )
+    val = batch_sequence(val_split, cfg.batch_size, scaling, False, cfg.seed) if val_split is not None else None
+    t0 = time.perf_counter()
+    hist = model.fit(
+        batch_sequence(fit_split, cfg.batch_size, scaling, True, cfg.seed),
+        validation_data=val,
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        verbose=cfg.verbose,
+    )
+    seconds = time.perf_counter() - t0
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    log.info(
+        "trained %s for %d epochs in %.1fs (best val_accuracy %s)",
+        model.name, len(history.get("loss", [])), seconds,
+        f"{max(history['val_accuracy']):.4f}" if history.get("val_accuracy") else "n/a",
+    )
+    return TrainResult(model=model, seconds=seconds, history=history)
