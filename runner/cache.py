@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,9 @@ class CacheResult:
     history: dict[str, Any]
 
 
-def get_or_train(root: str | os.PathLike, spec: dict[str, Any], train_fn: Callable[[], Any]) -> CacheResult:
+def get_or_train(
+    root: str | os.PathLike, spec: dict[str, Any], train_fn: Callable[[], Any]
+) -> CacheResult:
     """Load the baseline for ``spec`` from the cache, or call ``train_fn`` and store its result.
 
     ``train_fn`` returns an object with ``model``, ``seconds`` and ``history``
@@ -67,12 +70,20 @@ def get_or_train(root: str | os.PathLike, spec: dict[str, Any], train_fn: Callab
             if loaded is not None:
                 model, meta = loaded
                 log.info("baseline cache hit: %s (trained in %.1fs)", entry, meta["train_seconds"])
-                return CacheResult(model, "hit", entry / MODEL_FILE, float(meta["train_seconds"]), meta.get("history", {}))
+                return CacheResult(
+                    model,
+                    "hit",
+                    entry / MODEL_FILE,
+                    float(meta["train_seconds"]),
+                    meta.get("history", {}),
+                )
             shutil.rmtree(entry, ignore_errors=True)
         log.info("baseline cache miss: training %s", key)
         result = train_fn()
         _store_entry(root, entry, spec, result)
-        return CacheResult(result.model, "miss", entry / MODEL_FILE, float(result.seconds), result.history)
+        return CacheResult(
+            result.model, "miss", entry / MODEL_FILE, float(result.seconds), result.history
+        )
     finally:
         lock.release()
 
@@ -87,14 +98,18 @@ def _load_entry(entry: Path):
             raise ValueError("model file does not match its recorded SHA-256")
         return load_model(model_path), meta
     except Exception as e:  # noqa: BLE001 - any defect means: rebuild
-        log.warning("baseline cache entry %s is incomplete or corrupt (%s); rebuilding it", entry, e)
+        log.warning(
+            "baseline cache entry %s is incomplete or corrupt (%s); rebuilding it", entry, e
+        )
         return None
 
 
 def _store_entry(root: Path, entry: Path, spec: dict[str, Any], result: Any) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
     try:
-        result.model.save(tmp / MODEL_FILE, include_optimizer=False)
+        with warnings.catch_warnings():  # HDF5 is chosen on purpose (see MODEL_FILE)
+            warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
+            result.model.save(tmp / MODEL_FILE, include_optimizer=False)
         atomic_write_json(
             tmp / META_FILE,
             {

@@ -87,8 +87,10 @@ class Scaling:
 _SCALINGS = {
     "unit": lambda s, x: x.astype(np.float32) * np.float32(1 / 255),
     "symmetric": lambda s, x: x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1),
-    "standardize": lambda s, x: (x.astype(np.float32) * np.float32(1 / 255) - np.asarray(s.mean, np.float32))
-    / np.asarray(s.std, np.float32),
+    "standardize": lambda s, x: (
+        (x.astype(np.float32) * np.float32(1 / 255) - np.asarray(s.mean, np.float32))
+        / np.asarray(s.std, np.float32)
+    ),
     "none": lambda s, x: x,
 }
 
@@ -218,7 +220,9 @@ def _find_cifar_folder(path: str | None, extract_dir: str | None) -> Path:
     if path:
         p = Path(path).expanduser()
         if not p.exists():
-            raise RunnerError(f"dataset.path={p} does not exist; point it at cifar-100-python.tar.gz or its extracted folder")
+            raise RunnerError(
+                f"dataset.path={p} does not exist; point it at cifar-100-python.tar.gz or its extracted folder"
+            )
         if p.is_dir():
             inner = p / CIFAR_DIRNAME
             return inner if inner.is_dir() and not (p / "train").exists() else p
@@ -243,7 +247,9 @@ def _extract_archive(archive: Path, target: Path) -> Path:
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tar:` below
     except (tarfile.TarError, OSError) as e:
-        raise RunnerError(f"{archive} is not a readable tar archive ({e}); expected cifar-100-python.tar.gz") from None
+        raise RunnerError(
+            f"{archive} is not a readable tar archive ({e}); expected cifar-100-python.tar.gz"
+        ) from None
     with tar:
         members = tar.getmembers()
         for m in members:
@@ -254,7 +260,9 @@ def _extract_archive(archive: Path, target: Path) -> Path:
                     "(absolute path or '..'); use an untouched copy of cifar-100-python.tar.gz"
                 )
         if not any(Path(m.name).parts[:1] == (CIFAR_DIRNAME,) for m in members):
-            raise RunnerError(f"{archive} has no '{CIFAR_DIRNAME}/' folder; it is not the CIFAR-100 python archive")
+            raise RunnerError(
+                f"{archive} has no '{CIFAR_DIRNAME}/' folder; it is not the CIFAR-100 python archive"
+            )
         target.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
         try:
@@ -283,6 +291,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
         ("numpy", "float64"),
         ("numpy", "int64"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 rebuild bytes
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -302,6 +311,8 @@ def _load_pickle(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a CIFAR pickle"
         raise RunnerError(f"{path} is not a CIFAR-100 pickle ({e})") from None
     if not isinstance(obj, dict):
-        raise RunnerError(f"{path} is not a CIFAR-100 pickle (expected a dict, got {type(obj).__name__})")
+        raise RunnerError(
+            f"{path} is not a CIFAR-100 pickle (expected a dict, got {type(obj).__name__})"
+        )
     # The real files are Python 2 pickles with bytes keys; accept str keys too.
     return {_s(k): v for k, v in obj.items()}

@@ -115,7 +115,11 @@ class TFLiteModel:
         dtype = self.input_dtype
         x = scaling(x_raw)
         scale, zero_point = self.input["quantization"]
-        if np.issubdtype(dtype, np.integer) and scale and np.issubdtype(np.asarray(x).dtype, np.floating):
+        if (
+            np.issubdtype(dtype, np.integer)
+            and scale
+            and np.issubdtype(np.asarray(x).dtype, np.floating)
+        ):
             info = np.iinfo(dtype)
             return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
         return np.asarray(x, dtype=dtype)
@@ -128,7 +132,9 @@ class TFLiteModel:
 
     def _resize(self, n: int) -> None:
         if n != self._batch:
-            self._interp.resize_tensor_input(self.input["index"], [n, *self.input["shape"][1:]], strict=True)
+            self._interp.resize_tensor_input(
+                self.input["index"], [n, *self.input["shape"][1:]], strict=True
+            )
             self._interp.allocate_tensors()
             self._batch = n
 
@@ -138,7 +144,9 @@ class TFLiteModel:
         self._interp.invoke()
         return self._interp.get_tensor(self.output["index"])
 
-    def predict(self, x_raw: np.ndarray, scaling: Scaling, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+    def predict(
+        self, x_raw: np.ndarray, scaling: Scaling, batch_size: int = 128, progress: bool = False
+    ) -> np.ndarray:
         """Dequantized outputs for every sample of ``x_raw``."""
         n = len(x_raw)
         bs = self.fixed_batch or max(1, min(batch_size, n))
@@ -146,7 +154,12 @@ class TFLiteModel:
             try:
                 self._resize(bs)
             except (RuntimeError, ValueError) as e:  # input not resizable after all: one at a time
-                log.info("%s: cannot resize input to %d (%s); evaluating one sample at a time", self.path.name, bs, e)
+                log.info(
+                    "%s: cannot resize input to %d (%s); evaluating one sample at a time",
+                    self.path.name,
+                    bs,
+                    e,
+                )
                 self.fixed_batch = bs = int(self.input["shape"][0])
         outs = []
         for start in _progress(range(0, n, bs), progress and n > 20 * bs, f"eval {self.path.name}"):
@@ -160,7 +173,9 @@ class TFLiteModel:
             outs.append(self._dequantize(self.invoke(self.prepare(chunk, scaling)))[:real].copy())
         return np.concatenate(outs) if outs else np.empty((0,), np.float32)
 
-    def latencies(self, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int) -> list[float]:
+    def latencies(
+        self, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int
+    ) -> list[float]:
         """Single-invoke latency in ms over ``samples`` inputs (after ``warmup`` untimed runs).
 
         A dynamic-batch model is timed at batch 1; a fixed-batch model at its own batch.
@@ -182,24 +197,39 @@ class TFLiteModel:
 
 
 def evaluate_tflite(
-    path: str | Path, x_raw: np.ndarray, y: np.ndarray, scaling: Scaling, reference: np.ndarray | None, num_classes: int, cfg: EvalConfig
+    path: str | Path,
+    x_raw: np.ndarray,
+    y: np.ndarray,
+    scaling: Scaling,
+    reference: np.ndarray | None,
+    num_classes: int,
+    cfg: EvalConfig,
 ) -> Metrics:
     t0 = time.perf_counter()
     model = TFLiteModel(path, num_threads=cfg.num_threads)
     out = model.predict(x_raw, scaling, cfg.batch_size, progress=cfg.progress)
     seconds = time.perf_counter() - t0
-    lat = model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples) if cfg.latency_samples else None
+    lat = (
+        model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
+        if cfg.latency_samples
+        else None
+    )
     return score(out, y, reference, num_classes, lat, seconds)
 
 
 # --------------------------------------------------------------------------- Keras
 def predict_keras(model, x_raw: np.ndarray, scaling: Scaling, batch_size: int = 128) -> np.ndarray:
     # A direct call in inference mode: no tf.function retracing for a short last batch.
-    outs = [np.asarray(model(scaling(x_raw[s : s + batch_size]), training=False)) for s in range(0, len(x_raw), batch_size)]
+    outs = [
+        np.asarray(model(scaling(x_raw[s : s + batch_size]), training=False))
+        for s in range(0, len(x_raw), batch_size)
+    ]
     return np.concatenate(outs)
 
 
-def keras_latencies(model, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int) -> list[float]:
+def keras_latencies(
+    model, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int
+) -> list[float]:
     idx = np.arange(max(samples, 1)) % len(x_raw)
     xs = [scaling(x_raw[i : i + 1]) for i in idx]
     for x in xs[:warmup]:
@@ -213,12 +243,22 @@ def keras_latencies(model, x_raw: np.ndarray, scaling: Scaling, warmup: int, sam
 
 
 def evaluate_keras(
-    model, x_raw: np.ndarray, y: np.ndarray, scaling: Scaling, reference: np.ndarray | None, num_classes: int, cfg: EvalConfig
+    model,
+    x_raw: np.ndarray,
+    y: np.ndarray,
+    scaling: Scaling,
+    reference: np.ndarray | None,
+    num_classes: int,
+    cfg: EvalConfig,
 ) -> Metrics:
     t0 = time.perf_counter()
     out = predict_keras(model, x_raw, scaling, cfg.batch_size)
     seconds = time.perf_counter() - t0
-    lat = keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples) if cfg.latency_samples else None
+    lat = (
+        keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
+        if cfg.latency_samples
+        else None
+    )
     return score(out, y, reference, num_classes, lat, seconds)
 
 

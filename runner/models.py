@@ -38,7 +38,9 @@ def _head(x, num_classes: int, sigmoid_for_binary: bool):
 def _conv_bn_relu(x, filters: int, name: str, bn_momentum: float, strides: int = 1):
     """Conv2D -> BatchNorm -> ReLU: the pattern QAT and the TFLite converter fold into one op."""
     keras = _keras()
-    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.Conv2D(
+        filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
     x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -61,7 +63,11 @@ def small_cnn(
         x = _conv_bn_relu(x, int(f), f"block{i + 1}", bn_momentum)
         if i > 0 and min(x.shape[1:3]) > 4:
             x = keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x) if min(x.shape[1:3]) > 4 else keras.layers.Flatten(name="flatten")(x)
+    x = (
+        keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        if min(x.shape[1:3]) > 4
+        else keras.layers.Flatten(name="flatten")(x)
+    )
     if dense_units:
         x = keras.layers.Dense(int(dense_units), activation="relu", name="fc")(x)
     if dropout:
@@ -92,15 +98,23 @@ def resnet(
             strides = 2 if stage > 0 and block == 0 and min(x.shape[1:3]) > 2 else 1
             shortcut = x
             y = _conv_bn_relu(x, filters, f"{name}a", bn_momentum, strides)
-            y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}b_conv")(y)
+            y = keras.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, name=f"{name}b_conv"
+            )(y)
             y = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}b_bn")(y)
             if strides != 1 or shortcut.shape[-1] != filters:
-                shortcut = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
-                shortcut = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_proj_bn")(shortcut)
+                shortcut = keras.layers.Conv2D(
+                    filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv"
+                )(x)
+                shortcut = keras.layers.BatchNormalization(
+                    momentum=bn_momentum, name=f"{name}_proj_bn"
+                )(shortcut)
             x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
             x = keras.layers.ReLU(name=f"{name}_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=False), name=f"resnet{depth}")
+    return keras.Model(
+        inputs, _head(x, num_classes, sigmoid_for_binary=False), name=f"resnet{depth}"
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -118,17 +132,25 @@ def load_pretrained(
             or a model whose input or output does not match the data set.
     """
     if not path:
-        raise RunnerError("model=pretrained needs model.path=/path/to/model.keras (or .h5, or a SavedModel folder)")
+        raise RunnerError(
+            "model=pretrained needs model.path=/path/to/model.keras (or .h5, or a SavedModel folder)"
+        )
     model = load_model(path, safe_mode=safe_mode)
     if input_shape is not None:
         got = tuple(model.input_shape[1:])
         want = tuple(input_shape)
-        if len(got) != len(want) or any(g is not None and g != w for g, w in zip(got, want, strict=False)):
-            raise RunnerError(f"{path} expects inputs of shape {got}, but the data set gives {want}")
+        if len(got) != len(want) or any(
+            g is not None and g != w for g, w in zip(got, want, strict=False)
+        ):
+            raise RunnerError(
+                f"{path} expects inputs of shape {got}, but the data set gives {want}"
+            )
     if num_classes is not None:
         out = int(model.output_shape[-1])
         if not (out == num_classes or (out == 1 and num_classes == 2)):
-            raise RunnerError(f"{path} has {out} outputs, but the data set has {num_classes} classes")
+            raise RunnerError(
+                f"{path} has {out} outputs, but the data set has {num_classes} classes"
+            )
     return model
 
 
@@ -141,7 +163,9 @@ def load_model(path: str | Path, safe_mode: bool = True):
     """
     p = Path(path).expanduser()
     if not p.exists():
-        raise RunnerError(f"model file {p} does not exist; expected a .keras/.h5 file or a SavedModel folder")
+        raise RunnerError(
+            f"model file {p} does not exist; expected a .keras/.h5 file or a SavedModel folder"
+        )
     layers = list(_layers_in_file(p))
     lambdas = [name for cls, name in layers if cls == "Lambda"]
     if lambdas and safe_mode:
@@ -206,7 +230,7 @@ def _saved_model_configs(p: Path) -> list[dict]:
         raise ValueError("folder has no saved_model.pb")
     if not meta.exists():
         return []
-    from tf_keras.src.protobuf import saved_metadata_pb2
+    from tf_keras.protobuf import saved_metadata_pb2
 
     proto = saved_metadata_pb2.SavedMetadata()
     proto.ParseFromString(meta.read_bytes())

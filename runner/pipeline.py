@@ -26,7 +26,15 @@ from runner.quantize import Artifact, RecipeContext, summarize_error
 
 log = logging.getLogger(__name__)
 
-VERSIONED = ["tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "hydra-core", "omegaconf", "numpy"]
+VERSIONED = [
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-model-optimization",
+    "ai-edge-litert",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+]
 # Dataset keys that do not change the trained model, left out of the baseline cache key.
 NOT_IN_CACHE_KEY = ("test_size",)
 
@@ -63,14 +71,32 @@ def scaling_from(model_cfg: Any) -> Scaling:
     )
 
 
-def load_dataset(cfg: DictConfig) -> Dataset:
+def build(node: DictConfig) -> Any:
+    """``hydra.utils.instantiate`` that lets our own RunnerError through unwrapped."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(cfg.dataset, _convert_="all")
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, RunnerError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    return build(cfg.dataset)
 
 
 def baseline_spec(cfg: DictConfig) -> dict[str, Any]:
-    data = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in NOT_IN_CACHE_KEY}
+    data = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+        if k not in NOT_IN_CACHE_KEY
+    }
     return {
         "dataset": data,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -122,28 +148,51 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
     data = load_dataset(cfg)
     timings["data_seconds"] = time.perf_counter() - t
     scaling = scaling_from(cfg.model)
-    log.info("data: %s, %d train / %d test, input %s, %d classes", data.name, len(data.train), len(data.test), data.input_shape, data.num_classes)
+    log.info(
+        "data: %s, %d train / %d test, input %s, %d classes",
+        data.name,
+        len(data.train),
+        len(data.test),
+        data.input_shape,
+        data.num_classes,
+    )
 
     t = time.perf_counter()
     base = get_baseline(cfg, data, scaling)
     timings["baseline_seconds"] = time.perf_counter() - t
 
-    common = {"dataset": data.name, "model": str(cfg.model.get("name", "model")), "baseline_cache": base.cache}
+    common = {
+        "dataset": data.name,
+        "model": str(cfg.model.get("name", "model")),
+        "baseline_cache": base.cache,
+    }
     state = _State(cfg, result, common, timings, scaling)
 
     # 1. the float Keras model: the reference for accuracy_delta and agreement
-    keras_path = base.path if base.cache == "pretrained" else atomic_copy(base.path, models_dir / "float.h5")
+    keras_path = (
+        base.path if base.cache == "pretrained" else atomic_copy(base.path, models_dir / "float.h5")
+    )
     t = time.perf_counter()
     m = evaluate_keras(base.model, data.test.x, data.test.y, scaling, None, data.num_classes, ecfg)
     timings["evaluate_seconds"] = time.perf_counter() - t
     state.reference = m
     state.add(
-        Artifact(Path(keras_path).name, "float", Path(keras_path), "keras", False, train_seconds=base.train_seconds),
-        m, use_case="the trained float model: the reference for accuracy and agreement",
+        Artifact(
+            Path(keras_path).name,
+            "float",
+            Path(keras_path),
+            "keras",
+            False,
+            train_seconds=base.train_seconds,
+        ),
+        m,
+        use_case="the trained float model: the reference for accuracy and agreement",
     )
 
     # 2. the float32 TFLite reference (every size is compared with it), then 3. the recipe's artifacts
-    ctx = RecipeContext(model=base.model, dataset=data, scaling=scaling, models_dir=models_dir, train_cfg=cfg.train)
+    ctx = RecipeContext(
+        model=base.model, dataset=data, scaling=scaling, models_dir=models_dir, train_cfg=cfg.train
+    )
     recipe_cfgs = [cfg.reference] + ([cfg.recipe] if cfg.recipe != cfg.reference else [])
     for rcfg in recipe_cfgs:
         state.produce_and_score(rcfg, ctx, data, ecfg)
@@ -162,14 +211,14 @@ class _State:
     reference_size: int | None = None
     hashes: dict[str, str] = field(default_factory=dict)
 
-    def produce_and_score(self, rcfg: DictConfig, ctx: RecipeContext, data: Dataset, ecfg: EvalConfig) -> None:
-        from hydra.utils import instantiate
-
+    def produce_and_score(
+        self, rcfg: DictConfig, ctx: RecipeContext, data: Dataset, ecfg: EvalConfig
+    ) -> None:
         name = str(rcfg.get("name", "?"))
         use_case = str(rcfg.get("use_case", ""))
         t = time.perf_counter()
         try:
-            recipe = instantiate(rcfg, _convert_="all")
+            recipe = build(rcfg)
             artifacts = recipe.produce(ctx)
         except Exception as e:  # noqa: BLE001 - a failing recipe is a failed row, never a lost table
             log.error("recipe %s failed: %s", name, summarize_error(e))
@@ -177,14 +226,32 @@ class _State:
             self.fail(name, f"{name}.tflite", summarize_error(e), use_case)
             return
         finally:
-            self.timings["convert_seconds"] = self.timings.get("convert_seconds", 0.0) + time.perf_counter() - t
+            self.timings["convert_seconds"] = (
+                self.timings.get("convert_seconds", 0.0) + time.perf_counter() - t
+            )
         for art in artifacts:
             t = time.perf_counter()
             try:
                 if art.format == "tflite":
-                    m = evaluate_tflite(art.path, data.test.x, data.test.y, self.scaling, self.reference.labels, data.num_classes, ecfg)
+                    m = evaluate_tflite(
+                        art.path,
+                        data.test.x,
+                        data.test.y,
+                        self.scaling,
+                        self.reference.labels,
+                        data.num_classes,
+                        ecfg,
+                    )
                 else:
-                    m = evaluate_keras(art.model, data.test.x, data.test.y, self.scaling, self.reference.labels, data.num_classes, ecfg)
+                    m = evaluate_keras(
+                        art.model,
+                        data.test.x,
+                        data.test.y,
+                        self.scaling,
+                        self.reference.labels,
+                        data.num_classes,
+                        ecfg,
+                    )
             except Exception as e:  # noqa: BLE001
                 log.error("evaluating %s failed: %s", art.path, summarize_error(e))
                 self.fail(name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case)
@@ -235,14 +302,26 @@ class _State:
         ecfg = self.cfg.evaluation
         floor = float(ecfg.min_agreement_quantized if art.quantized else ecfg.min_agreement)
         if agreement < floor:
-            what = "the conversion, not the quantization, changed the model" if not art.quantized else "quantization changed many predictions"
+            what = (
+                "the conversion, not the quantization, changed the model"
+                if not art.quantized
+                else "quantization changed many predictions"
+            )
             self.result.warnings.append(
                 f"{art.name}: agreement with the float Keras model is {agreement:.4f} < {floor} ({what})"
             )
 
     def fail(self, recipe: str, artifact: str, error: str, use_case: str) -> None:
         self.result.rows.append(
-            report.empty_row(**self.common, recipe=recipe, artifact=artifact, format="tflite", status="failed", error=error, use_case=use_case)
+            report.empty_row(
+                **self.common,
+                recipe=recipe,
+                artifact=artifact,
+                format="tflite",
+                status="failed",
+                error=error,
+                use_case=use_case,
+            )
         )
         self.write()
 
@@ -259,7 +338,9 @@ class _State:
                 "seeds": {
                     "seed": self.cfg.seed,
                     "train": self.cfg.train.get("seed"),
-                    "split": self.cfg.dataset.get("split_seed", self.cfg.dataset.get("subset_seed")),
+                    "split": self.cfg.dataset.get(
+                        "split_seed", self.cfg.dataset.get("subset_seed")
+                    ),
                     "calibration": self.cfg.recipe.get("calibration_seed"),
                 },
                 "input_scaling": self.scaling.as_dict(),
@@ -295,7 +376,3 @@ def failed_job_rows(cfg: DictConfig, error: str) -> list[dict[str, Any]]:
             use_case=str(cfg.recipe.get("use_case", "")),
         )
     ]
-
-
-def ensure_runner_error(e: BaseException) -> RunnerError:
-    return e if isinstance(e, RunnerError) else RunnerError(summarize_error(e))

@@ -73,22 +73,30 @@ def convert(model, options: ConverterOptions, calibration: np.ndarray | None = N
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [_enum(tf.lite.Optimize, n, "optimizations") for n in options.optimizations]
+    converter.optimizations = [
+        _enum(tf.lite.Optimize, n, "optimizations") for n in options.optimizations
+    ]
     if options.supported_types:
         converter.target_spec.supported_types = [_dtype(t) for t in options.supported_types]
     if options.supported_ops:
-        converter.target_spec.supported_ops = [_enum(tf.lite.OpsSet, n, "supported_ops") for n in options.supported_ops]
+        converter.target_spec.supported_ops = [
+            _enum(tf.lite.OpsSet, n, "supported_ops") for n in options.supported_ops
+        ]
     if options.inference_input_type:
         converter.inference_input_type = _dtype(options.inference_input_type)
     if options.inference_output_type:
         converter.inference_output_type = _dtype(options.inference_output_type)
     if options.representative_dataset:
         if calibration is None or not len(calibration):
-            raise RunnerError("this recipe calibrates activations: it needs recipe.calibration_samples > 0")
+            raise RunnerError(
+                "this recipe calibrates activations: it needs recipe.calibration_samples > 0"
+            )
         converter.representative_dataset = lambda: _representative(model, calibration)
     for name, value in options.attributes.items():
         if not hasattr(converter, name):
-            raise RunnerError(f"recipe.converter.attributes: the TFLite converter has no attribute {name!r}")
+            raise RunnerError(
+                f"recipe.converter.attributes: the TFLite converter has no attribute {name!r}"
+            )
         setattr(converter, name, value)
     return converter.convert()
 
@@ -104,7 +112,9 @@ def _enum(holder: Any, name: str, key: str) -> Any:
         return getattr(holder, name)
     except AttributeError:
         valid = [n for n in dir(holder) if n.isupper()]
-        raise RunnerError(f"recipe.converter.{key}: unknown value {name!r}; valid: {valid}") from None
+        raise RunnerError(
+            f"recipe.converter.{key}: unknown value {name!r}; valid: {valid}"
+        ) from None
 
 
 def _dtype(name: str):
@@ -185,8 +195,12 @@ class ConverterRecipe:
         flatbuffer = convert(ctx.model, self.options, self.calibration(ctx))
         seconds = time.perf_counter() - t0
         path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
-        log.info("recipe %s: wrote %s (%d bytes) in %.1fs", self.name, path, len(flatbuffer), seconds)
-        return [Artifact(path.name, self.name, path, "tflite", self.quantized, convert_seconds=seconds)]
+        log.info(
+            "recipe %s: wrote %s (%d bytes) in %.1fs", self.name, path, len(flatbuffer), seconds
+        )
+        return [
+            Artifact(path.name, self.name, path, "tflite", self.quantized, convert_seconds=seconds)
+        ]
 
 
 def recipe_names(conf_dir: Path) -> Sequence[str]:

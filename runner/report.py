@@ -20,15 +20,45 @@ log = logging.getLogger(__name__)
 
 # Every row has these columns, in this order.
 COLUMNS = [
-    "dataset", "model", "recipe", "artifact", "format", "size_bytes", "size_mb", "compression",
-    "accuracy", "accuracy_delta", "agreement", "top5", "latency_ms", "latency_p50_ms",
-    "latency_p90_ms", "train_seconds", "convert_seconds", "baseline_cache", "status", "error",
-    "use_case", "path", "sha256",
+    "dataset",
+    "model",
+    "recipe",
+    "artifact",
+    "format",
+    "size_bytes",
+    "size_mb",
+    "compression",
+    "accuracy",
+    "accuracy_delta",
+    "agreement",
+    "top5",
+    "latency_ms",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "train_seconds",
+    "convert_seconds",
+    "baseline_cache",
+    "status",
+    "error",
+    "use_case",
+    "path",
+    "sha256",
 ]
 # The columns a person reads in the Markdown table (the CSV has all of them).
 DISPLAY = [
-    "artifact", "format", "size_mb", "compression", "accuracy", "accuracy_delta", "agreement",
-    "top5", "latency_ms", "train_seconds", "baseline_cache", "status", "error",
+    "artifact",
+    "format",
+    "size_mb",
+    "compression",
+    "accuracy",
+    "accuracy_delta",
+    "agreement",
+    "top5",
+    "latency_ms",
+    "train_seconds",
+    "baseline_cache",
+    "status",
+    "error",
 ]
 MB = 1 << 20  # size_mb is MiB, as `ls -lh` shows it
 
@@ -41,7 +71,9 @@ def empty_row(**values: Any) -> dict[str, Any]:
 
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     for r in rows:
         writer.writerow({c: _csv_cell(r.get(c)) for c in columns})
@@ -49,14 +81,20 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) 
 
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = DISPLAY) -> str:
-    cols = [c for c in columns if any(r.get(c) not in (None, "") for r in rows) or c in ("artifact", "status")]
+    cols = [
+        c
+        for c in columns
+        if any(r.get(c) not in (None, "") for r in rows) or c in ("artifact", "status")
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(_md_cell(c, r.get(c)) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_tables(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, stem: str = "comparison") -> tuple[Path, Path]:
+def write_tables(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, stem: str = "comparison"
+) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     csv_path = atomic_write_text(out_dir / f"{stem}.csv", to_csv(rows))
     md_path = atomic_write_text(out_dir / f"{stem}.md", to_markdown(rows))

@@ -40,7 +40,14 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
-def batch_sequence(split: Split, batch_size: int, scaling: Scaling, shuffle: bool, seed: int, steps: int | None = None):
+def batch_sequence(
+    split: Split,
+    batch_size: int,
+    scaling: Scaling,
+    shuffle: bool,
+    seed: int,
+    steps: int | None = None,
+):
     """A ``keras.utils.Sequence`` over ``split`` that scales each batch as it is served.
 
     With ``steps`` larger than one pass, indices wrap around, so a fit that asks for
@@ -74,16 +81,24 @@ def batch_sequence(split: Split, batch_size: int, scaling: Scaling, shuffle: boo
 
 def loss_for(model) -> str:
     """One sigmoid unit means binary labels; otherwise integer labels over a softmax."""
-    return "binary_crossentropy" if int(model.output_shape[-1]) == 1 else "sparse_categorical_crossentropy"
+    return (
+        "binary_crossentropy"
+        if int(model.output_shape[-1]) == 1
+        else "sparse_categorical_crossentropy"
+    )
 
 
 def make_optimizer(name: str, learning_rate: float):
     import tf_keras as keras
 
     try:
-        return keras.optimizers.get({"class_name": name, "config": {"learning_rate": float(learning_rate)}})
+        return keras.optimizers.get(
+            {"class_name": name, "config": {"learning_rate": float(learning_rate)}}
+        )
     except ValueError:
-        raise RunnerError(f"unknown train.optimizer {name!r}; use a Keras optimizer name such as adam, sgd, rmsprop") from None
+        raise RunnerError(
+            f"unknown train.optimizer {name!r}; use a Keras optimizer name such as adam, sgd, rmsprop"
+        ) from None
 
 
 def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
@@ -101,13 +116,23 @@ def train(model, data: Dataset, cfg: TrainConfig, scaling: Scaling) -> TrainResu
 
     keras.utils.set_random_seed(cfg.seed)
     fit_split, val_split = split_validation(data.train, cfg.validation_split, cfg.seed)
-    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate), loss=loss_for(model), metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
+        loss=loss_for(model),
+        metrics=["accuracy"],
+    )
     callbacks = []
     if val_split is not None and cfg.early_stopping_patience:
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True)
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True
+            )
         )
-    val = batch_sequence(val_split, cfg.batch_size, scaling, False, cfg.seed) if val_split is not None else None
+    val = (
+        batch_sequence(val_split, cfg.batch_size, scaling, False, cfg.seed)
+        if val_split is not None
+        else None
+    )
     t0 = time.perf_counter()
     hist = model.fit(
         batch_sequence(fit_split, cfg.batch_size, scaling, True, cfg.seed),
@@ -120,7 +145,9 @@ def train(model, data: Dataset, cfg: TrainConfig, scaling: Scaling) -> TrainResu
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     log.info(
         "trained %s for %d epochs in %.1fs (best val_accuracy %s)",
-        model.name, len(history.get("loss", [])), seconds,
+        model.name,
+        len(history.get("loss", [])),
+        seconds,
         f"{max(history['val_accuracy']):.4f}" if history.get("val_accuracy") else "n/a",
     )
     return TrainResult(model=model, seconds=seconds, history=history)

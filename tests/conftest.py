@@ -1,0 +1,108 @@
+"""Shared fixtures: the real conf/ composed with Hydra's compose API, tiny data, fixtures on disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+import runner  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+WEIBO = ROOT.parent / "shared" / "data" / "weibo_rumor" / "weibo_rumor.csv"
+
+# A tiny, fast slice of the default run: a few hundred digits, a few epochs, a small CNN.
+TINY = [
+    "dataset.train_size=600",
+    "train.epochs=6",
+    "train.early_stopping_patience=0",
+    "model.filters=[8,16]",
+    "model.dense_units=32",
+    "evaluation.latency_samples=3",
+    "evaluation.latency_warmup=1",
+    "evaluation.progress=false",
+]
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One baseline cache for the session: the tiny baseline is trained once and then hit."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_cfg(shared_cache) -> Callable[..., DictConfig]:
+    def make(*overrides: str) -> DictConfig:
+        return compose_config(f"cache_dir={shared_cache}", *TINY, *overrides)
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR-100 fixture
+def cifar_arrays(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), [
+        int(v) for v in rng.integers(0, 100, size=n)
+    ]
+
+
+def write_cifar_folder(folder: Path, n_train: int = 40, n_test: int = 20) -> Path:
+    """A tiny ``cifar-100-python`` folder in the real layout (Python-2-style pickles, bytes keys)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        data, fine = cifar_arrays(n, seed)
+        obj = {
+            b"filenames": [f"img{i}.png".encode() for i in range(n)],
+            b"batch_label": f"{name} batch".encode(),
+            b"fine_labels": fine,
+            b"coarse_labels": [v // 5 for v in fine],
+            b"data": data,
+        }
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    meta = {
+        b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+    }
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def write_cifar_tarball(path: Path, extra_members: dict[str, bytes] | None = None, **kw) -> Path:
+    src = write_cifar_folder(path.parent / "src" / "cifar-100-python", **kw)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src, arcname="cifar-100-python")
+        for name, payload in (extra_members or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path

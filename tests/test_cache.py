@@ -1,0 +1,65 @@
+"""The float-baseline cache: train once, load after, rebuild what is corrupt, never load it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runner.cache import MODEL_FILE, cache_key, get_or_train
+from runner.models import small_cnn
+from runner.train import TrainResult
+
+
+class Trainer:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        m = small_cnn((8, 8, 1), 10, filters=(4,), dense_units=0, dropout=0)
+        return TrainResult(model=m, seconds=1.5, history={"loss": [1.0]})
+
+
+SPEC = {"dataset": {"name": "digits"}, "model": {"name": "tiny"}, "train": {"epochs": 1}, "seed": 0}
+
+
+def test_second_call_hits_and_loads_the_same_weights(tmp_path):
+    trainer = Trainer()
+    first = get_or_train(tmp_path, SPEC, trainer)
+    second = get_or_train(tmp_path, SPEC, trainer)
+    assert (first.status, second.status, trainer.calls) == ("miss", "hit", 1)
+    assert second.train_seconds == 1.5  # the hit reports what the training cost
+    x = np.random.default_rng(0).random((3, 8, 8, 1), np.float32)
+    np.testing.assert_allclose(first.model(x).numpy(), second.model(x).numpy(), rtol=1e-6)
+
+
+def test_key_changes_with_any_part_of_the_spec():
+    assert cache_key(SPEC) == cache_key(json.loads(json.dumps(SPEC)))
+    assert cache_key(SPEC) != cache_key({**SPEC, "seed": 1})
+    assert cache_key(SPEC) != cache_key({**SPEC, "train": {"epochs": 2}})
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_meta", "bad_json"])
+def test_a_corrupt_entry_is_rebuilt_never_loaded(tmp_path, damage):
+    trainer = Trainer()
+    entry = get_or_train(tmp_path, SPEC, trainer).path.parent
+    if damage == "truncate":  # a killed writer
+        data = (entry / MODEL_FILE).read_bytes()
+        (entry / MODEL_FILE).write_bytes(data[: len(data) // 2])
+    elif damage == "delete_meta":
+        (entry / "meta.json").unlink()
+    else:
+        (entry / "meta.json").write_text("{not json")
+    again = get_or_train(tmp_path, SPEC, trainer)
+    assert (again.status, trainer.calls) == ("miss", 2)
+    assert get_or_train(tmp_path, SPEC, trainer).status == "hit"
+
+
+def test_leftover_temp_folders_of_a_killed_run_are_ignored(tmp_path):
+    (tmp_path / f".tmp-{cache_key(SPEC)}-abc").mkdir()
+    (tmp_path / f".tmp-{cache_key(SPEC)}-abc" / MODEL_FILE).write_bytes(b"half")
+    trainer = Trainer()
+    assert get_or_train(tmp_path, SPEC, trainer).status == "miss"
+    assert trainer.calls == 1

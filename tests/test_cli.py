@@ -1,0 +1,123 @@
+"""`python -m runner` as a user runs it: exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import tf_keras as keras
+from conftest import ROOT, TINY, run_cli
+
+
+def test_help_and_config_errors_answer_without_tensorflow():
+    code = (
+        "import sys, runner.__main__, runner.pipeline, runner.report, runner.evaluate;"
+        "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_default_run_prints_the_table_and_writes_it(tmp_path, shared_cache):
+    run_dir = tmp_path / "run"
+    p = run_cli(*TINY, f"cache_dir={shared_cache}", f"hydra.run.dir={run_dir}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| float.h5 |" in p.stdout and "| dynamic_range.tflite |" in p.stdout
+    assert (run_dir / "comparison.md").read_text().strip() in p.stdout
+    # a 40 KB model: flatbuffer overhead keeps it under 4x (test_quantize checks 4x on a big one)
+    assert (run_dir / "models" / "dynamic_range.tflite").stat().st_size * 2.5 < (
+        run_dir / "models" / "none.tflite"
+    ).stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset.tarin_size=5", "Could not override 'dataset.tarin_size'"),
+        ("recipe=int4", "Could not find 'recipe/int4'"),
+    ],
+)
+def test_unknown_key_or_option_is_hydras_error_and_writes_nothing(tmp_path, override, message):
+    p = run_cli(override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert p.returncode != 0 and message in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cifar_offline_names_both_ways_without_a_traceback(tmp_path):
+    env_home = tmp_path / "home"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "dataset=cifar100",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"cache_dir={tmp_path / 'c'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "KERAS_HOME": str(env_home)},
+    )
+    assert p.returncode == 2
+    assert "CIFAR-100 is not available offline" in p.stderr and "dataset.path=" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "run" / "comparison.csv").exists()
+
+
+def test_pretrained_missing_file_names_the_path(tmp_path):
+    p = run_cli(
+        "model=pretrained",
+        f"model.path={tmp_path / 'model.h5'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert p.returncode == 2 and f"{tmp_path / 'model.h5'} does not exist" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_pretrained_with_lambda_is_refused_naming_the_layer(tmp_path):
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Lambda(lambda t: t * 1.0, name="sneaky")(inp)
+    x = keras.layers.Flatten()(x)
+    keras.Model(inp, keras.layers.Dense(10, activation="softmax")(x)).save(tmp_path / "m.h5")
+    p = run_cli(
+        "model=pretrained", f"model.path={tmp_path / 'm.h5'}", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert p.returncode == 2 and "'sneaky'" in p.stderr and "model.safe_mode=false" in p.stderr
+
+
+def test_pretrained_model_runs_without_training(tmp_path, shared_cache):
+    from runner.models import small_cnn
+
+    small_cnn((8, 8, 1), 10, filters=(4,)).save(tmp_path / "m.h5")
+    p = run_cli(
+        "model=pretrained",
+        f"model.path={tmp_path / 'm.h5'}",
+        "recipe=float16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *TINY[-3:],
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (
+        "| m.h5 | keras |" in p.stdout
+        and "pretrained" in p.stdout
+        and "| float16.tflite |" in p.stdout
+    )
+
+
+def test_failing_recipe_exits_non_zero_with_the_table_written(tmp_path, shared_cache):
+    run_dir = tmp_path / "run"
+    p = run_cli(
+        *TINY,
+        f"cache_dir={shared_cache}",
+        "recipe=full_integer",
+        "recipe.converter.representative_dataset=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert p.returncode == 1
+    assert "failed: full_integer.tflite" in p.stderr
+    table = (run_dir / "comparison.csv").read_text().splitlines()
+    assert len(table) == 4 and table[-1].count(",failed,") == 1

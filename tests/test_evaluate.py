@@ -1,0 +1,102 @@
+"""Evaluate stage: LiteRT scoring is batched, exact, and handles quantized I/O and both heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from runner.data import Scaling, load_digits
+from runner.evaluate import (
+    EvalConfig,
+    TFLiteModel,
+    evaluate_tflite,
+    labels_from_outputs,
+    predict_keras,
+    score,
+)
+from runner.files import atomic_write_bytes
+from runner.models import small_cnn
+from runner.quantize import ConverterOptions, convert
+
+
+def test_labels_from_sigmoid_and_softmax_heads():
+    np.testing.assert_array_equal(labels_from_outputs(np.array([[0.2], [0.7]])), [0, 1])
+    np.testing.assert_array_equal(labels_from_outputs(np.array([[0.1, 0.9], [0.8, 0.2]])), [1, 0])
+
+
+def test_score_accuracy_agreement_and_top5():
+    out = np.eye(12)[[0, 1, 2, 3]] + 0.01 * np.arange(12)  # predicts 0, 1, 2, 3
+    m = score(
+        out,
+        np.array([0, 1, 2, 11]),
+        np.array([0, 1, 5, 3]),
+        num_classes=12,
+        latencies_ms=[1.0, 2.0, 3.0],
+    )
+    assert m.accuracy == 0.75 and m.agreement == 0.75
+    assert m.top5 == 1.0  # label 11 has the second-highest score of the last row
+    assert m.latency_ms == 2.0 and m.latency_p50_ms == 2.0
+    assert score(out, np.zeros(4, int), None, num_classes=10).top5 is None
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    data = load_digits(test_size=100)
+    model = small_cnn(data.input_shape, 10, filters=(8,))
+    folder = tmp_path_factory.mktemp("m")
+    calib = Scaling("unit")(data.train.x[:20])
+    paths = {
+        "float": atomic_write_bytes(folder / "f.tflite", convert(model, ConverterOptions())),
+        "int8": atomic_write_bytes(
+            folder / "i.tflite",
+            convert(
+                model,
+                ConverterOptions(("DEFAULT",), (), ("TFLITE_BUILTINS_INT8",), "int8", "int8", True),
+                calib,
+            ),
+        ),
+    }
+    return model, data, paths
+
+
+def test_float_tflite_matches_keras_and_batched_equals_one_by_one(digits_model):
+    model, data, paths = digits_model
+    ref = predict_keras(model, data.test.x, Scaling("unit"))
+    tfl = TFLiteModel(paths["float"])
+    batched = tfl.predict(data.test.x, Scaling("unit"), batch_size=32)  # 100 = 3 x 32 + 4
+    single = TFLiteModel(paths["float"]).predict(data.test.x, Scaling("unit"), batch_size=1)
+    np.testing.assert_allclose(batched, ref, atol=1e-5)
+    np.testing.assert_allclose(batched, single, atol=1e-6)
+
+
+def test_int8_io_is_quantized_and_dequantized_from_the_tensor_params(digits_model):
+    model, data, paths = digits_model
+    ref = predict_keras(model, data.test.x, Scaling("unit"))
+    out = TFLiteModel(paths["int8"]).predict(data.test.x, Scaling("unit"), batch_size=64)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=0.05)  # dequantized probabilities
+    assert np.abs(out - ref).max() < 0.1
+
+
+def test_fixed_batch_model_pads_its_last_batch(tmp_path, digits_model):
+    model, data, _ = digits_model
+    inp = keras.Input((8, 8, 1), batch_size=8)
+    fixed = keras.Model(inp, model(inp))
+    path = atomic_write_bytes(tmp_path / "fixed.tflite", convert(fixed, ConverterOptions()))
+    tfl = TFLiteModel(path)
+    assert tfl.fixed_batch == 8
+    out = tfl.predict(data.test.x[:21], Scaling("unit"))
+    np.testing.assert_allclose(
+        out, predict_keras(model, data.test.x[:21], Scaling("unit")), atol=1e-5
+    )
+    m = evaluate_tflite(
+        path,
+        data.test.x[:21],
+        data.test.y[:21],
+        Scaling("unit"),
+        None,
+        10,
+        EvalConfig(latency_samples=3),
+    )
+    assert len(m.labels) == 21 and m.latency_ms > 0

@@ -1,0 +1,72 @@
+"""Model stage: builders fit the data; the loader refuses what it should, with clear messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from runner.errors import RunnerError
+from runner.models import load_model, load_pretrained, resnet, small_cnn
+
+
+@pytest.mark.parametrize("shape,classes", [((8, 8, 1), 10), ((32, 32, 3), 100)])
+def test_builders_take_shape_and_classes_from_the_data(shape, classes):
+    for build in (small_cnn, resnet):
+        m = build(input_shape=shape, num_classes=classes)
+        assert m.input_shape == (None, *shape)
+        assert m.output_shape == (None, classes)
+        out = m(np.zeros((2, *shape), np.float32), training=False).numpy()
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # softmax head
+
+
+def test_resnet_depth_must_be_6n_plus_2():
+    assert resnet((32, 32, 3), 100, depth=20).count_params() == pytest.approx(0.28e6, rel=0.05)
+    with pytest.raises(RunnerError, match="6n\\+2"):
+        resnet((32, 32, 3), 100, depth=21)
+
+
+def _with_lambda():
+    inp = keras.Input((4,))
+    x = keras.layers.Lambda(lambda t: t * 2, name="double_it")(inp)
+    return keras.Model(inp, keras.layers.Dense(2, activation="softmax")(x))
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_a_lambda_layer_is_refused_by_name_unless_safe_mode_is_off(tmp_path, suffix):
+    path = tmp_path / f"m{suffix}"
+    _with_lambda().save(path)
+    with pytest.raises(RunnerError, match="double_it.*model.safe_mode=false"):
+        load_model(path)
+    loaded = load_model(path, safe_mode=False)
+    assert any(type(layer).__name__ == "Lambda" for layer in loaded.layers)
+
+
+def test_a_lambda_layer_in_a_saved_model_folder_is_refused(tmp_path):
+    _with_lambda().save(tmp_path / "sm", save_format="tf")
+    with pytest.raises(RunnerError, match="double_it"):
+        load_model(tmp_path / "sm")
+
+
+def test_missing_and_corrupt_files_name_the_path_and_what_was_expected(tmp_path):
+    with pytest.raises(RunnerError, match=r"nope\.h5 does not exist.*\.keras/\.h5"):
+        load_model(tmp_path / "nope.h5")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF garbage")
+    with pytest.raises(RunnerError, match=r"bad\.h5 is not a readable Keras model.*HDF5"):
+        load_model(bad)
+    with pytest.raises(RunnerError, match="model.path"):
+        load_pretrained(path=None)
+
+
+def test_pretrained_model_must_match_the_data(tmp_path):
+    path = tmp_path / "m.h5"
+    small_cnn((8, 8, 1), 10, filters=(4,)).save(path)
+    assert load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=10).output_shape == (
+        None,
+        10,
+    )
+    with pytest.raises(RunnerError, match="10 outputs, but the data set has 100 classes"):
+        load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=100)
+    with pytest.raises(RunnerError, match="expects inputs of shape"):
+        load_pretrained(str(path), input_shape=(32, 32, 3), num_classes=10)

@@ -1,0 +1,141 @@
+"""The whole run on a tiny slice of the default data, composed from the real conf/."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from conftest import compose_config
+
+from runner.files import sha256_file
+from runner.pipeline import run
+
+POST_TRAINING = ["none", "dynamic_range", "ptq", "float16", "full_integer", "int16x8"]
+EXPECTED_COLUMNS = [
+    "dataset",
+    "model",
+    "recipe",
+    "artifact",
+    "format",
+    "size_bytes",
+    "size_mb",
+    "compression",
+    "accuracy",
+    "accuracy_delta",
+    "agreement",
+    "top5",
+    "latency_ms",
+    "train_seconds",
+    "baseline_cache",
+    "status",
+    "error",
+    "use_case",
+]
+
+
+@pytest.mark.parametrize("recipe", POST_TRAINING)
+def test_each_recipe_gives_a_scored_row_near_the_float_model(tiny_cfg, tmp_path, recipe):
+    # setup
+    cfg = tiny_cfg(f"recipe={recipe}")
+    # execute
+    result = run(cfg, tmp_path)
+    # assert
+    rows = {r["artifact"]: r for r in result.rows}
+    expected = ["float.h5", "none.tflite"] + ([] if recipe == "none" else [f"{recipe}.tflite"])
+    assert list(rows) == expected and result.ok
+    keras_row, ref = rows["float.h5"], rows["none.tflite"]
+    assert keras_row["accuracy"] > 0.8  # the tiny baseline is really trained
+    assert ref["agreement"] >= 0.99 and abs(ref["accuracy_delta"]) < 1e-9  # conversion is faithful
+    art = rows[expected[-1]]
+    assert abs(art["accuracy_delta"]) <= 0.03 and art["agreement"] >= 0.95
+    assert art["latency_ms"] > 0 and art["compression"] == pytest.approx(
+        ref["size_bytes"] / art["size_bytes"]
+    )
+    assert art["sha256"] == sha256_file(tmp_path / "models" / art["artifact"])
+    # the files agree with the result
+    with open(tmp_path / "comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["artifact"] for r in table] == expected
+    assert set(EXPECTED_COLUMNS) <= set(table[0])
+    md = (tmp_path / "comparison.md").read_text()
+    assert md.count("\n") == len(expected) + 2 and art["artifact"] in md
+
+
+def test_results_json_makes_every_row_traceable(tiny_cfg, tmp_path):
+    result = run(tiny_cfg("recipe=full_integer", "recipe.calibration_samples=50"), tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["status"] == "ok" and len(data["rows"]) == len(result.rows) == 3
+    assert data["config"]["recipe"]["calibration_samples"] == 50
+    assert data["seeds"] == {"seed": 0, "train": 0, "split": 0, "calibration": 0}
+    assert data["input_scaling"]["kind"] == "unit" and data["num_threads"] == 1
+    assert {
+        "python",
+        "tensorflow",
+        "tf-keras",
+        "tensorflow-model-optimization",
+        "ai-edge-litert",
+        "hydra-core",
+        "numpy",
+    } <= set(data["versions"])
+    assert data["sha256"]["full_integer.tflite"] == sha256_file(
+        tmp_path / "models" / "full_integer.tflite"
+    )
+
+
+def test_baseline_is_trained_once_then_loaded(tmp_path):
+    from conftest import TINY
+
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", *TINY, "recipe=none")
+    first = run(cfg, tmp_path / "a")
+    second = run(cfg, tmp_path / "b")
+    assert [r["baseline_cache"] for r in first.rows] == ["miss", "miss"]
+    assert [r["baseline_cache"] for r in second.rows] == ["hit", "hit"]
+    assert second.row("float.h5")["train_seconds"] == first.row("float.h5")["train_seconds"] > 0
+    assert second.row("float.h5")["accuracy"] == first.row("float.h5")["accuracy"]
+    other_seed = run(
+        compose_config(f"cache_dir={tmp_path / 'cache'}", *TINY, "recipe=none", "seed=1"),
+        tmp_path / "c",
+    )
+    assert other_seed.row("float.h5")["baseline_cache"] == "miss"
+
+
+def test_a_failing_recipe_gives_a_failed_row_and_keeps_the_rest(tiny_cfg, tmp_path):
+    # int8-only ops without calibration data: the converter itself refuses
+    cfg = tiny_cfg("recipe=full_integer", "recipe.converter.representative_dataset=false")
+    result = run(cfg, tmp_path)
+    assert not result.ok
+    failed = result.row("full_integer.tflite")
+    assert failed["status"] == "failed" and "representative_dataset" in failed["error"]
+    assert "\n" not in failed["error"] and len(failed["error"]) <= 300
+    assert [r["status"] for r in result.rows] == ["ok", "ok", "failed"]
+    with open(tmp_path / "comparison.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok", "failed"]
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "models" / "full_integer.tflite").exists()
+
+
+def test_low_agreement_is_warned_by_name(tiny_cfg, tmp_path):
+    result = run(tiny_cfg("recipe=float16", "evaluation.min_agreement=1.01"), tmp_path)
+    assert any(
+        w.startswith("float16.tflite: agreement") and "conversion" in w for w in result.warnings
+    )
+
+
+@pytest.mark.slow
+def test_default_run_meets_the_accuracy_bar(tmp_path):
+    """The default config on the full digits set: float >= 0.97, every recipe within 1 point."""
+    cache = tmp_path / "cache"
+    rows = {}
+    for recipe in POST_TRAINING:
+        cfg = compose_config(
+            f"cache_dir={cache}",
+            f"recipe={recipe}",
+            "evaluation.latency_samples=5",
+            "evaluation.progress=false",
+        )
+        rows.update({r["artifact"]: r for r in run(cfg, tmp_path / recipe).rows})
+    assert rows["float.h5"]["accuracy"] >= 0.97
+    for recipe in POST_TRAINING:
+        r = rows[f"{recipe}.tflite"]
+        assert r["status"] == "ok" and abs(r["accuracy_delta"]) <= 0.01, r

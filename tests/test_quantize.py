@@ -1,0 +1,123 @@
+"""Quantize stage: every recipe config converts, and sizes shrink by the ratio they should."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import compose_config
+from hydra.utils import instantiate
+
+from runner.data import Scaling, load_digits
+from runner.errors import RunnerError
+from runner.evaluate import TFLiteModel
+from runner.models import small_cnn
+from runner.quantize import ConverterOptions, RecipeContext, convert, summarize_error
+
+
+@pytest.fixture(scope="module")
+def weight_heavy():
+    """An (untrained) model whose size is almost all weights: 0.5 M parameters, 2 MB in float32."""
+    data = load_digits(train_size=300, test_size=50)
+    model = small_cnn(data.input_shape, 10, filters=(16, 64), dense_units=512)
+    return model, data
+
+
+def produce(recipe: str, model, data, tmp_path, *overrides):
+    cfg = compose_config(f"recipe={recipe}", *overrides)
+    ctx = RecipeContext(model=model, dataset=data, scaling=Scaling("unit"), models_dir=tmp_path)
+    (art,) = instantiate(cfg.recipe, _convert_="all").produce(ctx)
+    return art
+
+
+# expected compression against float32 TFLite on a weight-dominated model
+RATIOS = {
+    "dynamic_range": (3.8, 4.05),
+    "ptq": (3.8, 4.05),
+    "full_integer": (3.8, 4.05),
+    "int16x8": (3.7, 4.05),
+    "float16": (1.95, 2.01),
+}
+
+
+def test_every_recipe_shrinks_by_its_ratio(weight_heavy, tmp_path):
+    model, data = weight_heavy
+    ref = produce("none", model, data, tmp_path).path.stat().st_size
+    assert ref > 1.9e6
+    for recipe, (lo, hi) in RATIOS.items():
+        art = produce(
+            recipe,
+            model,
+            data,
+            tmp_path,
+            "recipe.calibration_samples=20" if recipe in ("full_integer", "int16x8") else "seed=0",
+        )
+        ratio = ref / art.path.stat().st_size
+        assert lo <= ratio <= hi, f"{recipe}: {ratio:.3f}x"
+        assert art.name == f"{recipe}.tflite" and art.path.parent == tmp_path
+
+
+def test_full_integer_has_int8_io_and_int16x8_keeps_float_io(weight_heavy, tmp_path):
+    model, data = weight_heavy
+    fi = TFLiteModel(
+        produce("full_integer", model, data, tmp_path, "recipe.calibration_samples=20").path
+    )
+    assert fi.input_dtype == np.int8 and np.dtype(fi.output["dtype"]) == np.int8
+    assert fi.input["quantization"][0] == pytest.approx(
+        1 / 255, rel=0.01
+    )  # calibrated on [0, 1] inputs
+    i16 = TFLiteModel(
+        produce("int16x8", model, data, tmp_path, "recipe.calibration_samples=20").path
+    )
+    assert i16.input_dtype == np.float32
+    types = {np.dtype(t["dtype"]) for t in i16._interp.get_tensor_details()}
+    assert np.dtype(np.int16) in types and np.dtype(np.int8) in types
+
+
+def test_calibration_draw_follows_its_seed(weight_heavy, tmp_path):
+    model, data = weight_heavy
+    a = produce(
+        "full_integer",
+        model,
+        data,
+        tmp_path / "a",
+        "recipe.calibration_samples=5",
+        "recipe.calibration_seed=0",
+    )
+    b = produce(
+        "full_integer",
+        model,
+        data,
+        tmp_path / "b",
+        "recipe.calibration_samples=5",
+        "recipe.calibration_seed=0",
+    )
+    c = produce(
+        "full_integer",
+        model,
+        data,
+        tmp_path / "c",
+        "recipe.calibration_samples=5",
+        "recipe.calibration_seed=7",
+    )
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.path.read_bytes() != c.path.read_bytes()
+
+
+def test_converter_settings_are_validated_with_the_valid_choices():
+    with pytest.raises(RunnerError, match="valid keys"):
+        ConverterOptions.from_mapping({"optimisations": ["DEFAULT"]})
+    model = small_cnn((8, 8, 1), 10, filters=(4,))
+    with pytest.raises(RunnerError, match="TFLITE_BUILTINS_INT8"):
+        convert(model, ConverterOptions(supported_ops=("INT8_ONLY",)))
+    with pytest.raises(RunnerError, match="float16"):
+        convert(model, ConverterOptions(supported_types=("half",)))
+    with pytest.raises(RunnerError, match="calibration_samples"):
+        convert(model, ConverterOptions(representative_dataset=True), calibration=None)
+
+
+def test_summarize_error_keeps_the_error_line():
+    e = RuntimeError(
+        "loc(foo): something\n  <unknown>:0: error: 'tf.Op' op is neither a custom op nor a flex op\nnote: see"
+    )
+    assert summarize_error(e) == "RuntimeError: 'tf.Op' op is neither a custom op nor a flex op"
+    assert len(summarize_error(ValueError("x" * 1000))) == 300
