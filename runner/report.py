@@ -119,7 +119,7 @@ def _md_cell(col: str, v: Any) -> str:
             return f"{v:+.4f}"
         if col == "compression":
             return f"{v:.2f}x"
-        if col == "size_mb":
+        if col == "size_mb" or col.startswith("latency"):
             return f"{v:.3f}"
         return f"{v:.2f}"
     return str(v).replace("|", "\\|")
