@@ -250,3 +250,54 @@ def _walk_layers(obj: Any) -> Iterator[tuple[str, str]]:
     elif isinstance(obj, list):
         for v in obj:
             yield from _walk_layers(v)
+
+
+# --------------------------------------------------------------------------- text
+def _token_input(input_shape: Sequence[int]):
+    keras = _keras()
+    return keras.Input(shape=tuple(input_shape), dtype="int32", name="token_ids")
+
+
+def text_cnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    vocab_size: int,
+    embedding_dim: int = 64,
+    filters: int = 128,
+    kernel_size: int = 5,
+    dense_units: int = 64,
+    dropout: float = 0.5,
+    **_: Any,
+):
+    """Embedding -> Conv1D -> GlobalMaxPool -> Dense: fast, and every op has an int8 kernel."""
+    keras = _keras()
+    inputs = _token_input(input_shape)
+    x = keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding")(inputs)
+    x = keras.layers.Conv1D(int(filters), int(kernel_size), activation="relu", name="conv")(x)
+    x = keras.layers.GlobalMaxPooling1D(name="pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(float(dropout), name="dropout")(x)
+    if dense_units:
+        x = keras.layers.Dense(int(dense_units), activation="relu", name="fc")(x)
+    return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=True), name="text_cnn")
+
+
+def text_lstm(
+    input_shape: Sequence[int],
+    num_classes: int,
+    vocab_size: int,
+    embedding_dim: int = 64,
+    units: int = 64,
+    bidirectional: bool = False,
+    dropout: float = 0.3,
+    **_: Any,
+):
+    """Embedding -> LSTM (optionally bidirectional) -> Dense, like the seed's classifier."""
+    keras = _keras()
+    inputs = _token_input(input_shape)
+    x = keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding")(inputs)
+    lstm = keras.layers.LSTM(int(units), name="lstm")
+    x = keras.layers.Bidirectional(lstm, name="bilstm")(x) if bidirectional else lstm(x)
+    if dropout:
+        x = keras.layers.Dropout(float(dropout), name="dropout")(x)
+    return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=True), name="text_lstm")
