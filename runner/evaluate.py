@@ -267,7 +267,7 @@ def _progress(it: range, enabled: bool, desc: str) -> Any:
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, unit="batch", leave=False)
+    return tqdm(it, desc=desc, unit="batch", leave=False, disable=None)  # None: only on a terminal
 
 
 EvaluateFn = Callable[..., Metrics]

@@ -123,6 +123,7 @@ def load_pretrained(
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
     safe_mode: bool = True,
+    vocab_size: int | None = None,
     **_: Any,
 ):
     """Load a user's trained model instead of building one, and check it fits the data.

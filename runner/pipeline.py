@@ -21,7 +21,7 @@ from runner import report
 from runner.data import Dataset, Scaling
 from runner.errors import RunnerError
 from runner.evaluate import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
-from runner.files import atomic_copy, atomic_write_json, sha256_file
+from runner.files import atomic_copy, atomic_write_json, atomic_write_text, sha256_file
 from runner.quantize import Artifact, RecipeContext, summarize_error
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,11 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
     keras.backend.clear_session()  # a reused worker process (joblib) starts clean
     builder = instantiate(cfg.model, _convert_="all")
     if not cfg.model.get("needs_training", True):
-        model = builder(input_shape=data.input_shape, num_classes=data.num_classes)
+        model = builder(input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs)
         return Baseline(model, Path(cfg.model.path), "pretrained", 0.0)
 
     def _train():
-        model = builder(input_shape=data.input_shape, num_classes=data.num_classes)
+        model = builder(input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs)
         return train(model, data, TrainConfig.from_mapping(cfg.train), scaling)
 
     got = cache.get_or_train(Path(cfg.cache_dir), baseline_spec(cfg), _train)
@@ -167,6 +167,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         "baseline_cache": base.cache,
     }
     state = _State(cfg, result, common, timings, scaling)
+
+    for name, text in data.files.items():  # e.g. word_index.json: every model needs it to be used
+        atomic_write_text(models_dir / name, text)
 
     # 1. the float Keras model: the reference for accuracy_delta and agreement
     keras_path = (

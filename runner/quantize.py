@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,41 @@ class ConverterOptions:
         return cls(**m)
 
 
-def convert(model, options: ConverterOptions, calibration: np.ndarray | None = None) -> bytes:
+RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
+
+
+def has_recurrent(model) -> bool:
+    return any(type(layer).__name__ in RECURRENT for layer in _all_layers(model))
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def with_fixed_batch(model, batch_size: int):
+    """A copy of ``model`` whose input has a fixed batch, sharing its trained weights' values.
+
+    A recurrent layer with a dynamic batch converts to TensorList ops that the LiteRT builtins
+    cannot run; at a fixed batch the converter emits its fused LSTM kernel instead.
+    """
+    import tf_keras as keras
+
+    inp = keras.Input(batch_shape=(batch_size, *model.input_shape[1:]), dtype=model.inputs[0].dtype, name=model.inputs[0].name.split(":")[0])
+    clone = keras.models.clone_model(model, input_tensors=inp)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def convert(
+    model,
+    options: ConverterOptions,
+    calibration: np.ndarray | None = None,
+    token_ids: bool = False,
+    batch_size: int | None = None,
+) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer with ``options``.
 
     Args:
@@ -69,9 +104,18 @@ def convert(model, options: ConverterOptions, calibration: np.ndarray | None = N
         options: converter settings.
         calibration: model-ready inputs (already scaled, float32 or int token ids) for the
             representative dataset; required when ``options.representative_dataset``.
+        token_ids: the input holds token ids (indices, not signals): it keeps its type, so no
+            recipe rescales ids into int8; the network behind the embedding is quantized.
+        batch_size: convert at this fixed batch. Recurrent models default to 1 (fused LSTM
+            kernels); others keep a dynamic batch.
     """
     import tensorflow as tf
 
+    if batch_size is None and has_recurrent(model) and model.input_shape[0] is None:
+        batch_size = 1
+    if batch_size is not None and model.input_shape[0] != batch_size:
+        log.info("converting %s at a fixed batch of %d", model.name, batch_size)
+        model = with_fixed_batch(model, int(batch_size))
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [
         _enum(tf.lite.Optimize, n, "optimizations") for n in options.optimizations
@@ -82,7 +126,7 @@ def convert(model, options: ConverterOptions, calibration: np.ndarray | None = N
         converter.target_spec.supported_ops = [
             _enum(tf.lite.OpsSet, n, "supported_ops") for n in options.supported_ops
         ]
-    if options.inference_input_type:
+    if options.inference_input_type and not token_ids:
         converter.inference_input_type = _dtype(options.inference_input_type)
     if options.inference_output_type:
         converter.inference_output_type = _dtype(options.inference_output_type)
@@ -98,13 +142,16 @@ def convert(model, options: ConverterOptions, calibration: np.ndarray | None = N
                 f"recipe.converter.attributes: the TFLite converter has no attribute {name!r}"
             )
         setattr(converter, name, value)
-    return converter.convert()
+    with warnings.catch_warnings():  # int8 I/O without input statistics is expected here
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
 
 
 def _representative(model, calibration: np.ndarray) -> Iterator[list[np.ndarray]]:
     dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+    batch = model.input_shape[0] or 1
     for sample in calibration:
-        yield [np.asarray(sample[None, ...], dtype=dtype)]
+        yield [np.repeat(np.asarray(sample[None, ...], dtype=dtype), batch, axis=0)]
 
 
 def _enum(holder: Any, name: str, key: str) -> Any:
@@ -159,6 +206,7 @@ class RecipeContext:
     scaling: Scaling
     models_dir: Path
     train_cfg: Any = None
+    convert_batch_size: int | None = None  # fixed batch for conversion (recurrent models: 1)
 
 
 class ConverterRecipe:
@@ -192,7 +240,9 @@ class ConverterRecipe:
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         t0 = time.perf_counter()
-        flatbuffer = convert(ctx.model, self.options, self.calibration(ctx))
+        flatbuffer = convert(
+            ctx.model, self.options, self.calibration(ctx), token_ids=ctx.dataset.is_text, batch_size=ctx.convert_batch_size
+        )
         seconds = time.perf_counter() - t0
         path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
         log.info(
@@ -202,6 +252,3 @@ class ConverterRecipe:
             Artifact(path.name, self.name, path, "tflite", self.quantized, convert_seconds=seconds)
         ]
 
-
-def recipe_names(conf_dir: Path) -> Sequence[str]:
-    return sorted(p.stem for p in (conf_dir / "recipe").glob("*.yaml"))

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,15 @@ class Vocabulary:
             raise RunnerError(f"{p} is not a word_index.json: expected a JSON object of word -> integer id")
         return cls(data, num_words)
 
-    @property
+    @cached_property
     def size(self) -> int:
         """Rows an Embedding needs: ids run from 0 (padding) to the largest id kept."""
         top = max(self.word_index.values(), default=0) + 1
         return min(top, self.num_words) if self.num_words else top
 
     def kept(self) -> dict[str, int]:
-        return {w: i for w, i in self.word_index.items() if i < self.size}
+        limit = self.size
+        return {w: i for w, i in self.word_index.items() if i < limit}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save the words the model can see (ids below the cap), as a Keras ``word_index``."""
