@@ -60,27 +60,37 @@ def quantize_model(
 
     model = load_model(model_path, safe_mode=safe_mode)
     try:
-        cfg = runner_config([f"recipe={recipe}", *(f"recipe.{k}={_hydra_value(v)}" for k, v in options.items())])
+        cfg = runner_config(
+            [f"recipe={recipe}", *(f"recipe.{k}={_hydra_value(v)}" for k, v in options.items())]
+        )
     except Exception as e:  # noqa: BLE001 - Hydra's own error names the valid choices
         raise RunnerError(f"bad recipe {recipe!r} or option: {summarize_error(e)}") from None
     rec = build(cfg.recipe)
     calib = None
     if rec.options.representative_dataset:
         if calibration is None:
-            raise RunnerError(f"recipe {recipe!r} calibrates activations: pass calibration=<array of model-ready sample inputs>")
+            raise RunnerError(
+                f"recipe {recipe!r} calibrates activations: pass calibration=<array of model-ready sample inputs>"
+            )
         calib = np.asarray(calibration)[: rec.calibration_samples or None]
     try:
         flatbuffer = convert(model, rec.options, calib, token_ids=takes_token_ids(model))
     except RunnerError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise RunnerError(f"recipe {recipe!r} cannot convert {model_path}: {summarize_error(e)}") from None
+        raise RunnerError(
+            f"recipe {recipe!r} cannot convert {model_path}: {summarize_error(e)}"
+        ) from None
     out = atomic_write_bytes(quantized_model_path, flatbuffer)
     log.info("wrote %s (%d bytes)", out, len(flatbuffer))
     return out
 
 
-def prediction_label(test_sentence: str, model_path: str | os.PathLike, word_index_path: str | os.PathLike | None = None) -> int:
+def prediction_label(
+    test_sentence: str,
+    model_path: str | os.PathLike,
+    word_index_path: str | os.PathLike | None = None,
+) -> int:
     """Predict the label (0/1 for a sigmoid head, the argmax otherwise) of one sentence.
 
     The vocabulary is ``word_index_path``, else the ``word_index.json`` beside the model, else
@@ -95,7 +105,9 @@ def prediction_label(test_sentence: str, model_path: str | os.PathLike, word_ind
         raise RunnerError("the sentence is empty: pass the text to classify")
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise RunnerError(f"model file {model_path} does not exist (expected a .tflite written by quantize_model)")
+        raise RunnerError(
+            f"model file {model_path} does not exist (expected a .tflite written by quantize_model)"
+        )
     vocab = Vocabulary.load(_find_word_index(model_path, word_index_path))
     model = _tflite_cache(model_path)
     rows = embedding_rows(model)
@@ -110,7 +122,11 @@ def prediction_label(test_sentence: str, model_path: str | os.PathLike, word_ind
     return int(labels_from_outputs(model.predict(ids, Scaling("none"), batch_size=1))[0])
 
 
-def predict_labels(sentences: Iterable[str], model_path: str | os.PathLike, word_index_path: str | os.PathLike | None = None) -> list[int]:
+def predict_labels(
+    sentences: Iterable[str],
+    model_path: str | os.PathLike,
+    word_index_path: str | os.PathLike | None = None,
+) -> list[int]:
     """:func:`prediction_label` for many sentences (one interpreter, one vocabulary load)."""
     return [prediction_label(s, model_path, word_index_path) for s in sentences]
 
@@ -161,7 +177,9 @@ def _find_word_index(model_path: Path, given: str | os.PathLike | None) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    raise RunnerError(f"no {WORD_INDEX} found beside the model or in the working directory (looked at {', '.join(map(str, candidates))}); pass word_index_path=")
+    raise RunnerError(
+        f"no {WORD_INDEX} found beside the model or in the working directory (looked at {', '.join(map(str, candidates))}); pass word_index_path="
+    )
 
 
 def _hydra_value(v: Any) -> str:

@@ -251,7 +251,9 @@ def _extract_archive(archive: Path, target: Path) -> Path:
     from runner.files import sha256_file
 
     if sha256_file(archive) != CIFAR_SHA256:
-        log.warning("%s is not the official CIFAR-100 release (SHA-256 differs); using it as given", archive)
+        log.warning(
+            "%s is not the official CIFAR-100 release (SHA-256 differs); using it as given", archive
+        )
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tar:` below
     except (tarfile.TarError, OSError) as e:
@@ -369,20 +371,26 @@ def load_text_classification(
     from runner.text import segment as cut
 
     if not path:
-        raise RunnerError(f"dataset={name} needs dataset.path=/path/to/file.csv (or .tsv/.jsonl) with '{text_column}' and '{label_column}' columns")
+        raise RunnerError(
+            f"dataset={name} needs dataset.path=/path/to/file.csv (or .tsv/.jsonl) with '{text_column}' and '{label_column}' columns"
+        )
     p = Path(path).expanduser()
     if not p.is_file():
         raise RunnerError(f"dataset.path={p} does not exist")
     reader = _READERS.get(p.suffix.lower())
     if reader is None:
-        raise RunnerError(f"dataset.path={p}: unknown file type {p.suffix!r}; use one of {sorted(_READERS)}")
+        raise RunnerError(
+            f"dataset.path={p}: unknown file type {p.suffix!r}; use one of {sorted(_READERS)}"
+        )
     try:
         df = reader(p)
     except Exception as e:  # noqa: BLE001
         raise RunnerError(f"could not read {p}: {e}") from None
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if missing:
-        raise RunnerError(f"{p} has no column(s) {missing}; its columns are {list(df.columns)} (set dataset.text_column / dataset.label_column)")
+        raise RunnerError(
+            f"{p} has no column(s) {missing}; its columns are {list(df.columns)} (set dataset.text_column / dataset.label_column)"
+        )
     df = df.dropna(subset=[text_column, label_column])
     texts = cut(df[text_column].astype(str).tolist(), segment)
     classes = sorted(df[label_column].unique().tolist())
@@ -395,14 +403,22 @@ def load_text_classification(
     else:
         from sklearn.model_selection import train_test_split
 
-        tr_idx, te_idx = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=split_seed, stratify=y)
+        tr_idx, te_idx = train_test_split(
+            np.arange(len(y)), test_size=test_fraction, random_state=split_seed, stratify=y
+        )
     vocab = (
         Vocabulary.load(word_index, num_words)
         if word_index
         else Vocabulary.fit((texts[i] for i in tr_idx), num_words)
     )
     x = vocab.encode(texts, maxlen)
-    log.info("%s: %d words in the vocabulary (capped at %s), sequences of %d", name, vocab.size - 1, num_words, maxlen)
+    log.info(
+        "%s: %d words in the vocabulary (capped at %s), sequences of %d",
+        name,
+        vocab.size - 1,
+        num_words,
+        maxlen,
+    )
     return Dataset(
         name=name,
         train=subset(Split(x[tr_idx], y[tr_idx]), train_size, split_seed),

@@ -152,6 +152,13 @@ def load_pretrained(
             raise RunnerError(
                 f"{path} has {out} outputs, but the data set has {num_classes} classes"
             )
+    embedding = next((layer for layer in model.layers if type(layer).__name__ == "Embedding"), None)
+    if vocab_size is not None and embedding is not None and embedding.input_dim < vocab_size:
+        raise RunnerError(
+            f"the vocabulary has {vocab_size - 1} words but {path}'s embedding has {embedding.input_dim} rows: "
+            "pass the model's own vocabulary with dataset.word_index=word_index.json "
+            f"(or cap it with dataset.num_words={embedding.input_dim})"
+        )
     return model
 
 

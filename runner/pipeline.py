@@ -124,11 +124,15 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
     keras.backend.clear_session()  # a reused worker process (joblib) starts clean
     builder = instantiate(cfg.model, _convert_="all")
     if not cfg.model.get("needs_training", True):
-        model = builder(input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs)
+        model = builder(
+            input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs
+        )
         return Baseline(model, Path(cfg.model.path), "pretrained", 0.0)
 
     def _train():
-        model = builder(input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs)
+        model = builder(
+            input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs
+        )
         return train(model, data, TrainConfig.from_mapping(cfg.train), scaling)
 
     got = cache.get_or_train(Path(cfg.cache_dir), baseline_spec(cfg), _train)

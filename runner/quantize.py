@@ -84,7 +84,11 @@ def with_fixed_batch(model, batch_size: int):
     """
     import tf_keras as keras
 
-    inp = keras.Input(batch_shape=(batch_size, *model.input_shape[1:]), dtype=model.inputs[0].dtype, name=model.inputs[0].name.split(":")[0])
+    inp = keras.Input(
+        batch_shape=(batch_size, *model.input_shape[1:]),
+        dtype=model.inputs[0].dtype,
+        name=model.inputs[0].name.split(":")[0],
+    )
     clone = keras.models.clone_model(model, input_tensors=inp)
     clone.set_weights(model.get_weights())
     return clone
@@ -241,7 +245,11 @@ class ConverterRecipe:
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         t0 = time.perf_counter()
         flatbuffer = convert(
-            ctx.model, self.options, self.calibration(ctx), token_ids=ctx.dataset.is_text, batch_size=ctx.convert_batch_size
+            ctx.model,
+            self.options,
+            self.calibration(ctx),
+            token_ids=ctx.dataset.is_text,
+            batch_size=ctx.convert_batch_size,
         )
         seconds = time.perf_counter() - t0
         path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
@@ -251,4 +259,3 @@ class ConverterRecipe:
         return [
             Artifact(path.name, self.name, path, "tflite", self.quantized, convert_seconds=seconds)
         ]
-

@@ -76,11 +76,15 @@ class Vocabulary:
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise RunnerError(f"vocabulary file {p} does not exist (expected a Keras Tokenizer word_index.json)") from None
+            raise RunnerError(
+                f"vocabulary file {p} does not exist (expected a Keras Tokenizer word_index.json)"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RunnerError(f"{p} is not a word_index.json ({e})") from None
         if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
-            raise RunnerError(f"{p} is not a word_index.json: expected a JSON object of word -> integer id")
+            raise RunnerError(
+                f"{p} is not a word_index.json: expected a JSON object of word -> integer id"
+            )
         return cls(data, num_words)
 
     @cached_property
@@ -106,7 +110,9 @@ class Vocabulary:
         limit = self.size
         out = np.zeros((len(texts), maxlen), np.int32)
         for row, t in enumerate(texts):
-            ids = [i for w in words(t) if (i := self.word_index.get(w)) is not None and i < limit][-maxlen:]
+            ids = [i for w in words(t) if (i := self.word_index.get(w)) is not None and i < limit][
+                -maxlen:
+            ]
             if ids:
                 out[row, maxlen - len(ids) :] = ids
         return out

@@ -111,7 +111,22 @@ def write_cifar_tarball(path: Path, extra_members: dict[str, bytes] | None = Non
 # --------------------------------------------------------------------------- text fixture
 RUMOR_WORDS = ["震惊", "谣言", "紧急", "速转", "内幕", "曝光"]
 REAL_WORDS = ["官方", "通报", "发布会", "记者", "报道", "统计"]
-FILLER = ["今天", "我们", "城市", "天气", "朋友", "时间", "工作", "学校", "医院", "北京", "上海", "网友", "消息", "事件"]
+FILLER = [
+    "今天",
+    "我们",
+    "城市",
+    "天气",
+    "朋友",
+    "时间",
+    "工作",
+    "学校",
+    "医院",
+    "北京",
+    "上海",
+    "网友",
+    "消息",
+    "事件",
+]
 
 
 def text_rows(n: int, seed: int, segmented: bool = True) -> list[dict]:
@@ -121,9 +136,17 @@ def text_rows(n: int, seed: int, segmented: bool = True) -> list[dict]:
     for i in range(n):
         label = int(i % 2)
         pool = RUMOR_WORDS if label else REAL_WORDS
-        words = list(rng.choice(FILLER, size=int(rng.integers(6, 14)))) + list(rng.choice(pool, size=3))
+        words = list(rng.choice(FILLER, size=int(rng.integers(6, 14)))) + list(
+            rng.choice(pool, size=3)
+        )
         rng.shuffle(words)
-        rows.append({"text": (" " if segmented else "").join(words), "label": label, "split": "test" if i % 5 == 0 else "train"})
+        rows.append(
+            {
+                "text": (" " if segmented else "").join(words),
+                "label": label,
+                "split": "test" if i % 5 == 0 else "train",
+            }
+        )
     return rows
 
 

@@ -29,7 +29,9 @@ def test_vocabulary_matches_keras_tokenizer_and_pad_sequences():
     # assert
     assert vocab.word_index == tok.word_index
     new = ["a b z unknown", "d d d d d d d d d d d d", ""]
-    np.testing.assert_array_equal(vocab.encode(new, 10), pad_sequences(tok.texts_to_sequences(new), 10))
+    np.testing.assert_array_equal(
+        vocab.encode(new, 10), pad_sequences(tok.texts_to_sequences(new), 10)
+    )
     assert vocab.size == 6 and max(vocab.kept().values()) == 5
 
 
@@ -48,8 +50,11 @@ def test_segmentation_cuts_raw_chinese_and_keeps_segmented_text():
 def test_loader_reads_each_format_with_its_split_column(tmp_path, suffix):
     df = pd.DataFrame(text_rows(50, 0))
     path = tmp_path / f"d{suffix}"
-    {".csv": lambda: df.to_csv(path, index=False), ".tsv": lambda: df.to_csv(path, sep="\t", index=False),
-     ".jsonl": lambda: df.to_json(path, orient="records", lines=True, force_ascii=False)}[suffix]()
+    {
+        ".csv": lambda: df.to_csv(path, index=False),
+        ".tsv": lambda: df.to_csv(path, sep="\t", index=False),
+        ".jsonl": lambda: df.to_json(path, orient="records", lines=True, force_ascii=False),
+    }[suffix]()
     d = load_text_classification(path=str(path), maxlen=20)
     assert (len(d.train), len(d.test)) == (40, 10)
     assert d.train.x.dtype == np.int32 and d.train.x.shape == (40, 20) and d.num_classes == 2
@@ -75,8 +80,12 @@ def test_loader_without_split_column_stratifies_and_maps_string_labels(tmp_path)
 
 def test_a_given_word_index_and_num_words_cap_are_used(tmp_path):
     write_text_csv(tmp_path / "d.csv", 40)
-    (tmp_path / "wi.json").write_text(json.dumps({"今天": 1, "官方": 2, "震惊": 3}, ensure_ascii=False))
-    d = load_text_classification(path=str(tmp_path / "d.csv"), word_index=str(tmp_path / "wi.json"), num_words=3)
+    (tmp_path / "wi.json").write_text(
+        json.dumps({"今天": 1, "官方": 2, "震惊": 3}, ensure_ascii=False)
+    )
+    d = load_text_classification(
+        path=str(tmp_path / "d.csv"), word_index=str(tmp_path / "wi.json"), num_words=3
+    )
     assert d.model_kwargs["vocab_size"] == 3 and d.train.x.max() <= 2
 
 
@@ -94,9 +103,18 @@ def test_loader_errors_name_the_problem(tmp_path):
 # --------------------------------------------------------------------------- text models end to end
 def text_cfg(tmp_path, csv, model, recipe, *extra):
     return compose_config(
-        "dataset=fake_news", f"dataset.path={csv}", f"model={model}", f"recipe={recipe}", f"cache_dir={tmp_path / 'cache'}",
-        "train.epochs=8", "train.learning_rate=0.01", "train.early_stopping_patience=0", "model.embedding_dim=16", "evaluation.latency_samples=2",
-        "evaluation.progress=false", *extra,
+        "dataset=fake_news",
+        f"dataset.path={csv}",
+        f"model={model}",
+        f"recipe={recipe}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "train.epochs=8",
+        "train.learning_rate=0.01",
+        "train.early_stopping_patience=0",
+        "model.embedding_dim=16",
+        "evaluation.latency_samples=2",
+        "evaluation.progress=false",
+        *extra,
     )
 
 
@@ -107,10 +125,25 @@ def text_csv(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("model", "recipe"),
-    [("text_cnn", "dynamic_range"), ("text_cnn", "full_integer"), ("text_cnn", "int16x8"), ("text_lstm", "float16"), ("text_lstm", "full_integer")],
+    [
+        ("text_cnn", "dynamic_range"),
+        ("text_cnn", "full_integer"),
+        ("text_cnn", "int16x8"),
+        ("text_lstm", "float16"),
+        ("text_lstm", "full_integer"),
+    ],
 )
 def test_text_models_convert_faithfully_and_keep_token_ids(tmp_path, text_csv, model, recipe):
-    result = run(text_cfg(tmp_path, text_csv, model, recipe, "model.units=16" if model == "text_lstm" else "model.filters=32"), tmp_path)
+    result = run(
+        text_cfg(
+            tmp_path,
+            text_csv,
+            model,
+            recipe,
+            "model.units=16" if model == "text_lstm" else "model.filters=32",
+        ),
+        tmp_path,
+    )
     rows = {r["artifact"]: r for r in result.rows}
     assert result.ok, rows
     assert rows["float.h5"]["accuracy"] >= 0.9  # the keyword task is learnt
