@@ -1,15 +1,307 @@
-"""Quantization-aware training helpers (tensorflow-model-optimization)."""
+"""Quantization-aware training (tensorflow-model-optimization), as a recipe.
+
+``recipe=qat`` starts from the cached float baseline (it never retrains it), annotates the layers
+tfmot can quantize, fine-tunes with fake quantization, and exports two artifacts: an int8
+``qat.tflite`` (calibrated int8 input/output) and ``qat.h5``, a fine-tunable Keras model that
+:func:`runner.models.load_model` loads back. HDF5, not ``.keras``: with tfmot 0.8.1 a QAT model
+saved as ``.keras`` fails to load ("Layer 'quantize_layer' expected 5 variables, but received 3").
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from runner.errors import RunnerError
+from runner.quantize import RECURRENT, Artifact, ConverterOptions, RecipeContext, convert
+
+log = logging.getLogger(__name__)
+
+# BatchNormalization folds into the conv/dense before it (tfmot's transforms); elsewhere it cannot.
+_BN_FOLDS_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot
+
+
+def conv1d_quantize_config():
+    """Conv1D is not in tfmot's default 8-bit registry; this config quantizes it like Conv2D."""
+    tfmot = _tfmot()
+    quantizers = tfmot.quantization.keras.quantizers
+
+    class Conv1DQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return [
+                (
+                    layer.kernel,
+                    quantizers.LastValueQuantizer(
+                        num_bits=8, symmetric=True, narrow_range=False, per_axis=False
+                    ),
+                )
+            ]
+
+        def get_activations_and_quantizers(self, layer):
+            return [
+                (
+                    layer.activation,
+                    quantizers.MovingAverageQuantizer(
+                        num_bits=8, symmetric=False, narrow_range=False, per_axis=False
+                    ),
+                )
+            ]
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            layer.kernel = quantize_weights[0]
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            layer.activation = quantize_activations[0]
+
+        def get_output_quantizers(self, layer):
+            return []
+
+        def get_config(self):
+            return {}
+
+    return Conv1DQuantizeConfig
+
+
+def custom_objects() -> dict[str, Any]:
+    cls = conv1d_quantize_config()
+    return {cls.__name__: cls}
 
 
 @contextlib.contextmanager
 def load_scope() -> Iterator[None]:
     """The custom-object scope a saved QAT model needs to load back."""
-    import tensorflow_model_optimization as tfmot
-
-    with tfmot.quantization.keras.quantize_scope():
+    with _tfmot().quantization.keras.quantize_scope(custom_objects()):
         yield
+
+
+def _inbound_classes(layer) -> list[str]:
+    out = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        for inbound in (
+            node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers]
+        ):
+            out.append(type(inbound).__name__)
+    return out
+
+
+def plan_annotation(
+    model, skip_layers: Sequence[str] = ()
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Which layers get fake quantization, and which stay float.
+
+    Returns:
+        ({layer name: QuantizeConfig or None (tfmot's default)}, [(name, class) left in float]).
+
+    Raises:
+        RunnerError: a recurrent layer (tfmot cannot quantization-aware-train LSTM/GRU) or a
+            name in ``skip_layers`` the model does not have.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    names = {layer.name for layer in model.layers}
+    unknown = sorted(set(skip_layers) - names)
+    if unknown:
+        raise RunnerError(
+            f"recipe.skip_layers names {unknown}, which the model does not have; its layers: {sorted(names)}"
+        )
+    plan: dict[str, Any] = {}
+    floats: list[tuple[str, str]] = []
+    conv1d = conv1d_quantize_config()
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls == "InputLayer":
+            continue
+        if cls in RECURRENT:
+            raise RunnerError(
+                f"layer {layer.name!r} ({cls}) cannot be quantization-aware-trained: tensorflow-model-optimization has no "
+                "8-bit scheme for recurrent layers; use recipe=full_integer (post-training) for this model"
+            )
+        if layer.name in skip_layers:
+            floats.append((layer.name, cls))
+        elif cls == "BatchNormalization":
+            if any(c in _BN_FOLDS_INTO for c in _inbound_classes(layer)):
+                plan[layer.name] = None
+            else:
+                floats.append((layer.name, cls))
+        elif cls == "Conv1D":
+            plan[layer.name] = conv1d()
+        elif registry.supports(layer):
+            plan[layer.name] = None
+        else:
+            floats.append((layer.name, cls))
+    return plan, floats
+
+
+def quantize_aware(model, skip_layers: Sequence[str] = (), fallback: bool = True):
+    """A QAT copy of ``model``: supported layers wrapped, the rest left in float.
+
+    Raises:
+        RunnerError: a layer that cannot be quantized when ``fallback`` is off, naming the layer,
+            its class and the fix.
+    """
+    import tf_keras as keras
+
+    tfmot = _tfmot()
+    plan, floats = plan_annotation(model, skip_layers)
+    unexpected = [(n, c) for n, c in floats if n not in skip_layers and c not in ("Embedding",)]
+    if unexpected and not fallback:
+        name, cls = unexpected[0]
+        raise RunnerError(
+            f"layer {name!r} ({cls}) is not supported by tensorflow-model-optimization's 8-bit QAT scheme; "
+            f"add it to recipe.skip_layers=[{name}] to keep it in float, or set recipe.fallback=true"
+        )
+    if floats:
+        log.info(
+            "QAT leaves %d layer(s) in float: %s",
+            len(floats),
+            ", ".join(f"{n} ({c})" for n, c in floats),
+        )
+    if not plan:
+        raise RunnerError("no layer of this model can be quantization-aware-trained")
+
+    def annotate(layer):
+        clone = layer.__class__.from_config(layer.get_config())
+        if layer.name not in plan:
+            return clone
+        return tfmot.quantization.keras.quantize_annotate_layer(
+            clone, quantize_config=plan[layer.name]
+        )
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    annotated.set_weights(model.get_weights())
+    with load_scope():
+        try:
+            return tfmot.quantization.keras.quantize_apply(annotated), floats
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise RunnerError(
+                f"tensorflow-model-optimization could not apply QAT: {' '.join(str(e).split())[:300]}"
+            ) from None
+
+
+class QATRecipe:
+    """Fine-tune the baseline with fake quantization; export int8 TFLite and a Keras model."""
+
+    def __init__(
+        self,
+        name: str = "qat",
+        description: str = "",
+        use_case: str = "",
+        epochs: int = 2,
+        learning_rate_scale: float = 0.1,
+        batch_size: int | None = None,
+        steps_per_epoch: int | None = None,
+        skip_layers: Sequence[str] = (),
+        fallback: bool = True,
+        calibration_samples: int = 200,
+        calibration_seed: int = 0,
+        converter: Mapping[str, Any] | None = None,
+        quantized: bool = True,
+        **_: Any,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.use_case = use_case
+        self.epochs = int(epochs)
+        self.learning_rate_scale = float(learning_rate_scale)
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.skip_layers = tuple(skip_layers or ())
+        self.fallback = bool(fallback)
+        self.calibration_samples = int(calibration_samples)
+        self.calibration_seed = int(calibration_seed)
+        self.options = ConverterOptions.from_mapping(converter)
+        self.quantized = quantized
+        self.steps_run = 0
+
+    def fine_tune(self, model, ctx: RecipeContext):
+        """Wrap and fine-tune; returns (qat model, seconds). Never touches ``model`` itself."""
+        from runner.train import TrainConfig, batch_sequence, loss_for, make_optimizer
+
+        train_cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
+        qat_model, _ = quantize_aware(model, self.skip_layers, self.fallback)
+        batch = int(self.batch_size or train_cfg.batch_size)
+        steps = int(self.steps_per_epoch or max(1, math.ceil(len(ctx.dataset.train) / batch)))
+        lr = train_cfg.learning_rate * self.learning_rate_scale
+        qat_model.compile(
+            optimizer=make_optimizer(train_cfg.optimizer, lr),
+            loss=loss_for(qat_model),
+            metrics=["accuracy"],
+        )
+        # The sequence wraps around, so epochs x steps batches are always there (seed 000's
+        # "Your input ran out of data" cannot happen).
+        seq = batch_sequence(
+            ctx.dataset.train, batch, ctx.scaling, True, train_cfg.seed, steps=steps
+        )
+        import tf_keras as keras
+
+        counter = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
+        )
+        self.steps_run = 0
+        t0 = time.perf_counter()
+        qat_model.fit(
+            seq, epochs=self.epochs, steps_per_epoch=steps, verbose=0, callbacks=[counter]
+        )
+        seconds = time.perf_counter() - t0
+        log.info(
+            "QAT fine-tuned %d epochs x %d steps at lr %.2g in %.1fs",
+            self.epochs,
+            steps,
+            lr,
+            seconds,
+        )
+        return qat_model, seconds
+
+    def produce(self, ctx: RecipeContext) -> list[Artifact]:
+        from runner.data import calibration_sample
+        from runner.files import atomic_write_bytes, atomic_write_with
+        from runner.models import load_model
+
+        qat_model, seconds = self.fine_tune(ctx.model, ctx)
+        calib = ctx.scaling(
+            calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
+        )
+        t0 = time.perf_counter()
+        flatbuffer = convert(
+            qat_model,
+            self.options,
+            calib,
+            token_ids=ctx.dataset.is_text,
+            batch_size=ctx.convert_batch_size,
+        )
+        convert_seconds = time.perf_counter() - t0
+        tfl = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
+
+        def save(tmp: str) -> None:
+            with load_scope(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
+                qat_model.save(tmp, include_optimizer=False)
+
+        h5 = atomic_write_with(ctx.models_dir / f"{self.name}.h5", save)
+        reloaded = load_model(h5)  # score the file a user gets, not the in-memory model
+        return [
+            Artifact(
+                tfl.name,
+                self.name,
+                tfl,
+                "tflite",
+                True,
+                train_seconds=seconds,
+                convert_seconds=convert_seconds,
+            ),
+            Artifact(h5.name, self.name, h5, "keras", True, train_seconds=seconds, model=reloaded),
+        ]

@@ -1,0 +1,132 @@
+"""Quantization-aware training: the round trip of the Keras artifact, unsupported layers, the loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from runner.data import Dataset, Scaling, load_digits
+from runner.errors import RunnerError
+from runner.models import load_model, small_cnn
+from runner.pipeline import run
+from runner.qat import QATRecipe, load_scope, quantize_aware
+from runner.quantize import RecipeContext
+
+
+def test_qat_keras_artifact_round_trips_with_identical_predictions(tmp_path):
+    # setup
+    model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
+    qat, floats = quantize_aware(model)
+    x = Scaling("unit")(load_digits(test_size=50).test.x)
+    # execute
+    with load_scope():
+        qat.save(tmp_path / "qat.h5")
+    loaded = load_model(tmp_path / "qat.h5")
+    # assert
+    assert floats == [] and any(
+        type(layer).__name__ == "QuantizeWrapperV2" for layer in loaded.layers
+    )
+    np.testing.assert_allclose(
+        loaded(x, training=False).numpy(), qat(x, training=False).numpy(), atol=1e-6
+    )
+
+
+def _with_layer_norm():
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    x = keras.layers.LayerNormalization(name="odd_norm")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="head")(x))
+
+
+def test_unsupported_layer_without_fallback_names_layer_class_and_fix():
+    with pytest.raises(RunnerError) as e:
+        quantize_aware(_with_layer_norm(), fallback=False)
+    msg = str(e.value)
+    assert "'odd_norm' (LayerNormalization)" in msg and "recipe.skip_layers=[odd_norm]" in msg
+
+
+def test_unsupported_layer_falls_back_to_float_and_still_converts(tmp_path):
+    model = _with_layer_norm()
+    qat, floats = quantize_aware(model, fallback=True)
+    assert floats == [("odd_norm", "LayerNormalization")]
+    wrapped = {layer.name for layer in qat.layers if type(layer).__name__ == "QuantizeWrapperV2"}
+    assert {"quant_conv", "quant_head"} <= wrapped and not any(
+        "odd_norm" in n and n.startswith("quant_") for n in wrapped
+    )
+    # skipping by hand does the same without the fallback; an unknown name is refused
+    assert quantize_aware(model, skip_layers=["odd_norm"], fallback=False)[1] == [
+        ("odd_norm", "LayerNormalization")
+    ]
+    with pytest.raises(RunnerError, match="does not have"):
+        quantize_aware(model, skip_layers=["nope"])
+
+
+def test_batchnorm_after_an_activation_stays_float_not_a_crash():
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.Activation("relu", name="act")(x)
+    x = keras.layers.BatchNormalization(name="late_bn")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(x))
+    _, floats = quantize_aware(model)
+    assert ("late_bn", "BatchNormalization") in floats
+
+
+def test_fine_tuning_runs_the_requested_steps_on_a_tiny_dataset(tmp_path):
+    # 10 samples, batch 32: less than one batch, yet 3 epochs x 5 steps must all run
+    d = load_digits(train_size=10, test_size=10)
+    data = Dataset("tiny", d.train, d.test, 10)
+    model = small_cnn((8, 8, 1), 10, filters=(4,), dense_units=0, dropout=0)
+    ctx = RecipeContext(
+        model=model,
+        dataset=data,
+        scaling=Scaling("unit"),
+        models_dir=tmp_path,
+        train_cfg={"batch_size": 32},
+    )
+    recipe = QATRecipe(epochs=3, steps_per_epoch=5)
+    recipe.fine_tune(model, ctx)
+    assert recipe.steps_run == 15
+    derived = QATRecipe(epochs=2)
+    derived.fine_tune(model, ctx)
+    assert derived.steps_run == 2  # one step per epoch: ceil(10 / 32)
+
+
+def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):
+    result = run(tiny_cfg("recipe=qat", "recipe.calibration_samples=50"), tmp_path)
+    rows = {r["artifact"]: r for r in result.rows}
+    assert result.ok and list(rows) == ["float.h5", "none.tflite", "qat.tflite", "qat.h5"]
+    tfl, ker = rows["qat.tflite"], rows["qat.h5"]
+    assert (
+        tfl["compression"] > 2.5  # 40 KB model: flatbuffer overhead keeps it under 4x
+        and tfl["train_seconds"] > 0
+        and ker["train_seconds"] == tfl["train_seconds"]
+    )
+    assert abs(tfl["accuracy_delta"]) <= 0.03 and tfl["agreement"] >= 0.95
+    # the int8 file is faithful to the fine-tuned Keras model it came from
+    assert abs(tfl["accuracy"] - ker["accuracy"]) <= 0.01
+    assert rows["float.h5"]["train_seconds"] > 0  # the baseline's own training time is kept
+
+
+def test_qat_on_an_lstm_is_a_failed_row_with_the_reason(tmp_path):
+    from conftest import compose_config, write_text_csv
+
+    csv = write_text_csv(tmp_path / "n.csv", 60)
+    cfg = compose_config(
+        "dataset=fake_news",
+        f"dataset.path={csv}",
+        "model=text_lstm",
+        "model.units=4",
+        "model.embedding_dim=4",
+        "recipe=qat",
+        f"cache_dir={tmp_path / 'c'}",
+        "train.epochs=1",
+        "evaluation.latency_samples=1",
+    )
+    row = run(cfg, tmp_path / "run").row("qat.tflite")
+    assert (
+        row["status"] == "failed"
+        and "'lstm' (LSTM) cannot be quantization-aware-trained" in row["error"]
+    )
