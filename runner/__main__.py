@@ -20,25 +20,42 @@ log = logging.getLogger("runner")
 def main(cfg: DictConfig) -> None:
     from runner import report
     from runner.errors import RunnerError
-    from runner.pipeline import failed_job_rows, run
+    from runner.pipeline import run, write_job_failure
+    from runner.quantize import summarize_error
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
+    if hc.mode == RunMode.MULTIRUN:
+        # A job never raises: Hydra would skip the sweep table. Its failure becomes its row.
+        try:
+            result = run(cfg, out)
+        except Exception as e:  # noqa: BLE001
+            log.error(
+                "job failed: %s",
+                e if isinstance(e, RunnerError) else summarize_error(e),
+                exc_info=not isinstance(e, RunnerError),
+            )
+            write_job_failure(
+                cfg, out, str(e) if isinstance(e, RunnerError) else summarize_error(e)
+            )
+            return
+        status = (
+            "ok"
+            if result.ok
+            else "failed: " + ", ".join(r["artifact"] for r in result.rows if r["status"] != "ok")
+        )
+        log.info("job done (%s): %s", status, out)
+        return
     try:
         result = run(cfg, out)
     except RunnerError as e:
-        if multirun:  # keep the sweep going; the job's failure is its row
-            log.error("job failed: %s", e)
-            report.write_tables(failed_job_rows(cfg, str(e)), out)
-            return
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report.to_markdown(result.rows))
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"results: {out}", file=sys.stderr)
-    if not result.ok and not multirun:
+    if not result.ok:
         failed = ", ".join(r["artifact"] for r in result.rows if r["status"] != "ok")
         print(f"error: failed: {failed} (see the error column)", file=sys.stderr)
         sys.exit(1)

@@ -111,6 +111,7 @@ class Baseline:
     path: Path
     cache: str  # hit, miss or pretrained
     train_seconds: float
+    key: str  # the cache key (or the pretrained file): rows of one baseline share it
 
 
 def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
@@ -127,7 +128,9 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
         model = builder(
             input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs
         )
-        return Baseline(model, Path(cfg.model.path), "pretrained", 0.0)
+        return Baseline(
+            model, Path(cfg.model.path), "pretrained", 0.0, str(Path(cfg.model.path).resolve())
+        )
 
     def _train():
         model = builder(
@@ -135,8 +138,9 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
         )
         return train(model, data, TrainConfig.from_mapping(cfg.train), scaling)
 
-    got = cache.get_or_train(Path(cfg.cache_dir), baseline_spec(cfg), _train)
-    return Baseline(got.model, got.path, got.status, got.train_seconds)
+    spec = baseline_spec(cfg)
+    got = cache.get_or_train(Path(cfg.cache_dir), spec, _train)
+    return Baseline(got.model, got.path, got.status, got.train_seconds, cache.cache_key(spec))
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
@@ -370,9 +374,9 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def failed_job_rows(cfg: DictConfig, error: str) -> list[dict[str, Any]]:
-    """The one row a job that failed before any artifact existed leaves in the table."""
-    return [
+def write_job_failure(cfg: DictConfig, output_dir: str | Path, error: str) -> list[dict[str, Any]]:
+    """The row (and results.json) of a job that failed before it had any artifact."""
+    rows = [
         report.empty_row(
             dataset=str(cfg.dataset.get("name", "?")),
             model=str(cfg.model.get("name", "?")),
@@ -383,3 +387,9 @@ def failed_job_rows(cfg: DictConfig, error: str) -> list[dict[str, Any]]:
             use_case=str(cfg.recipe.get("use_case", "")),
         )
     ]
+    out = Path(output_dir)
+    report.write_tables(rows, out)
+    atomic_write_json(
+        out / "results.json", {"status": "failed", "rows": rows, "versions": versions()}
+    )
+    return rows

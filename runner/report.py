@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ COLUMNS = [
     "use_case",
     "path",
     "sha256",
+    "baseline_key",
 ]
 # The columns a person reads in the Markdown table (the CSV has all of them).
 DISPLAY = [
@@ -123,3 +126,199 @@ def _md_cell(col: str, v: Any) -> str:
             return f"{v:.3f}"
         return f"{v:.2f}"
     return str(v).replace("|", "\\|")
+
+
+# --------------------------------------------------------------------------- sweeps
+SWEEP_COLUMNS = [*COLUMNS, "overrides", "job"]
+SWEEP_DISPLAY = ["overrides", *DISPLAY]
+BASELINE_RECIPES = ("float", "none")  # rows every job of a baseline repeats: kept once
+
+
+def job_dirs(path: str | os.PathLike) -> list[Path]:
+    """Run folders under ``path``: the folder itself if it is a run, else its job subfolders."""
+    p = Path(path)
+    if (p / "results.json").exists() or (p / ".hydra").is_dir() and not _subjobs(p):
+        return [p]
+    return _subjobs(p)
+
+
+def _subjobs(p: Path) -> list[Path]:
+    subs = [
+        d
+        for d in p.iterdir()
+        if d.is_dir() and ((d / ".hydra").is_dir() or (d / "results.json").exists())
+    ]
+    return sorted(subs, key=lambda d: (int(d.name) if d.name.isdigit() else 1 << 30, d.name))
+
+
+def job_rows(job: Path) -> list[dict[str, Any]]:
+    """The rows one job left on disk; a job that left none (killed, crashed) is one failed row."""
+    overrides = " ".join(_overrides(job))
+    results = job / "results.json"
+    rows: list[dict[str, Any]]
+    try:
+        rows = json.loads(results.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        rows = [
+            empty_row(
+                status="failed",
+                error="the job left no results (killed or crashed before its first row)",
+            )
+        ]
+    return [{**empty_row(), **r, "overrides": overrides, "job": job.name} for r in rows]
+
+
+def _overrides(job: Path) -> list[str]:
+    f = job / ".hydra" / "overrides.yaml"
+    if not f.exists():
+        return []
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.load(f)]
+
+
+def aggregate(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Every job's rows, with each baseline's float rows (Keras model, float32 TFLite) once."""
+    rows, seen = [], set()
+    for path in paths:
+        for job in job_dirs(path):
+            for r in job_rows(job):
+                if r.get("recipe") in BASELINE_RECIPES and r.get("status") == "ok":
+                    key = (
+                        r.get("dataset"),
+                        r.get("model"),
+                        r.get("baseline_key"),
+                        r.get("artifact"),
+                    )
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                rows.append(r)
+    return rows
+
+
+def write_sweep_report(
+    paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
+) -> list[dict[str, Any]]:
+    """``comparison.{csv,md,json,png}`` in ``out_dir`` from the job folders under ``paths``."""
+    rows = aggregate(paths)
+    out = Path(out_dir)
+    atomic_write_text(out / "comparison.csv", to_csv(rows, SWEEP_COLUMNS))
+    atomic_write_text(out / "comparison.md", to_markdown(rows, SWEEP_DISPLAY))
+    atomic_write_text(
+        out / "comparison.json",
+        json.dumps(
+            [{c: r.get(c) for c in SWEEP_COLUMNS} for r in rows], indent=2, ensure_ascii=False
+        )
+        + "\n",
+    )
+    plot(rows, out / "comparison.png")
+    return rows
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the (size, accuracy) points no other point beats on both (smaller and better)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | None:
+    """Size vs accuracy, one labelled point per artifact, the Pareto front drawn."""
+    ok = [
+        r
+        for r in rows
+        if r.get("status") == "ok" and r.get("size_bytes") and r.get("accuracy") is not None
+    ]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(float(r["size_bytes"]) / MB, float(r["accuracy"])) for r in ok]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    several = len({q.get("dataset") for q in ok}) > 1
+    crowd: dict[tuple[float, float], int] = {}
+    for (x, y), r in zip(pts, ok, strict=True):
+        ax.scatter(x, y, s=36, marker="s" if r.get("format") == "keras" else "o", zorder=3)
+        # points on (nearly) the same spot get their labels stacked, not overprinted
+        spot = (round(math.log10(x) * 4), round(y, 3))  # quarter-decade buckets
+        k = crowd[spot] = crowd.get(spot, -1) + 1
+        label = r["artifact"] + (f" [{r.get('dataset')}]" if several else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4 + 10 * k), fontsize=7)
+    front = [pts[i] for i in pareto_front(pts)]
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red", lw=1, zorder=2)
+    ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none", edgecolors="tab:red", label="Pareto front (smallest for its accuracy)", zorder=4)
+    ax.margins(x=0.15, y=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("size on disk (MB, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("size vs accuracy per artifact")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    from runner.files import atomic_write_with
+
+    out = atomic_write_with(
+        path, lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None})
+    )
+    plt.close(fig)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m runner.report PATH... [--out DIR]``: rebuild the comparison from run/sweep folders."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m runner.report", description=main.__doc__)
+    parser.add_argument(
+        "paths", nargs="+", help="run folders or sweep folders (their job subfolders are read)"
+    )
+    parser.add_argument(
+        "--out", help="where to write comparison.{csv,md,json,png} (default: the only PATH)"
+    )
+    args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not Path(p).is_dir()]
+    if missing:
+        parser.error(f"not a folder: {', '.join(missing)}")
+    if args.out is None and len(args.paths) > 1:
+        parser.error("several folders: say where the combined table goes with --out DIR")
+    rows = write_sweep_report(args.paths, args.out or args.paths[0])
+    if not rows:
+        parser.error("no run results found under " + ", ".join(args.paths))
+    print(to_markdown(rows, SWEEP_DISPLAY))
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+def _callback_base() -> type:
+    from hydra.experimental.callback import Callback
+
+    return Callback
+
+
+class SweepReportCallback(_callback_base()):
+    """Hydra callback: after a multirun, one table across all its jobs (registered in config.yaml).
+
+    It reads the jobs' results from disk, so it works with any launcher (in-process, joblib,
+    submitit), and it only runs when no job raised: jobs record their failures as rows instead.
+    """
+
+    def on_multirun_end(self, config: Any, **_: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        rows = write_sweep_report([sweep_dir], sweep_dir)
+        failed = [r for r in rows if r.get("status") != "ok"]
+        print(to_markdown(rows, SWEEP_DISPLAY))
+        print(
+            f"sweep table: {sweep_dir / 'comparison.md'} ({len(rows)} rows, {len(failed)} failed)",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
