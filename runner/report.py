@@ -129,8 +129,8 @@ def _md_cell(col: str, v: Any) -> str:
 
 
 # --------------------------------------------------------------------------- sweeps
-SWEEP_COLUMNS = [*COLUMNS, "overrides", "job"]
-SWEEP_DISPLAY = ["overrides", *DISPLAY]
+SWEEP_COLUMNS = [*COLUMNS, "overrides", "varies", "job"]
+SWEEP_DISPLAY = ["varies", *DISPLAY]  # `varies`: the overrides that differ between the jobs
 BASELINE_RECIPES = ("float", "none")  # rows every job of a baseline repeats: kept once
 
 
@@ -180,20 +180,19 @@ def _overrides(job: Path) -> list[str]:
 def aggregate(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Every job's rows, with each baseline's float rows (Keras model, float32 TFLite) once."""
     rows, seen = [], set()
-    for path in paths:
-        for job in job_dirs(path):
-            for r in job_rows(job):
-                if r.get("recipe") in BASELINE_RECIPES and r.get("status") == "ok":
-                    key = (
-                        r.get("dataset"),
-                        r.get("model"),
-                        r.get("baseline_key"),
-                        r.get("artifact"),
-                    )
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                rows.append(r)
+    jobs = [job for path in paths for job in job_dirs(path)]
+    per_job = {job: _overrides(job) for job in jobs}
+    common = set.intersection(*(set(o) for o in per_job.values())) if len(jobs) > 1 else set()
+    for job in jobs:
+        varies = " ".join(o for o in per_job[job] if o not in common)
+        for r in job_rows(job):
+            r["varies"] = varies
+            if r.get("recipe") in BASELINE_RECIPES and r.get("status") == "ok":
+                key = (r.get("dataset"), r.get("model"), r.get("baseline_key"), r.get("artifact"))
+                if key in seen:
+                    continue
+                seen.add(key)
+            rows.append(r)
     return rows
 
 
@@ -253,8 +252,18 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | N
         label = r["artifact"] + (f" [{r.get('dataset')}]" if several else "")
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4 + 10 * k), fontsize=7)
     front = [pts[i] for i in pareto_front(pts)]
-    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:red", lw=1, zorder=2)
-    ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none", edgecolors="tab:red", label="Pareto front (smallest for its accuracy)", zorder=4)
+    ax.step(
+        [p[0] for p in front], [p[1] for p in front], where="post", color="tab:red", lw=1, zorder=2
+    )
+    ax.scatter(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        s=140,
+        facecolors="none",
+        edgecolors="tab:red",
+        label="Pareto front (smallest for its accuracy)",
+        zorder=4,
+    )
     ax.margins(x=0.15, y=0.2)
     ax.set_xscale("log")
     ax.set_xlabel("size on disk (MB, log scale)")

@@ -1,0 +1,183 @@
+"""Sweeps: one table across a multirun, with any launcher, failures kept as rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY, run_cli
+
+from runner.report import aggregate, pareto_front, write_sweep_report
+
+FILES = ("comparison.csv", "comparison.md", "comparison.json")
+
+
+def sweep(tmp_path, *args, name="sweep"):
+    sweep_dir = tmp_path / name
+    p = run_cli(
+        "-m", *TINY, f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}", *args
+    )
+    return p, sweep_dir
+
+
+def table(sweep_dir):
+    with open(sweep_dir / "comparison.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def recipe_rows(rows):
+    return [r for r in rows if r["recipe"] not in ("float", "none")]
+
+
+@pytest.mark.slow
+def test_three_recipe_sweep_trains_once_and_report_reproduces_it(tmp_path):
+    # execute
+    p, sweep_dir = sweep(tmp_path, "recipe=dynamic_range,float16,full_integer")
+    # assert: the callback's table, every job, baseline rows once, one training
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = table(sweep_dir)
+    assert [r["artifact"] for r in rows] == [
+        "float.h5",
+        "none.tflite",
+        "dynamic_range.tflite",
+        "float16.tflite",
+        "full_integer.tflite",
+    ]
+    assert [r["baseline_cache"] for r in recipe_rows(rows)] == ["miss", "hit", "hit"]
+    varies = [r["varies"] for r in recipe_rows(rows)]
+    assert varies == ["recipe=dynamic_range", "recipe=float16", "recipe=full_integer"]
+    assert all(r["overrides"].startswith("dataset.train_size=600") for r in rows)  # the whole command line
+    assert len({r["baseline_key"] for r in rows}) == 1
+    assert "| recipe=float16 | float16.tflite |" in p.stdout  # the aggregated table is printed
+    assert (sweep_dir / "comparison.png").stat().st_size > 10_000
+    # runner.report rebuilds the same files byte for byte
+    out = tmp_path / "rebuilt"
+    r = subprocess.run(
+        [sys.executable, "-m", "runner.report", str(sweep_dir), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    for f in (*FILES, "comparison.png"):
+        assert (out / f).read_bytes() == (sweep_dir / f).read_bytes(), f
+    # re-running the same sweep reuses the cache and rewrites the whole table
+    p2, _ = sweep(tmp_path, "recipe=dynamic_range,float16,full_integer")
+    assert p2.returncode == 0
+    assert [r["baseline_cache"] for r in recipe_rows(table(sweep_dir))] == ["hit", "hit", "hit"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["hydra/launcher=joblib", "hydra/launcher=submitit_local"])
+def test_parallel_launchers_share_one_baseline_training(tmp_path, launcher):
+    extra = (
+        ["hydra.launcher.n_jobs=2"] if "joblib" in launcher else ["hydra.launcher.timeout_min=15"]
+    )
+    p, sweep_dir = sweep(tmp_path, launcher, *extra, "recipe=dynamic_range,float16,full_integer")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = table(sweep_dir)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    # concurrent jobs waited on the cache lock: exactly one of them trained
+    assert sorted(r["baseline_cache"] for r in recipe_rows(rows)) == ["hit", "hit", "miss"]
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_a_failed_row_and_the_table_is_still_written(tmp_path):
+    p, sweep_dir = sweep(
+        tmp_path,
+        "recipe=dynamic_range,full_integer",
+        "++recipe.converter.representative_dataset=false",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["artifact"]: r for r in table(sweep_dir)}
+    assert rows["dynamic_range.tflite"]["status"] == "ok"
+    assert (
+        rows["full_integer.tflite"]["status"] == "failed"
+        and "representative_dataset" in rows["full_integer.tflite"]["error"]
+    )
+
+
+def _job(folder, rows, overrides):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if rows is not None:
+        (folder / "results.json").write_text(json.dumps({"rows": rows}))
+
+
+def _row(artifact, recipe, key="k1", status="ok", size=100, acc=0.9):
+    return {
+        "dataset": "d",
+        "model": "m",
+        "recipe": recipe,
+        "artifact": artifact,
+        "format": "tflite",
+        "size_bytes": size,
+        "accuracy": acc,
+        "status": status,
+        "baseline_key": key,
+        "baseline_cache": "hit",
+    }
+
+
+def test_aggregate_keeps_one_baseline_per_key_and_reports_killed_jobs(tmp_path):
+    # setup: two jobs on baseline k1, one on k2, one job killed before writing anything
+    _job(
+        tmp_path / "0",
+        [_row("float.h5", "float"), _row("none.tflite", "none"), _row("a.tflite", "a")],
+        ["recipe=a"],
+    )
+    _job(
+        tmp_path / "1",
+        [_row("float.h5", "float"), _row("none.tflite", "none"), _row("b.tflite", "b")],
+        ["recipe=b"],
+    )
+    _job(
+        tmp_path / "2",
+        [_row("float.h5", "float", "k2"), _row("none.tflite", "none", "k2")],
+        ["recipe=none", "seed=1"],
+    )
+    _job(tmp_path / "10", None, ["recipe=c"])
+    # execute
+    rows = aggregate([tmp_path])
+    # assert
+    assert [(r["artifact"], r["baseline_key"], r["job"]) for r in rows[:6]] == [
+        ("float.h5", "k1", "0"),
+        ("none.tflite", "k1", "0"),
+        ("a.tflite", "k1", "0"),
+        ("b.tflite", "k1", "1"),
+        ("float.h5", "k2", "2"),
+        ("none.tflite", "k2", "2"),
+    ]
+    killed = rows[-1]
+    assert (
+        killed["status"] == "failed"
+        and "left no results" in killed["error"]
+        and killed["varies"] == "recipe=c"
+    )
+    written = write_sweep_report([tmp_path], tmp_path)
+    assert len(written) == 7 and (tmp_path / "comparison.md").read_text().count("\n") == 9
+
+
+def test_pareto_front_is_smallest_for_its_accuracy():
+    pts = [(4.0, 0.90), (1.0, 0.80), (2.0, 0.85), (2.5, 0.84), (1.0, 0.79), (8.0, 0.90)]
+    assert pareto_front(pts) == [1, 2, 0]
+
+
+def test_report_cli_errors(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "runner.report", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "not a folder" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "runner.report", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "no run results" in r.stderr
