@@ -299,6 +299,7 @@ class _State:
                 latency_p90_ms=m.latency_p90_ms,
                 train_seconds=art.train_seconds,
                 convert_seconds=art.convert_seconds,
+                eval_seconds=m.eval_seconds,
                 status="ok",
                 error="",
                 use_case=use_case,

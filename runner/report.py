@@ -39,6 +39,7 @@ COLUMNS = [
     "latency_p90_ms",
     "train_seconds",
     "convert_seconds",
+    "eval_seconds",
     "baseline_cache",
     "status",
     "error",

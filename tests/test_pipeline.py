@@ -139,3 +139,25 @@ def test_default_run_meets_the_accuracy_bar(tmp_path):
     for recipe in POST_TRAINING:
         r = rows[f"{recipe}.tflite"]
         assert r["status"] == "ok" and abs(r["accuracy_delta"]) <= 0.01, r
+
+
+def test_cifar100_run_from_a_fixture_archive_reports_top5(tmp_path):
+    from conftest import write_cifar_tarball
+
+    archive = write_cifar_tarball(tmp_path / "cifar-100-python.tar.gz", n_train=60, n_test=30)
+    cfg = compose_config(
+        "dataset=cifar100",
+        f"dataset.path={archive}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "recipe=float16",
+        "train.epochs=1",
+        "train.validation_split=0",
+        "model.filters=[4]",
+        "evaluation.latency_samples=1",
+    )
+    result = run(cfg, tmp_path / "run")
+    assert result.ok and len(result.rows) == 3
+    for r in result.rows:
+        assert r["dataset"] == "cifar100" and 0.0 <= r["top5"] <= 1.0 and r["top5"] >= r["accuracy"]
+    header = (tmp_path / "run" / "comparison.md").read_text().splitlines()[0]
+    assert "top5" in header

@@ -49,7 +49,9 @@ def test_three_recipe_sweep_trains_once_and_report_reproduces_it(tmp_path):
     assert [r["baseline_cache"] for r in recipe_rows(rows)] == ["miss", "hit", "hit"]
     varies = [r["varies"] for r in recipe_rows(rows)]
     assert varies == ["recipe=dynamic_range", "recipe=float16", "recipe=full_integer"]
-    assert all(r["overrides"].startswith("dataset.train_size=600") for r in rows)  # the whole command line
+    assert all(
+        r["overrides"].startswith("dataset.train_size=600") for r in rows
+    )  # the whole command line
     assert len({r["baseline_key"] for r in rows}) == 1
     assert "| recipe=float16 | float16.tflite |" in p.stdout  # the aggregated table is printed
     assert (sweep_dir / "comparison.png").stat().st_size > 10_000

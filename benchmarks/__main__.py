@@ -1,0 +1,367 @@
+"""``python -m benchmarks [--out PATH] [--quick]``: speed, size, quality and memory, in one run.
+
+Every figure is a ratio measured inside this one run (these machines are noisy), written as one
+JSON object (default ``benchmarks/results/latest.json``) and printed as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pickle
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIBO = ROOT.parent / "shared" / "data" / "weibo_rumor" / "weibo_rumor.csv"
+RECIPES = ["none", "dynamic_range", "float16", "full_integer", "int16x8", "qat"]
+
+
+def sh(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kw,
+    )
+    if p.returncode not in (0, 1):
+        raise SystemExit(
+            f"benchmark run failed ({p.returncode}): {' '.join(args)}\n{p.stderr[-3000:]}"
+        )
+    return time.perf_counter() - t0, p
+
+
+def load_rows(folder: Path) -> list[dict]:
+    return json.loads((folder / "comparison.json").read_text())
+
+
+# --------------------------------------------------------------------------- 1. sweep cost
+def sweep_cost(tmp: Path, base: list[str]) -> dict:
+    cached_dir = tmp / "cached"
+    wall_cached, _ = sh(
+        [
+            "-m",
+            *base,
+            f"recipe={','.join(RECIPES)}",
+            f"cache_dir={tmp / 'cache_c'}",
+            f"hydra.sweep.dir={cached_dir}",
+        ]
+    )
+    rows = load_rows(cached_dir)
+    train = next(float(r["train_seconds"]) for r in rows if r["recipe"] == "float")
+    own = sum(
+        float(r["convert_seconds"] or 0) + float(r["eval_seconds"] or 0)
+        for r in rows
+        if r["recipe"] not in ("float",) and r["status"] == "ok"
+    )
+    wall_naive = 0.0
+    for i, recipe in enumerate(RECIPES):  # the naive way: every recipe trains its own baseline
+        w, _ = sh(
+            [
+                *base,
+                f"recipe={recipe}",
+                f"cache_dir={tmp / f'cache_n{i}'}",
+                f"hydra.run.dir={tmp / f'naive{i}'}",
+            ]
+        )
+        wall_naive += w
+    return {
+        "wall_cached_s": wall_cached,
+        "wall_naive_s": wall_naive,
+        "train_s": train,
+        "recipes_convert_eval_s": own,
+        "sweep_cost_ratio": wall_cached / (train + own),
+        "naive_over_cached": wall_naive / wall_cached,
+        "rows": rows,
+    }
+
+
+# --------------------------------------------------------------------------- 2. evaluation overhead
+def eval_overhead(models_dir: Path, x_raw: np.ndarray, batch_size: int, repeats: int) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    import runner  # noqa: F401
+    from runner.data import Scaling
+    from runner.evaluate import TFLiteModel
+
+    out = {}
+    for path in sorted(models_dir.glob("*.tflite")):
+        name = path.stem
+        model = TFLiteModel(path, num_threads=1)
+        model.predict(x_raw[:batch_size], Scaling("unit"), batch_size)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            model.predict(x_raw, Scaling("unit"), batch_size)
+        ours = repeats * len(x_raw) / (time.perf_counter() - t0)
+        # raw: the same batches, prepared beforehand; only set_tensor + invoke in the loop
+        raw_m = TFLiteModel(path, num_threads=1)
+        batches = [
+            raw_m.prepare(x_raw[s : s + batch_size], Scaling("unit"))
+            for s in range(0, len(x_raw), batch_size)
+        ]
+        interp, idx = raw_m._interp, raw_m.input["index"]
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for b in batches:
+                if len(b) != raw_m._batch:
+                    raw_m._resize(len(b))
+                interp.set_tensor(idx, b)
+                interp.invoke()
+        raw = repeats * len(x_raw) / (time.perf_counter() - t0)
+        # the seeds' loop: one sample at a time, set_tensor / invoke / get_tensor
+        seed = Interpreter(model_path=str(path), num_threads=1)
+        seed.allocate_tensors()
+        inp, outp = seed.get_input_details()[0], seed.get_output_details()[0]
+        xs = [raw_m.prepare(x_raw[i : i + 1], Scaling("unit")) for i in range(len(x_raw))]
+        t0 = time.perf_counter()
+        for x in xs:
+            seed.set_tensor(inp["index"], x)
+            seed.invoke()
+            seed.get_tensor(outp["index"])
+        seed_tp = len(x_raw) / (time.perf_counter() - t0)
+        out[name] = {"eval_per_s": ours, "raw_invoke_per_s": raw, "seed_loop_per_s": seed_tp}
+    return out
+
+
+# --------------------------------------------------------------------------- 3. compression on a >= 1 MB model
+def resnet_compression(tmp: Path, quick: bool) -> dict:
+    base = [
+        "dataset=cifar100",
+        f"dataset.path={make_cifar(tmp / 'small_cifar', 2000, 500)}",
+        "model=resnet",
+        "train.epochs=1",
+        "evaluation.latency_samples=20",
+        "evaluation.progress=false",
+    ]
+    folder = tmp / "resnet"
+    sh(
+        [
+            "-m",
+            *base,
+            "recipe=" + ",".join(r for r in RECIPES if r != "qat" or not quick),
+            f"cache_dir={tmp / 'cache_r'}",
+            f"hydra.sweep.dir={folder}",
+        ]
+    )
+    return {r["artifact"]: r for r in load_rows(folder)}
+
+
+def make_cifar(folder: Path, n_train: int, n_test: int) -> Path:
+    """A generated data set in the real ``cifar-100-python`` layout (uint8 noise, 100 classes)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 100, n)
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        data[:, :100] = (labels[:, None] * 2).astype(
+            np.uint8
+        )  # a learnable signal in the first pixels
+        with open(folder / name, "wb") as f:
+            pickle.dump(
+                {
+                    b"data": data,
+                    b"fine_labels": labels.tolist(),
+                    b"coarse_labels": (labels // 5).tolist(),
+                },
+                f,
+                protocol=4,
+            )
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(
+            {
+                b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"s{i}".encode() for i in range(20)],
+            },
+            f,
+        )
+    return folder
+
+
+# --------------------------------------------------------------------------- 4. memory
+def peak_memory(tmp: Path, quick: bool) -> float:
+    n = 10_000 if quick else 50_000
+    path = make_cifar(tmp / "cifar_full", n, n // 5)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    sh(
+        [
+            "dataset=cifar100",
+            f"dataset.path={path}",
+            "train.epochs=1",
+            "recipe=dynamic_range",
+            "evaluation.latency_samples=5",
+            "evaluation.progress=false",
+            f"cache_dir={tmp / 'cache_m'}",
+            f"hydra.run.dir={tmp / 'mem'}",
+        ]
+    )
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(peak, before) / 1024 / 1024  # KiB -> GiB
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
+        )
+    libs = {}
+    for n in (
+        "tensorflow",
+        "tf-keras",
+        "tensorflow-model-optimization",
+        "ai-edge-litert",
+        "hydra-core",
+        "numpy",
+    ):
+        try:
+            libs[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            libs[n] = None
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "libraries": libs,
+        "num_threads": 1,
+    }
+
+
+def quality(rows: list[dict]) -> dict:
+    ref = next(r for r in rows if r["artifact"] == "none.tflite")
+    out = {}
+    for r in rows:
+        if r["recipe"] in ("float", "none") or r["status"] != "ok" or r["format"] != "tflite":
+            continue
+        out[r["recipe"]] = {
+            "compression": r["compression"],
+            "accuracy_delta": r["accuracy_delta"],
+            "agreement": r["agreement"],
+            "latency_ratio": r["latency_ms"] / ref["latency_ms"],
+            "latency_ms": r["latency_ms"],
+        }
+    for r in rows:
+        if r["status"] != "ok" and r["recipe"] not in out:
+            out[r["recipe"]] = {"failed": r["error"]}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
+    ap.add_argument("--quick", action="store_true", help="tiny data and fewer repeats (< 5 min)")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    tiny = (
+        ["dataset.train_size=600", "train.epochs=6", "train.early_stopping_patience=0"]
+        if args.quick
+        else []
+    )
+    base = [
+        *tiny,
+        "evaluation.latency_samples=200",
+        "evaluation.latency_warmup=20",
+        "evaluation.progress=false",
+    ]
+    result: dict = {"machine": machine(), "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        print("1/5 sweep cost (cached sweep vs one training per recipe) ...", file=sys.stderr)
+        sc = sweep_cost(tmp, base)
+        digits_rows = sc.pop("rows")
+        result["sweep_cost_ratio"] = sc["sweep_cost_ratio"]
+        result["naive_over_cached"] = sc["naive_over_cached"]
+        result["sweep_cost"] = sc
+        print("2/5 evaluation overhead ...", file=sys.stderr)
+        from runner.data import load_digits
+
+        x = load_digits().test.x
+        models = sorted((tmp / "cached").glob("*/models"))
+        ev = {}
+        for m in models:
+            ev.update(eval_overhead(m, x, 128, 3 if args.quick else 10))
+        result["evaluation"] = ev
+        result["eval_over_raw_invoke"] = {
+            k: v["eval_per_s"] / v["raw_invoke_per_s"] for k, v in ev.items()
+        }
+        result["eval_over_seed_loop"] = {
+            k: v["eval_per_s"] / v["seed_loop_per_s"] for k, v in ev.items()
+        }
+        print("3/5 model quality on the default data ...", file=sys.stderr)
+        q = {"digits": quality(digits_rows)}
+        if WEIBO.exists() and not args.quick:
+            print("    ... and on the Weibo set", file=sys.stderr)
+            folder = tmp / "weibo"
+            sh(
+                [
+                    "-m",
+                    "dataset=fake_news",
+                    f"dataset.path={WEIBO}",
+                    f"recipe={','.join(RECIPES)}",
+                    "evaluation.latency_samples=200",
+                    "evaluation.progress=false",
+                    f"cache_dir={tmp / 'cache_w'}",
+                    f"hydra.sweep.dir={folder}",
+                ]
+            )
+            q["weibo"] = quality(load_rows(folder))
+        print("4/5 compression on a CIFAR-shaped ResNet-20 (> 1 MB) ...", file=sys.stderr)
+        res = resnet_compression(tmp, args.quick)
+        q["resnet20_cifar_shaped"] = quality(list(res.values()))
+        result["quality"] = q
+        result["compression"] = {
+            k: v["compression"] for k, v in q["resnet20_cifar_shaped"].items() if "compression" in v
+        }
+        result["compression_size_mb"] = {k: v["size_mb"] for k, v in res.items()}
+        result["accuracy_delta"] = {
+            k: v["accuracy_delta"] for k, v in q["digits"].items() if "accuracy_delta" in v
+        }
+        result["latency_ratio"] = {
+            k: v["latency_ratio"] for k, v in q["digits"].items() if "latency_ratio" in v
+        }
+        print("5/5 peak memory of a CIFAR-100-shaped run ...", file=sys.stderr)
+        result["peak_rss_gb"] = peak_memory(tmp, args.quick)
+    result["benchmark_seconds"] = time.perf_counter() - t_start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"\nwritten: {out}", file=sys.stderr)
+    return 0
+
+
+def print_table(r: dict) -> None:
+    print(f"sweep_cost_ratio   {r['sweep_cost_ratio']:.2f}   (goal <= 1.10)")
+    print(f"naive_over_cached  {r['naive_over_cached']:.2f}")
+    print(f"peak_rss_gb        {r['peak_rss_gb']:.2f}   (goal < 2)")
+    print(
+        "\n| recipe | compression (ResNet-20) | accuracy_delta (digits) | latency_ratio (digits) | eval/raw invoke | eval/seed loop |"
+    )
+    print("|---|---|---|---|---|---|")
+    for k in RECIPES:
+        c = r["compression"].get(k)
+        a = r["accuracy_delta"].get(k)
+        lr = r["latency_ratio"].get(k)
+        er = r["eval_over_raw_invoke"].get(k)
+        es = r["eval_over_seed_loop"].get(k)
+        f = lambda v, spec: format(v, spec) if v is not None else "—"  # noqa: E731
+        print(
+            f"| {k} | {f(c, '.2f')} | {f(a, '+.4f')} | {f(lr, '.2f')} | {f(er, '.3f')} | {f(es, '.1f')} |"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
