@@ -278,7 +278,11 @@ def main(argv=None) -> int:
         "evaluation.latency_warmup=20",
         "evaluation.progress=false",
     ]
-    result: dict = {"machine": machine(), "quick": args.quick, "command": "python -m benchmarks" + (" --quick" if args.quick else "")}
+    result: dict = {
+        "machine": machine(),
+        "quick": args.quick,
+        "command": "python -m benchmarks" + (" --quick" if args.quick else ""),
+    }
     with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
         tmp = Path(tmpdir)
         print("1/5 sweep cost (cached sweep vs one training per recipe) ...", file=sys.stderr)
