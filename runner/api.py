@@ -53,6 +53,7 @@ def quantize_model(
         RunnerError: missing/unreadable model, unknown recipe, missing calibration data, or a
             conversion the recipe cannot do (with the converter's reason).
     """
+    from runner.config import compose
     from runner.files import atomic_write_bytes
     from runner.models import load_model
     from runner.pipeline import build
@@ -60,7 +61,7 @@ def quantize_model(
 
     model = load_model(model_path, safe_mode=safe_mode)
     try:
-        cfg = runner_config(
+        cfg = compose(
             [f"recipe={recipe}", *(f"recipe.{k}={_hydra_value(v)}" for k, v in options.items())]
         )
     except Exception as e:  # noqa: BLE001 - Hydra's own error names the valid choices
@@ -97,11 +98,21 @@ def prediction_label(
     the one in the working directory. Raw Chinese is segmented with jieba; space-segmented text
     is used as it is. The sentence is padded to the model's input length.
     """
+    return predict_labels([test_sentence], model_path, word_index_path)[0]
+
+
+def predict_labels(
+    sentences: Iterable[str],
+    model_path: str | os.PathLike,
+    word_index_path: str | os.PathLike | None = None,
+) -> list[int]:
+    """:func:`prediction_label` for many sentences: one vocabulary load, one batched inference."""
     from runner.data import Scaling
     from runner.evaluate import labels_from_outputs
     from runner.text import Vocabulary, segment
 
-    if not isinstance(test_sentence, str) or not test_sentence.strip():
+    sentences = list(sentences)
+    if not sentences or any(not isinstance(s, str) or not s.strip() for s in sentences):
         raise RunnerError("the sentence is empty: pass the text to classify")
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -118,23 +129,9 @@ def prediction_label(
             f"num_words={rows}, keep only the words with an id below {rows})"
         )
     maxlen = int(model.input["shape"][1])
-    ids = vocab.encode(segment([test_sentence], "auto"), maxlen)
-    return int(labels_from_outputs(model.predict(ids, Scaling("none"), batch_size=1))[0])
-
-
-def predict_labels(
-    sentences: Iterable[str],
-    model_path: str | os.PathLike,
-    word_index_path: str | os.PathLike | None = None,
-) -> list[int]:
-    """:func:`prediction_label` for many sentences (one interpreter, one vocabulary load)."""
-    return [prediction_label(s, model_path, word_index_path) for s in sentences]
-
-
-def runner_config(overrides: list[str]):
-    from runner.config import compose
-
-    return compose(overrides)
+    # Segment each sentence on its own: "auto" decides per text whether it is already cut.
+    ids = vocab.encode([segment([s], "auto")[0] for s in sentences], maxlen)
+    return [int(v) for v in labels_from_outputs(model.predict(ids, Scaling("none"), batch_size=64))]
 
 
 def takes_token_ids(model) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,6 +267,3 @@ def _progress(it: range, enabled: bool, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, unit="batch", leave=False, disable=None)  # None: only on a terminal
-
-
-EvaluateFn = Callable[..., Metrics]

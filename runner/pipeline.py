@@ -243,26 +243,21 @@ class _State:
         for art in artifacts:
             t = time.perf_counter()
             try:
-                if art.format == "tflite":
-                    m = evaluate_tflite(
-                        art.path,
-                        data.test.x,
-                        data.test.y,
-                        self.scaling,
-                        self.reference.labels,
-                        data.num_classes,
-                        ecfg,
-                    )
-                else:
-                    m = evaluate_keras(
-                        art.model,
-                        data.test.x,
-                        data.test.y,
-                        self.scaling,
-                        self.reference.labels,
-                        data.num_classes,
-                        ecfg,
-                    )
+                # a .tflite file runs in LiteRT; a Keras artifact is scored as the model it holds
+                evaluate, target = (
+                    (evaluate_tflite, art.path)
+                    if art.format == "tflite"
+                    else (evaluate_keras, art.model)
+                )
+                m = evaluate(
+                    target,
+                    data.test.x,
+                    data.test.y,
+                    self.scaling,
+                    self.reference.labels,
+                    data.num_classes,
+                    ecfg,
+                )
             except Exception as e:  # noqa: BLE001
                 log.error("evaluating %s failed: %s", art.path, summarize_error(e))
                 self.fail(name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case)
