@@ -202,7 +202,14 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
 
     # 2. the float32 TFLite reference (every size is compared with it), then 3. the recipe's artifacts
     ctx = RecipeContext(
-        model=base.model, dataset=data, scaling=scaling, models_dir=models_dir, train_cfg=cfg.train
+        model=base.model,
+        dataset=data,
+        scaling=scaling,
+        models_dir=models_dir,
+        train_cfg=cfg.train,
+        convert_batch_size=cfg.model.get("convert_batch_size"),
+        # deterministic conversions are kept with the cached baseline (never for a user's file)
+        artifact_cache=None if base.cache == "pretrained" else base.path.parent,
     )
     recipe_cfgs = [cfg.reference] + ([cfg.recipe] if cfg.recipe != cfg.reference else [])
     for rcfg in recipe_cfgs:

@@ -8,6 +8,7 @@ branches on a recipe's name.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -211,6 +212,8 @@ class RecipeContext:
     models_dir: Path
     train_cfg: Any = None
     convert_batch_size: int | None = None  # fixed batch for conversion (recurrent models: 1)
+    # Where deterministic conversions of this baseline are kept (its cache entry), or None.
+    artifact_cache: Path | None = None
 
 
 class ConverterRecipe:
@@ -243,14 +246,37 @@ class ConverterRecipe:
         return ctx.scaling(raw)
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
-        t0 = time.perf_counter()
-        flatbuffer = convert(
-            ctx.model,
-            self.options,
-            self.calibration(ctx),
-            token_ids=ctx.dataset.is_text,
-            batch_size=ctx.convert_batch_size,
+        """Convert (or reuse this baseline's earlier conversion with the same settings) and write."""
+        from runner.cache import cache_key
+
+        spec = {
+            "options": dataclasses.asdict(self.options),
+            "calibration": [self.calibration_samples, self.calibration_seed],
+            "batch": ctx.convert_batch_size,
+        }
+        cached = (
+            ctx.artifact_cache / f"{self.name}-{cache_key(spec)}.tflite"
+            if ctx.artifact_cache
+            else None
         )
+        t0 = time.perf_counter()
+        if cached is not None and cached.is_file():
+            flatbuffer = cached.read_bytes()
+            log.info(
+                "recipe %s: reusing the conversion cached with the baseline (%s)",
+                self.name,
+                cached.name,
+            )
+        else:
+            flatbuffer = convert(
+                ctx.model,
+                self.options,
+                self.calibration(ctx),
+                token_ids=ctx.dataset.is_text,
+                batch_size=ctx.convert_batch_size,
+            )
+            if cached is not None:
+                atomic_write_bytes(cached, flatbuffer)
         seconds = time.perf_counter() - t0
         path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
         log.info(

@@ -161,3 +161,31 @@ def test_cifar100_run_from_a_fixture_archive_reports_top5(tmp_path):
         assert r["dataset"] == "cifar100" and 0.0 <= r["top5"] <= 1.0 and r["top5"] >= r["accuracy"]
     header = (tmp_path / "run" / "comparison.md").read_text().splitlines()[0]
     assert "top5" in header
+
+
+def test_a_second_run_reuses_the_conversions_cached_with_its_baseline(tmp_path):
+    from conftest import TINY
+
+    cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", *TINY, "recipe=full_integer")
+    first = run(cfg, tmp_path / "a")
+    second = run(cfg, tmp_path / "b")
+    for name in ("none.tflite", "full_integer.tflite"):
+        assert (tmp_path / "a" / "models" / name).read_bytes() == (
+            tmp_path / "b" / "models" / name
+        ).read_bytes()
+        assert second.row(name)["accuracy"] == first.row(name)["accuracy"]
+    # changing a conversion setting is a different cache entry, not a stale reuse
+    other = run(
+        compose_config(
+            f"cache_dir={tmp_path / 'cache'}",
+            *TINY,
+            "recipe=full_integer",
+            "recipe.calibration_samples=7",
+        ),
+        tmp_path / "c",
+    )
+    assert (tmp_path / "c" / "models" / "full_integer.tflite").read_bytes() != (
+        tmp_path / "a" / "models" / "full_integer.tflite"
+    ).read_bytes()
+    assert other.row("full_integer.tflite")["status"] == "ok"
+    assert len(list((tmp_path / "cache").glob("*/full_integer-*.tflite"))) == 2
