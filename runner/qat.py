@@ -146,8 +146,17 @@ def plan_annotation(
     return plan, floats
 
 
-def quantize_aware(model, skip_layers: Sequence[str] = (), fallback: bool = True):
+def quantize_aware(
+    model,
+    skip_layers: Sequence[str] = (),
+    fallback: bool = True,
+    freeze_batch_norm: bool = False,
+):
     """A QAT copy of ``model``: supported layers wrapped, the rest left in float.
+
+    ``freeze_batch_norm`` keeps every BatchNormalization in inference mode while fine-tuning:
+    its moving statistics (what the converter folds into the int8 weights) stay those of the
+    float model instead of drifting with a few hundred small fake-quantized batches.
 
     Raises:
         RunnerError: a layer that cannot be quantized when ``fallback`` is off, naming the layer,
@@ -175,6 +184,8 @@ def quantize_aware(model, skip_layers: Sequence[str] = (), fallback: bool = True
 
     def annotate(layer):
         clone = layer.__class__.from_config(layer.get_config())
+        if freeze_batch_norm and type(layer).__name__ == "BatchNormalization":
+            clone.trainable = False  # tf-keras runs a non-trainable BatchNorm in inference mode
         if layer.name not in plan:
             return clone
         return tfmot.quantization.keras.quantize_annotate_layer(
@@ -206,6 +217,9 @@ class QATRecipe:
         steps_per_epoch: int | None = None,
         skip_layers: Sequence[str] = (),
         fallback: bool = True,
+        freeze_batch_norm: bool = True,
+        restore_best: bool = False,
+        distill: bool = True,
         calibration_samples: int = 200,
         calibration_seed: int = 0,
         converter: Mapping[str, Any] | None = None,
@@ -221,6 +235,10 @@ class QATRecipe:
         self.steps_per_epoch = steps_per_epoch
         self.skip_layers = tuple(skip_layers or ())
         self.fallback = bool(fallback)
+        self.freeze_batch_norm = bool(freeze_batch_norm)
+        self.restore_best = bool(restore_best)
+        self.distill = bool(distill)
+        self.best_epoch: int | None = None
         self.calibration_samples = int(calibration_samples)
         self.calibration_seed = int(calibration_seed)
         self.options = ConverterOptions.from_mapping(converter)
@@ -229,40 +247,79 @@ class QATRecipe:
 
     def fine_tune(self, model, ctx: RecipeContext):
         """Wrap and fine-tune; returns (qat model, seconds). Never touches ``model`` itself."""
-        from runner.train import TrainConfig, batch_sequence, loss_for, make_optimizer
+        from runner.data import Split
+        from runner.evaluate import predict_keras
+        from runner.train import (
+            TrainConfig,
+            batch_sequence,
+            loss_for,
+            make_optimizer,
+            split_validation,
+        )
 
         train_cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
-        qat_model, _ = quantize_aware(model, self.skip_layers, self.fallback)
+        qat_model, _ = quantize_aware(
+            model, self.skip_layers, self.fallback, self.freeze_batch_norm
+        )
+        # The baseline's own validation split (same fraction and seed): the weights kept are
+        # those of the epoch with the lowest validation loss, never judged on the test split.
+        fit_split, val_split = (
+            split_validation(ctx.dataset.train, train_cfg.validation_split, train_cfg.seed)
+            if self.restore_best
+            else (ctx.dataset.train, None)
+        )
         batch = int(self.batch_size or train_cfg.batch_size)
-        steps = int(self.steps_per_epoch or max(1, math.ceil(len(ctx.dataset.train) / batch)))
+        steps = int(self.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
         lr = train_cfg.learning_rate * self.learning_rate_scale
+        loss, metrics = loss_for(qat_model), ["accuracy"]
+        if self.distill:
+            # targets are the float model's own outputs: the QAT copy learns to agree with it
+            fit_split, val_split = (
+                None if s is None else Split(s.x, predict_keras(model, s.x, ctx.scaling))
+                for s in (fit_split, val_split)
+            )
+            loss = loss.replace("sparse_", "")
+            metrics = []
         qat_model.compile(
-            optimizer=make_optimizer(train_cfg.optimizer, lr),
-            loss=loss_for(qat_model),
-            metrics=["accuracy"],
+            optimizer=make_optimizer(train_cfg.optimizer, lr), loss=loss, metrics=metrics
         )
         # The sequence wraps around, so epochs x steps batches are always there (seed 000's
         # "Your input ran out of data" cannot happen).
-        seq = batch_sequence(
-            ctx.dataset.train, batch, ctx.scaling, True, train_cfg.seed, steps=steps
-        )
+        seq = batch_sequence(fit_split, batch, ctx.scaling, True, train_cfg.seed, steps=steps)
         import tf_keras as keras
 
-        counter = keras.callbacks.LambdaCallback(
-            on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
-        )
+        keras.utils.set_random_seed(train_cfg.seed)
+        callbacks = [
+            keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
+            )
+        ]
+        val = None
+        if val_split is not None:
+            val = batch_sequence(val_split, batch, ctx.scaling, False, train_cfg.seed)
+            best = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=self.epochs, restore_best_weights=True
+            )
+            callbacks.append(best)
         self.steps_run = 0
         t0 = time.perf_counter()
         qat_model.fit(
-            seq, epochs=self.epochs, steps_per_epoch=steps, verbose=0, callbacks=[counter]
+            seq,
+            epochs=self.epochs,
+            steps_per_epoch=steps,
+            validation_data=val,
+            verbose=0,
+            callbacks=callbacks,
         )
         seconds = time.perf_counter() - t0
+        self.best_epoch = best.best_epoch + 1 if val is not None else self.epochs
         log.info(
-            "QAT fine-tuned %d epochs x %d steps at lr %.2g in %.1fs",
+            "QAT fine-tuned %d epochs x %d steps at lr %.2g in %.1fs (kept epoch %d)",
             self.epochs,
             steps,
             lr,
             seconds,
+            self.best_epoch,
         )
         return qat_model, seconds
 

@@ -117,10 +117,10 @@ def _md_cell(col: str, v: Any) -> str:
     if v is None or v == "":
         return ""
     if isinstance(v, float):
-        if col in ("accuracy", "agreement", "top5"):
-            return f"{v:.4f}"
-        if col == "accuracy_delta":
+        if col.startswith("accuracy_delta"):
             return f"{v:+.4f}"
+        if col.split("_")[0] in ("accuracy", "agreement", "top5"):
+            return f"{v:.4f}"
         if col == "compression":
             return f"{v:.2f}x"
         if col == "size_mb" or col.startswith("latency"):
@@ -197,6 +197,64 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     return rows
 
 
+SUMMARY_COLUMNS = [
+    "dataset",
+    "model",
+    "recipe",
+    "artifact",
+    "varies",
+    "runs",
+    "failed",
+    "accuracy_mean",
+    "accuracy_min",
+    "accuracy_max",
+    "accuracy_delta_mean",
+    "accuracy_delta_min",
+    "accuracy_delta_max",
+    "agreement_mean",
+    "agreement_min",
+    "size_mb_mean",
+]
+
+
+def seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of a sweep over ``seed`` grouped per artifact: runs, failures, mean/min/max.
+
+    Empty when no artifact was run with more than one seed. A baseline's float rows are grouped
+    across recipes too (each job of a seed repeats them).
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    seeds: dict[tuple, set[str]] = {}
+    for r in rows:
+        drop = ("seed=", "recipe=") if r.get("recipe") in BASELINE_RECIPES else ("seed=",)
+        tokens = str(r.get("varies") or "").split()
+        rest = " ".join(t for t in tokens if not t.startswith(drop))
+        key = (r.get("dataset"), r.get("model"), r.get("recipe"), r.get("artifact"), rest)
+        groups.setdefault(key, []).append(r)
+        seeds.setdefault(key, set()).update(t for t in tokens if t.startswith("seed="))
+    if not any(len(s) > 1 for s in seeds.values()):
+        return []
+    out = []
+    for (dataset, model, recipe, artifact, rest), rs in groups.items():
+        ok = [r for r in rs if r.get("status") == "ok"]
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "model": model,
+            "recipe": recipe,
+            "artifact": artifact,
+            "varies": rest,
+            "runs": len(rs),
+            "failed": len(rs) - len(ok),
+        }
+        for col in ("accuracy", "accuracy_delta", "agreement", "size_mb"):
+            vals = [float(r[col]) for r in ok if isinstance(r.get(col), (int, float))]
+            if vals:
+                row[f"{col}_mean"] = sum(vals) / len(vals)
+                row[f"{col}_min"], row[f"{col}_max"] = min(vals), max(vals)
+        out.append(row)
+    return out
+
+
 def write_sweep_report(
     paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 ) -> list[dict[str, Any]]:
@@ -213,6 +271,10 @@ def write_sweep_report(
         + "\n",
     )
     plot(rows, out / "comparison.png")
+    summary = seed_summary(rows)
+    if summary:  # a sweep over seeds: how much of a difference is noise
+        atomic_write_text(out / "summary.csv", to_csv(summary, SUMMARY_COLUMNS))
+        atomic_write_text(out / "summary.md", to_markdown(summary, SUMMARY_COLUMNS))
     return rows
 
 
@@ -324,6 +386,9 @@ class SweepReportCallback(_callback_base()):
         rows = write_sweep_report([sweep_dir], sweep_dir)
         failed = [r for r in rows if r.get("status") != "ok"]
         print(to_markdown(rows, SWEEP_DISPLAY))
+        summary = seed_summary(rows)
+        if summary:
+            print(to_markdown(summary, SUMMARY_COLUMNS))
         print(
             f"sweep table: {sweep_dir / 'comparison.md'} ({len(rows)} rows, {len(failed)} failed)",
             file=sys.stderr,

@@ -94,6 +94,55 @@ def test_fine_tuning_runs_the_requested_steps_on_a_tiny_dataset(tmp_path):
     assert derived.steps_run == 2  # one step per epoch: ceil(10 / 32)
 
 
+def _tiny_ctx(tmp_path, n=60):
+    d = load_digits(train_size=n, test_size=10)
+    model = small_cnn((8, 8, 1), 10, filters=(4,), dense_units=0, dropout=0)
+    model(Scaling("unit")(d.train.x[:2]))
+    return model, RecipeContext(
+        model=model,
+        dataset=Dataset("tiny", d.train, d.test, 10),
+        scaling=Scaling("unit"),
+        models_dir=tmp_path,
+        train_cfg={"batch_size": 8, "validation_split": 0.2},
+    )
+
+
+def _bn(model):
+    return next(w.numpy() for w in model.weights if "block1_bn/moving_mean" in w.name)
+
+
+def test_frozen_batch_norm_keeps_the_float_models_moving_statistics(tmp_path):
+    model, ctx = _tiny_ctx(tmp_path)
+    frozen, _ = QATRecipe(epochs=1, freeze_batch_norm=True).fine_tune(model, ctx)
+    np.testing.assert_array_equal(_bn(frozen), _bn(model))
+    moving, _ = QATRecipe(epochs=1, freeze_batch_norm=False).fine_tune(model, ctx)
+    assert np.abs(_bn(moving) - _bn(model)).max() > 1e-3
+
+
+def test_distillation_fits_the_float_models_outputs_and_restore_best_keeps_an_epoch(
+    tmp_path, monkeypatch
+):
+    model, ctx = _tiny_ctx(tmp_path)
+    seen = {}
+    real_fit = keras.Model.fit
+
+    def spy(self, seq, *a, **kw):
+        seen["y"], seen["loss"] = seq[0][1], self.loss
+        seen["val"] = kw.get("validation_data")
+        return real_fit(self, seq, *a, **kw)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    recipe = QATRecipe(epochs=3, distill=True, restore_best=True)
+    recipe.fine_tune(model, ctx)
+    # soft targets: one probability row per sample (the float model's), summing to 1
+    assert seen["y"].shape[1:] == (10,) and np.allclose(seen["y"].sum(axis=1), 1, atol=1e-5)
+    assert seen["loss"] == "categorical_crossentropy" and seen["val"] is not None
+    assert 1 <= recipe.best_epoch <= 3
+    QATRecipe(epochs=1, distill=False).fine_tune(model, ctx)
+    assert seen["y"].ndim == 1 and seen["loss"] == "sparse_categorical_crossentropy"
+    assert seen["val"] is None
+
+
 def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):
     result = run(tiny_cfg("recipe=qat", "recipe.calibration_samples=50"), tmp_path)
     rows = {r["artifact"]: r for r in result.rows}

@@ -163,6 +163,40 @@ def test_aggregate_keeps_one_baseline_per_key_and_reports_killed_jobs(tmp_path):
     assert len(written) == 7 and (tmp_path / "comparison.md").read_text().count("\n") == 9
 
 
+def test_seed_sweep_summary_gives_runs_mean_min_max_per_artifact(tmp_path):
+    # setup: recipes a and b on baselines trained with seeds 0 and 1; b fails once
+    for i, (recipe, seed, acc, delta, status) in enumerate(
+        [
+            ("a", 0, 0.90, -0.01, "ok"),
+            ("b", 0, 0.92, 0.01, "ok"),
+            ("a", 1, 0.80, -0.03, "ok"),
+            ("b", 1, None, None, "failed"),
+        ]
+    ):
+        key = f"k{seed}"
+        row = {**_row(f"{recipe}.tflite", recipe, key, status, acc=acc), "accuracy_delta": delta}
+        _job(
+            tmp_path / str(i),
+            [_row("float.h5", "float", key, acc=0.9 - seed / 10), row],
+            [f"seed={seed}", f"recipe={recipe}"],
+        )
+    # execute
+    rows = write_sweep_report([tmp_path], tmp_path)
+    # assert
+    from runner.report import seed_summary
+
+    summary = {r["artifact"]: r for r in seed_summary(rows)}
+    assert set(summary) == {"float.h5", "a.tflite", "b.tflite"}
+    a, b, f = summary["a.tflite"], summary["b.tflite"], summary["float.h5"]
+    assert (a["runs"], a["failed"]) == (2, 0) and a["accuracy_mean"] == pytest.approx(0.85)
+    assert (a["accuracy_delta_min"], a["accuracy_delta_max"]) == (-0.03, -0.01)
+    assert (b["runs"], b["failed"], b["accuracy_max"]) == (2, 1, 0.92)
+    assert f["runs"] == 2 and f["varies"] == ""  # one float row per seed, whatever the recipe
+    assert "| a.tflite | recipe=a | 2 | 0 | 0.8500 |" in (tmp_path / "summary.md").read_text()
+    # a sweep without seeds gets no summary
+    assert seed_summary([{**r, "varies": "recipe=a"} for r in rows]) == []
+
+
 def test_pareto_front_is_smallest_for_its_accuracy():
     pts = [(4.0, 0.90), (1.0, 0.80), (2.0, 0.85), (2.5, 0.84), (1.0, 0.79), (8.0, 0.90)]
     assert pareto_front(pts) == [1, 2, 0]
