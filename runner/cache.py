@@ -8,6 +8,7 @@ A file lock per key makes concurrent jobs of a sweep wait for the first trainer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -126,3 +127,53 @@ def _store_entry(root: Path, entry: Path, spec: dict[str, Any], result: Any) -> 
         os.replace(tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- evaluation memo
+def fingerprint(*arrays: Any) -> str:
+    """SHA-256 of arrays' dtypes, shapes and bytes (a test split, a label vector)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def memo_metrics(folder: Path | None, spec: dict[str, Any], compute: Callable[[], Any]):
+    """Metrics for ``spec`` kept in ``folder`` (a baseline's cache entry), or computed now.
+
+    Every job of a sweep scores the same float model and float32 reference file on the same test
+    split; with this memo only the first does. ``spec`` must name everything the metrics depend
+    on (file hash, test-set fingerprint, scaling, evaluation settings, reference labels).
+
+    Returns:
+        (metrics, "hit" | "miss" | "off").
+    """
+    import numpy as np
+
+    from runner.evaluate import Metrics
+    from runner.files import atomic_write_with
+
+    if folder is None:
+        return compute(), "off"
+    path = Path(folder) / f"metrics-{cache_key(spec)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                fields = json.loads(str(z["fields"]))
+                return Metrics(labels=z["labels"], **fields), "hit"
+        except Exception as e:  # noqa: BLE001 - a damaged memo is recomputed
+            log.warning("evaluation memo %s is unreadable (%s); measuring again", path, e)
+    m = compute()
+    fields = {k: v for k, v in m.__dict__.items() if k != "labels"}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, labels=m.labels, fields=np.array(json.dumps(fields)))
+
+    with contextlib.suppress(OSError):  # a read-only cache only costs the speed-up
+        atomic_write_with(path, write)
+    return m, "miss"

@@ -9,8 +9,10 @@ YAML file plus, when it needs new code, a new loader function here.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -120,6 +122,38 @@ def calibration_sample(split: Split, n: int, seed: int) -> np.ndarray:
     return split.x[np.sort(idx)]
 
 
+def stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split: (train indices, test indices), both sorted.
+
+    ``ceil(test_fraction * n)`` samples go to the test side, shared among the classes in
+    proportion to their counts (largest remainders first), each class's picked at random.
+    """
+    y = np.asarray(y)
+    if not 0 < test_fraction < 1:
+        raise RunnerError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    n_test = math.ceil(test_fraction * len(y))
+    exact = counts * n_test / len(y)
+    take = np.floor(exact).astype(int)
+    remainder = exact - take + rng.random(len(classes)) * 1e-9  # random tie-break
+    take[np.argsort(-remainder)[: n_test - take.sum()]] += 1
+    test = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take, strict=True)]
+    te = np.sort(np.concatenate(test)) if test else np.array([], dtype=np.int64)
+    tr = np.setdiff1d(np.arange(len(y)), te)
+    return tr, te
+
+
+def _sklearn_data_file(name: str) -> Path:
+    """A data file shipped inside scikit-learn, found without importing it (2 s of imports)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise RunnerError("the digits set ships with scikit-learn: pip install scikit-learn")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
+
+
 # --------------------------------------------------------------------------- digits
 def load_digits(
     name: str = "digits",
@@ -134,19 +168,14 @@ def load_digits(
     Pixel values 0..16 are stretched to uint8 0..255 so every image set shares one scaling.
     The stratified split is reproducible from ``split_seed``.
     """
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sk_digits()
-    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=split_seed, stratify=y
-    )
+    table = np.loadtxt(_sklearn_data_file("digits.csv.gz"), delimiter=",", dtype=np.float64)
+    x = np.rint(table[:, :-1] * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 8, 8, 1)
+    y = table[:, -1].astype(np.int64)
+    tr, te = stratified_split(y, test_fraction, split_seed)
     return Dataset(
         name=name,
-        train=subset(Split(x_tr, y_tr), train_size, split_seed),
-        test=subset(Split(x_te, y_te), test_size, split_seed),
+        train=subset(Split(x[tr], y[tr]), train_size, split_seed),
+        test=subset(Split(x[te], y[te]), test_size, split_seed),
         num_classes=10,
         class_names=tuple(str(i) for i in range(10)),
     )
@@ -401,11 +430,7 @@ def load_text_classification(
         if not len(tr_idx) or not len(te_idx):
             raise RunnerError(f"{p}: column '{split_column}' must mark rows 'train' and 'test'")
     else:
-        from sklearn.model_selection import train_test_split
-
-        tr_idx, te_idx = train_test_split(
-            np.arange(len(y)), test_size=test_fraction, random_state=split_seed, stratify=y
-        )
+        tr_idx, te_idx = stratified_split(y, test_fraction, split_seed)
     vocab = (
         Vocabulary.load(word_index, num_words)
         if word_index

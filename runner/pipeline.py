@@ -7,6 +7,8 @@ never loses a finished row.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import platform
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import report
+from runner import cache, report
 from runner.data import Dataset, Scaling
 from runner.errors import RunnerError
 from runner.evaluate import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
@@ -37,6 +39,9 @@ VERSIONED = [
 ]
 # Dataset keys that do not change the trained model, left out of the baseline cache key.
 NOT_IN_CACHE_KEY = ("test_size",)
+# Part of every baseline cache key: bumped when a loader yields other data for the same config
+# (2: the runner's own stratified split replaced scikit-learn's), so stale entries are not reused.
+DATA_VERSION = 2
 
 
 @dataclass
@@ -102,6 +107,7 @@ def baseline_spec(cfg: DictConfig) -> dict[str, Any]:
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "train": OmegaConf.to_container(cfg.train, resolve=True),
         "seed": cfg.seed,
+        "data_version": DATA_VERSION,
     }
 
 
@@ -119,7 +125,6 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
     import tf_keras as keras
     from hydra.utils import instantiate
 
-    from runner import cache
     from runner.train import TrainConfig, train
 
     keras.backend.clear_session()  # a reused worker process (joblib) starts clean
@@ -183,8 +188,24 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
     keras_path = (
         base.path if base.cache == "pretrained" else atomic_copy(base.path, models_dir / "float.h5")
     )
+    # The float model and the float32 reference are scored once per baseline, test split and
+    # evaluation settings; the other jobs of a sweep read those metrics from the cache entry.
+    memo_dir = None if base.cache == "pretrained" else base.path.parent
+    state.memo_dir = memo_dir
+    state.eval_spec = {
+        "test": cache.fingerprint(data.test.x, data.test.y),
+        "scaling": scaling.as_dict(),
+        "num_classes": data.num_classes,
+        "evaluation": {k: v for k, v in dataclasses.asdict(ecfg).items() if k != "progress"},
+    }
     t = time.perf_counter()
-    m = evaluate_keras(base.model, data.test.x, data.test.y, scaling, None, data.num_classes, ecfg)
+    m, state.eval_cache[Path(keras_path).name] = cache.memo_metrics(
+        memo_dir,
+        {"keras": sha256_file(base.path), **state.eval_spec},
+        lambda: evaluate_keras(
+            base.model, data.test.x, data.test.y, scaling, None, data.num_classes, ecfg
+        ),
+    )
     timings["evaluate_seconds"] = time.perf_counter() - t
     state.reference = m
     state.add(
@@ -212,8 +233,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         artifact_cache=None if base.cache == "pretrained" else base.path.parent,
     )
     recipe_cfgs = [cfg.reference] + ([cfg.recipe] if cfg.recipe != cfg.reference else [])
-    for rcfg in recipe_cfgs:
-        state.produce_and_score(rcfg, ctx, data, ecfg)
+    for i, rcfg in enumerate(recipe_cfgs):
+        state.produce_and_score(rcfg, ctx, data, ecfg, memo=i == 0)
     state.finish()
     return result
 
@@ -228,10 +249,19 @@ class _State:
     reference: Metrics | None = None
     reference_size: int | None = None
     hashes: dict[str, str] = field(default_factory=dict)
+    memo_dir: Path | None = None
+    eval_spec: dict[str, Any] = field(default_factory=dict)
+    eval_cache: dict[str, str] = field(default_factory=dict)  # artifact -> hit | miss | off
 
     def produce_and_score(
-        self, rcfg: DictConfig, ctx: RecipeContext, data: Dataset, ecfg: EvalConfig
+        self,
+        rcfg: DictConfig,
+        ctx: RecipeContext,
+        data: Dataset,
+        ecfg: EvalConfig,
+        memo: bool = False,
     ) -> None:
+        """Make the recipe's artifacts and score each; ``memo``: the sweep's shared reference."""
         name = str(rcfg.get("name", "?"))
         use_case = str(rcfg.get("use_case", ""))
         t = time.perf_counter()
@@ -256,7 +286,7 @@ class _State:
                     if art.format == "tflite"
                     else (evaluate_keras, art.model)
                 )
-                m = evaluate(
+                args = (
                     target,
                     data.test.x,
                     data.test.y,
@@ -264,6 +294,14 @@ class _State:
                     self.reference.labels,
                     data.num_classes,
                     ecfg,
+                )
+                spec = {
+                    "artifact": sha256_file(art.path) if art.path.is_file() else str(art.path),
+                    "reference": cache.fingerprint(self.reference.labels),
+                    **self.eval_spec,
+                }
+                m, self.eval_cache[art.name] = cache.memo_metrics(
+                    self.memo_dir if memo else None, spec, functools.partial(evaluate, *args)
                 )
             except Exception as e:  # noqa: BLE001
                 log.error("evaluating %s failed: %s", art.path, summarize_error(e))
@@ -361,6 +399,8 @@ class _State:
                 "num_threads": int(self.cfg.evaluation.num_threads),
                 "versions": versions(),
                 "sha256": self.hashes,
+                # "hit": metrics measured by an earlier job on this baseline, read from the cache
+                "evaluation_cache": self.eval_cache,
                 "timings": self.timings,
             },
         )

@@ -160,3 +160,16 @@ def test_a_pickle_with_code_is_never_executed(tmp_path):
     (folder / "train").write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
     with pytest.raises(RunnerError, match=r"refusing to load (__builtin__|builtins)\.print"):
         load_cifar100(path=str(folder))
+
+
+def test_stratified_split_is_seeded_disjoint_and_keeps_class_shares():
+    from runner.data import stratified_split
+
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    tr, te = stratified_split(y, 0.25, seed=3)
+    assert len(te) == 25 and len(tr) == 75 and not set(tr) & set(te)
+    assert sorted(np.bincount(y[te]).tolist()) == [5, 8, 12]  # 12.5 / 7.5 / 5 rounded by remainder
+    np.testing.assert_array_equal(stratified_split(y, 0.25, seed=3)[1], te)
+    assert not np.array_equal(stratified_split(y, 0.25, seed=4)[1], te)
+    with pytest.raises(RunnerError, match="test_fraction"):
+        stratified_split(y, 1.5, seed=0)
