@@ -62,12 +62,16 @@ def sweep_cost(tmp: Path, base: list[str], recipes: list[str]) -> dict:
         ]
     )
     rows = load_rows(cached_dir)
-    train = next(float(r["train_seconds"]) for r in rows if r["recipe"] == "float")
-    own = sum(
-        float(r["convert_seconds"] or 0) + float(r["eval_seconds"] or 0)
-        for r in rows
-        if r["recipe"] not in ("float",) and r["status"] == "ok"
-    )
+    fit = next(float(r["train_seconds"]) for r in rows if r["recipe"] == "float")
+    # Each job's own stage timings (results.json): the baseline stage of the job that trained
+    # (framework import, model build, fit, cache store) is "one training"; every job's recipe
+    # production (conversion, QAT fine-tuning) and evaluation are "the recipes' own" work. What is
+    # left of the wall time is the sweep's overhead: process and Hydra start-up, per-job config
+    # composition, data loading, cache reads, the sweep report.
+    jobs = [json.loads(p.read_text()) for p in sorted(cached_dir.glob("*/results.json"))]
+    train = max(j["timings"]["baseline_seconds"] for j in jobs)
+    own = sum(j["timings"]["convert_seconds"] + j["timings"]["evaluate_seconds"] for j in jobs)
+    data = sum(j["timings"]["data_seconds"] for j in jobs)
     wall_naive = 0.0
     for i, recipe in enumerate(recipes):  # the naive way: every recipe trains its own baseline
         w, _ = sh(
@@ -83,8 +87,13 @@ def sweep_cost(tmp: Path, base: list[str], recipes: list[str]) -> dict:
         "wall_cached_s": wall_cached,
         "wall_naive_s": wall_naive,
         "train_s": train,
+        "fit_s": fit,
         "recipes_convert_eval_s": own,
+        "data_loading_s": data,
+        "overhead_s": wall_cached - train - own,
         "sweep_cost_ratio": wall_cached / (train + own),
+        # stricter: "one training" as Keras fit alone (the one TensorFlow import counts as overhead)
+        "sweep_cost_ratio_fit_only": wall_cached / (fit + own),
         "naive_over_cached": wall_naive / wall_cached,
         "rows": rows,
     }
@@ -154,7 +163,8 @@ def resnet_compression(tmp: Path, quick: bool) -> dict:
             "-m",
             *base,
             # post-training recipes only: QAT of this model costs minutes; its compression is measured on digits and Weibo
-            "recipe=" + ",".join(r for r in RECIPES if r != "qat"),
+            "recipe="
+            + ",".join([*(r for r in RECIPES if r != "qat"), "full_integer_per_tensor"]),
             f"cache_dir={tmp / 'cache_r'}",
             f"hydra.sweep.dir={folder}",
         ]
@@ -289,6 +299,7 @@ def main(argv=None) -> int:
         sc = sweep_cost(tmp, base, RECIPES[:3] if args.quick else RECIPES)
         digits_rows = sc.pop("rows")
         result["sweep_cost_ratio"] = sc["sweep_cost_ratio"]
+        result["sweep_cost_ratio_fit_only"] = sc["sweep_cost_ratio_fit_only"]
         result["naive_over_cached"] = sc["naive_over_cached"]
         result["sweep_cost"] = sc
         print("2/5 evaluation overhead ...", file=sys.stderr)
@@ -351,13 +362,14 @@ def main(argv=None) -> int:
 
 def print_table(r: dict) -> None:
     print(f"sweep_cost_ratio   {r['sweep_cost_ratio']:.2f}   (goal <= 1.10)")
+    print(f"  fit-only          {r['sweep_cost_ratio_fit_only']:.2f}")
     print(f"naive_over_cached  {r['naive_over_cached']:.2f}")
     print(f"peak_rss_gb        {r['peak_rss_gb']:.2f}   (goal < 2)")
     print(
         "\n| recipe | compression (ResNet-20) | accuracy_delta (digits) | latency_ratio (digits) | eval/raw invoke | eval/seed loop |"
     )
     print("|---|---|---|---|---|---|")
-    for k in RECIPES:
+    for k in [*RECIPES, "full_integer_per_tensor"]:
         c = r["compression"].get(k)
         a = r["accuracy_delta"].get(k)
         lr = r["latency_ratio"].get(k)

@@ -56,6 +56,26 @@ def test_every_recipe_shrinks_by_its_ratio(weight_heavy, tmp_path):
         assert art.name == f"{recipe}.tflite" and art.path.parent == tmp_path
 
 
+def test_per_tensor_recipe_drops_the_per_channel_scales(weight_heavy, tmp_path):
+    model, data = weight_heavy
+    per_channel = produce(
+        "full_integer", model, data, tmp_path / "c", "recipe.calibration_samples=20"
+    )
+    per_tensor = produce(
+        "full_integer_per_tensor", model, data, tmp_path / "t", "recipe.calibration_samples=20"
+    )
+    # the 16 + 64 conv channels lose their scales and int64 zero points (kernel and bias)
+    saved = per_channel.path.stat().st_size - per_tensor.path.stat().st_size
+    assert saved >= 80 * 24, saved
+    per_channel_tensors = [
+        t["name"]
+        for t in TFLiteModel(per_tensor.path)._interp.get_tensor_details()
+        if t["quantization_parameters"]["scales"].size > 1
+    ]
+    assert per_channel_tensors and not any("conv" in n.lower() for n in per_channel_tensors)
+    assert per_tensor.name == "full_integer_per_tensor.tflite"
+
+
 def test_full_integer_has_int8_io_and_int16x8_keeps_float_io(weight_heavy, tmp_path):
     model, data = weight_heavy
     fi = TFLiteModel(
