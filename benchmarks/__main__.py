@@ -164,7 +164,9 @@ def resnet_compression(tmp: Path, quick: bool) -> dict:
             *base,
             # post-training recipes only: QAT of this model costs minutes; its compression is measured on digits and Weibo
             "recipe="
-            + ",".join([*(r for r in RECIPES if r != "qat"), "full_integer_per_tensor"]),
+            + ",".join(
+                [*(r for r in RECIPES if r != "qat"), "full_integer_per_tensor", "auto_int8"]
+            ),
             f"cache_dir={tmp / 'cache_r'}",
             f"hydra.sweep.dir={folder}",
         ]
@@ -271,6 +273,26 @@ def quality(rows: list[dict]) -> dict:
     return out
 
 
+def fallback(rows: list[dict]) -> dict:
+    """Full int8 against auto_int8: accuracy, size and how many layers it left in float."""
+    out = {}
+    for r in rows:
+        if r["recipe"] in ("full_integer", "auto_int8"):
+            out[r["recipe"]] = (
+                {
+                    "accuracy": r["accuracy"],
+                    "accuracy_delta": r["accuracy_delta"],
+                    "size_mb": r["size_mb"],
+                    "float_layers": int(str(r.get("float_layers") or "0").split(":")[0]),
+                    "which": r.get("float_layers"),
+                    "note": r.get("note"),
+                }
+                if r["status"] == "ok"
+                else {"failed": r["error"]}
+            )
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
@@ -327,17 +349,20 @@ def main(argv=None) -> int:
                     "-m",
                     "dataset=fake_news",
                     f"dataset.path={WEIBO}",
-                    f"recipe={','.join(RECIPES)}",
+                    f"recipe={','.join([*RECIPES, 'auto_int8'])}",
                     "evaluation.latency_samples=200",
                     "evaluation.progress=false",
                     f"cache_dir={tmp / 'cache_w'}",
                     f"hydra.sweep.dir={folder}",
                 ]
             )
-            q["weibo"] = quality(load_rows(folder))
+            weibo_rows = load_rows(folder)
+            q["weibo"] = quality(weibo_rows)
+            result["fallback"] = {"weibo_text_cnn": fallback(weibo_rows)}
         print("4/5 compression on a CIFAR-shaped ResNet-20 (> 1 MB) ...", file=sys.stderr)
         res = resnet_compression(tmp, args.quick)
         q["resnet20_cifar_shaped"] = quality(list(res.values()))
+        result.setdefault("fallback", {})["resnet20_cifar_shaped"] = fallback(list(res.values()))
         result["quality"] = q
         result["compression"] = {
             k: v["compression"] for k, v in q["resnet20_cifar_shaped"].items() if "compression" in v

@@ -178,6 +178,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         "dataset": data.name,
         "model": str(cfg.model.get("name", "model")),
         "baseline_cache": base.cache,
+        "baseline_key": base.key,  # a sweep keeps each baseline's float rows once, by this key
     }
     state = _State(cfg, result, common, timings, scaling)
 
@@ -252,6 +253,7 @@ class _State:
     memo_dir: Path | None = None
     eval_spec: dict[str, Any] = field(default_factory=dict)
     eval_cache: dict[str, str] = field(default_factory=dict)  # artifact -> hit | miss | off
+    worst_layers: list[str] = field(default_factory=list)  # from the layer report, worst first
 
     def produce_and_score(
         self,
@@ -277,6 +279,8 @@ class _State:
             self.timings["convert_seconds"] = (
                 self.timings.get("convert_seconds", 0.0) + time.perf_counter() - t
             )
+        if self.cfg.evaluation.get("layer_report") and hasattr(recipe, "layer_report"):
+            artifacts = self.layer_report(recipe, ctx, artifacts)
         for art in artifacts:
             t = time.perf_counter()
             try:
@@ -310,6 +314,30 @@ class _State:
             finally:
                 self.timings["evaluate_seconds"] += time.perf_counter() - t
             self.add(art, m, use_case)
+
+    def layer_report(
+        self, recipe: Any, ctx: RecipeContext, artifacts: list[Artifact]
+    ) -> list[Artifact]:
+        """``layer_report.csv`` for an int8 recipe; a report that cannot be made is a warning."""
+        from runner.diagnose import REPORT_COLUMNS, summary, write_rows
+
+        if not getattr(getattr(recipe, "options", None), "representative_dataset", False):
+            self.result.warnings.append(
+                f"evaluation.layer_report: recipe {recipe.name} does not calibrate int8 activations; no report"
+            )
+            return artifacts
+        try:
+            rows = recipe.layer_report(ctx)
+        except Exception as e:  # noqa: BLE001 - the artifact's row still counts
+            self.result.warnings.append(
+                f"layer report for {recipe.name} failed: {summarize_error(e)}"
+            )
+            return
+        path = write_rows(self.result.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
+        log.info("layer report: %s; worst int8 layers: %s", path, summary(rows))
+        self.worst_layers = [r["layer"] for r in rows[:3]]
+        worst = rows[0]["layer"] if rows else None
+        return [dataclasses.replace(a, worst_layer=a.worst_layer or worst) for a in artifacts]
 
     def add(self, art: Artifact, m: Metrics, use_case: str) -> None:
         size = _size(art.path)
@@ -345,6 +373,9 @@ class _State:
                 use_case=use_case,
                 path=str(art.path),
                 sha256=sha,
+                worst_layer=art.worst_layer,
+                float_layers=art.float_layers,
+                note=art.note,
             )
         )
         self._check_agreement(art, self.result.rows[-1]["agreement"])
@@ -401,6 +432,7 @@ class _State:
                 "sha256": self.hashes,
                 # "hit": metrics measured by an earlier job on this baseline, read from the cache
                 "evaluation_cache": self.eval_cache,
+                "worst_layers": self.worst_layers,
                 "timings": self.timings,
             },
         )

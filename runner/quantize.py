@@ -114,6 +114,20 @@ def convert(
         batch_size: convert at this fixed batch. Recurrent models default to 1 (fused LSTM
             kernels); others keep a dynamic batch.
     """
+    converter = make_converter(model, options, calibration, token_ids, batch_size)
+    with warnings.catch_warnings():  # int8 I/O without input statistics is expected here
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
+
+
+def make_converter(
+    model,
+    options: ConverterOptions,
+    calibration: np.ndarray | None = None,
+    token_ids: bool = False,
+    batch_size: int | None = None,
+):
+    """The configured ``tf.lite.TFLiteConverter`` :func:`convert` runs (the debugger reuses it)."""
     import tensorflow as tf
 
     if batch_size is None and has_recurrent(model) and model.input_shape[0] is None:
@@ -147,9 +161,7 @@ def convert(
                 f"recipe.converter.attributes: the TFLite converter has no attribute {name!r}"
             )
         setattr(converter, name, value)
-    with warnings.catch_warnings():  # int8 I/O without input statistics is expected here
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return converter.convert()
+    return converter
 
 
 def _representative(model, calibration: np.ndarray) -> Iterator[list[np.ndarray]]:
@@ -200,6 +212,9 @@ class Artifact:
     train_seconds: float = 0.0
     convert_seconds: float = 0.0
     model: Any = None  # the in-memory Keras model, for "keras" artifacts
+    float_layers: str | None = None  # layers an int8 recipe kept in float ("2: conv1, fc")
+    worst_layer: str | None = None  # the op with the largest int8 error (layer report)
+    note: str | None = None  # what the recipe wants the reader of the row to know
 
 
 @dataclass
@@ -238,6 +253,18 @@ class ConverterRecipe:
         self.calibration_seed = int(calibration_seed)
         self.quantized = bool(quantized)
         self.extra = extra
+
+    def layer_report(self, ctx: RecipeContext) -> list[dict[str, Any]]:
+        """Per-layer int8 error of this recipe's conversion (``evaluation.layer_report=true``)."""
+        from runner.diagnose import Debugger
+
+        return Debugger.build(
+            ctx.model,
+            self.options,
+            self.calibration(ctx),
+            ctx.dataset.is_text,
+            ctx.convert_batch_size,
+        ).rows
 
     def calibration(self, ctx: RecipeContext) -> np.ndarray | None:
         if not self.options.representative_dataset:

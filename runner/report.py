@@ -43,6 +43,9 @@ COLUMNS = [
     "baseline_cache",
     "status",
     "error",
+    "worst_layer",
+    "float_layers",
+    "note",
     "use_case",
     "path",
     "sha256",
@@ -63,6 +66,9 @@ DISPLAY = [
     "baseline_cache",
     "status",
     "error",
+    "worst_layer",
+    "float_layers",
+    "note",
 ]
 MB = 1 << 20  # size_mb is MiB, as `ls -lh` shows it
 

@@ -52,7 +52,7 @@ def test_three_recipe_sweep_trains_once_and_report_reproduces_it(tmp_path):
     assert all(
         r["overrides"].startswith("dataset.train_size=600") for r in rows
     )  # the whole command line
-    assert len({r["baseline_key"] for r in rows}) == 1
+    assert len({r["baseline_key"] for r in rows}) == 1 and len(rows[0]["baseline_key"]) == 16
     assert "| recipe=float16 | float16.tflite |" in p.stdout  # the aggregated table is printed
     assert (sweep_dir / "comparison.png").stat().st_size > 10_000
     # runner.report rebuilds the same files byte for byte

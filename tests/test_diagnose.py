@@ -1,0 +1,141 @@
+"""Per-layer int8 error report, selective quantization and the automatic float fallback."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from conftest import compose_config
+from hydra.utils import instantiate
+
+from runner.data import Scaling, load_digits
+from runner.diagnose import Debugger
+from runner.errors import RunnerError
+from runner.evaluate import TFLiteModel, labels_from_outputs, predict_keras
+from runner.pipeline import run
+from runner.quantize import RecipeContext
+from runner.train import TrainConfig, train
+
+UNIT = Scaling("unit")
+
+
+@pytest.fixture(scope="module")
+def fragile():
+    """A trained digits MLP whose layer ``fragile`` cannot survive per-channel int8.
+
+    Pixel (0, 0) is 0 in every digits image, so giving its weights the value 1e4 leaves the float
+    model's outputs unchanged while every output channel's int8 scale becomes ~79: the useful
+    weights (~0.1) all round to zero.
+    """
+    data = load_digits()
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten(name="flat")(inp)
+    x = keras.layers.Dense(32, activation="relu", name="fragile")(x)
+    x = keras.layers.Dense(32, activation="relu", name="hidden")(x)
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="head")(x))
+    train(model, data, TrainConfig(epochs=10, early_stopping_patience=0), UNIT)
+    kernel, bias = model.get_layer("fragile").get_weights()
+    assert data.train.x[:, 0, 0, 0].max() == 0 and data.test.x[:, 0, 0, 0].max() == 0
+    kernel[0, :] = 1e4
+    model.get_layer("fragile").set_weights([kernel, bias])
+    return model, data
+
+
+def _ctx(model, data, tmp_path):
+    (tmp_path / "models").mkdir(parents=True, exist_ok=True)
+    return RecipeContext(model, data, UNIT, tmp_path / "models", {"validation_split": 0.1})
+
+
+def _produce(recipe, ctx, *overrides):
+    cfg = compose_config(f"recipe={recipe}", "recipe.calibration_samples=100", *overrides)
+    rec = instantiate(cfg.recipe, _convert_="all")
+    (art,) = rec.produce(ctx)
+    return rec, art
+
+
+def _accuracy(path, data):
+    out = TFLiteModel(path).predict(data.test.x, UNIT, 128)
+    return float(np.mean(labels_from_outputs(out) == data.test.y))
+
+
+def test_the_fragile_layer_is_ranked_worst(fragile, tmp_path):
+    model, data = fragile
+    rec = instantiate(compose_config("recipe=full_integer").recipe, _convert_="all")
+    rows = Debugger.build(model, rec.options, UNIT(data.train.x[:100])).rows
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[0]["layer"] == "fragile" and rows[0]["op"] == "FULLY_CONNECTED"
+    rel = [r["relative_rmse"] for r in rows]
+    assert rel == sorted(rel, reverse=True) and rel[0] > 0.5 > rel[1]
+    # the useful weights were crushed: the op's error is ~80 quantization steps, not ~0.3
+    assert rows[0]["error_ratio"] > 10 and rows[1]["error_ratio"] < 1
+
+
+def test_selective_keeps_the_worst_layer_float_and_recovers_the_loss(fragile, tmp_path):
+    model, data = fragile
+    ctx = _ctx(model, data, tmp_path)
+    float_acc = float(
+        np.mean(labels_from_outputs(predict_keras(model, data.test.x, UNIT)) == data.test.y)
+    )
+    _, full = _produce("full_integer", ctx)
+    _, sel = _produce("selective", ctx)
+    full_acc, sel_acc = _accuracy(full.path, data), _accuracy(sel.path, data)
+    assert float_acc - full_acc > 0.3  # the loss is measurable ...
+    assert sel_acc - full_acc >= 0.5 * (float_acc - full_acc)  # ... and at least half comes back
+    assert sel.float_layers == "1: fragile" and sel.worst_layer == "fragile"
+    # what it cost: the float32 kernel of 64 x 32 weights instead of int8 (~6 KB)
+    assert 4000 < sel.path.stat().st_size - full.path.stat().st_size < 12000
+    report = list(csv.DictReader((tmp_path / "layer_report.csv").read_text().splitlines()))
+    assert report[0]["layer"] == "fragile" and report[0]["rank"] == "1"
+    # by name: the same result; an unknown name is refused with the known ones
+    _, by_name = _produce("selective", ctx, "recipe.denylist=[fragile]")
+    assert by_name.float_layers == "1: fragile"
+    with pytest.raises(RunnerError, match=r"'nope'.*layers in the report"):
+        _produce("selective", ctx, "recipe.denylist=[nope]")
+
+
+def test_auto_int8_stops_at_the_first_point_within_budget(fragile, tmp_path):
+    model, data = fragile
+    ctx = _ctx(model, data, tmp_path)
+    rec, art = _produce("auto_int8", ctx, "recipe.max_accuracy_drop=0.01")
+    trace = list(csv.DictReader((tmp_path / "fallback_trace.csv").read_text().splitlines()))
+    counts = [int(t["float_layers"]) for t in trace]
+    assert counts == list(range(len(trace)))  # monotone: one more float layer per step
+    assert [t["meets_budget"] for t in trace] == ["False"] * (len(trace) - 1) + ["True"]
+    assert counts[-1] == 1 and trace[-1]["layers"] == "fragile"
+    assert art.float_layers == "1: fragile" and "budget met with 1" in art.note
+    assert _accuracy(art.path, data) > 0.85
+
+
+def test_auto_int8_without_a_point_in_budget_says_so_and_keeps_the_best(fragile, tmp_path):
+    model, data = fragile
+    ctx = _ctx(model, data, tmp_path)
+    rec, art = _produce("auto_int8", ctx, "recipe.max_float_layers=0")
+    assert len(rec.trace) == 1 and rec.trace[0]["meets_budget"] is False
+    assert "no point within 0 float layer(s) meets the budget" in art.note
+    assert art.float_layers == "0"
+
+
+def test_layer_report_in_a_run_and_a_debugger_failure_is_a_failed_row(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    cfg = tiny_cfg(
+        "recipe=full_integer", "evaluation.layer_report=true", "recipe.calibration_samples=50"
+    )
+    result = run(cfg, tmp_path / "a")
+    row = result.row("full_integer.tflite")
+    report = list(csv.DictReader((tmp_path / "a" / "layer_report.csv").read_text().splitlines()))
+    assert row["worst_layer"] == report[0]["layer"] and len(report) >= 4
+    worst = json.loads((tmp_path / "a" / "results.json").read_text())["worst_layers"]
+    assert worst == [r["layer"] for r in report[:3]]
+
+    def broken(*_a, **_k):
+        raise RunnerError("TensorFlow Lite's quantization debugger cannot handle this model: boom")
+
+    monkeypatch.setattr(Debugger, "build", broken)
+    result = run(tiny_cfg("recipe=selective"), tmp_path / "b")
+    row = result.row("selective.tflite")
+    assert row["status"] == "failed" and "debugger cannot handle this model" in row["error"]
+    assert result.row("none.tflite")["status"] == "ok"  # the rest of the table is kept
