@@ -52,6 +52,11 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(report.to_markdown(result.rows))
+    if result.worst_layers:
+        print(
+            f"worst int8 layers: {', '.join(result.worst_layers)} (all of them: {out / 'layer_report.csv'})",
+            file=sys.stderr,
+        )
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"results: {out}", file=sys.stderr)

@@ -204,6 +204,7 @@ class _DebuggerRecipe:
         self.calibration_samples = int(calibration_samples)
         self.calibration_seed = int(calibration_seed)
         self.quantized = quantized
+        self.report_rows: list[dict[str, Any]] = []
 
     def debugger(self, ctx: RecipeContext) -> Debugger:
         from runner.data import calibration_sample
@@ -214,6 +215,7 @@ class _DebuggerRecipe:
         dbg = Debugger.build(
             ctx.model, self.options, calib, ctx.dataset.is_text, ctx.convert_batch_size
         )
+        self.report_rows = dbg.rows
         write_rows(ctx.models_dir.parent / "layer_report.csv", dbg.rows, REPORT_COLUMNS)
         log.info("%s: worst int8 layers: %s", self.name, summary(dbg.rows))
         return dbg

@@ -49,6 +49,7 @@ class RunResult:
     output_dir: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    worst_layers: list[str] = field(default_factory=list)  # int8 layer report, worst first
 
     @property
     def ok(self) -> bool:
@@ -281,6 +282,8 @@ class _State:
             )
         if self.cfg.evaluation.get("layer_report") and hasattr(recipe, "layer_report"):
             artifacts = self.layer_report(recipe, ctx, artifacts)
+        if getattr(recipe, "report_rows", None):  # selective / auto_int8 made their own report
+            self.worst_layers = [r["layer"] for r in recipe.report_rows[:3]]
         for art in artifacts:
             t = time.perf_counter()
             try:
@@ -438,6 +441,7 @@ class _State:
         )
 
     def finish(self) -> None:
+        self.result.worst_layers = self.worst_layers
         for w in self.result.warnings:
             log.warning("%s", w)
         self.write()

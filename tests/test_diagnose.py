@@ -129,7 +129,7 @@ def test_layer_report_in_a_run_and_a_debugger_failure_is_a_failed_row(
     report = list(csv.DictReader((tmp_path / "a" / "layer_report.csv").read_text().splitlines()))
     assert row["worst_layer"] == report[0]["layer"] and len(report) >= 4
     worst = json.loads((tmp_path / "a" / "results.json").read_text())["worst_layers"]
-    assert worst == [r["layer"] for r in report[:3]]
+    assert worst == [r["layer"] for r in report[:3]] == result.worst_layers
 
     def broken(*_a, **_k):
         raise RunnerError("TensorFlow Lite's quantization debugger cannot handle this model: boom")
