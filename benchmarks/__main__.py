@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import pickle
 import platform
@@ -101,48 +102,60 @@ def sweep_cost(tmp: Path, base: list[str], recipes: list[str]) -> dict:
 
 # --------------------------------------------------------------------------- 2. evaluation overhead
 def eval_overhead(models_dir: Path, x_raw: np.ndarray, batch_size: int, repeats: int) -> dict:
+    """Samples per second of three ways to score the same file; each the best of ``repeats``.
+
+    The three are timed in turn within every round, so a noisy neighbour slows all of them, and
+    the best round of each is kept (as ``timeit`` advises): what is compared is the code, not the
+    machine's moods.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     import runner  # noqa: F401
     from runner.data import Scaling
     from runner.evaluate import TFLiteModel
 
+    unit = Scaling("unit")
     out = {}
     for path in sorted(models_dir.glob("*.tflite")):
-        name = path.stem
         model = TFLiteModel(path, num_threads=1)
-        model.predict(x_raw[:batch_size], Scaling("unit"), batch_size)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            model.predict(x_raw, Scaling("unit"), batch_size)
-        ours = repeats * len(x_raw) / (time.perf_counter() - t0)
+        model.predict(x_raw[:batch_size], unit, batch_size)  # warm-up
         # raw: the same batches, prepared beforehand; only set_tensor + invoke in the loop
         raw_m = TFLiteModel(path, num_threads=1)
         batches = [
-            raw_m.prepare(x_raw[s : s + batch_size], Scaling("unit"))
-            for s in range(0, len(x_raw), batch_size)
+            raw_m.prepare(x_raw[s : s + batch_size], unit) for s in range(0, len(x_raw), batch_size)
         ]
         interp, idx = raw_m._interp, raw_m.input["index"]
-        t0 = time.perf_counter()
+        # the seeds' loop: one sample at a time, set_tensor / invoke / get_tensor
+        seed = Interpreter(model_path=str(path), num_threads=1)
+        seed.allocate_tensors()
+        inp, outp = seed.get_input_details()[0], seed.get_output_details()[0]
+        xs = [raw_m.prepare(x_raw[i : i + 1], unit) for i in range(len(x_raw))]
+        best = {"eval": math.inf, "raw": math.inf, "seed": math.inf}
         for _ in range(repeats):
+            t0 = time.perf_counter()
+            model.predict(x_raw, unit, batch_size)
+            best["eval"] = min(best["eval"], time.perf_counter() - t0)
+            t0 = time.perf_counter()
             for b in batches:
                 if len(b) != raw_m._batch:
                     raw_m._resize(len(b))
                 interp.set_tensor(idx, b)
                 interp.invoke()
-        raw = repeats * len(x_raw) / (time.perf_counter() - t0)
-        # the seeds' loop: one sample at a time, set_tensor / invoke / get_tensor
-        seed = Interpreter(model_path=str(path), num_threads=1)
-        seed.allocate_tensors()
-        inp, outp = seed.get_input_details()[0], seed.get_output_details()[0]
-        xs = [raw_m.prepare(x_raw[i : i + 1], Scaling("unit")) for i in range(len(x_raw))]
-        t0 = time.perf_counter()
-        for x in xs:
-            seed.set_tensor(inp["index"], x)
-            seed.invoke()
-            seed.get_tensor(outp["index"])
-        seed_tp = len(x_raw) / (time.perf_counter() - t0)
-        out[name] = {"eval_per_s": ours, "raw_invoke_per_s": raw, "seed_loop_per_s": seed_tp}
+            best["raw"] = min(best["raw"], time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for x in xs:
+                seed.set_tensor(inp["index"], x)
+                seed.invoke()
+                seed.get_tensor(outp["index"])
+            best["seed"] = min(best["seed"], time.perf_counter() - t0)
+        n = len(x_raw)
+        out[path.stem] = {
+            "eval_per_s": n / best["eval"],
+            "raw_invoke_per_s": n / best["raw"],
+            "seed_loop_per_s": n / best["seed"],
+            "samples": n,
+            "rounds": repeats,
+        }
     return out
 
 
@@ -327,11 +340,12 @@ def main(argv=None) -> int:
         print("2/5 evaluation overhead ...", file=sys.stderr)
         from runner.data import load_digits
 
-        x = load_digits().test.x
+        # the test split tiled to 2,048 images (16 full batches): long enough to time
+        x = np.resize(load_digits().test.x, (2048, 8, 8, 1))
         models = sorted((tmp / "cached").glob("*/models"))
         ev = {}
         for m in models:
-            ev.update(eval_overhead(m, x, 128, 3 if args.quick else 10))
+            ev.update(eval_overhead(m, x, 128, 3 if args.quick else 7))
         result["evaluation"] = ev
         result["eval_over_raw_invoke"] = {
             k: v["eval_per_s"] / v["raw_invoke_per_s"] for k, v in ev.items()
