@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from runner.errors import RunnerError
-from runner.quantize import Artifact, ConverterOptions, RecipeContext, make_converter
+from runner.quantize import (
+    Artifact,
+    ConverterOptions,
+    ConverterRecipe,
+    RecipeContext,
+    make_converter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,42 +189,28 @@ def summary(rows: Sequence[Mapping[str, Any]], n: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------- recipes
-class _DebuggerRecipe:
+class _DebuggerRecipe(ConverterRecipe):
     """Shared by ``selective`` and ``auto_int8``: full-int8 converter settings plus the debugger."""
 
-    def __init__(
-        self,
-        name: str,
-        description: str = "",
-        use_case: str = "",
-        converter: Mapping[str, Any] | None = None,
-        calibration_samples: int = 200,
-        calibration_seed: int = 0,
-        quantized: bool = True,
-        **_: Any,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.use_case = use_case
-        self.options = ConverterOptions.from_mapping(converter)
-        self.calibration_samples = int(calibration_samples)
-        self.calibration_seed = int(calibration_seed)
-        self.quantized = quantized
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
         self.report_rows: list[dict[str, Any]] = []
 
     def debugger(self, ctx: RecipeContext) -> Debugger:
-        from runner.data import calibration_sample
-
-        calib = ctx.scaling(
-            calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
-        )
         dbg = Debugger.build(
-            ctx.model, self.options, calib, ctx.dataset.is_text, ctx.convert_batch_size
+            ctx.model,
+            self.options,
+            self.calibration(ctx),
+            ctx.dataset.is_text,
+            ctx.convert_batch_size,
         )
         self.report_rows = dbg.rows
         write_rows(ctx.models_dir.parent / "layer_report.csv", dbg.rows, REPORT_COLUMNS)
         log.info("%s: worst int8 layers: %s", self.name, summary(dbg.rows))
         return dbg
+
+    def layer_report(self, ctx: RecipeContext) -> list[dict[str, Any]]:
+        return self.report_rows  # made while producing: evaluation.layer_report costs nothing more
 
     def artifact(
         self,
