@@ -305,12 +305,21 @@ def _extract_archive(archive: Path, target: Path) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
         try:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12
+                tar.extractall(tmp, filter="data")
+            else:  # older: the same rule by hand (plain files and folders only)
+                odd = [m.name for m in members if not (m.isfile() or m.isdir())]
+                if odd:
+                    raise RunnerError(
+                        f"refusing {archive}: member {odd[0]!r} is a link or device, not a file; "
+                        "use an untouched copy of cifar-100-python.tar.gz"
+                    )
+                tar.extractall(tmp, members=members)  # noqa: S202 - names and kinds checked above
             (tmp / CIFAR_DIRNAME / ".complete").touch()
             if done.exists():
                 shutil.rmtree(done)
             os.replace(tmp / CIFAR_DIRNAME, done)
-        except tarfile.FilterError as e:
+        except getattr(tarfile, "FilterError", tarfile.TarError) as e:
             raise RunnerError(f"refusing {archive}: {e}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 
 import numpy as np
@@ -173,3 +174,28 @@ def test_stratified_split_is_seeded_disjoint_and_keeps_class_shares():
     assert not np.array_equal(stratified_split(y, 0.25, seed=4)[1], te)
     with pytest.raises(RunnerError, match="test_fraction"):
         stratified_split(y, 1.5, seed=0)
+
+
+@pytest.mark.parametrize("python_has_data_filter", [True, False])
+def test_a_symlink_member_is_refused_with_or_without_tarfile_filters(
+    tmp_path, monkeypatch, python_has_data_filter
+):
+    import tarfile
+
+    # setup: a real-layout archive plus a link to a file outside the target
+    archive = write_cifar_tarball(tmp_path / "in" / "cifar.tar.gz")
+    with tarfile.open(archive, "r:gz") as src:
+        members = [(m, src.extractfile(m).read() if m.isfile() else None) for m in src]
+    with tarfile.open(archive, "w:gz") as tar:
+        for m, payload in members:
+            tar.addfile(m, io.BytesIO(payload) if payload is not None else None)
+        link = tarfile.TarInfo("cifar-100-python/meta2")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    if not python_has_data_filter:  # Python < 3.11.4: the runner checks member kinds itself
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    target = tmp_path / "out" / "target"
+    # execute / assert
+    with pytest.raises(RunnerError, match="refusing"):
+        load_cifar100(path=str(archive), extract_dir=str(target))
+    assert not (target / "cifar-100-python").exists()
