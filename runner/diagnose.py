@@ -209,9 +209,6 @@ class _DebuggerRecipe(ConverterRecipe):
         log.info("%s: worst int8 layers: %s", self.name, summary(dbg.rows))
         return dbg
 
-    def layer_report(self, ctx: RecipeContext) -> list[dict[str, Any]]:
-        return self.report_rows  # made while producing: evaluation.layer_report costs nothing more
-
     def artifact(
         self,
         ctx: RecipeContext,

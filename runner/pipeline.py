@@ -236,7 +236,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
     )
     recipe_cfgs = [cfg.reference] + ([cfg.recipe] if cfg.recipe != cfg.reference else [])
     for i, rcfg in enumerate(recipe_cfgs):
-        state.produce_and_score(rcfg, ctx, data, ecfg, memo=i == 0)
+        state.produce_and_score(rcfg, ctx, data, ecfg, is_reference=i == 0)
     state.finish()
     return result
 
@@ -262,9 +262,9 @@ class _State:
         ctx: RecipeContext,
         data: Dataset,
         ecfg: EvalConfig,
-        memo: bool = False,
+        is_reference: bool = False,
     ) -> None:
-        """Make the recipe's artifacts and score each; ``memo``: the sweep's shared reference."""
+        """Make the recipe's artifacts and score each; ``is_reference``: the float32 reference."""
         name = str(rcfg.get("name", "?"))
         use_case = str(rcfg.get("use_case", ""))
         t = time.perf_counter()
@@ -280,10 +280,8 @@ class _State:
             self.timings["convert_seconds"] = (
                 self.timings.get("convert_seconds", 0.0) + time.perf_counter() - t
             )
-        if self.cfg.evaluation.get("layer_report") and hasattr(recipe, "layer_report"):
+        if not is_reference:
             artifacts = self.layer_report(recipe, ctx, artifacts)
-        if getattr(recipe, "report_rows", None):  # selective / auto_int8 made their own report
-            self.worst_layers = [r["layer"] for r in recipe.report_rows[:3]]
         for art in artifacts:
             t = time.perf_counter()
             try:
@@ -302,13 +300,19 @@ class _State:
                     data.num_classes,
                     ecfg,
                 )
-                spec = {
-                    "artifact": sha256_file(art.path) if art.path.is_file() else str(art.path),
-                    "reference": cache.fingerprint(self.reference.labels),
-                    **self.eval_spec,
-                }
+                # the sweep's shared reference is read from the baseline's cache entry if an
+                # earlier job scored it; a recipe's own artifact is always measured
+                spec = (
+                    {
+                        "artifact": sha256_file(art.path),
+                        "reference": cache.fingerprint(self.reference.labels),
+                        **self.eval_spec,
+                    }
+                    if is_reference and art.path.is_file()
+                    else {}
+                )
                 m, self.eval_cache[art.name] = cache.memo_metrics(
-                    self.memo_dir if memo else None, spec, functools.partial(evaluate, *args)
+                    self.memo_dir if spec else None, spec, functools.partial(evaluate, *args)
                 )
             except Exception as e:  # noqa: BLE001
                 log.error("evaluating %s failed: %s", art.path, summarize_error(e))
@@ -321,26 +325,35 @@ class _State:
     def layer_report(
         self, recipe: Any, ctx: RecipeContext, artifacts: list[Artifact]
     ) -> list[Artifact]:
-        """``layer_report.csv`` for an int8 recipe; a report that cannot be made is a warning."""
+        """The recipe's per-layer int8 error, worst first, and its worst layer on every row.
+
+        ``selective`` and ``auto_int8`` make the report while producing; any other quantized
+        recipe gets one with ``evaluation.layer_report=true``. A report that cannot be made is a
+        warning: the artifact's row still counts.
+        """
         from runner.diagnose import REPORT_COLUMNS, summary, write_rows
 
-        if not getattr(getattr(recipe, "options", None), "representative_dataset", False):
-            self.result.warnings.append(
-                f"evaluation.layer_report: recipe {recipe.name} does not calibrate int8 activations; no report"
-            )
+        rows = getattr(recipe, "report_rows", None)
+        if not rows:
+            if not self.cfg.evaluation.get("layer_report"):
+                return artifacts
+            try:
+                if not hasattr(recipe, "layer_report"):
+                    raise RunnerError("only post-training int8 recipes have one")
+                rows = recipe.layer_report(ctx)
+            except Exception as e:  # noqa: BLE001
+                self.result.warnings.append(
+                    f"no layer report for recipe {recipe.name}: {summarize_error(e)}"
+                )
+                return artifacts
+            write_rows(self.result.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
+            log.info("layer report: worst int8 layers: %s", summary(rows))
+        if not rows:
             return artifacts
-        try:
-            rows = recipe.layer_report(ctx)
-        except Exception as e:  # noqa: BLE001 - the artifact's row still counts
-            self.result.warnings.append(
-                f"layer report for {recipe.name} failed: {summarize_error(e)}"
-            )
-            return
-        path = write_rows(self.result.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
-        log.info("layer report: %s; worst int8 layers: %s", path, summary(rows))
         self.worst_layers = [r["layer"] for r in rows[:3]]
-        worst = rows[0]["layer"] if rows else None
-        return [dataclasses.replace(a, worst_layer=a.worst_layer or worst) for a in artifacts]
+        return [
+            dataclasses.replace(a, worst_layer=a.worst_layer or rows[0]["layer"]) for a in artifacts
+        ]
 
     def add(self, art: Artifact, m: Metrics, use_case: str) -> None:
         size = _size(art.path)

@@ -139,3 +139,27 @@ def test_layer_report_in_a_run_and_a_debugger_failure_is_a_failed_row(
     row = result.row("selective.tflite")
     assert row["status"] == "failed" and "debugger cannot handle this model" in row["error"]
     assert result.row("none.tflite")["status"] == "ok"  # the rest of the table is kept
+
+
+def test_a_layer_report_that_cannot_be_made_is_a_warning_not_a_lost_row(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    # float16 calibrates nothing: named in a warning; the float reference gets no warning
+    result = run(tiny_cfg("recipe=float16", "evaluation.layer_report=true"), tmp_path / "f")
+    assert result.ok and result.row("float16.tflite")["worst_layer"] is None
+    assert [w for w in result.warnings if "layer report" in w] == [
+        "no layer report for recipe float16: the layer report needs an int8 recipe with "
+        "calibration (full_integer, full_integer_per_tensor, selective, auto_int8)"
+    ]
+
+    def broken(*_a, **_k):
+        raise RunnerError("TensorFlow Lite's quantization debugger cannot handle this model: boom")
+
+    monkeypatch.setattr(Debugger, "build", broken)
+    cfg = tiny_cfg("recipe=full_integer", "evaluation.layer_report=true")
+    result = run(cfg, tmp_path / "i")
+    assert result.row("full_integer.tflite")["status"] == "ok"
+    assert any(
+        "no layer report for recipe full_integer" in w and "boom" in w for w in result.warnings
+    )
+    assert not (tmp_path / "i" / "layer_report.csv").exists()
