@@ -29,6 +29,7 @@ from runner.quantize import (
     ConverterRecipe,
     RecipeContext,
     make_converter,
+    summarize_error,
 )
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,7 @@ class Debugger:
                 "the layer report needs calibration samples (recipe.calibration_samples > 0)"
             )
         converter = make_converter(model, options, calibration, token_ids, batch_size)
-        fixed = batch_size or 1
-
-        def data():
-            for i in range(0, len(calibration) - fixed + 1, fixed):
-                yield [calibration[i : i + fixed]]
-
+        data = converter.representative_dataset  # the recipe's own calibration feed
         metrics = {"relative_rmse": _relative_rmse}
         try:
             with warnings.catch_warnings():
@@ -124,8 +120,6 @@ class Debugger:
                 )
                 stats.run()
         except (ValueError, RuntimeError, TypeError) as e:
-            from runner.quantize import summarize_error
-
             raise RunnerError(
                 f"TensorFlow Lite's quantization debugger cannot handle this model: {summarize_error(e)}"
             ) from None
@@ -189,6 +183,16 @@ def summary(rows: Sequence[Mapping[str, Any]], n: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------- recipes
+def _non_negative(key: str, value: Any, kind: type) -> Any:
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        v = -1
+    if v < 0:
+        raise RunnerError(f"{key} must be a number >= 0, got {value!r}")
+    return v
+
+
 class _DebuggerRecipe(ConverterRecipe):
     """Shared by ``selective`` and ``auto_int8``: full-int8 converter settings plus the debugger."""
 
@@ -238,7 +242,7 @@ class SelectiveRecipe(_DebuggerRecipe):
 
     def __init__(self, keep_float: int = 1, denylist: Sequence[str] = (), **kw: Any) -> None:
         super().__init__(**kw)
-        self.keep_float = int(keep_float)
+        self.keep_float = _non_negative("recipe.keep_float", keep_float, int)
         self.denylist = tuple(denylist or ())
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
@@ -278,8 +282,8 @@ class AutoInt8Recipe(_DebuggerRecipe):
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
-        self.max_accuracy_drop = float(max_accuracy_drop)
-        self.max_float_layers = int(max_float_layers)
+        self.max_accuracy_drop = _non_negative("recipe.max_accuracy_drop", max_accuracy_drop, float)
+        self.max_float_layers = _non_negative("recipe.max_float_layers", max_float_layers, int)
         self.holdout_samples = int(holdout_samples)
         self.holdout_seed = int(holdout_seed)
         self.trace: list[dict[str, Any]] = []
@@ -333,18 +337,19 @@ class AutoInt8Recipe(_DebuggerRecipe):
                         "meets_budget": ok,
                     }
                 )
-                log.info("auto_int8 step %d: %d float layer(s), holdout drop %+.4f", k, k, -drop)
-                if best is None or acc > best[0]:
+                log.info(
+                    "auto_int8: %d float layer(s), holdout accuracy %.4f (drop %.4f)", k, acc, drop
+                )
+                if best is None or acc > best[0] or ok:  # the first point in budget wins
                     best = (acc, k, flatbuffer, kept)
                 if ok:
-                    best = (acc, k, flatbuffer, kept)
                     break
         write_rows(ctx.models_dir.parent / "fallback_trace.csv", self.trace, TRACE_COLUMNS)
         assert best is not None
         acc, k, flatbuffer, kept = best
         met = self.trace[-1]["meets_budget"]
         note = (
-            f"budget met with {k} float layer(s) (holdout drop {float_acc - acc:+.4f})"
+            f"budget met with {k} float layer(s) (holdout drop {float_acc - acc:.4f})"
             if met
             else f"no point within {limit} float layer(s) meets the budget {self.max_accuracy_drop}; "
             f"kept the best found: {k} float layer(s), holdout drop {float_acc - acc:.4f}"

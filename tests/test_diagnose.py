@@ -15,7 +15,7 @@ from runner.data import Scaling, load_digits
 from runner.diagnose import Debugger
 from runner.errors import RunnerError
 from runner.evaluate import TFLiteModel, labels_from_outputs, predict_keras
-from runner.pipeline import run
+from runner.pipeline import build, run
 from runner.quantize import RecipeContext
 from runner.train import TrainConfig, train
 
@@ -51,7 +51,7 @@ def _ctx(model, data, tmp_path):
 
 def _produce(recipe, ctx, *overrides):
     cfg = compose_config(f"recipe={recipe}", "recipe.calibration_samples=100", *overrides)
-    rec = instantiate(cfg.recipe, _convert_="all")
+    rec = build(cfg.recipe)  # as the runner builds it: a RunnerError comes out unwrapped
     (art,) = rec.produce(ctx)
     return rec, art
 
@@ -116,6 +116,10 @@ def test_auto_int8_without_a_point_in_budget_says_so_and_keeps_the_best(fragile,
     assert len(rec.trace) == 1 and rec.trace[0]["meets_budget"] is False
     assert "no point within 0 float layer(s) meets the budget" in art.note
     assert art.float_layers == "0"
+    # a budget or count that cannot be meant is refused by name
+    for bad in ("recipe.max_accuracy_drop=-0.01", "recipe.max_float_layers=-2"):
+        with pytest.raises(RunnerError, match=r"recipe\.max_\w+ must be a number >= 0"):
+            _produce("auto_int8", ctx, bad)
 
 
 def test_layer_report_in_a_run_and_a_debugger_failure_is_a_failed_row(
