@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -246,24 +245,13 @@ def machine() -> dict:
         cpu = next(
             (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
         )
-    libs = {}
-    for n in (
-        "tensorflow",
-        "tf-keras",
-        "tensorflow-model-optimization",
-        "ai-edge-litert",
-        "hydra-core",
-        "numpy",
-    ):
-        try:
-            libs[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            libs[n] = None
+    from runner.pipeline import versions  # what every results.json records
+
     return {
         "cores": os.cpu_count(),
         "cpu_model": cpu,
         "python": platform.python_version(),
-        "libraries": libs,
+        "libraries": versions(),
         "num_threads": 1,
     }
 
