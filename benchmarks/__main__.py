@@ -299,8 +299,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     ap.add_argument("--quick", action="store_true", help="tiny data and fewer repeats (< 5 min)")
+    ap.add_argument(
+        "--only",
+        choices=["routes"],
+        help="run one section alone: routes = both conversion routes of the Weibo LSTM",
+    )
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
+    if args.only == "routes":
+        if not WEIBO.exists():
+            raise SystemExit(f"the routes section needs the Weibo set at {WEIBO}")
+        with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
+            part = {"machine": machine(), "recurrent_routes": recurrent_routes(Path(tmpdir))}
+        part["benchmark_seconds"] = time.perf_counter() - t_start
+        out = Path(args.out).with_name("routes.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(part, indent=2) + "\n")
+        print_routes(part)
+        print(f"\nwritten: {out}", file=sys.stderr)
+        return 0
     tiny = (
         ["dataset.train_size=600", "train.epochs=6", "train.early_stopping_patience=0"]
         if args.quick
@@ -379,6 +396,9 @@ def main(argv=None) -> int:
         }
         print("5/5 peak memory of a CIFAR-100-shaped run ...", file=sys.stderr)
         result["peak_rss_gb"] = peak_memory(tmp, args.quick)
+        if WEIBO.exists() and not args.quick:
+            print("    recurrent conversion routes on the Weibo LSTM ...", file=sys.stderr)
+            result["recurrent_routes"] = recurrent_routes(tmp)
     result["benchmark_seconds"] = time.perf_counter() - t_start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -386,6 +406,51 @@ def main(argv=None) -> int:
     print_table(result)
     print(f"\nwritten: {out}", file=sys.stderr)
     return 0
+
+
+# --------------------------------------------------------------------------- 6. recurrent routes
+def recurrent_routes(tmp: Path) -> dict:
+    """Both conversion routes of the Weibo text LSTM (and its bidirectional form), per recipe:
+    agreement and output SQNR against the Keras model on the test split, size, latency."""
+    out: dict = {}
+    for bidi in (False, True):
+        folder = tmp / f"routes_{'bilstm' if bidi else 'lstm'}"
+        sh(
+            [
+                "-m",
+                "dataset=fake_news",
+                f"dataset.path={WEIBO}",
+                "model=text_lstm",
+                f"model.bidirectional={str(bidi).lower()}",
+                "model.recurrent=fused,unrolled,auto",
+                "recipe=float16,dynamic_range,full_integer",
+                "evaluation.latency_samples=200",
+                "evaluation.progress=false",
+                f"cache_dir={tmp / 'cache_routes'}",
+                f"hydra.sweep.dir={folder}",
+            ]
+        )
+        per = {}
+        for job in sorted(folder.glob("*/results.json")):
+            res = json.loads(job.read_text())
+            route = res["config"]["model"]["recurrent"]
+            for r in res["rows"]:
+                if r["format"] != "tflite" or r["status"] != "ok":
+                    if r["status"] != "ok":
+                        per[f"{r['artifact']}@{route}"] = {"error": r["error"]}
+                    continue
+                per[f"{r['artifact'].removesuffix('.tflite')}@{route}"] = {
+                    "route": r["route"],
+                    "agreement": r["agreement"],
+                    "output_sqnr_db": r["output_sqnr_db"],
+                    "output_max_abs_error": r["output_max_abs_error"],
+                    "accuracy": r["accuracy"],
+                    "size_mb": r["size_mb"],
+                    "latency_ms": r["latency_ms"],
+                    "convert_seconds": r["convert_seconds"],
+                }
+        out["bilstm" if bidi else "lstm"] = per
+    return out
 
 
 def print_table(r: dict) -> None:
@@ -407,6 +472,20 @@ def print_table(r: dict) -> None:
         print(
             f"| {k} | {f(c, '.2f')} | {f(a, '+.4f')} | {f(lr, '.2f')} | {f(er, '.3f')} | {f(es, '.1f')} |"
         )
+    print_routes(r)
+
+
+def print_routes(r: dict) -> None:
+    for model, per in r.get("recurrent_routes", {}).items():
+        print(f"\n{model} routes | route | agreement | SQNR dB | size MB | latency ms |")
+        for k, v in per.items():
+            if "error" in v:
+                print(f"| {k} | failed: {v['error'][:60]} |")
+                continue
+            print(
+                f"| {k} | {v['route']} | {v['agreement']:.4f} | {v['output_sqnr_db']:.1f} | "
+                f"{v['size_mb']:.3f} | {v['latency_ms']:.3f} |"
+            )
 
 
 if __name__ == "__main__":

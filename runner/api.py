@@ -33,9 +33,16 @@ def quantize_model(
     *,
     calibration: np.ndarray | None = None,
     safe_mode: bool = True,
+    recurrent: str = "auto",
+    check: bool = True,
     **options: Any,
 ) -> Path:
-    """Convert a Keras model file with a named recipe and write the ``.tflite`` atomically.
+    """Convert a Keras model file with a named recipe, check the result, write it atomically.
+
+    The converted file is run in LiteRT and compared with the Keras model on ``calibration`` when
+    given, else on inputs drawn from the model's input domain (token ids below the embedding's
+    row count, zero-padded at the front like ``pad_sequences``; images uniform in [0, 1)). For a
+    recurrent model the faithful conversion route is chosen this way (see ``recurrent``).
 
     Args:
         model_path: ``.h5``, ``.keras`` or SavedModel folder.
@@ -44,20 +51,30 @@ def quantize_model(
         calibration: model-ready sample inputs (scaled images or token-id sequences), needed by
             recipes that calibrate activations (``full_integer``, ``int16x8``).
         safe_mode: refuse ``Lambda`` layers (arbitrary code) in the model file.
+        recurrent: ``auto`` | ``fused`` | ``unrolled``: how LSTM/GRU layers are converted.
+        check: refuse to write a float (unquantized) file whose outputs drift from the Keras
+            model's (output SQNR below 30 dB or a changed label); quantized recipes only warn.
         **options: recipe keys to override, e.g. ``calibration_samples=100``.
 
     Returns:
         The path written.
 
     Raises:
-        RunnerError: missing/unreadable model, unknown recipe, missing calibration data, or a
-            conversion the recipe cannot do (with the converter's reason).
+        RunnerError: missing/unreadable model, unknown recipe, missing calibration data, a
+            conversion the recipe cannot do (with the converter's reason), or, with ``check``,
+            a float conversion that no route makes faithful.
     """
     from runner.config import compose
     from runner.files import atomic_write_bytes
     from runner.models import load_model
     from runner.pipeline import build
-    from runner.quantize import convert, summarize_error
+    from runner.quantize import (
+        FLOAT_FIDELITY_DB,
+        convert_checked,
+        has_recurrent,
+        measure_fidelity,
+        summarize_error,
+    )
 
     model = load_model(model_path, safe_mode=safe_mode)
     try:
@@ -74,17 +91,66 @@ def quantize_model(
                 f"recipe {recipe!r} calibrates activations: pass calibration=<array of model-ready sample inputs>"
             )
         calib = np.asarray(calibration)[: rec.calibration_samples or None]
+    token_ids = takes_token_ids(model)
+    probe = (
+        np.asarray(calibration)[:256]
+        if calibration is not None
+        else domain_inputs(model, 256, token_ids)
+    )
     try:
-        flatbuffer = convert(model, rec.options, calib, token_ids=takes_token_ids(model))
+        done = convert_checked(
+            model,
+            rec.options,
+            calib,
+            token_ids=token_ids,
+            recurrent=recurrent,
+            probe=probe if has_recurrent(model) else None,
+            quantized=rec.quantized,
+        )
+        trial = next((t for t in done.trials if t.route == done.route), None)
+        if trial is None or trial.output_sqnr_db is None:
+            trial = measure_fidelity(model, done.flatbuffer, probe)
     except RunnerError:
         raise
     except Exception as e:  # noqa: BLE001
         raise RunnerError(
             f"recipe {recipe!r} cannot convert {model_path}: {summarize_error(e)}"
         ) from None
-    out = atomic_write_bytes(quantized_model_path, flatbuffer)
-    log.info("wrote %s (%d bytes)", out, len(flatbuffer))
+    where = "the calibration inputs" if calibration is not None else "inputs from its input domain"
+    what = (
+        f"{recipe} TFLite vs the Keras model on {len(probe)} {where}: output SQNR "
+        f"{trial.output_sqnr_db:.1f} dB, label agreement {trial.agreement:.4f}"
+        + (f", route {done.route}" if done.route else "")
+    )
+    faithful = trial.output_sqnr_db >= FLOAT_FIDELITY_DB and trial.agreement >= 0.995
+    if not faithful and not rec.quantized and check:
+        raise RunnerError(
+            f"the converted file is not faithful to {model_path}: {what}. Nothing was written; "
+            "try recurrent='unrolled', or pass check=False to write it anyway"
+        )
+    if not faithful:
+        log.warning("%s (below %.0f dB or 0.995)", what, FLOAT_FIDELITY_DB)
+    else:
+        log.info("%s", what)
+    out = atomic_write_bytes(quantized_model_path, done.flatbuffer)
+    log.info("wrote %s (%d bytes)", out, len(done.flatbuffer))
     return out
+
+
+def domain_inputs(model, n: int, token_ids: bool, seed: int = 0) -> np.ndarray:
+    """``n`` inputs a model can take when no real ones are given: token-id sequences (ids below
+    the embedding's rows, random lengths, zero-padded at the front) or values in [0, 1)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(d) if d else 1 for d in model.input_shape[1:])
+    dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+    if not token_ids:
+        return rng.random((n, *shape)).astype(dtype)
+    embedding = next(layer for layer in model.layers if type(layer).__name__ == "Embedding")
+    length = shape[0]
+    x = rng.integers(1, max(2, embedding.input_dim), size=(n, length))
+    keep = rng.integers(1, length + 1, size=n)
+    x[np.arange(length)[None, :] < (length - keep)[:, None]] = 0
+    return x.astype(dtype)
 
 
 def prediction_label(

@@ -164,15 +164,17 @@ def memo_metrics(folder: Path | None, spec: dict[str, Any], compute: Callable[[]
         try:
             with np.load(path, allow_pickle=False) as z:
                 fields = json.loads(str(z["fields"]))
-                return Metrics(labels=z["labels"], **fields), "hit"
+                outputs = z["outputs"] if "outputs" in z.files else None
+                return Metrics(labels=z["labels"], outputs=outputs, **fields), "hit"
         except Exception as e:  # noqa: BLE001 - a damaged memo is recomputed
             log.warning("evaluation memo %s is unreadable (%s); measuring again", path, e)
     m = compute()
-    fields = {k: v for k, v in m.__dict__.items() if k != "labels"}
+    fields = {k: v for k, v in m.__dict__.items() if k not in ("labels", "outputs")}
+    arrays = {"labels": m.labels} | ({"outputs": m.outputs} if m.outputs is not None else {})
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, labels=m.labels, fields=np.array(json.dumps(fields)))
+            np.savez(f, fields=np.array(json.dumps(fields)), **arrays)
 
     with contextlib.suppress(OSError):  # a read-only cache only costs the speed-up
         atomic_write_with(path, write)

@@ -39,6 +39,8 @@ VERSIONED = [
 ]
 # Dataset keys that do not change the trained model, left out of the baseline cache key.
 NOT_IN_CACHE_KEY = ("test_size",)
+# Model keys that only change how the trained model is converted, likewise.
+MODEL_NOT_IN_CACHE_KEY = ("recurrent", "convert_batch_size")
 # Part of every baseline cache key: bumped when a loader yields other data for the same config
 # (2: the runner's own stratified split replaced scikit-learn's), so stale entries are not reused.
 DATA_VERSION = 2
@@ -105,7 +107,11 @@ def baseline_spec(cfg: DictConfig) -> dict[str, Any]:
     }
     return {
         "dataset": data,
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "model": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+            if k not in MODEL_NOT_IN_CACHE_KEY
+        },
         "train": OmegaConf.to_container(cfg.train, resolve=True),
         "seed": cfg.seed,
         "data_version": DATA_VERSION,
@@ -199,6 +205,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         "scaling": scaling.as_dict(),
         "num_classes": data.num_classes,
         "evaluation": {k: v for k, v in dataclasses.asdict(ecfg).items() if k != "progress"},
+        "memo_version": 2,  # 2: the float model's outputs are kept (output fidelity)
     }
     t = time.perf_counter()
     m, state.eval_cache[Path(keras_path).name] = cache.memo_metrics(
@@ -233,6 +240,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         convert_batch_size=cfg.model.get("convert_batch_size"),
         # deterministic conversions are kept with the cached baseline (never for a user's file)
         artifact_cache=None if base.cache == "pretrained" else base.path.parent,
+        recurrent=str(cfg.model.get("recurrent", "auto")),
     )
     recipe_cfgs = [cfg.reference] + ([cfg.recipe] if cfg.recipe != cfg.reference else [])
     for i, rcfg in enumerate(recipe_cfgs):
@@ -255,6 +263,7 @@ class _State:
     eval_spec: dict[str, Any] = field(default_factory=dict)
     eval_cache: dict[str, str] = field(default_factory=dict)  # artifact -> hit | miss | off
     worst_layers: list[str] = field(default_factory=list)  # from the layer report, worst first
+    conversions: dict[str, Any] = field(default_factory=dict)  # artifact -> recurrent route
 
     def produce_and_score(
         self,
@@ -296,7 +305,7 @@ class _State:
                     data.test.x,
                     data.test.y,
                     self.scaling,
-                    self.reference.labels,
+                    self.reference.outputs,
                     data.num_classes,
                     ecfg,
                 )
@@ -305,7 +314,7 @@ class _State:
                 spec = (
                     {
                         "artifact": sha256_file(art.path),
-                        "reference": cache.fingerprint(self.reference.labels),
+                        "reference": cache.fingerprint(self.reference.outputs),
                         **self.eval_spec,
                     }
                     if is_reference and art.path.is_file()
@@ -377,6 +386,8 @@ class _State:
                 accuracy=m.accuracy,
                 accuracy_delta=m.accuracy - ref_acc,
                 agreement=m.agreement if m.agreement is not None else 1.0,
+                output_sqnr_db=m.output_sqnr_db,
+                output_max_abs_error=m.output_max_abs_error,
                 top5=m.top5,
                 latency_ms=m.latency_ms,
                 latency_p50_ms=m.latency_p50_ms,
@@ -391,10 +402,14 @@ class _State:
                 sha256=sha,
                 worst_layer=art.worst_layer,
                 float_layers=art.float_layers,
+                route=art.route,
                 note=art.note,
             )
         )
+        if art.conversion:
+            self.conversions[art.name] = art.conversion
         self._check_agreement(art, self.result.rows[-1]["agreement"])
+        self._check_fidelity(art, m.output_sqnr_db)
         self.write()
 
     def _check_agreement(self, art: Artifact, agreement: float) -> None:
@@ -409,6 +424,15 @@ class _State:
             self.result.warnings.append(
                 f"{art.name}: agreement with the float Keras model is {agreement:.4f} < {floor} ({what})"
             )
+
+    def _check_fidelity(self, art: Artifact, sqnr: float | None) -> None:
+        floor = self.cfg.evaluation.get("min_output_sqnr_db")
+        if sqnr is None or art.quantized or floor is None or sqnr >= float(floor):
+            return
+        self.result.warnings.append(
+            f"{art.name}: output SQNR against the float Keras model is {sqnr:.1f} dB < {floor} dB "
+            "(the conversion, not the quantization, changed the outputs)"
+        )
 
     def fail(self, recipe: str, artifact: str, error: str, use_case: str) -> None:
         self.result.rows.append(
@@ -449,6 +473,9 @@ class _State:
                 # "hit": metrics measured by an earlier job on this baseline, read from the cache
                 "evaluation_cache": self.eval_cache,
                 "worst_layers": self.worst_layers,
+                # recurrent models: which conversion route each artifact took, why, and each
+                # route's measured fidelity
+                "conversion_routes": self.conversions,
                 "timings": self.timings,
             },
         )

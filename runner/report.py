@@ -33,6 +33,8 @@ COLUMNS = [
     "accuracy",
     "accuracy_delta",
     "agreement",
+    "output_sqnr_db",
+    "output_max_abs_error",
     "top5",
     "latency_ms",
     "latency_p50_ms",
@@ -45,6 +47,7 @@ COLUMNS = [
     "error",
     "worst_layer",
     "float_layers",
+    "route",
     "note",
     "use_case",
     "path",
@@ -60,6 +63,7 @@ DISPLAY = [
     "accuracy",
     "accuracy_delta",
     "agreement",
+    "output_sqnr_db",
     "top5",
     "latency_ms",
     "train_seconds",
@@ -68,6 +72,7 @@ DISPLAY = [
     "error",
     "worst_layer",
     "float_layers",
+    "route",
     "note",
 ]
 MB = 1 << 20  # size_mb is MiB, as `ls -lh` shows it
@@ -129,6 +134,10 @@ def _md_cell(col: str, v: Any) -> str:
             return f"{v:.4f}"
         if col == "compression":
             return f"{v:.2f}x"
+        if col == "output_sqnr_db":
+            return f"{v:.1f}"
+        if col == "output_max_abs_error":
+            return f"{v:.2g}"
         if col == "size_mb" or col.startswith("latency"):
             return f"{v:.3f}"
         return f"{v:.2f}"

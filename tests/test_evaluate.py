@@ -8,10 +8,12 @@ import tf_keras as keras
 
 from runner.data import Scaling, load_digits
 from runner.evaluate import (
+    MAX_SQNR_DB,
     EvalConfig,
     TFLiteModel,
     evaluate_tflite,
     labels_from_outputs,
+    output_fidelity,
     predict_keras,
     score,
 )
@@ -30,7 +32,7 @@ def test_score_accuracy_agreement_and_top5():
     m = score(
         out,
         np.array([0, 1, 2, 11]),
-        np.array([0, 1, 5, 3]),
+        np.eye(12)[[0, 1, 5, 3]],  # the float model's outputs: it predicts 0, 1, 5, 3
         num_classes=12,
         latencies_ms=[1.0, 2.0, 3.0],
     )
@@ -100,3 +102,34 @@ def test_fixed_batch_model_pads_its_last_batch(tmp_path, digits_model):
         EvalConfig(latency_samples=3),
     )
     assert len(m.labels) == 21 and m.latency_ms > 0
+
+
+def test_output_fidelity_is_sqnr_in_db_and_the_largest_difference():
+    ref = np.array([[0.6, 0.4], [0.1, 0.9]])
+    noisy = ref + np.array([[0.006, -0.006], [0.0, 0.0]])
+    sqnr, worst = output_fidelity(ref, noisy)
+    expected = 10 * np.log10(np.sum(ref**2) / (2 * 0.006**2))
+    assert sqnr == pytest.approx(expected) and worst == pytest.approx(0.006)
+    assert output_fidelity(ref, ref) == (MAX_SQNR_DB, 0.0)  # bit-exact: the cap, not inf
+
+
+def test_fidelity_orders_float32_over_float16_over_int8(digits_model, tmp_path):
+    # setup: the same model as float32, float16 and int8 files
+    model, data, paths = digits_model
+    paths["float16"] = atomic_write_bytes(
+        tmp_path / "h.tflite",
+        convert(model, ConverterOptions(("DEFAULT",), ("float16",))),
+    )
+    ref = model.predict(Scaling("unit")(data.test.x), verbose=0)
+    cfg = EvalConfig(latency_samples=0, progress=False)
+    # execute
+    sqnr = {
+        k: evaluate_tflite(
+            p, data.test.x, data.test.y, Scaling("unit"), ref, 10, cfg
+        ).output_sqnr_db
+        for k, p in paths.items()
+    }
+    # assert: each step down in precision costs at least 15 dB
+    assert sqnr["float"] > 90, sqnr
+    assert sqnr["float"] - 15 > sqnr["float16"] > sqnr["int8"] + 15, sqnr
+    assert sqnr["int8"] > 10, sqnr

@@ -157,8 +157,23 @@ def test_text_models_convert_faithfully_and_keep_token_ids(tmp_path, text_csv, m
     assert "震惊" in vocab and min(vocab.values()) == 1
 
 
-def test_lstm_int16x8_is_a_failed_row_with_the_converter_reason(tmp_path, text_csv):
+def test_lstm_int16x8_works_through_the_unrolled_route(tmp_path, text_csv):
+    # setup / execute: the fused LSTM kernel has no 16x8 version; auto tries both routes
     result = run(text_cfg(tmp_path, text_csv, "text_lstm", "int16x8", "model.units=8"), tmp_path)
+    # assert: the unrolled graph converts and stays faithful; the fused failure is recorded
+    row = result.row("int16x8.tflite")
+    assert row["status"] == "ok" and row["route"] == "unrolled", row
+    assert row["agreement"] >= 0.95
+    routes = json.loads((tmp_path / "results.json").read_text())["conversion_routes"]
+    fused = next(t for t in routes["int16x8.tflite"]["trials"] if t["route"] == "fused")
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in fused["error"]
+
+
+def test_lstm_int16x8_forced_onto_the_fused_route_is_a_failed_row(tmp_path, text_csv):
+    cfg = text_cfg(
+        tmp_path, text_csv, "text_lstm", "int16x8", "model.units=8", "model.recurrent=fused"
+    )
+    result = run(cfg, tmp_path)
     row = result.row("int16x8.tflite")
     assert row["status"] == "failed" and "UNIDIRECTIONAL_SEQUENCE_LSTM" in row["error"]
     assert result.row("none.tflite")["status"] == "ok"
