@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner import cache, report
+from runner.config import validate
 from runner.data import Dataset, Scaling
 from runner.errors import RunnerError, summarize_error
 from runner.evaluate import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
@@ -166,6 +167,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         RunnerError: a bad config value (before anything is loaded or written), missing data,
             an unusable model file.
     """
+    validate(cfg)
     out = Path(output_dir)
     timings: dict[str, float] = {}
     ecfg = EvalConfig.from_mapping(cfg.evaluation)
