@@ -344,7 +344,7 @@ def main(argv=None) -> int:
         result["naive_over_cached"] = sc["naive_over_cached"]
         result["sweep_cost"] = sc
         print("2/5 evaluation overhead ...", file=sys.stderr)
-        from runner.data import load_digits
+        from runner.data.digits import load_digits
 
         # the test split tiled to 2,048 images (16 full batches): long enough to time
         x = np.resize(load_digits().test.x, (2048, 8, 8, 1))

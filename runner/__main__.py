@@ -19,9 +19,8 @@ log = logging.getLogger("runner")
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from runner import report
-    from runner.errors import RunnerError
+    from runner.errors import RunnerError, summarize_error
     from runner.pipeline import run, write_job_failure
-    from runner.quantize import summarize_error
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)

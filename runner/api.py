@@ -5,7 +5,7 @@
     prediction_label("这 是 一条 新闻", "model_fp16.tflite")        # -> 0 or 1
 
 Both use the same code as the runner: recipes come from ``conf/recipe/*.yaml``, conversion from
-:func:`runner.quantize.convert`, inference from the LiteRT interpreter.
+:func:`runner.recipes.conversion.convert`, inference from the LiteRT interpreter.
 """
 
 from __future__ import annotations
@@ -65,15 +65,15 @@ def quantize_model(
             a float conversion that no route makes faithful.
     """
     from runner.config import compose
+    from runner.errors import summarize_error
     from runner.files import atomic_write_bytes
-    from runner.models import load_model
+    from runner.models.loading import load_model
     from runner.pipeline import build
-    from runner.quantize import (
+    from runner.recipes.conversion import (
         FLOAT_FIDELITY_DB,
         convert_checked,
         has_recurrent,
         measure_fidelity,
-        summarize_error,
     )
 
     model = load_model(model_path, safe_mode=safe_mode)
@@ -174,8 +174,8 @@ def predict_labels(
 ) -> list[int]:
     """:func:`prediction_label` for many sentences: one vocabulary load, one batched inference."""
     from runner.data import Scaling
+    from runner.data.vocabulary import Vocabulary, segment
     from runner.evaluate import labels_from_outputs
-    from runner.text import Vocabulary, segment
 
     sentences = list(sentences)
     if not sentences or any(not isinstance(s, str) or not s.strip() for s in sentences):

@@ -90,7 +90,7 @@ def get_or_train(
 
 
 def _load_entry(entry: Path):
-    from runner.models import load_model
+    from runner.models.loading import load_model
 
     try:
         meta = json.loads((entry / META_FILE).read_text())
@@ -127,6 +127,44 @@ def _store_entry(root: Path, entry: Path, spec: dict[str, Any], result: Any) -> 
         os.replace(tmp, entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- conversions
+class ConversionCache:
+    """The deterministic conversions of one baseline, kept in its cache entry.
+
+    Implements :class:`runner.recipes.base.ArtifactStore`: recipes reach it through their
+    context and never import this module. Each flatbuffer is ``<name>-<spec hash>.tflite`` with
+    its metadata beside it (``.json``); both are written atomically, the metadata last, so a
+    flatbuffer without metadata is never read.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def _paths(self, name: str, spec: Any) -> tuple[Path, Path]:
+        stem = self.folder / f"{name}-{cache_key(dict(spec))}"
+        return stem.with_suffix(".tflite"), stem.with_suffix(".json")
+
+    def get(self, name: str, spec: Any) -> tuple[bytes, dict[str, Any]] | None:
+        data, meta = self._paths(name, spec)
+        if not (data.is_file() and meta.is_file()):
+            return None
+        try:
+            return data.read_bytes(), json.loads(meta.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("cached conversion %s is unreadable (%s); converting again", data, e)
+            return None
+
+    def put(self, name: str, spec: Any, data: bytes, meta: dict[str, Any]) -> None:
+        from runner.files import atomic_write_bytes
+
+        data_path, meta_path = self._paths(name, spec)
+        try:
+            atomic_write_bytes(data_path, data)
+            atomic_write_json(meta_path, meta)
+        except OSError as e:  # a read-only cache only costs the speed-up
+            log.warning("could not keep the conversion in %s (%s)", self.folder, e)
 
 
 # --------------------------------------------------------------------------- evaluation memo

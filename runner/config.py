@@ -1,11 +1,23 @@
-"""The project's conf/ composed outside a Hydra app (for the Python API)."""
+"""The project's ``conf/``: composed outside a Hydra app (for the Python API), and validated.
+
+:func:`validate` checks every value of a composed config against the rules below before any data
+is loaded or any model trained: each bad value is one line naming the key, the value and what is
+allowed. ``python -m runner`` runs it from a Hydra callback before the run folder exists (so a
+bad value writes nothing and exits 2), and :func:`runner.pipeline.run` runs it at its door.
+Nothing here imports TensorFlow.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from runner.errors import RunnerError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -28,3 +40,334 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     finally:
         if saved is not None:
             GlobalHydra.instance().initialize(saved)
+
+
+# --------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    """What one config key accepts: ``allowed`` is the text the error shows."""
+
+    allowed: str
+    check: Callable[[Any], bool]
+    nullable: bool = False
+
+    def ok(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        try:
+            return bool(self.check(value))
+        except (TypeError, ValueError):
+            return False
+
+    def text(self) -> str:
+        return self.allowed + (" or null" if self.nullable else "")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def integer(low: int = 0, high: int | None = None, nullable: bool = False) -> Rule:
+    text = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+    return Rule(text, lambda v: _is_int(v) and v >= low and (high is None or v <= high), nullable)
+
+
+def number(
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    nullable: bool = False,
+) -> Rule:
+    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+    if low is not None and high is not None:
+        text = f"a number in {lo}, {hi}"
+    elif low is not None:
+        text = f"a number {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        text = f"a number {'<' if high_open else '<='} {high:g}"
+    else:
+        text = "a number"
+
+    def check(v: Any) -> bool:
+        if not _is_num(v):
+            return False
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        return not (high is not None and (v >= high if high_open else v > high))
+
+    return Rule(text, check, nullable)
+
+
+def choice(*options: str, nullable: bool = False, case: bool = True) -> Rule:
+    norm = (lambda v: v) if case else (lambda v: v.lower())
+    return Rule(
+        f"one of {', '.join(options)}",
+        lambda v: isinstance(v, str) and norm(v) in options,
+        nullable,
+    )
+
+
+def text(nullable: bool = False) -> Rule:
+    return Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()), nullable)
+
+
+def any_text(nullable: bool = False) -> Rule:
+    return Rule("a string", lambda v: isinstance(v, str), nullable)
+
+
+BOOL = Rule("true or false", lambda v: isinstance(v, bool))
+
+
+def list_of(rule: Rule, nullable: bool = False, empty: bool = True) -> Rule:
+    return Rule(
+        f"a list of {rule.allowed.removeprefix('a ').removeprefix('an ')}s",
+        lambda v: (
+            isinstance(v, (list, tuple)) and (empty or bool(v)) and all(rule.ok(x) for x in v)
+        ),
+        nullable,
+    )
+
+
+def either(a: Rule, b: Rule) -> Rule:
+    return Rule(
+        f"{a.allowed}, or {b.allowed}", lambda v: a.ok(v) or b.ok(v), a.nullable or b.nullable
+    )
+
+
+def resnet_depth() -> Rule:
+    return Rule(
+        "an integer 6n+2 (8, 14, 20, 32, 44, 56 ...)",
+        lambda v: _is_int(v) and v >= 8 and (v - 2) % 6 == 0,
+    )
+
+
+SCALINGS = ("unit", "symmetric", "standardize", "none")
+OPTIMIZERS = ("adadelta", "adagrad", "adam", "adamax", "ftrl", "nadam", "rmsprop", "sgd")
+DTYPES = ("float32", "float16", "int8", "uint8", "int16")
+COUNT = integer(1)  # something to have at least one of
+SEED = integer(0)  # NumPy and Keras seeds are non-negative
+FRACTION = number(0, 1, high_open=True)  # [0, 1)
+PROBABILITY = number(0, 1)  # [0, 1]
+
+# The top-level keys, then every group's keys (recipe rules also cover recipe@reference).
+TOP: dict[str, Rule] = {"seed": SEED, "cache_dir": text()}
+GROUPS: dict[str, dict[str, Rule]] = {
+    "dataset": {
+        "_target_": text(),
+        "name": text(),
+        "path": text(nullable=True),
+        "test_fraction": number(0, 1, low_open=True, high_open=True),
+        "split_seed": SEED,
+        "subset_seed": SEED,
+        "train_size": integer(1, nullable=True),
+        "test_size": integer(1, nullable=True),
+        "input_scaling": choice(*SCALINGS),
+        "label_mode": choice("fine", "coarse"),
+        "extract_dir": text(nullable=True),
+        "text_column": text(),
+        "label_column": text(),
+        "split_column": text(nullable=True),
+        "segment": choice("auto", "jieba", "none"),
+        "word_index": text(nullable=True),
+        "num_words": integer(2, nullable=True),
+        "maxlen": COUNT,
+    },
+    "model": {
+        "_target_": text(),
+        "_partial_": BOOL,
+        "name": text(),
+        "needs_training": BOOL,
+        "input_scaling": choice(*SCALINGS),
+        "input_mean": list_of(number(), empty=False),
+        "input_std": list_of(number(0, low_open=True), empty=False),
+        "path": text(nullable=True),
+        "safe_mode": BOOL,
+        "filters": either(COUNT, list_of(COUNT, empty=False)),
+        "dense_units": integer(0),
+        "dropout": FRACTION,
+        "bn_momentum": FRACTION,
+        "depth": resnet_depth(),
+        "width": COUNT,
+        "embedding_dim": COUNT,
+        "kernel_size": COUNT,
+        "units": COUNT,
+        "bidirectional": BOOL,
+        "convert_batch_size": integer(1, nullable=True),
+        "recurrent": choice("auto", "fused", "unrolled"),
+    },
+    "train": {
+        "epochs": COUNT,
+        "batch_size": COUNT,
+        "optimizer": choice(*OPTIMIZERS, case=False),
+        "learning_rate": number(0, low_open=True),
+        "seed": SEED,
+        "validation_split": FRACTION,
+        "early_stopping_patience": integer(0),
+        "verbose": integer(0, 2),
+    },
+    "evaluation": {
+        "batch_size": COUNT,
+        "num_threads": COUNT,
+        "latency_warmup": integer(0),
+        "latency_samples": integer(0),
+        "progress": BOOL,
+        "min_agreement": PROBABILITY,
+        "min_agreement_quantized": PROBABILITY,
+        "min_output_sqnr_db": number(0, nullable=True),
+        "layer_report": BOOL,
+    },
+    "recipe": {
+        "_target_": text(),
+        "name": text(),
+        "description": any_text(),
+        "use_case": any_text(),
+        "quantized": BOOL,
+        "calibration_samples": COUNT,
+        "calibration_seed": SEED,
+        # QAT
+        "epochs": COUNT,
+        "learning_rate_scale": number(0, low_open=True),
+        "batch_size": integer(1, nullable=True),
+        "steps_per_epoch": integer(1, nullable=True),
+        "skip_layers": list_of(text()),
+        "fallback": BOOL,
+        "freeze_batch_norm": BOOL,
+        "distill": BOOL,
+        "restore_best": BOOL,
+        # selective / auto_int8
+        "keep_float": integer(0),
+        "denylist": list_of(text()),
+        "max_accuracy_drop": PROBABILITY,
+        "max_float_layers": integer(0),
+        "holdout_samples": COUNT,
+        "holdout_seed": SEED,
+    },
+}
+# recipe.converter: the TFLite converter settings (attributes are set verbatim, unchecked)
+CONVERTER: dict[str, Rule] = {
+    "optimizations": list_of(choice("DEFAULT", "OPTIMIZE_FOR_SIZE", "OPTIMIZE_FOR_LATENCY")),
+    "supported_types": list_of(choice(*DTYPES)),
+    "supported_ops": list_of(text()),
+    "inference_input_type": choice(*DTYPES, nullable=True),
+    "inference_output_type": choice(*DTYPES, nullable=True),
+    "representative_dataset": BOOL,
+}
+# The composed config's groups, and which rules each uses.
+RULE_SETS = {"dataset": "dataset", "model": "model", "train": "train", "evaluation": "evaluation"}
+RULE_SETS |= {"recipe": "recipe", "reference": "recipe"}
+
+
+def rule_for(key: str) -> Rule | None:
+    """The rule of a dotted key (``train.epochs``, ``recipe.converter.supported_types``)."""
+    parts = key.split(".")
+    if len(parts) == 1:
+        return TOP.get(key)
+    group = RULE_SETS.get(parts[0])
+    if group is None:
+        return None
+    if parts[1] == "converter" and group == "recipe":
+        return CONVERTER.get(parts[2]) if len(parts) == 3 else None
+    return GROUPS[group].get(parts[1]) if len(parts) == 2 else None
+
+
+def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
+    """One line per bad value: the key, the value, what is allowed. Empty when all is well."""
+    container = (
+        OmegaConf.to_container(cfg, resolve=False)
+        if isinstance(cfg, (DictConfig, ListConfig))
+        else dict(cfg)
+    )
+    out = []
+    for key, value in _leaves(container):
+        rule = rule_for(key)
+        if rule is None:
+            continue  # keys of a user's own builder or recipe: theirs to check
+        resolved = _resolved(cfg, key, value)
+        if isinstance(resolved, _Unresolvable):
+            out.append(f"{key}={value}: cannot be resolved ({resolved.why})")
+        elif not rule.ok(resolved):
+            out.append(f"{key}={_show(resolved)}: expected {rule.text()}")
+    return out
+
+
+def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Raise one :class:`RunnerError` listing every bad value, one line each.
+
+    Raises:
+        RunnerError: at least one value breaks its rule (see :data:`GROUPS`).
+    """
+    bad = problems(cfg)
+    if bad:
+        raise RunnerError("bad config value: " + "\nbad config value: ".join(bad))
+
+
+class _Unresolvable:
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _resolved(cfg: Any, key: str, value: Any) -> Any:
+    if not (isinstance(value, str) and "${" in value) or not isinstance(cfg, DictConfig):
+        return value
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve
+        return _Unresolvable(" ".join(str(e).split())[:120])
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf; a list is one leaf (its rule checks the items)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if key == "hydra":
+                continue
+            if isinstance(v, dict) and (rule_for(key) is None or not v):
+                yield from _leaves(v, key)
+            else:
+                yield key, v
+    else:
+        yield prefix, node
+
+
+def _show(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+# --------------------------------------------------------------------------- Hydra callback
+def _callback_base() -> type:
+    from hydra.experimental.callback import Callback
+
+    return Callback
+
+
+class ValidateConfigCallback(_callback_base()):
+    """Hydra callback: check the composed config before the run folder exists.
+
+    A single run with a bad value prints one line per value and exits 2, writing nothing. A
+    multirun checks its common config the same way before any job starts; a bad value that only
+    some jobs sweep over fails those jobs (their rows say why), through :func:`validate` at
+    :func:`runner.pipeline.run`'s door.
+    """
+
+    def on_run_start(self, config: DictConfig, **_: Any) -> None:
+        _exit_on_problems(config)
+
+    def on_multirun_start(self, config: DictConfig, **_: Any) -> None:
+        _exit_on_problems(config)
+
+
+def _exit_on_problems(config: DictConfig) -> None:
+    import sys
+
+    bad = problems(config)
+    if bad:
+        for line in bad:
+            print(f"error: bad config value: {line}", file=sys.stderr)
+        sys.exit(2)

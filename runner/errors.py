@@ -9,3 +9,13 @@ class RunnerError(Exception):
     ``python -m runner`` prints its message as one line on stderr and exits non-zero, without a
     traceback. Anything else that escapes is a bug and keeps its traceback.
     """
+
+
+def summarize_error(e: BaseException, limit: int = 300) -> str:
+    """One line a user can act on from a (often multi-line MLIR) converter error."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    picked = next((ln for ln in lines if "error:" in ln), lines[0] if lines else type(e).__name__)
+    picked = picked.split("error:", 1)[-1].strip() if "error:" in picked else picked
+    one = f"{type(e).__name__}: {picked}" if not isinstance(e, RunnerError) else picked
+    return one if len(one) <= limit else one[: limit - 3] + "..."

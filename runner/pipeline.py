@@ -1,17 +1,20 @@
 """Chains the stages for one run: data -> baseline -> recipe -> evaluation -> report.
 
 :func:`run` takes a composed config and an output folder, so tests and the benchmark call it
-without Hydra's command line. The table is rewritten after every artifact, so a later failure
-never loses a finished row.
+without Hydra's command line. The pieces it chains: :class:`Scorer` scores every artifact on
+the test split against the float model (and memoizes the shared ones with the baseline);
+:class:`ResultsTable` owns the rows and rewrites the table after every one, so a later failure
+never loses a finished row. Recipes are called through :class:`runner.recipes.base.Recipe` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import logging
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -20,11 +23,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner import cache, report
+from runner.config import validate
 from runner.data import Dataset, Scaling
-from runner.errors import RunnerError
+from runner.errors import RunnerError, summarize_error
 from runner.evaluate import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
 from runner.files import atomic_copy, atomic_write_json, atomic_write_text, sha256_file
-from runner.quantize import Artifact, RecipeContext, summarize_error
+from runner.recipes.base import Artifact, Recipe, RecipeContext
+from runner.recipes.debugger import REPORT_COLUMNS, summary, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +161,19 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
-    """Run one experiment; writes ``models/``, ``comparison.{csv,md}`` and ``results.json``."""
+    """Run one experiment; writes ``models/``, ``comparison.{csv,md}`` and ``results.json``.
 
+    Raises:
+        RunnerError: a bad config value (before anything is loaded or written), missing data,
+            an unusable model file.
+    """
+    validate(cfg)
     out = Path(output_dir)
-    models_dir = out / "models"
-    result = RunResult(out)
     timings: dict[str, float] = {}
     ecfg = EvalConfig.from_mapping(cfg.evaluation)
 
-    t = time.perf_counter()
-    data = load_dataset(cfg)
-    timings["data_seconds"] = time.perf_counter() - t
+    with _timed(timings, "data_seconds"):
+        data = load_dataset(cfg)
     scaling = scaling_from(cfg.model)
     log.info(
         "data: %s, %d train / %d test, input %s, %d classes",
@@ -176,205 +183,253 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         data.input_shape,
         data.num_classes,
     )
+    with _timed(timings, "baseline_seconds"):
+        base = get_baseline(cfg, data, scaling)
 
-    t = time.perf_counter()
-    base = get_baseline(cfg, data, scaling)
-    timings["baseline_seconds"] = time.perf_counter() - t
-
-    common = {
-        "dataset": data.name,
-        "model": str(cfg.model.get("name", "model")),
-        "baseline_cache": base.cache,
-        "baseline_key": base.key,  # a sweep keeps each baseline's float rows once, by this key
-    }
-    state = _State(cfg, result, common, timings, scaling)
-
+    table = ResultsTable(
+        out,
+        cfg,
+        scaling,
+        timings,
+        common={
+            "dataset": data.name,
+            "model": str(cfg.model.get("name", "model")),
+            "baseline_cache": base.cache,
+            "baseline_key": base.key,  # a sweep keeps each baseline's float rows once, by this key
+        },
+    )
     for name, text in data.files.items():  # e.g. word_index.json: every model needs it to be used
-        atomic_write_text(models_dir / name, text)
+        atomic_write_text(out / "models" / name, text)
 
-    # 1. the float Keras model: the reference for accuracy_delta and agreement
+    # 1. the float Keras model: the reference for accuracy_delta, agreement and output fidelity
+    entry = None if base.cache == "pretrained" else base.path.parent  # the baseline's cache entry
+    scorer = Scorer(data, scaling, ecfg, memo_dir=entry)
     keras_path = (
-        base.path if base.cache == "pretrained" else atomic_copy(base.path, models_dir / "float.h5")
+        base.path
+        if base.cache == "pretrained"
+        else atomic_copy(base.path, out / "models" / "float.h5")
     )
-    # The float model and the float32 reference are scored once per baseline, test split and
-    # evaluation settings; the other jobs of a sweep read those metrics from the cache entry.
-    memo_dir = None if base.cache == "pretrained" else base.path.parent
-    state.memo_dir = memo_dir
-    state.eval_spec = {
-        "test": cache.fingerprint(data.test.x, data.test.y),
-        "scaling": scaling.as_dict(),
-        "num_classes": data.num_classes,
-        "evaluation": {k: v for k, v in dataclasses.asdict(ecfg).items() if k != "progress"},
-        "memo_version": 2,  # 2: the float model's outputs are kept (output fidelity)
-    }
-    t = time.perf_counter()
-    m, state.eval_cache[Path(keras_path).name] = cache.memo_metrics(
-        memo_dir,
-        {"keras": sha256_file(base.path), **state.eval_spec},
-        lambda: evaluate_keras(
-            base.model, data.test.x, data.test.y, scaling, None, data.num_classes, ecfg
-        ),
-    )
-    timings["evaluate_seconds"] = time.perf_counter() - t
-    state.reference = m
-    state.add(
+    with _timed(timings, "evaluate_seconds"):
+        m = scorer.score_float_model(base.model, base.path)
+    table.add(
         Artifact(
-            Path(keras_path).name,
-            "float",
-            Path(keras_path),
-            "keras",
-            False,
-            train_seconds=base.train_seconds,
+            keras_path.name, "float", keras_path, "keras", False, train_seconds=base.train_seconds
         ),
         m,
-        use_case="the trained float model: the reference for accuracy and agreement",
+        "the trained float model: the reference for accuracy and agreement",
+        scorer.memo_status,
     )
 
-    # 2. the float32 TFLite reference (every size is compared with it), then 3. the recipe's artifacts
+    # 2. the float32 TFLite reference (every size is compared with it), then 3. the recipe's
     ctx = RecipeContext(
         model=base.model,
         dataset=data,
         scaling=scaling,
-        models_dir=models_dir,
+        models_dir=out / "models",
         train_cfg=cfg.train,
         convert_batch_size=cfg.model.get("convert_batch_size"),
         # deterministic conversions are kept with the cached baseline (never for a user's file)
-        artifact_cache=None if base.cache == "pretrained" else base.path.parent,
+        store=cache.ConversionCache(entry) if entry is not None else None,
         recurrent=str(cfg.model.get("recurrent", "auto")),
+        output_dir=out,
     )
-    recipe_cfgs = [cfg.reference] + ([cfg.recipe] if cfg.recipe != cfg.reference else [])
-    for i, rcfg in enumerate(recipe_cfgs):
-        state.produce_and_score(rcfg, ctx, data, ecfg, is_reference=i == 0)
-    state.finish()
-    return result
+    produce_and_score(cfg.reference, ctx, scorer, table, is_reference=True)
+    if cfg.recipe != cfg.reference:
+        produce_and_score(cfg.recipe, ctx, scorer, table, layer_report=cfg.evaluation.layer_report)
+    return table.finish()
 
 
-@dataclass
-class _State:
-    cfg: DictConfig
-    result: RunResult
-    common: dict[str, Any]
-    timings: dict[str, float]
-    scaling: Scaling
-    reference: Metrics | None = None
-    reference_size: int | None = None
-    hashes: dict[str, str] = field(default_factory=dict)
-    memo_dir: Path | None = None
-    eval_spec: dict[str, Any] = field(default_factory=dict)
-    eval_cache: dict[str, str] = field(default_factory=dict)  # artifact -> hit | miss | off
-    worst_layers: list[str] = field(default_factory=list)  # from the layer report, worst first
-    conversions: dict[str, Any] = field(default_factory=dict)  # artifact -> recurrent route
+def produce_and_score(
+    rcfg: DictConfig,
+    ctx: RecipeContext,
+    scorer: Scorer,
+    table: ResultsTable,
+    is_reference: bool = False,
+    layer_report: bool = False,
+) -> None:
+    """Build the recipe, make its artifacts and score each; a failure is a failed row.
 
-    def produce_and_score(
-        self,
-        rcfg: DictConfig,
-        ctx: RecipeContext,
-        data: Dataset,
-        ecfg: EvalConfig,
-        is_reference: bool = False,
-    ) -> None:
-        """Make the recipe's artifacts and score each; ``is_reference``: the float32 reference."""
-        name = str(rcfg.get("name", "?"))
-        use_case = str(rcfg.get("use_case", ""))
-        t = time.perf_counter()
-        try:
-            recipe = build(rcfg)
+    ``is_reference``: the float32 reference, whose score is shared by a sweep's jobs.
+    """
+    name, use_case = str(rcfg.get("name", "?")), str(rcfg.get("use_case", ""))
+    try:
+        with _timed(table.timings, "convert_seconds"):
+            recipe: Recipe = build(rcfg)
             artifacts = recipe.produce(ctx)
-        except Exception as e:  # noqa: BLE001 - a failing recipe is a failed row, never a lost table
-            log.error("recipe %s failed: %s", name, summarize_error(e))
-            log.debug("recipe %s traceback", name, exc_info=True)
-            self.fail(name, f"{name}.tflite", summarize_error(e), use_case)
-            return
-        finally:
-            self.timings["convert_seconds"] = (
-                self.timings.get("convert_seconds", 0.0) + time.perf_counter() - t
+    except Exception as e:  # noqa: BLE001 - a failing recipe is a failed row, never a lost table
+        log.error("recipe %s failed: %s", name, summarize_error(e))
+        log.debug("recipe %s traceback", name, exc_info=True)
+        table.fail(name, f"{name}.tflite", summarize_error(e), use_case)
+        return
+    if not is_reference:
+        artifacts = _with_layer_report(recipe, ctx, artifacts, table, layer_report)
+    for art in artifacts:
+        try:
+            with _timed(table.timings, "evaluate_seconds"):
+                m = scorer.score(art, memoize=is_reference)
+        except Exception as e:  # noqa: BLE001
+            log.error("evaluating %s failed: %s", art.path, summarize_error(e))
+            table.fail(name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case)
+            continue
+        table.add(art, m, use_case, scorer.memo_status)
+
+
+def _with_layer_report(
+    recipe: Recipe,
+    ctx: RecipeContext,
+    artifacts: list[Artifact],
+    table: ResultsTable,
+    requested: bool,
+) -> list[Artifact]:
+    """The recipe's per-layer int8 error, worst first, and its worst layer on every row.
+
+    ``selective`` and ``auto_int8`` make the report while producing; any other quantized recipe
+    gets one when ``requested`` (``evaluation.layer_report=true``). A report that cannot be made
+    is a warning: the artifact's row still counts.
+    """
+    try:
+        rows = recipe.layer_report(ctx, requested)
+    except Exception as e:  # noqa: BLE001
+        table.warn(f"no layer report for recipe {recipe.name}: {summarize_error(e)}")
+        return artifacts
+    if not rows:
+        return artifacts
+    write_rows(table.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
+    log.info("layer report: worst int8 layers: %s", summary(rows))
+    table.worst_layers = [r["layer"] for r in rows[:3]]
+    return [
+        dataclasses.replace(a, worst_layer=a.worst_layer or rows[0]["layer"]) for a in artifacts
+    ]
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the block's wall time to ``timings[key]`` (also when it raises)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+
+
+class Scorer:
+    """Scores artifacts on the test split against the float model's outputs.
+
+    The float model and the float32 reference are the same for every job of a sweep on one
+    baseline: their metrics are memoized in the baseline's cache entry (``memo_dir``) under a key
+    naming the file hash, the test split's fingerprint, the scaling and the evaluation settings.
+    A recipe's own artifact is always measured afresh.
+    """
+
+    def __init__(
+        self, data: Dataset, scaling: Scaling, ecfg: EvalConfig, memo_dir: Path | None
+    ) -> None:
+        self.data, self.scaling, self.ecfg, self.memo_dir = data, scaling, ecfg, memo_dir
+        self.reference: Metrics | None = None  # the float Keras model's metrics and outputs
+        self.memo_status = "off"  # of the last score: hit | miss | off
+        self._spec = {
+            "test": cache.fingerprint(data.test.x, data.test.y),
+            "scaling": scaling.as_dict(),
+            "num_classes": data.num_classes,
+            "evaluation": {k: v for k, v in dataclasses.asdict(ecfg).items() if k != "progress"},
+            "memo_version": 2,  # 2: the float model's outputs are kept (output fidelity)
+        }
+
+    def score_float_model(self, model: Any, path: Path) -> Metrics:
+        """The float Keras model's own metrics: the reference every artifact is compared with."""
+        test = self.data.test
+        m, self.memo_status = cache.memo_metrics(
+            self.memo_dir,
+            {"keras": sha256_file(path), **self._spec},
+            lambda: evaluate_keras(
+                model, test.x, test.y, self.scaling, None, self.data.num_classes, self.ecfg
+            ),
+        )
+        self.reference = m
+        return m
+
+    def score(self, art: Artifact, memoize: bool = False) -> Metrics:
+        """Run the artifact (a .tflite in LiteRT, a Keras model as itself) on the test split."""
+        assert self.reference is not None, "score_float_model comes first"
+        evaluate, target = (
+            (evaluate_tflite, art.path) if art.format == "tflite" else (evaluate_keras, art.model)
+        )
+        test = self.data.test
+
+        def measure() -> Metrics:
+            return evaluate(
+                target,
+                test.x,
+                test.y,
+                self.scaling,
+                self.reference.outputs,
+                self.data.num_classes,
+                self.ecfg,
             )
-        if not is_reference:
-            artifacts = self.layer_report(recipe, ctx, artifacts)
-        for art in artifacts:
-            t = time.perf_counter()
-            try:
-                # a .tflite file runs in LiteRT; a Keras artifact is scored as the model it holds
-                evaluate, target = (
-                    (evaluate_tflite, art.path)
-                    if art.format == "tflite"
-                    else (evaluate_keras, art.model)
-                )
-                args = (
-                    target,
-                    data.test.x,
-                    data.test.y,
-                    self.scaling,
-                    self.reference.outputs,
-                    data.num_classes,
-                    ecfg,
-                )
-                # the sweep's shared reference is read from the baseline's cache entry if an
-                # earlier job scored it; a recipe's own artifact is always measured
-                spec = (
-                    {
-                        "artifact": sha256_file(art.path),
-                        "reference": cache.fingerprint(self.reference.outputs),
-                        **self.eval_spec,
-                    }
-                    if is_reference and art.path.is_file()
-                    else {}
-                )
-                m, self.eval_cache[art.name] = cache.memo_metrics(
-                    self.memo_dir if spec else None, spec, functools.partial(evaluate, *args)
-                )
-            except Exception as e:  # noqa: BLE001
-                log.error("evaluating %s failed: %s", art.path, summarize_error(e))
-                self.fail(name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case)
-                continue
-            finally:
-                self.timings["evaluate_seconds"] += time.perf_counter() - t
-            self.add(art, m, use_case)
 
-    def layer_report(
-        self, recipe: Any, ctx: RecipeContext, artifacts: list[Artifact]
-    ) -> list[Artifact]:
-        """The recipe's per-layer int8 error, worst first, and its worst layer on every row.
+        memo = memoize and art.path.is_file() and self.memo_dir is not None
+        spec = (
+            {
+                "artifact": sha256_file(art.path),
+                "reference": cache.fingerprint(self.reference.outputs),
+                **self._spec,
+            }
+            if memo
+            else {}
+        )
+        m, self.memo_status = cache.memo_metrics(self.memo_dir if memo else None, spec, measure)
+        return m
 
-        ``selective`` and ``auto_int8`` make the report while producing; any other quantized
-        recipe gets one with ``evaluation.layer_report=true``. A report that cannot be made is a
-        warning: the artifact's row still counts.
-        """
-        from runner.diagnose import REPORT_COLUMNS, summary, write_rows
 
-        rows = getattr(recipe, "report_rows", None)
-        if not rows:
-            if not self.cfg.evaluation.get("layer_report"):
-                return artifacts
-            try:
-                if not hasattr(recipe, "layer_report"):
-                    raise RunnerError("only post-training int8 recipes have one")
-                rows = recipe.layer_report(ctx)
-            except Exception as e:  # noqa: BLE001
-                self.result.warnings.append(
-                    f"no layer report for recipe {recipe.name}: {summarize_error(e)}"
-                )
-                return artifacts
-            write_rows(self.result.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
-            log.info("layer report: worst int8 layers: %s", summary(rows))
-        if not rows:
-            return artifacts
-        self.worst_layers = [r["layer"] for r in rows[:3]]
-        return [
-            dataclasses.replace(a, worst_layer=a.worst_layer or rows[0]["layer"]) for a in artifacts
-        ]
+class ResultsTable:
+    """The run's rows, and every file that reports them.
 
-    def add(self, art: Artifact, m: Metrics, use_case: str) -> None:
+    It back-fills compression once the float32 reference's size is known, collects the fidelity
+    warnings, and rewrites ``comparison.{csv,md}`` and ``results.json`` atomically after every
+    row, so a later failure never loses a finished one.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        cfg: DictConfig,
+        scaling: Scaling,
+        timings: dict[str, float],
+        common: dict[str, Any],
+    ) -> None:
+        self.output_dir, self.cfg, self.scaling = output_dir, cfg, scaling
+        self.timings, self.common = timings, common
+        self.rows: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.worst_layers: list[str] = []  # from the layer report, worst first
+        self._reference_size: int | None = None
+        self._reference_accuracy: float | None = None  # the float model's: the first row
+        self._hashes: dict[str, str] = {}
+        self._eval_cache: dict[str, str] = {}  # artifact -> hit | miss | off
+        self._conversions: dict[str, Any] = {}  # artifact -> recurrent route, why, trials
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.rows)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def add(self, art: Artifact, m: Metrics, use_case: str, memo: str = "off") -> None:
         size = _size(art.path)
         if art.recipe == "none":
-            self.reference_size = size
-            for r in self.result.rows:  # rows added before the reference existed
+            self._reference_size = size
+            for r in self.rows:  # rows added before the reference existed
                 if r["size_bytes"]:
                     r["compression"] = size / r["size_bytes"]
-        ref_acc = self.reference.accuracy if self.reference else m.accuracy
+        if self._reference_accuracy is None:
+            self._reference_accuracy = m.accuracy
         sha = sha256_file(art.path) if art.path.is_file() else None
-        self.hashes[art.name] = sha or ""
-        self.result.rows.append(
+        self._hashes[art.name] = sha or ""
+        self._eval_cache[art.name] = memo
+        if art.conversion:
+            self._conversions[art.name] = art.conversion
+        self.rows.append(
             report.empty_row(
                 **self.common,
                 recipe=art.recipe,
@@ -382,9 +437,11 @@ class _State:
                 format=art.format,
                 size_bytes=size,
                 size_mb=size / report.MB,
-                compression=(self.reference_size / size) if self.reference_size and size else None,
+                compression=(self._reference_size / size)
+                if self._reference_size and size
+                else None,
                 accuracy=m.accuracy,
-                accuracy_delta=m.accuracy - ref_acc,
+                accuracy_delta=m.accuracy - self._reference_accuracy,
                 agreement=m.agreement if m.agreement is not None else 1.0,
                 output_sqnr_db=m.output_sqnr_db,
                 output_max_abs_error=m.output_max_abs_error,
@@ -406,36 +463,12 @@ class _State:
                 note=art.note,
             )
         )
-        if art.conversion:
-            self.conversions[art.name] = art.conversion
-        self._check_agreement(art, self.result.rows[-1]["agreement"])
-        self._check_fidelity(art, m.output_sqnr_db)
+        for w in fidelity_warnings(art, m, self.cfg.evaluation):
+            self.warn(w)
         self.write()
 
-    def _check_agreement(self, art: Artifact, agreement: float) -> None:
-        ecfg = self.cfg.evaluation
-        floor = float(ecfg.min_agreement_quantized if art.quantized else ecfg.min_agreement)
-        if agreement < floor:
-            what = (
-                "the conversion, not the quantization, changed the model"
-                if not art.quantized
-                else "quantization changed many predictions"
-            )
-            self.result.warnings.append(
-                f"{art.name}: agreement with the float Keras model is {agreement:.4f} < {floor} ({what})"
-            )
-
-    def _check_fidelity(self, art: Artifact, sqnr: float | None) -> None:
-        floor = self.cfg.evaluation.get("min_output_sqnr_db")
-        if sqnr is None or art.quantized or floor is None or sqnr >= float(floor):
-            return
-        self.result.warnings.append(
-            f"{art.name}: output SQNR against the float Keras model is {sqnr:.1f} dB < {floor} dB "
-            "(the conversion, not the quantization, changed the outputs)"
-        )
-
     def fail(self, recipe: str, artifact: str, error: str, use_case: str) -> None:
-        self.result.rows.append(
+        self.rows.append(
             report.empty_row(
                 **self.common,
                 recipe=recipe,
@@ -449,42 +482,68 @@ class _State:
         self.write()
 
     def write(self) -> None:
-        out = self.result.output_dir
-        report.write_tables(self.result.rows, out)
+        out, cfg = self.output_dir, self.cfg
+        report.write_tables(self.rows, out)
         atomic_write_json(
             out / "results.json",
             {
-                "status": "ok" if self.result.ok else "failed",
-                "rows": self.result.rows,
-                "warnings": self.result.warnings,
-                "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "status": "ok" if self.ok else "failed",
+                "rows": self.rows,
+                "warnings": self.warnings,
+                "config": OmegaConf.to_container(cfg, resolve=True),
                 "seeds": {
-                    "seed": self.cfg.seed,
-                    "train": self.cfg.train.get("seed"),
-                    "split": self.cfg.dataset.get(
-                        "split_seed", self.cfg.dataset.get("subset_seed")
-                    ),
-                    "calibration": self.cfg.recipe.get("calibration_seed"),
+                    "seed": cfg.seed,
+                    "train": cfg.train.get("seed"),
+                    "split": cfg.dataset.get("split_seed", cfg.dataset.get("subset_seed")),
+                    "calibration": cfg.recipe.get("calibration_seed"),
                 },
                 "input_scaling": self.scaling.as_dict(),
-                "num_threads": int(self.cfg.evaluation.num_threads),
+                "num_threads": int(cfg.evaluation.num_threads),
                 "versions": versions(),
-                "sha256": self.hashes,
+                "sha256": self._hashes,
                 # "hit": metrics measured by an earlier job on this baseline, read from the cache
-                "evaluation_cache": self.eval_cache,
+                "evaluation_cache": self._eval_cache,
                 "worst_layers": self.worst_layers,
                 # recurrent models: which conversion route each artifact took, why, and each
                 # route's measured fidelity
-                "conversion_routes": self.conversions,
+                "conversion_routes": self._conversions,
                 "timings": self.timings,
             },
         )
 
-    def finish(self) -> None:
-        self.result.worst_layers = self.worst_layers
-        for w in self.result.warnings:
+    def finish(self) -> RunResult:
+        for w in self.warnings:
             log.warning("%s", w)
         self.write()
+        return RunResult(self.output_dir, self.rows, self.warnings, self.worst_layers)
+
+
+def fidelity_warnings(art: Artifact, m: Metrics, ecfg: Any) -> list[str]:
+    """Agreement and output-SQNR floors (``evaluation.min_*``), named by artifact."""
+    out = []
+    floor = float(ecfg.min_agreement_quantized if art.quantized else ecfg.min_agreement)
+    agreement = m.agreement if m.agreement is not None else 1.0
+    if agreement < floor:
+        what = (
+            "quantization changed many predictions"
+            if art.quantized
+            else "the conversion, not the quantization, changed the model"
+        )
+        out.append(
+            f"{art.name}: agreement with the float Keras model is {agreement:.4f} < {floor} ({what})"
+        )
+    sqnr_floor = ecfg.get("min_output_sqnr_db")
+    if (
+        not art.quantized
+        and m.output_sqnr_db is not None
+        and sqnr_floor is not None
+        and m.output_sqnr_db < float(sqnr_floor)
+    ):
+        out.append(
+            f"{art.name}: output SQNR against the float Keras model is {m.output_sqnr_db:.1f} dB "
+            f"< {sqnr_floor} dB (the conversion, not the quantization, changed the outputs)"
+        )
+    return out
 
 
 def _size(path: Path) -> int:

@@ -11,10 +11,10 @@ import tf_keras as keras
 from conftest import WEIBO, compose_config, run_cli, write_text_csv
 
 from runner.api import predict_labels, prediction_label, quantize_model
+from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
 from runner.evaluate import TFLiteModel
 from runner.pipeline import run
-from runner.text import Vocabulary
 
 
 @pytest.fixture(scope="module")

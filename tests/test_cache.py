@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from runner.cache import MODEL_FILE, cache_key, get_or_train
-from runner.models import small_cnn
+from runner.models.builders import small_cnn
 from runner.train import TrainResult
 
 

@@ -90,7 +90,7 @@ def test_pretrained_with_lambda_is_refused_naming_the_layer(tmp_path):
 
 
 def test_pretrained_model_runs_without_training(tmp_path, shared_cache):
-    from runner.models import small_cnn
+    from runner.models.builders import small_cnn
 
     small_cnn((8, 8, 1), 10, filters=(4,)).save(tmp_path / "m.h5")
     p = run_cli(

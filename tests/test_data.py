@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 from conftest import cifar_arrays, write_cifar_folder, write_cifar_tarball
 
-from runner.data import (
-    Scaling,
-    Split,
-    batches,
-    calibration_sample,
-    load_cifar100,
-    load_digits,
-    subset,
-)
+from runner.data import Scaling, Split, batches, calibration_sample, subset
+from runner.data.cifar100 import load_cifar100
+from runner.data.digits import load_digits
 from runner.errors import RunnerError
 
 

@@ -11,12 +11,13 @@ import tf_keras as keras
 from conftest import compose_config
 from hydra.utils import instantiate
 
-from runner.data import Scaling, load_digits
-from runner.diagnose import Debugger
+from runner.data import Scaling
+from runner.data.digits import load_digits
 from runner.errors import RunnerError
 from runner.evaluate import TFLiteModel, labels_from_outputs, predict_keras
 from runner.pipeline import build, run
-from runner.quantize import RecipeContext
+from runner.recipes.base import RecipeContext
+from runner.recipes.debugger import Debugger
 from runner.train import TrainConfig, train
 
 UNIT = Scaling("unit")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from runner.data import Scaling, load_digits
+from runner.data import Scaling
+from runner.data.digits import load_digits
 from runner.evaluate import (
     MAX_SQNR_DB,
     EvalConfig,
@@ -18,8 +19,8 @@ from runner.evaluate import (
     score,
 )
 from runner.files import atomic_write_bytes
-from runner.models import small_cnn
-from runner.quantize import ConverterOptions, convert
+from runner.models.builders import small_cnn
+from runner.recipes.conversion import ConverterOptions, convert
 
 
 def test_labels_from_sigmoid_and_softmax_heads():

@@ -7,7 +7,8 @@ import pytest
 import tf_keras as keras
 
 from runner.errors import RunnerError
-from runner.models import load_model, load_pretrained, resnet, small_cnn
+from runner.models.builders import resnet, small_cnn
+from runner.models.loading import load_model, load_pretrained
 
 
 @pytest.mark.parametrize("shape,classes", [((8, 8, 1), 10), ((32, 32, 3), 100)])

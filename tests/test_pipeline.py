@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 from conftest import compose_config
 
+from runner.evaluate import Metrics
 from runner.files import sha256_file
-from runner.pipeline import run
+from runner.pipeline import fidelity_warnings, run
+from runner.recipes.base import Artifact
 
 POST_TRAINING = ["none", "dynamic_range", "ptq", "float16", "full_integer", "int16x8"]
 EXPECTED_COLUMNS = [
@@ -115,11 +119,19 @@ def test_a_failing_recipe_gives_a_failed_row_and_keeps_the_rest(tiny_cfg, tmp_pa
     assert not (tmp_path / "models" / "full_integer.tflite").exists()
 
 
-def test_low_agreement_is_warned_by_name(tiny_cfg, tmp_path):
-    result = run(tiny_cfg("recipe=float16", "evaluation.min_agreement=1.01"), tmp_path)
+def test_low_fidelity_is_warned_by_name(tiny_cfg, tmp_path):
+    # a floor above what any file reaches (SQNR is capped at 150 dB): the float16 file is named
+    result = run(tiny_cfg("recipe=float16", "evaluation.min_output_sqnr_db=1000"), tmp_path)
     assert any(
-        w.startswith("float16.tflite: agreement") and "conversion" in w for w in result.warnings
+        w.startswith("float16.tflite: output SQNR") and "conversion" in w for w in result.warnings
     )
+    # agreement: a float artifact that changed 2 labels in 100
+    art = Artifact("f16.tflite", "float16", tmp_path / "x", "tflite", quantized=False)
+    m = Metrics(0.9, None, 0.98, np.zeros(100), None, None, None, 0.0, 60.0, 0.1)
+    ecfg = tiny_cfg().evaluation
+    (warning,) = fidelity_warnings(art, m, ecfg)
+    assert warning.startswith("f16.tflite: agreement") and "0.9800 < 0.99" in warning
+    assert fidelity_warnings(dataclasses.replace(art, quantized=True), m, ecfg) == []
 
 
 @pytest.mark.slow

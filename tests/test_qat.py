@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from runner.data import Dataset, Scaling, load_digits
+from runner.data import Dataset, Scaling
+from runner.data.digits import load_digits
 from runner.errors import RunnerError
-from runner.models import load_model, small_cnn
+from runner.models.builders import small_cnn
+from runner.models.loading import load_model
+from runner.models.qat_scope import load_scope
 from runner.pipeline import run
-from runner.qat import QATRecipe, load_scope, quantize_aware
-from runner.quantize import RecipeContext
+from runner.recipes.base import RecipeContext
+from runner.recipes.qat import QATRecipe, quantize_aware
 
 
 def test_qat_keras_artifact_round_trips_with_identical_predictions(tmp_path):

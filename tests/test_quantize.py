@@ -7,11 +7,13 @@ import pytest
 from conftest import compose_config
 from hydra.utils import instantiate
 
-from runner.data import Scaling, load_digits
-from runner.errors import RunnerError
+from runner.data import Scaling
+from runner.data.digits import load_digits
+from runner.errors import RunnerError, summarize_error
 from runner.evaluate import TFLiteModel
-from runner.models import small_cnn
-from runner.quantize import ConverterOptions, RecipeContext, convert, summarize_error
+from runner.models.builders import small_cnn
+from runner.recipes.base import RecipeContext
+from runner.recipes.conversion import ConverterOptions, convert
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from conftest import compose_config, write_text_csv
 
 from runner.api import prediction_label, quantize_model
 from runner.data import Scaling
+from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
 from runner.evaluate import TFLiteModel, labels_from_outputs, output_fidelity
 from runner.pipeline import run
-from runner.quantize import ConverterOptions, convert_checked, unrolled
-from runner.text import Vocabulary
+from runner.recipes.conversion import ConverterOptions, convert_checked, unrolled
 
 LENGTH = 40
 FLOAT16 = ConverterOptions(optimizations=("DEFAULT",), supported_types=("float16",))

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from conftest import compose_config, text_rows, write_text_csv
 
-from runner.data import load_text_classification
+from runner.data.text import load_text_classification
+from runner.data.vocabulary import Vocabulary, looks_segmented, segment
 from runner.errors import RunnerError
 from runner.evaluate import TFLiteModel
 from runner.pipeline import run
-from runner.text import Vocabulary, looks_segmented, segment
 
 
 def test_vocabulary_matches_keras_tokenizer_and_pad_sequences():

@@ -1,27 +1,21 @@
-"""Quantize stage: TFLite conversion driven by recipe configs.
+"""The TFLite converter, driven by a recipe's ``converter`` settings, and the conversion routes
+of recurrent models (fused LSTM kernel or unrolled graph, chosen by measured fidelity).
 
-A recipe is data (``conf/recipe/*.yaml``): its ``converter`` block names the converter settings,
-and its ``_target_`` names the class that produces artifacts. Post-training recipes all use
-:class:`ConverterRecipe`; a recipe that needs new code (QAT) names its own class. Nothing here
-branches on a recipe's name.
+Every recipe family converts through :func:`convert` / :func:`convert_checked`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runner.data import Dataset, Scaling, calibration_sample
-from runner.errors import RunnerError
-from runner.files import atomic_write_bytes
+from runner.errors import RunnerError, summarize_error
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +91,6 @@ def with_fixed_batch(model, batch_size: int):
 
 RNN_CELLS = ("LSTM", "GRU", "SimpleRNN")
 ROUTES = ("auto", "fused", "unrolled")
-# Inputs the fidelity check of a recurrent conversion runs on (real training samples).
-PROBE_SAMPLES = 256
 # A float (unquantized) conversion below this output SQNR against Keras is not faithful: float32
 # conversions measure ~90-115 dB and float16 ~40-80 dB here; the drifting fused LSTM 0-10 dB.
 FLOAT_FIDELITY_DB = 30.0
@@ -371,157 +363,3 @@ def _dtype(name: str):
     if name not in _TYPES:
         raise RunnerError(f"unknown dtype {name!r} in recipe.converter; valid: {list(_TYPES)}")
     return getattr(tf, name)
-
-
-def summarize_error(e: BaseException, limit: int = 300) -> str:
-    """One line a user can act on from a (often multi-line MLIR) converter error."""
-    text = str(e)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    picked = next((ln for ln in lines if "error:" in ln), lines[0] if lines else type(e).__name__)
-    picked = picked.split("error:", 1)[-1].strip() if "error:" in picked else picked
-    one = f"{type(e).__name__}: {picked}" if not isinstance(e, RunnerError) else picked
-    return one if len(one) <= limit else one[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------- recipes
-@dataclass(frozen=True)
-class Artifact:
-    """A file a recipe produced, and what is needed to score it."""
-
-    name: str  # row name, e.g. "float16", "qat_tflite"
-    recipe: str
-    path: Path
-    format: str  # "tflite" or "keras"
-    quantized: bool
-    train_seconds: float = 0.0
-    convert_seconds: float = 0.0
-    model: Any = None  # the in-memory Keras model, for "keras" artifacts
-    float_layers: str | None = None  # layers an int8 recipe kept in float ("2: conv1, fc")
-    worst_layer: str | None = None  # the op with the largest int8 error (layer report)
-    note: str | None = None  # what the recipe wants the reader of the row to know
-    conversion: dict[str, Any] | None = None  # recurrent models: the route chosen, why, trials
-
-    @property
-    def route(self) -> str | None:
-        return (self.conversion or {}).get("route")
-
-
-@dataclass
-class RecipeContext:
-    """What a recipe may use: the trained float model, the data and where to write."""
-
-    model: Any
-    dataset: Dataset
-    scaling: Scaling
-    models_dir: Path
-    train_cfg: Any = None
-    convert_batch_size: int | None = None  # fixed batch for conversion (recurrent models: 1)
-    # Where deterministic conversions of this baseline are kept (its cache entry), or None.
-    artifact_cache: Path | None = None
-    recurrent: str = "auto"  # conversion route for recurrent layers: auto | fused | unrolled
-
-    def probe(self) -> np.ndarray:
-        """Model-ready real inputs (training samples) that conversion fidelity is measured on."""
-        return self.scaling(calibration_sample(self.dataset.train, PROBE_SAMPLES, 0))
-
-
-class ConverterRecipe:
-    """A post-training recipe: one TFLite converter call with the recipe's ``converter`` settings."""
-
-    def __init__(
-        self,
-        name: str,
-        description: str = "",
-        use_case: str = "",
-        converter: Mapping[str, Any] | None = None,
-        calibration_samples: int = 0,
-        calibration_seed: int = 0,
-        quantized: bool = True,
-        **extra: Any,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.use_case = use_case
-        self.options = ConverterOptions.from_mapping(converter)
-        self.calibration_samples = int(calibration_samples)
-        self.calibration_seed = int(calibration_seed)
-        self.quantized = bool(quantized)
-        self.extra = extra
-
-    def layer_report(self, ctx: RecipeContext) -> list[dict[str, Any]]:
-        """Per-layer int8 error of this recipe's conversion (``evaluation.layer_report=true``)."""
-        from runner.diagnose import Debugger
-
-        return Debugger.build(
-            ctx.model,
-            self.options,
-            self.calibration(ctx),
-            ctx.dataset.is_text,
-            ctx.convert_batch_size,
-        ).rows
-
-    def calibration(self, ctx: RecipeContext) -> np.ndarray | None:
-        if not self.options.representative_dataset:
-            return None
-        raw = calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
-        return ctx.scaling(raw)
-
-    def produce(self, ctx: RecipeContext) -> list[Artifact]:
-        """Convert (or reuse this baseline's earlier conversion with the same settings) and write."""
-        import json
-
-        from runner.cache import cache_key
-
-        recurrent = has_recurrent(ctx.model)
-        spec = {
-            "options": dataclasses.asdict(self.options),
-            "calibration": [self.calibration_samples, self.calibration_seed],
-            "batch": ctx.convert_batch_size,
-        } | ({"recurrent": ctx.recurrent, "probe": PROBE_SAMPLES} if recurrent else {})
-        cached = (
-            ctx.artifact_cache / f"{self.name}-{cache_key(spec)}.tflite"
-            if ctx.artifact_cache
-            else None
-        )
-        sidecar = cached.with_suffix(".json") if cached is not None else None
-        t0 = time.perf_counter()
-        if cached is not None and cached.is_file() and sidecar.is_file():
-            flatbuffer = cached.read_bytes()
-            conversion = json.loads(sidecar.read_text()) or None
-            log.info(
-                "recipe %s: reusing the conversion cached with the baseline (%s)",
-                self.name,
-                cached.name,
-            )
-        else:
-            done = convert_checked(
-                ctx.model,
-                self.options,
-                self.calibration(ctx),
-                token_ids=ctx.dataset.is_text,
-                batch_size=ctx.convert_batch_size,
-                recurrent=ctx.recurrent,
-                probe=ctx.probe() if recurrent else None,
-                quantized=self.quantized,
-            )
-            flatbuffer = done.flatbuffer
-            conversion = done.as_dict() if done.route else None
-            if cached is not None:
-                atomic_write_bytes(cached, flatbuffer)
-                atomic_write_bytes(sidecar, json.dumps(conversion).encode())
-        seconds = time.perf_counter() - t0
-        path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
-        log.info(
-            "recipe %s: wrote %s (%d bytes) in %.1fs", self.name, path, len(flatbuffer), seconds
-        )
-        return [
-            Artifact(
-                path.name,
-                self.name,
-                path,
-                "tflite",
-                self.quantized,
-                convert_seconds=seconds,
-                conversion=conversion,
-            )
-        ]

@@ -1,52 +1,25 @@
-"""Why did int8 lose accuracy? Per-layer error, selective quantization and automatic float fallback.
-
-Built on TensorFlow Lite's quantization debugger: it converts the model once with calibration
-only, then instruments each quantized op with a float twin fed the same inputs, so every row of
-the report is that op's own error, not the error accumulated above it. The same calibrated model
-is re-quantized with some ops kept in float (``denylisted_nodes``) for ``recipe=selective`` and
-``recipe=auto_int8``; every candidate is scored by running its ``.tflite`` in LiteRT.
+"""Float fallback for int8: ``selective`` (named or worst ops stay float) and ``auto_int8`` (the
+fewest float ops that meet an accuracy budget), both on the quantization debugger's report.
+Every candidate is scored by running its ``.tflite`` in LiteRT.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 import time
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runner.errors import RunnerError
-from runner.quantize import (
-    Artifact,
-    ConverterOptions,
-    ConverterRecipe,
-    RecipeContext,
-    make_converter,
-    summarize_error,
-)
+from runner.recipes.base import Artifact, LayerRows, RecipeContext
+from runner.recipes.debugger import REPORT_COLUMNS, Debugger, summary, write_rows
+from runner.recipes.ptq import ConverterRecipe
 
 log = logging.getLogger(__name__)
 
-REPORT_COLUMNS = [
-    "rank",
-    "layer",
-    "op",
-    "relative_rmse",
-    "rmse",
-    "scale",
-    "error_ratio",
-    "mean_error",
-    "max_abs_error",
-    "num_elements",
-    "tensor_name",
-]
 TRACE_COLUMNS = [
     "step",
     "float_layers",
@@ -58,131 +31,6 @@ TRACE_COLUMNS = [
 ]
 
 
-def _relative_rmse(f: np.ndarray, q: np.ndarray, scale: float, zero_point: int) -> float:
-    """RMSE of the dequantized output against the float twin's, over the float output's RMS."""
-    f = np.asarray(f, np.float64)
-    deq = (np.asarray(q, np.float64) - zero_point) * scale
-    return float(np.sqrt(np.mean((f - deq) ** 2)) / (np.sqrt(np.mean(f**2)) + 1e-12))
-
-
-def layer_name(tensor_name: str) -> str:
-    """The Keras layer a TFLite tensor came from: ``model/block1_conv/Conv2D;...`` -> block1_conv."""
-    first = tensor_name.split(";")[0]
-    parts = first.split("/")
-    return parts[1] if len(parts) > 2 else parts[0]
-
-
-@dataclass
-class Debugger:
-    """TensorFlow Lite's quantization debugger on one model and its calibration data."""
-
-    debugger: Any
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def build(
-        cls,
-        model,
-        options: ConverterOptions,
-        calibration: np.ndarray,
-        token_ids: bool = False,
-        batch_size: int | None = None,
-    ) -> Debugger:
-        import tensorflow as tf
-
-        if not options.representative_dataset or not options.optimizations:
-            raise RunnerError(
-                "the layer report needs an int8 recipe with calibration (full_integer, "
-                "full_integer_per_tensor, selective, auto_int8)"
-            )
-        if calibration is None or not len(calibration):
-            raise RunnerError(
-                "the layer report needs calibration samples (recipe.calibration_samples > 0)"
-            )
-        converter = make_converter(model, options, calibration, token_ids, batch_size)
-        data = converter.representative_dataset  # the recipe's own calibration feed
-        metrics = {"relative_rmse": _relative_rmse}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # calibrates once; re-quantizes with a denylist on demand (quantize())
-                dbg = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter, debug_dataset=data
-                )
-                # the instrumented model again, in an interpreter that keeps every tensor, so
-                # the float twin's output can be compared with the int8 op's own output
-                stats = tf.lite.experimental.QuantizationDebugger(
-                    quant_debug_model_content=dbg.quant_model,
-                    debug_dataset=data,
-                    debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                        layer_direct_compare_metrics=metrics
-                    ),
-                )
-                stats.run()
-        except (ValueError, RuntimeError, TypeError) as e:
-            raise RunnerError(
-                f"TensorFlow Lite's quantization debugger cannot handle this model: {summarize_error(e)}"
-            ) from None
-        return cls(dbg, _rows(stats))
-
-    def worst(self, n: int) -> list[dict[str, Any]]:
-        return self.rows[:n]
-
-    def quantize(self, keep_float: Sequence[str]) -> bytes:
-        """The int8 model with the ops writing ``keep_float`` (tensor names) left in float."""
-        import tensorflow as tf
-
-        with warnings.catch_warnings():  # the debugger's own tf.lite.Interpreter is deprecated
-            warnings.simplefilter("ignore")
-            self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_nodes=list(keep_float) or None
-            )
-            return self.debugger.get_nondebug_quantized_model()
-
-
-def _rows(dbg: Any) -> list[dict[str, Any]]:
-    buf = io.StringIO()
-    dbg.layer_statistics_dump(buf)
-    buf.seek(0)
-    rows = []
-    for r in csv.DictReader(buf):
-        mse, scale = float(r["mean_squared_error"]), float(r["scale"])
-        rmse = math.sqrt(max(mse, 0.0))
-        rel = float(r.get("relative_rmse") or "nan")
-        rows.append(
-            {
-                "layer": layer_name(r["tensor_name"]),
-                "op": r["op_name"],
-                "relative_rmse": rel,
-                "rmse": rmse,
-                "scale": scale,
-                "error_ratio": rmse / scale if scale else float("nan"),  # ideal ~0.29 = 1/sqrt(12)
-                "mean_error": float(r["mean_error"]),
-                "max_abs_error": float(r["max_abs_error"]),
-                "num_elements": int(float(r["num_elements"])),
-                "tensor_name": r["tensor_name"],
-            }
-        )
-    rows.sort(key=lambda r: -(r["relative_rmse"] if math.isfinite(r["relative_rmse"]) else -1))
-    for i, r in enumerate(rows, 1):
-        r["rank"] = i
-    return rows
-
-
-def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    from runner.files import atomic_write_text
-    from runner.report import to_csv
-
-    return atomic_write_text(path, to_csv(rows, columns))
-
-
-def summary(rows: Sequence[Mapping[str, Any]], n: int = 3) -> str:
-    return ", ".join(
-        f"{r['layer']} ({r['op']}, rel. RMSE {r['relative_rmse']:.3f})" for r in rows[:n]
-    )
-
-
-# --------------------------------------------------------------------------- recipes
 def _non_negative(key: str, value: Any, kind: type) -> Any:
     try:
         v = kind(value)
@@ -198,7 +46,11 @@ class _DebuggerRecipe(ConverterRecipe):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.report_rows: list[dict[str, Any]] = []
+        self.report_rows: LayerRows = []
+
+    def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
+        """The report made while producing (always part of this recipe's output)."""
+        return self.report_rows
 
     def debugger(self, ctx: RecipeContext) -> Debugger:
         dbg = Debugger.build(
@@ -209,7 +61,7 @@ class _DebuggerRecipe(ConverterRecipe):
             ctx.convert_batch_size,
         )
         self.report_rows = dbg.rows
-        write_rows(ctx.models_dir.parent / "layer_report.csv", dbg.rows, REPORT_COLUMNS)
+        write_rows(ctx.run_dir / "layer_report.csv", dbg.rows, REPORT_COLUMNS)
         log.info("%s: worst int8 layers: %s", self.name, summary(dbg.rows))
         return dbg
 
@@ -344,7 +196,7 @@ class AutoInt8Recipe(_DebuggerRecipe):
                     best = (acc, k, flatbuffer, kept)
                 if ok:
                     break
-        write_rows(ctx.models_dir.parent / "fallback_trace.csv", self.trace, TRACE_COLUMNS)
+        write_rows(ctx.run_dir / "fallback_trace.csv", self.trace, TRACE_COLUMNS)
         assert best is not None
         acc, k, flatbuffer, kept = best
         met = self.trace[-1]["meets_budget"]

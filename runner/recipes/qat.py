@@ -9,80 +9,22 @@ saved as ``.keras`` fails to load ("Layer 'quantize_layer' expected 5 variables,
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.quantize import RECURRENT, Artifact, ConverterOptions, RecipeContext, convert
+from runner.models.qat_scope import conv1d_quantize_config, load_scope, tfmot_module
+from runner.recipes.base import Artifact, RecipeBase, RecipeContext
+from runner.recipes.conversion import RECURRENT, ConverterOptions, convert
 
 log = logging.getLogger(__name__)
 
 # BatchNormalization folds into the conv/dense before it (tfmot's transforms); elsewhere it cannot.
 _BN_FOLDS_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
-
-
-def _tfmot():
-    import tensorflow_model_optimization as tfmot
-
-    return tfmot
-
-
-def conv1d_quantize_config():
-    """Conv1D is not in tfmot's default 8-bit registry; this config quantizes it like Conv2D."""
-    tfmot = _tfmot()
-    quantizers = tfmot.quantization.keras.quantizers
-
-    class Conv1DQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
-        def get_weights_and_quantizers(self, layer):
-            return [
-                (
-                    layer.kernel,
-                    quantizers.LastValueQuantizer(
-                        num_bits=8, symmetric=True, narrow_range=False, per_axis=False
-                    ),
-                )
-            ]
-
-        def get_activations_and_quantizers(self, layer):
-            return [
-                (
-                    layer.activation,
-                    quantizers.MovingAverageQuantizer(
-                        num_bits=8, symmetric=False, narrow_range=False, per_axis=False
-                    ),
-                )
-            ]
-
-        def set_quantize_weights(self, layer, quantize_weights):
-            layer.kernel = quantize_weights[0]
-
-        def set_quantize_activations(self, layer, quantize_activations):
-            layer.activation = quantize_activations[0]
-
-        def get_output_quantizers(self, layer):
-            return []
-
-        def get_config(self):
-            return {}
-
-    return Conv1DQuantizeConfig
-
-
-def custom_objects() -> dict[str, Any]:
-    cls = conv1d_quantize_config()
-    return {cls.__name__: cls}
-
-
-@contextlib.contextmanager
-def load_scope() -> Iterator[None]:
-    """The custom-object scope a saved QAT model needs to load back."""
-    with _tfmot().quantization.keras.quantize_scope(custom_objects()):
-        yield
 
 
 def _inbound_classes(layer) -> list[str]:
@@ -164,7 +106,7 @@ def quantize_aware(
     """
     import tf_keras as keras
 
-    tfmot = _tfmot()
+    tfmot = tfmot_module()
     plan, floats = plan_annotation(model, skip_layers)
     unexpected = [(n, c) for n, c in floats if n not in skip_layers and c not in ("Embedding",)]
     if unexpected and not fallback:
@@ -203,7 +145,7 @@ def quantize_aware(
             ) from None
 
 
-class QATRecipe:
+class QATRecipe(RecipeBase):
     """Fine-tune the baseline with fake quantization; export int8 TFLite and a Keras model."""
 
     def __init__(
@@ -326,7 +268,7 @@ class QATRecipe:
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         from runner.data import calibration_sample
         from runner.files import atomic_write_bytes, atomic_write_with
-        from runner.models import load_model
+        from runner.models.loading import load_model
 
         qat_model, seconds = self.fine_tune(ctx.model, ctx)
         calib = ctx.scaling(

@@ -1,0 +1,26 @@
+"""Data sets, one module per kind: ``digits``, ``cifar100``, ``text`` (labelled text files).
+
+Each loader is referenced from ``conf/dataset/*.yaml`` by ``_target_``; a new data set is a new
+YAML file plus, when it needs new code, a new module here. What every loader returns lives in
+:mod:`runner.data.base`.
+"""
+
+from runner.data.base import (
+    Dataset,
+    Scaling,
+    Split,
+    batches,
+    calibration_sample,
+    stratified_split,
+    subset,
+)
+
+__all__ = [
+    "Dataset",
+    "Scaling",
+    "Split",
+    "batches",
+    "calibration_sample",
+    "stratified_split",
+    "subset",
+]

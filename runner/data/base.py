@@ -1,0 +1,135 @@
+"""What every data set kind yields: splits of uint8 images (or int token ids) and int labels.
+
+Images stay uint8 in memory; :func:`batches` scales one batch at a time to float32, so a float
+copy of a whole split never exists (CIFAR-100 as float32 would be 4x the memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: ``x`` uint8 images (N, H, W, C) or int32 token ids (N, L); ``y`` int labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    # Extra keyword arguments a model builder needs from the data (e.g. vocab_size).
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Files every exported model needs beside it (name -> text), e.g. word_index.json.
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+    @property
+    def is_text(self) -> bool:
+        return np.issubdtype(self.train.x.dtype, np.integer) and self.train.x.ndim == 2
+
+
+# --------------------------------------------------------------------------- input scaling
+@dataclass(frozen=True)
+class Scaling:
+    """How raw inputs become model inputs; recorded in results.json.
+
+    kind: ``unit`` (pixels to [0, 1]), ``symmetric`` ([-1, 1]), ``standardize`` ((x/255 - mean) / std,
+    per channel) or ``none`` (pass through, e.g. token ids).
+    """
+
+    kind: str = "unit"
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if self.kind not in _SCALINGS:
+            raise RunnerError(
+                f"unknown input_scaling {self.kind!r}; choose one of {sorted(_SCALINGS)}"
+            )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return _SCALINGS[self.kind](self, x)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
+
+
+_SCALINGS = {
+    "unit": lambda s, x: x.astype(np.float32) * np.float32(1 / 255),
+    "symmetric": lambda s, x: x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1),
+    "standardize": lambda s, x: (
+        (x.astype(np.float32) * np.float32(1 / 255) - np.asarray(s.mean, np.float32))
+        / np.asarray(s.std, np.float32)
+    ),
+    "none": lambda s, x: x,
+}
+
+
+def batches(x: np.ndarray, batch_size: int, scaling: Scaling) -> Iterator[np.ndarray]:
+    """Yield scaled batches of ``x`` in order; only one batch is ever converted at a time."""
+    for start in range(0, len(x), batch_size):
+        yield scaling(x[start : start + batch_size])
+
+
+def subset(split: Split, size: int | None, seed: int) -> Split:
+    """A seeded random subset of ``size`` samples (the whole split when ``size`` is None or larger)."""
+    if size is None or size >= len(split):
+        return split
+    if size <= 0:
+        raise RunnerError(f"a subset size must be positive, got {size}")
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:size])
+    return Split(split.x[idx], split.y[idx])
+
+
+def calibration_sample(split: Split, n: int, seed: int) -> np.ndarray:
+    """``n`` raw samples of ``split`` drawn with ``seed`` (the representative data of a recipe)."""
+    n = min(int(n), len(split))
+    idx = np.random.default_rng(seed).choice(len(split), size=n, replace=False)
+    return split.x[np.sort(idx)]
+
+
+def stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split: (train indices, test indices), both sorted.
+
+    ``ceil(test_fraction * n)`` samples go to the test side, shared among the classes in
+    proportion to their counts (largest remainders first), each class's picked at random.
+    """
+    y = np.asarray(y)
+    if not 0 < test_fraction < 1:
+        raise RunnerError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    n_test = math.ceil(test_fraction * len(y))
+    exact = counts * n_test / len(y)
+    take = np.floor(exact).astype(int)
+    remainder = exact - take + rng.random(len(classes)) * 1e-9  # random tie-break
+    take[np.argsort(-remainder)[: n_test - take.sum()]] += 1
+    test = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take, strict=True)]
+    te = np.sort(np.concatenate(test)) if test else np.array([], dtype=np.int64)
+    tr = np.setdiff1d(np.arange(len(y)), te)
+    return tr, te

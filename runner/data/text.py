@@ -1,0 +1,111 @@
+"""A labelled text file (CSV, TSV or JSON Lines) as padded token-id sequences."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.data.base import Dataset, Split, stratified_split, subset
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+
+_READERS = {
+    ".csv": lambda p: _pd().read_csv(p),
+    ".tsv": lambda p: _pd().read_csv(p, sep="\t"),
+    ".tab": lambda p: _pd().read_csv(p, sep="\t"),
+    ".jsonl": lambda p: _pd().read_json(p, lines=True),
+    ".json": lambda p: _pd().read_json(p, lines=True),
+}
+
+
+def _pd():
+    import pandas
+
+    return pandas
+
+
+def load_text_classification(
+    name: str = "fake_news",
+    path: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    split_column: str | None = "split",
+    segment: str = "auto",
+    word_index: str | None = None,
+    num_words: int | None = 20000,
+    maxlen: int = 100,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    **_: Any,
+) -> Dataset:
+    """A labelled text file (CSV, TSV or JSON Lines) as padded token-id sequences.
+
+    Text is segmented into words (jieba for raw Chinese), the vocabulary is built from the
+    training split only (or loaded from ``word_index``), and sequences are padded/truncated to
+    ``maxlen`` the way Keras's ``pad_sequences`` does. The split comes from ``split_column``
+    (``train``/``test``) when the file has it, else from a seeded stratified split.
+    """
+    from runner.data.vocabulary import Vocabulary
+    from runner.data.vocabulary import segment as cut
+
+    if not path:
+        raise RunnerError(
+            f"dataset={name} needs dataset.path=/path/to/file.csv (or .tsv/.jsonl) with '{text_column}' and '{label_column}' columns"
+        )
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise RunnerError(f"dataset.path={p} does not exist")
+    reader = _READERS.get(p.suffix.lower())
+    if reader is None:
+        raise RunnerError(
+            f"dataset.path={p}: unknown file type {p.suffix!r}; use one of {sorted(_READERS)}"
+        )
+    try:
+        df = reader(p)
+    except Exception as e:  # noqa: BLE001
+        raise RunnerError(f"could not read {p}: {e}") from None
+    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    if missing:
+        raise RunnerError(
+            f"{p} has no column(s) {missing}; its columns are {list(df.columns)} (set dataset.text_column / dataset.label_column)"
+        )
+    df = df.dropna(subset=[text_column, label_column])
+    texts = cut(df[text_column].astype(str).tolist(), segment)
+    classes = sorted(df[label_column].unique().tolist())
+    y = np.searchsorted(np.asarray(classes), df[label_column].to_numpy()).astype(np.int64)
+    if split_column and split_column in df.columns:
+        kind = df[split_column].astype(str).str.lower().to_numpy()
+        tr_idx, te_idx = np.flatnonzero(kind == "train"), np.flatnonzero(kind == "test")
+        if not len(tr_idx) or not len(te_idx):
+            raise RunnerError(f"{p}: column '{split_column}' must mark rows 'train' and 'test'")
+    else:
+        tr_idx, te_idx = stratified_split(y, test_fraction, split_seed)
+    vocab = (
+        Vocabulary.load(word_index, num_words)
+        if word_index
+        else Vocabulary.fit((texts[i] for i in tr_idx), num_words)
+    )
+    x = vocab.encode(texts, maxlen)
+    log.info(
+        "%s: %d words in the vocabulary (capped at %s), sequences of %d",
+        name,
+        vocab.size - 1,
+        num_words,
+        maxlen,
+    )
+    return Dataset(
+        name=name,
+        train=subset(Split(x[tr_idx], y[tr_idx]), train_size, split_seed),
+        test=subset(Split(x[te_idx], y[te_idx]), test_size, split_seed),
+        num_classes=len(classes),
+        class_names=tuple(str(c) for c in classes),
+        model_kwargs={"vocab_size": vocab.size},
+        files={"word_index.json": vocab.to_json()},
+    )

@@ -1,0 +1,118 @@
+"""The recipe protocol: what every recipe family receives, returns and offers.
+
+A recipe is built from ``conf/recipe/<name>.yaml`` by its ``_target_`` and called by the pipeline
+through :class:`Recipe` alone, never probed: ``produce`` writes its artifacts; ``layer_report``
+gives the per-layer int8 error of its conversion when it has one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from runner.data import Dataset, Scaling, calibration_sample
+from runner.errors import RunnerError
+
+# Inputs the fidelity check of a recurrent conversion runs on (real training samples).
+PROBE_SAMPLES = 256
+
+LayerRows = list[dict[str, Any]]  # layer_report.csv rows, worst first
+
+
+class ArtifactStore(Protocol):
+    """Where the deterministic conversions of one float baseline are kept (its cache entry)."""
+
+    def get(self, name: str, spec: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]] | None:
+        """The flatbuffer and metadata stored for ``name`` under ``spec``, or None."""
+
+    def put(self, name: str, spec: Mapping[str, Any], data: bytes, meta: dict[str, Any]) -> None:
+        """Keep ``data`` (and ``meta``) for ``name`` under ``spec``."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a recipe produced, and what is needed to score it."""
+
+    name: str  # row name, e.g. "float16", "qat_tflite"
+    recipe: str
+    path: Path
+    format: str  # "tflite" or "keras"
+    quantized: bool
+    train_seconds: float = 0.0
+    convert_seconds: float = 0.0
+    model: Any = None  # the in-memory Keras model, for "keras" artifacts
+    float_layers: str | None = None  # layers an int8 recipe kept in float ("2: conv1, fc")
+    worst_layer: str | None = None  # the op with the largest int8 error (layer report)
+    note: str | None = None  # what the recipe wants the reader of the row to know
+    conversion: dict[str, Any] | None = None  # recurrent models: the route chosen, why, trials
+
+    @property
+    def route(self) -> str | None:
+        return (self.conversion or {}).get("route")
+
+
+@dataclass
+class RecipeContext:
+    """What a recipe may use: the trained float model, the data and where to write."""
+
+    model: Any
+    dataset: Dataset
+    scaling: Scaling
+    models_dir: Path
+    train_cfg: Any = None
+    convert_batch_size: int | None = None  # fixed batch for conversion (recurrent models: 1)
+    # Where deterministic conversions of this baseline are kept (its cache entry), or None
+    # (a user's pretrained file): recipes reach the cache only through this object.
+    store: ArtifactStore | None = None
+    recurrent: str = "auto"  # conversion route for recurrent layers: auto | fused | unrolled
+    output_dir: Path | None = None  # the run's folder (reports a recipe writes beside the table)
+
+    def probe(self) -> np.ndarray:
+        """Model-ready real inputs (training samples) that conversion fidelity is measured on."""
+        return self.scaling(calibration_sample(self.dataset.train, PROBE_SAMPLES, 0))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir or self.models_dir.parent
+
+
+class Recipe(Protocol):
+    """Every recipe family (``ConverterRecipe``, ``QATRecipe``, ``SelectiveRecipe`` ...)."""
+
+    name: str
+    use_case: str
+    quantized: bool
+
+    def produce(self, ctx: RecipeContext) -> list[Artifact]:
+        """Make the recipe's artifacts (written under ``ctx.models_dir``)."""
+
+    def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
+        """Per-layer int8 error of this recipe's conversion, worst first.
+
+        A recipe that makes one while producing (selective, auto_int8) returns it whether or not
+        it was ``requested``; another makes one only when ``requested``
+        (``evaluation.layer_report=true``) and returns None otherwise.
+
+        Raises:
+            RunnerError: one was requested, but this recipe cannot have one (it says why).
+        """
+
+
+class RecipeBase:
+    """Defaults for a recipe family: names from the YAML, and no layer report."""
+
+    name: str = "?"
+    description: str = ""
+    use_case: str = ""
+    quantized: bool = True
+
+    def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
+        if requested:
+            raise RunnerError(
+                f"recipe {self.name} has no per-layer int8 report: only post-training int8 recipes have one"
+            )
+        return None

@@ -1,0 +1,117 @@
+"""Post-training quantization: one TFLite converter call with the recipe's ``converter`` settings.
+
+``none``, ``dynamic_range``, ``float16``, ``full_integer``, ``full_integer_per_tensor`` and
+``int16x8`` are all this class: a new post-training recipe is a new YAML file, nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from runner.data import calibration_sample
+from runner.files import atomic_write_bytes
+from runner.recipes.base import (
+    PROBE_SAMPLES,
+    Artifact,
+    LayerRows,
+    RecipeBase,
+    RecipeContext,
+)
+from runner.recipes.conversion import ConverterOptions, convert_checked, has_recurrent
+from runner.recipes.debugger import Debugger
+
+log = logging.getLogger(__name__)
+
+
+class ConverterRecipe(RecipeBase):
+    """A post-training recipe: one TFLite converter call with the recipe's ``converter`` settings."""
+
+    def __init__(
+        self,
+        name: str,
+        description: str = "",
+        use_case: str = "",
+        converter: Mapping[str, Any] | None = None,
+        calibration_samples: int = 0,
+        calibration_seed: int = 0,
+        quantized: bool = True,
+        **extra: Any,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.use_case = use_case
+        self.options = ConverterOptions.from_mapping(converter)
+        self.calibration_samples = int(calibration_samples)
+        self.calibration_seed = int(calibration_seed)
+        self.quantized = bool(quantized)
+        self.extra = extra
+
+    def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
+        """Per-layer int8 error of this recipe's conversion, made when ``requested``."""
+        if not requested:
+            return None
+        return Debugger.build(
+            ctx.model,
+            self.options,
+            self.calibration(ctx),
+            ctx.dataset.is_text,
+            ctx.convert_batch_size,
+        ).rows
+
+    def calibration(self, ctx: RecipeContext) -> np.ndarray | None:
+        if not self.options.representative_dataset:
+            return None
+        raw = calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
+        return ctx.scaling(raw)
+
+    def produce(self, ctx: RecipeContext) -> list[Artifact]:
+        """Convert (or reuse this baseline's earlier conversion with the same settings) and write."""
+        recurrent = has_recurrent(ctx.model)
+        spec = {
+            "options": dataclasses.asdict(self.options),
+            "calibration": [self.calibration_samples, self.calibration_seed],
+            "batch": ctx.convert_batch_size,
+        } | ({"recurrent": ctx.recurrent, "probe": PROBE_SAMPLES} if recurrent else {})
+        t0 = time.perf_counter()
+        stored = ctx.store.get(self.name, spec) if ctx.store is not None else None
+        if stored is not None:
+            flatbuffer, meta = stored
+            conversion = meta.get("conversion")
+            log.info("recipe %s: reusing the conversion cached with the baseline", self.name)
+        else:
+            done = convert_checked(
+                ctx.model,
+                self.options,
+                self.calibration(ctx),
+                token_ids=ctx.dataset.is_text,
+                batch_size=ctx.convert_batch_size,
+                recurrent=ctx.recurrent,
+                probe=ctx.probe() if recurrent else None,
+                quantized=self.quantized,
+            )
+            flatbuffer = done.flatbuffer
+            conversion = done.as_dict() if done.route else None
+            if ctx.store is not None:
+                ctx.store.put(self.name, spec, flatbuffer, {"conversion": conversion})
+        seconds = time.perf_counter() - t0
+        path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
+        log.info(
+            "recipe %s: wrote %s (%d bytes) in %.1fs", self.name, path, len(flatbuffer), seconds
+        )
+        return [
+            Artifact(
+                path.name,
+                self.name,
+                path,
+                "tflite",
+                self.quantized,
+                convert_seconds=seconds,
+                conversion=conversion,
+            )
+        ]

@@ -1,0 +1,167 @@
+"""Every config value is checked when the config is composed, before any data loads.
+
+The walk below is over the real conf/ (every option of every group, every recipe), so a key
+added later is covered by it: it must get a rule, and -1 and a string must be refused by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import CONF, compose_config, run_cli
+from omegaconf import OmegaConf
+
+from runner.config import problems, rule_for, validate
+from runner.errors import RunnerError
+
+# Keys for which -1 is a legitimate value (a per-channel mean may be negative).
+NEGATIVE_OK = {"model.input_mean"}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compositions() -> list[tuple[str, ...]]:
+    """One composition per option of every group (the default for the others)."""
+    out: list[tuple[str, ...]] = [()]
+    for group in ("model", "dataset", "train", "recipe"):
+        out += [(f"{group}={o}",) for o in options(group)]
+    return out
+
+
+def leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if key == "hydra":
+                continue
+            yield from leaves(v, key) if isinstance(v, dict) else [(key, v)]
+    else:
+        yield prefix, node
+
+
+def numeric_leaves() -> dict[str, tuple[str, ...]]:
+    """Every key whose value is a number (or a list of numbers), with a composition that has it."""
+    found: dict[str, tuple[str, ...]] = {}
+    for overrides in compositions():
+        cfg = OmegaConf.to_container(compose_config(*overrides), resolve=True)
+        for key, value in leaves(cfg):
+            items = value if isinstance(value, list) and value else [value]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+                found.setdefault(key, overrides)
+    return found
+
+
+NUMERIC = numeric_leaves()
+
+
+def test_the_walk_covers_the_keys_the_issue_found_unchecked():
+    # the walk must reach every group's numbers, each recipe's included
+    for key in (
+        "seed",
+        "train.epochs",
+        "train.learning_rate",
+        "train.validation_split",
+        "train.early_stopping_patience",
+        "model.dropout",
+        "model.filters",
+        "evaluation.batch_size",
+        "evaluation.min_agreement",
+        "dataset.split_seed",
+        "recipe.calibration_samples",
+        "recipe.learning_rate_scale",
+        "recipe.max_accuracy_drop",
+        "recipe.keep_float",
+        "model.depth",
+        "dataset.maxlen",
+    ):
+        assert key in NUMERIC, key
+    assert len(NUMERIC) >= 40  # 41 when written
+
+
+def test_every_key_of_every_composed_config_has_a_rule():
+    # setup / execute: every leaf of every option's composition
+    missing = set()
+    for overrides in compositions():
+        for key, _ in leaves(OmegaConf.to_container(compose_config(*overrides), resolve=False)):
+            if rule_for(key) is None and ".converter.attributes." not in key:
+                missing.add(key)
+    # assert: a key added to conf/ without a rule fails here
+    assert not missing, f"keys without a validation rule in runner/config.py: {sorted(missing)}"
+
+
+def test_the_shipped_configs_are_valid():
+    for overrides in compositions():
+        assert problems(compose_config(*overrides)) == [], overrides
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC))
+@pytest.mark.parametrize("bad", ["-1", "abc"])
+def test_each_numeric_value_is_refused_by_name_with_what_is_allowed(key, bad):
+    if bad == "-1" and key in NEGATIVE_OK:
+        pytest.skip(f"{key} may be negative")
+    # setup
+    cfg = compose_config(*NUMERIC[key], f"{key}={bad}")
+    # execute
+    with pytest.raises(RunnerError) as err:
+        validate(cfg)
+    # assert: one line naming the key, the value and what is allowed
+    lines = str(err.value).splitlines()
+    mine = [ln for ln in lines if ln.startswith(f"bad config value: {key}=")]
+    assert len(mine) == 1, lines
+    assert (f"={bad}:" in mine[0] or f"='{bad}':" in mine[0]) and "expected " in mine[0]
+
+
+def test_nonsense_in_a_list_and_in_choices_is_refused():
+    cases = {
+        "model.filters=[8,-2]": "model.filters",
+        "train.optimizer=adamm": "one of adadelta",
+        "model.recurrent=loop": "one of auto, fused, unrolled",
+        "recipe.converter.supported_types=[float17]": "recipe.converter.supported_types",
+        "model.depth=21": r"6n\+2",
+    }
+    for override, expected in cases.items():
+        extra = {
+            "depth": ("model=resnet",),
+            "recurrent": ("model=text_lstm",),
+            "supported_types": ("recipe=float16",),
+        }
+        extra = next((v for k, v in extra.items() if k in override), ())
+        with pytest.raises(RunnerError, match=expected):
+            validate(compose_config(*extra, override))
+
+
+def test_interpolated_values_are_checked_resolved():
+    # train.seed is ${seed}: a bad top-level seed is named on both keys
+    bad = problems(compose_config("seed=-3"))
+    assert any(b.startswith("seed=-3") for b in bad) and any("train.seed=-3" in b for b in bad)
+
+
+def test_a_bad_value_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    # setup / execute: the CLI, as a user would type it
+    run_dir = tmp_path / "run"
+    p = run_cli("train.epochs=-1", f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'c'}")
+    # assert
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: bad config value: train.epochs=-1: expected an integer >= 1"
+    assert "Traceback" not in p.stderr + p.stdout
+    assert not run_dir.exists() and not (tmp_path / "c").exists()
+
+
+def test_a_sweep_with_a_bad_common_value_starts_no_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = run_cli("-m", "recipe=none,float16", "model.dropout=abc", f"hydra.sweep.dir={sweep}")
+    assert p.returncode == 2
+    assert "model.dropout='abc': expected a number in [0, 1)" in p.stderr
+    assert not sweep.exists() and "Traceback" not in p.stderr
+
+
+def test_the_pipeline_checks_at_its_door_before_loading_anything(tmp_path):
+    cfg = compose_config("evaluation.batch_size=0", "dataset=fake_news", "dataset.path=/nope.csv")
+    with pytest.raises(RunnerError, match=r"evaluation.batch_size=0: expected an integer >= 1"):
+        from runner.pipeline import run
+
+        run(cfg, tmp_path)
+    assert not any(Path(tmp_path).iterdir())
