@@ -145,9 +145,10 @@ def domain_inputs(model, n: int, token_ids: bool, seed: int = 0) -> np.ndarray:
     dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
     if not token_ids:
         return rng.random((n, *shape)).astype(dtype)
-    embedding = next(layer for layer in model.layers if type(layer).__name__ == "Embedding")
+    embedding = next((la for la in model.layers if type(la).__name__ == "Embedding"), None)
+    rows = embedding.input_dim if embedding is not None else 2  # unknown vocabulary: ids 0-1
     length = shape[0]
-    x = rng.integers(1, max(2, embedding.input_dim), size=(n, length))
+    x = rng.integers(1, max(2, rows), size=(n, length))
     keep = rng.integers(1, length + 1, size=n)
     x[np.arange(length)[None, :] < (length - keep)[:, None]] = 0
     return x.astype(dtype)
@@ -201,7 +202,9 @@ def predict_labels(
 
 
 def takes_token_ids(model) -> bool:
-    """Does the model start with an Embedding (so its input holds token ids)?"""
+    """Does the model start with an Embedding, or take integers (so its input holds token ids)?"""
+    if not model.layers:  # a SavedModel: judged by its input type
+        return bool(model.inputs[0].dtype.is_integer)
     for layer in model.layers:
         name = type(layer).__name__
         if name == "InputLayer":

@@ -188,6 +188,7 @@ GROUPS: dict[str, dict[str, Rule]] = {
         "input_std": list_of(number(0, low_open=True), empty=False),
         "path": text(nullable=True),
         "safe_mode": BOOL,
+        "custom_objects": text(nullable=True),
         "filters": either(COUNT, list_of(COUNT, empty=False)),
         "dense_units": integer(0),
         "dropout": FRACTION,

@@ -157,13 +157,12 @@ class TFLiteModel:
         dtype = self.input_dtype
         x = scaling(x_raw)
         scale, zero_point = self.input["quantization"]
-        if (
-            np.issubdtype(dtype, np.integer)
-            and scale
-            and np.issubdtype(np.asarray(x).dtype, np.floating)
-        ):
+        if np.issubdtype(dtype, np.integer) and scale:
+            # a quantized input: real values (also raw uint8 pixels under input_scaling=none,
+            # for a model that rescales inside) become the tensor's integers
             info = np.iinfo(dtype)
-            return np.clip(np.rint(x / scale + zero_point), info.min, info.max).astype(dtype)
+            q = np.rint(np.asarray(x, np.float32) / np.float32(scale) + zero_point)
+            return np.clip(q, info.min, info.max).astype(dtype)
         return np.asarray(x, dtype=dtype)
 
     def _dequantize(self, out: np.ndarray) -> np.ndarray:

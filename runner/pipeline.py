@@ -125,11 +125,13 @@ def baseline_spec(cfg: DictConfig) -> dict[str, Any]:
 
 @dataclass
 class Baseline:
-    model: Any
+    model: Any  # what recipes convert (tf_keras model, Keras 3 twin, or a SavedModel source)
     path: Path
     cache: str  # hit, miss or pretrained
     train_seconds: float
     key: str  # the cache key (or the pretrained file): rows of one baseline share it
+    reference: Any = None  # what the float row is scored with (the model that made the file)
+    note: str = ""
 
 
 def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
@@ -137,16 +139,23 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
     import tf_keras as keras
     from hydra.utils import instantiate
 
+    from runner.data import calibration_sample
     from runner.train import TrainConfig, train
 
     keras.backend.clear_session()  # a reused worker process (joblib) starts clean
     builder = instantiate(cfg.model, _convert_="all")
     if not cfg.model.get("needs_training", True):
-        model = builder(
-            input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs
+        # a user's file: a Keras 3 model's tf_keras twin is checked on real training inputs
+        sample = scaling(calibration_sample(data.train, 64, 0))
+        loaded = builder(
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            sample=sample,
+            **data.model_kwargs,
         )
+        path = Path(cfg.model.path)
         return Baseline(
-            model, Path(cfg.model.path), "pretrained", 0.0, str(Path(cfg.model.path).resolve())
+            loaded.model, path, "pretrained", 0.0, str(path.resolve()), loaded.original, loaded.note
         )
 
     def _train():
@@ -157,7 +166,9 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
 
     spec = baseline_spec(cfg)
     got = cache.get_or_train(Path(cfg.cache_dir), spec, _train)
-    return Baseline(got.model, got.path, got.status, got.train_seconds, cache.cache_key(spec))
+    return Baseline(
+        got.model, got.path, got.status, got.train_seconds, cache.cache_key(spec), got.model
+    )
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
@@ -210,10 +221,16 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         else atomic_copy(base.path, out / "models" / "float.h5")
     )
     with _timed(timings, "evaluate_seconds"):
-        m = scorer.score_float_model(base.model, base.path)
+        m = scorer.score_float_model(base.reference, base.path)
     table.add(
         Artifact(
-            keras_path.name, "float", keras_path, "keras", False, train_seconds=base.train_seconds
+            keras_path.name,
+            "float",
+            keras_path,
+            "keras",
+            False,
+            train_seconds=base.train_seconds,
+            note=base.note or None,
         ),
         m,
         "the trained float model: the reference for accuracy and agreement",
@@ -340,7 +357,7 @@ class Scorer:
         test = self.data.test
         m, self.memo_status = cache.memo_metrics(
             self.memo_dir,
-            {"keras": sha256_file(path), **self._spec},
+            {"keras": sha256_file(path), **self._spec} if self.memo_dir is not None else {},
             lambda: evaluate_keras(
                 model, test.x, test.y, self.scaling, None, self.data.num_classes, self.ecfg
             ),

@@ -54,7 +54,7 @@ def test_missing_and_corrupt_files_name_the_path_and_what_was_expected(tmp_path)
         load_model(tmp_path / "nope.h5")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"\x89HDF garbage")
-    with pytest.raises(RunnerError, match=r"bad\.h5 is not a readable Keras model.*HDF5"):
+    with pytest.raises(RunnerError, match=r"bad\.h5 is not a Keras model file.*HDF5"):
         load_model(bad)
     with pytest.raises(RunnerError, match="model.path"):
         load_pretrained(path=None)
@@ -63,7 +63,7 @@ def test_missing_and_corrupt_files_name_the_path_and_what_was_expected(tmp_path)
 def test_pretrained_model_must_match_the_data(tmp_path):
     path = tmp_path / "m.h5"
     small_cnn((8, 8, 1), 10, filters=(4,)).save(path)
-    assert load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=10).output_shape == (
+    assert load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=10).model.output_shape == (
         None,
         10,
     )

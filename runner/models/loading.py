@@ -6,6 +6,7 @@ import json
 import logging
 import zipfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +23,51 @@ def _keras():
     return tf_keras
 
 
+@dataclass
+class LoadedModel:
+    """A user's model file, opened.
+
+    ``model`` is what recipes convert (a tf_keras model, the translated twin of a Keras 3 model,
+    or a :class:`SavedModelSource`); ``original`` is what made the file, and is what the float row
+    is scored with (the Keras 3 model itself, the SavedModel's signature).
+    """
+
+    model: Any
+    original: Any
+    kind: str  # tf_keras | keras3 | saved_model
+    note: str = ""
+
+
 def load_pretrained(
     path: str,
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
     safe_mode: bool = True,
     vocab_size: int | None = None,
+    custom_objects: str | None = None,
+    sample: Any = None,
     **_: Any,
-):
+) -> LoadedModel:
     """Load a user's trained model instead of building one, and check it fits the data.
+
+    Args:
+        sample: model-ready real inputs; a Keras 3 model's tf_keras twin must match it on them.
 
     Raises:
         RunnerError: missing or unreadable file, a ``Lambda`` layer without ``safe_mode=false``,
-            or a model whose input or output does not match the data set.
+            a model whose input or output does not match the data set, a twin that differs.
     """
     if not path:
         raise RunnerError(
             "model=pretrained needs model.path=/path/to/model.keras (or .h5, or a SavedModel folder)"
         )
-    model = load_model(path, safe_mode=safe_mode)
+    loaded = open_model(path, safe_mode=safe_mode, custom_objects=custom_objects, sample=sample)
+    model = loaded.model
+    if len(getattr(model, "inputs", [None])) != 1 or len(getattr(model, "outputs", [None])) > 1:
+        raise RunnerError(
+            f"{path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; the runner "
+            "takes models with one input and one classification output"
+        )
     if input_shape is not None:
         got = tuple(model.input_shape[1:])
         want = tuple(input_shape)
@@ -63,41 +90,219 @@ def load_pretrained(
             "pass the model's own vocabulary with dataset.word_index=word_index.json "
             f"(or cap it with dataset.num_words={embedding.input_dim})"
         )
-    return model
+    return loaded
 
 
-def load_model(path: str | Path, safe_mode: bool = True):
-    """Load any model file the runner writes or accepts: ``.keras``, ``.h5`` or a SavedModel folder,
-    QAT models included (they are loaded inside tfmot's ``quantize_scope``).
+def load_model(path: str | Path, safe_mode: bool = True, custom_objects: str | None = None):
+    """The convertible model of any file the runner writes or accepts (see :func:`open_model`):
+    a tf_keras model (a Keras 3 file's translated twin) or a :class:`SavedModelSource`."""
+    return open_model(path, safe_mode=safe_mode, custom_objects=custom_objects).model
+
+
+# Tolerance of a Keras 3 model's tf_keras twin on real inputs (max |difference| of any output).
+TWIN_TOLERANCE = 1e-5
+
+
+def open_model(
+    path: str | Path,
+    safe_mode: bool = True,
+    custom_objects: str | None = None,
+    sample: Any = None,
+) -> LoadedModel:
+    """Open a model file by what it says it is (the Keras version it records), not its suffix.
+
+    - tf.keras / tf_keras ``.h5``, ``.keras``, SavedModel with Keras metadata: loaded by tf_keras
+      (QAT models inside tfmot's ``quantize_scope``);
+    - Keras 3 ``.keras`` / ``.h5``: loaded by Keras 3 and translated into an equal tf_keras model,
+      checked on ``sample`` (model-ready real inputs) when given;
+    - a bare SavedModel (``model.export()``, ``tf.saved_model.save``): its serving signature.
 
     The file's layer list is read and checked before any layer is deserialized: a ``Lambda``
     layer holds arbitrary Python code, so it is refused unless ``safe_mode`` is False.
+
+    Raises:
+        RunnerError: one line saying what was wrong and how to fix it.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise RunnerError(
             f"model file {p} does not exist; expected a .keras/.h5 file or a SavedModel folder"
         )
-    layers = list(_layers_in_file(p))
+    kind, version = file_format(p)
+    layers = list(_layers_in_file(p)) if kind != "saved_model" else []
     lambdas = [name for cls, name in layers if cls == "Lambda"]
     if lambdas and safe_mode:
         raise RunnerError(
             f"{p} contains Lambda layer(s) {', '.join(map(repr, lambdas))}, which run arbitrary code when "
             "loaded; refusing. If you trust this file, set model.safe_mode=false"
         )
-    keras = _keras()
-    quantized = any(cls.startswith("Quantize") for cls, _ in layers)
+    _import_custom_objects(custom_objects)
+    missing = _missing_custom_classes(p, kind) if kind != "saved_model" else []
+    if missing:
+        raise RunnerError(
+            f"{p} uses the custom class(es) {', '.join(map(repr, missing))}, which are not "
+            "registered: set model.custom_objects=<module> to a module that defines them with "
+            "@keras.saving.register_keras_serializable()"
+            + (f" (model.custom_objects={custom_objects} does not)" if custom_objects else "")
+        )
     try:
-        if quantized:
+        if kind == "saved_model":
+            from runner.models.saved_model import SavedModelSource
+
+            source = SavedModelSource(p)
+            return LoadedModel(source, source, kind, "a SavedModel used through its signature")
+        if kind == "keras3":
+            return _open_keras3(p, safe_mode, version, sample)
+        keras = _keras()
+        if any(cls.startswith("Quantize") for cls, _ in layers):
             from runner.models.qat_scope import load_scope
 
             with load_scope():
-                return keras.models.load_model(p, compile=False, **_safe_kw(p, safe_mode))
-        return keras.models.load_model(p, compile=False, **_safe_kw(p, safe_mode))
+                model = keras.models.load_model(p, compile=False, **_safe_kw(p, safe_mode))
+        else:
+            model = keras.models.load_model(p, compile=False, **_safe_kw(p, safe_mode))
+        return LoadedModel(model, model, kind)
     except RunnerError:
         raise
     except Exception as e:  # noqa: BLE001 - any load failure is reported as a bad file
-        raise RunnerError(f"could not load model {p}: {type(e).__name__}: {_one_line(e)}") from None
+        raise RunnerError(_load_error(p, e, custom_objects)) from None
+
+
+def _open_keras3(p: Path, safe_mode: bool, version: str | None, sample: Any) -> LoadedModel:
+    import numpy as np
+
+    from runner.models import keras3
+
+    original = keras3.load(p, safe_mode)
+    twin = keras3.translate(original)
+    note = f"translated from Keras {version} to tf_keras"
+    if sample is not None and len(sample):
+        diff = float(
+            np.max(np.abs(np.asarray(original(sample, training=False)) - np.asarray(twin(sample))))
+        )
+        if diff >= TWIN_TOLERANCE:
+            raise RunnerError(
+                f"{p}: the tf_keras translation of this Keras 3 model differs from it by up to "
+                f"{diff:.2g} on {len(sample)} real inputs (tolerance {TWIN_TOLERANCE:g}); export "
+                "it with model.export(path) and pass that folder (post-training recipes only)"
+            )
+        note += f" (max |diff| {diff:.1g} on {len(sample)} real inputs)"
+    log.info("%s: %s", p.name, note)
+    return LoadedModel(twin, original, "keras3", note)
+
+
+def file_format(p: Path) -> tuple[str, str | None]:
+    """(kind, Keras version) of a model file, read from its own metadata.
+
+    Raises:
+        RunnerError: a TFLite file, a weights-only HDF5 file, or something that is no model.
+    """
+    if p.is_dir():
+        if not (p / "saved_model.pb").exists():
+            raise RunnerError(
+                f"{p} is a folder without saved_model.pb; expected a SavedModel folder"
+            )
+        return ("tf_keras", None) if (p / "keras_metadata.pb").exists() else ("saved_model", None)
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == b"TFL3":
+        raise RunnerError(
+            f"{p} is a TensorFlow Lite flatbuffer (already converted): model.path takes the float "
+            "model it came from (.keras, .h5 or a SavedModel folder); a .tflite file is run with "
+            "runner.api.prediction_label or runner.evaluate.TFLiteModel"
+        )
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                meta = (
+                    json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
+                )
+        except (zipfile.BadZipFile, ValueError, KeyError) as e:
+            raise RunnerError(f"{p} is not a readable .keras archive ({e})") from None
+        version = str(meta.get("keras_version") or "")
+        return ("keras3" if version.startswith("3") else "tf_keras"), version or None
+    try:
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            version = f.attrs.get("keras_version")
+            version = version.decode() if isinstance(version, bytes) else version
+            has_model = f.attrs.get("model_config") is not None
+    except OSError:
+        raise RunnerError(
+            f"{p} is not a Keras model file (neither a .keras zip, an HDF5 .h5, nor a SavedModel folder)"
+        ) from None
+    if not has_model:
+        raise RunnerError(
+            f"{p} holds weights only (saved with save_weights), no architecture: save the whole "
+            "model with model.save('model.keras') (or .h5) and pass that file"
+        )
+    version = str(version or "")
+    return ("keras3" if version.startswith("3") else "tf_keras"), version or None
+
+
+def _missing_custom_classes(p: Path, kind: str) -> list[str]:
+    """Registered (custom) class names the file uses that the loading Keras does not know."""
+    if kind == "keras3":
+        import keras
+
+        known = keras.saving.get_registered_object
+    else:
+        known = _keras().saving.get_registered_object
+    missing = []
+    for entry in _entries(p):
+        name = entry.get("registered_name") or entry.get("class_name")
+        if isinstance(name, str) and ">" in name and known(name) is None:
+            missing.append(name)
+    return sorted(set(missing))
+
+
+def _entries(p: Path) -> Iterator[dict]:
+    """Every serialized object (dict with class_name) in the file's config."""
+
+    def walk(obj: Any) -> Iterator[dict]:
+        if isinstance(obj, dict):
+            if isinstance(obj.get("class_name"), str):
+                yield obj
+            for v in obj.values():
+                yield from walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from walk(v)
+
+    for config in _configs(p):
+        yield from walk(config)
+
+
+def _import_custom_objects(module: str | None) -> None:
+    """Import ``model.custom_objects``: the module registers its layers (Keras's
+    ``register_keras_serializable``) with whichever Keras loads the file."""
+    if not module:
+        return
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise RunnerError(
+            f"model.custom_objects={module}: cannot import it ({e}); give an importable module "
+            "name (on PYTHONPATH) that defines and registers your custom layers"
+        ) from None
+
+
+def _load_error(p: Path, e: BaseException, custom_objects: str | None) -> str:
+    import re
+
+    text = _one_line(e)
+    m = re.search(r"(?:Could not locate class|Unknown layer:?) '?([A-Za-z_][\w.]*)'?", text)
+    if m:
+        return (
+            f"{p} uses the custom class {m.group(1)!r}, which is not registered: set "
+            "model.custom_objects=<module> to a module that defines it and registers it with "
+            "@keras.saving.register_keras_serializable()"
+            + (f" (model.custom_objects={custom_objects} did not)" if custom_objects else "")
+        )
+    return f"could not load model {p}: {type(e).__name__}: {text}"
 
 
 def _safe_kw(p: Path, safe_mode: bool) -> dict[str, Any]:
@@ -111,20 +316,25 @@ def _one_line(e: BaseException) -> str:
 
 def _layers_in_file(p: Path) -> Iterator[tuple[str, str]]:
     """(class_name, layer name) of every layer a model file declares, without deserializing it."""
+    for c in _configs(p):
+        yield from _walk_layers(c)
+
+
+def _configs(p: Path) -> list[Any]:
+    """The model config(s) a file holds, read as JSON (nothing is deserialized)."""
     try:
         if p.is_dir():
-            config = _saved_model_configs(p)
-        elif p.suffix == ".keras" or zipfile.is_zipfile(p):
+            return _saved_model_configs(p)
+        if p.suffix == ".keras" or zipfile.is_zipfile(p):
             with zipfile.ZipFile(p) as z:
-                config = [json.loads(z.read("config.json"))]
-        else:
-            import h5py
+                return [json.loads(z.read("config.json"))]
+        import h5py
 
-            with h5py.File(p, "r") as f:
-                raw = f.attrs.get("model_config")
-                if raw is None:
-                    raise ValueError("no 'model_config' attribute (a weights-only file?)")
-                config = [json.loads(raw.decode() if isinstance(raw, bytes) else raw)]
+        with h5py.File(p, "r") as f:
+            raw = f.attrs.get("model_config")
+            if raw is None:
+                raise ValueError("no 'model_config' attribute (a weights-only file?)")
+            return [json.loads(raw.decode() if isinstance(raw, bytes) else raw)]
     except RunnerError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -132,8 +342,6 @@ def _layers_in_file(p: Path) -> Iterator[tuple[str, str]]:
             f"{p} is not a readable Keras model ({type(e).__name__}: {_one_line(e)}); expected a .keras "
             "zip, an HDF5 .h5 saved with model.save(), or a SavedModel folder"
         ) from None
-    for c in config:
-        yield from _walk_layers(c)
 
 
 def _saved_model_configs(p: Path) -> list[dict]:

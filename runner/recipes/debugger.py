@@ -73,6 +73,10 @@ class Debugger:
     ) -> Debugger:
         import tensorflow as tf
 
+        from runner.models.saved_model import NEEDS_KERAS, SavedModelSource
+
+        if isinstance(model, SavedModelSource):
+            raise RunnerError(NEEDS_KERAS.format(path=model.path, recipe="'layer report'"))
         if not options.representative_dataset or not options.optimizations:
             raise RunnerError(
                 "the layer report needs an int8 recipe with calibration (full_integer, "
