@@ -156,7 +156,7 @@ FRACTION = number(0, 1, high_open=True)  # [0, 1)
 PROBABILITY = number(0, 1)  # [0, 1]
 
 # The top-level keys, then every group's keys (recipe rules also cover recipe@reference).
-TOP: dict[str, Rule] = {"seed": SEED, "cache_dir": text()}
+TOP: dict[str, Rule] = {"seed": SEED, "cache_dir": text(), "verbose": BOOL}
 GROUPS: dict[str, dict[str, Rule]] = {
     "dataset": {
         "_target_": text(),
@@ -250,6 +250,12 @@ GROUPS: dict[str, dict[str, Rule]] = {
         "holdout_seed": SEED,
     },
 }
+GROUPS["logger"] = {
+    "name": choice("none", "mlflow"),
+    "tracking_uri": text(),
+    "experiment": text(),
+    "log_models": BOOL,
+}
 # recipe.converter: the TFLite converter settings (attributes are set verbatim, unchecked)
 CONVERTER: dict[str, Rule] = {
     "optimizations": list_of(choice("DEFAULT", "OPTIMIZE_FOR_SIZE", "OPTIMIZE_FOR_LATENCY")),
@@ -261,6 +267,7 @@ CONVERTER: dict[str, Rule] = {
 }
 # The composed config's groups, and which rules each uses.
 RULE_SETS = {"dataset": "dataset", "model": "model", "train": "train", "evaluation": "evaluation"}
+RULE_SETS |= {"logger": "logger"}
 RULE_SETS |= {"recipe": "recipe", "reference": "recipe"}
 
 

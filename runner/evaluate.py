@@ -133,14 +133,17 @@ class TFLiteModel:
         """Load ``path``, or a flatbuffer held in memory (``content``)."""
         from ai_edge_litert.interpreter import Interpreter
 
+        from runner.stderr import filtered
+
         self.path = Path(path) if path is not None else Path("<in memory>.tflite")
         self.num_threads = num_threads
-        self._interp = (
-            Interpreter(model_content=content, num_threads=num_threads)
-            if content is not None
-            else Interpreter(model_path=str(self.path), num_threads=num_threads)
-        )
-        self._interp.allocate_tensors()
+        with filtered():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._interp = (
+                Interpreter(model_content=content, num_threads=num_threads)
+                if content is not None
+                else Interpreter(model_path=str(self.path), num_threads=num_threads)
+            )
+            self._interp.allocate_tensors()
         self.input = self._interp.get_input_details()[0]
         self.output = self._interp.get_output_details()[0]
         sig = self.input.get("shape_signature", self.input["shape"])

@@ -410,5 +410,26 @@ class SweepReportCallback(_callback_base()):
         )
 
 
+class ExitStatusCallback(_callback_base()):
+    """Hydra callback, last to end: a multirun in which any job failed exits 1, after its table
+    (and its MLflow run) are written, with one line saying how many jobs failed."""
+
+    def on_multirun_end(self, config: Any, **_: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            rows = json.loads((sweep_dir / "comparison.json").read_text())
+        except (OSError, ValueError):
+            return
+        jobs = {r.get("job") for r in rows}
+        failed = sorted({r.get("job") for r in rows if r.get("status") != "ok"}, key=str)
+        if failed:
+            print(
+                f"error: {len(failed)} of {len(jobs)} jobs failed "
+                f"(jobs {', '.join(map(str, failed))}; see the error column)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+
+
 if __name__ == "__main__":
     sys.exit(main())

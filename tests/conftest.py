@@ -56,8 +56,11 @@ def tiny_cfg(shared_cache) -> Callable[..., DictConfig]:
     return make
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: int = 600, extra_pythonpath: str = ""
+) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (extra_pythonpath, str(ROOT)) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd or ROOT,

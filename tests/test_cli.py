@@ -121,3 +121,22 @@ def test_failing_recipe_exits_non_zero_with_the_table_written(tmp_path, shared_c
     assert "failed: full_integer.tflite" in p.stderr
     table = (run_dir / "comparison.csv").read_text().splitlines()
     assert len(table) == 4 and table[-1].count(",failed,") == 1
+
+
+def test_a_run_starts_quietly_and_verbose_shows_what_was_hidden(tmp_path):
+    import re
+
+    from runner.stderr import NOISE
+
+    args = ("recipe=none", "dataset.train_size=200", "train.epochs=1", "evaluation.progress=false")
+    # execute: the same run quiet (default) and verbose
+    quiet = run_cli(*args, f"hydra.run.dir={tmp_path / 'q'}", f"cache_dir={tmp_path / 'c'}")
+    loud = run_cli(
+        *args, "verbose=true", f"hydra.run.dir={tmp_path / 'v'}", f"cache_dir={tmp_path / 'c'}"
+    )
+    # assert: both ran; TensorFlow's start-up lines (CUDA probing, oneDNN) only with verbose=true
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr[-2000:]
+    assert [ln for ln in loud.stderr.splitlines() if NOISE.search(ln)], loud.stderr[:2000]
+    assert not [ln for ln in quiet.stderr.splitlines() if NOISE.search(ln)], quiet.stderr[:2000]
+    assert not re.search(r"Warning|warn\(", quiet.stderr), quiet.stderr[:2000]
+    assert "| none.tflite |" in quiet.stdout

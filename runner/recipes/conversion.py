@@ -153,8 +153,10 @@ def convert(
         route: recurrent layers only: ``fused`` (TFLite's fused LSTM kernel) or ``unrolled``
             (one step per time step). :func:`convert_checked` picks one by measured fidelity.
     """
+    from runner.stderr import filtered
+
     converter = make_converter(model, options, calibration, token_ids, batch_size, route)
-    with warnings.catch_warnings():  # int8 I/O without input statistics is expected here
+    with warnings.catch_warnings(), filtered():  # C++ progress lines ("fully_quantize: 0 ...")
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()
 

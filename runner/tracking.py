@@ -1,0 +1,187 @@
+"""MLflow tracking (optional, ``logger=mlflow``): each job is an MLflow run, a multirun is a parent
+run with one child per job.
+
+A job's run holds the composed config flattened (params) and its overrides, one metric per
+artifact and column (``float16.tflite/accuracy``), tags (recipe, dataset, model, baseline key,
+status) and its files (comparison table, results.json, layer report; the ``.tflite`` files with
+``logger.log_models=true``). Install with ``pip install -e ".[mlflow]"`` (mlflow-skinny).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+METRICS = (
+    "size_bytes",
+    "size_mb",
+    "compression",
+    "accuracy",
+    "accuracy_delta",
+    "agreement",
+    "output_sqnr_db",
+    "output_max_abs_error",
+    "top5",
+    "latency_ms",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "train_seconds",
+    "convert_seconds",
+    "eval_seconds",
+)
+RUN_FILES = ("comparison.csv", "comparison.md", "results.json", "layer_report.csv")
+RUN_FILES += ("fallback_trace.csv",)
+SWEEP_FILES = ("comparison.csv", "comparison.md", "comparison.json", "comparison.png")
+SWEEP_FILES += ("summary.csv", "summary.md")
+PARENT_FILE = ".mlflow_parent_run"  # in the sweep folder: the parent run's id, for every job
+
+
+def enabled(cfg: Any) -> bool:
+    logger = cfg.get("logger") if hasattr(cfg, "get") else None
+    return bool(logger) and str(logger.get("name", "none")) == "mlflow"
+
+
+def mlflow_module():
+    try:
+        import mlflow
+    except ImportError:
+        raise RunnerError(
+            'logger=mlflow needs MLflow: pip install -e ".[mlflow]" (or pip install mlflow-skinny)'
+        ) from None
+    return mlflow
+
+
+def connect(logger: Mapping[str, Any]):
+    """The mlflow module, pointed at ``logger.tracking_uri`` and ``logger.experiment``.
+
+    A local folder is MLflow's file store, which MLflow 3 keeps only behind
+    ``MLFLOW_ALLOW_FILE_STORE=true`` (set here for a local path; a server or database URI is used
+    as given).
+    """
+    mlflow = mlflow_module()
+    uri = str(logger.get("tracking_uri") or "outputs/mlruns")
+    if "://" not in uri and not uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = Path(uri).expanduser().resolve().as_uri()
+    elif uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(str(logger.get("experiment") or "tfq-runner"))
+    return mlflow
+
+
+def flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, obj
+
+
+def log_job(
+    cfg: Any,
+    rows: list[dict[str, Any]],
+    output_dir: Path,
+    overrides: list[str],
+    parent_run_id: str | None = None,
+) -> str:
+    """One MLflow run for one job (its rows, config, files). Returns the run id."""
+    from omegaconf import OmegaConf
+
+    mlflow = connect(cfg.logger)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    recipe = str(cfg.recipe.get("name", "?"))
+    ok = all(r.get("status") == "ok" for r in rows)
+    tags = {
+        "recipe": recipe,
+        "dataset": str(cfg.dataset.get("name", "?")),
+        "model": str(cfg.model.get("name", "?")),
+        "baseline_key": str(
+            next((r.get("baseline_key") for r in rows if r.get("baseline_key")), "")
+        ),
+        "status": "ok" if ok else "failed",
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(run_name=" ".join(overrides) or recipe, tags=tags) as run:
+        params = {k: str(v)[:500] for k, v in flatten(config)}
+        params["overrides"] = " ".join(overrides)[:500]
+        mlflow.log_params(params)
+        metrics = {
+            f"{r['artifact']}/{m}": float(r[m])
+            for r in rows
+            if r.get("status") == "ok" and r.get("artifact")
+            for m in METRICS
+            if isinstance(r.get(m), (int, float)) and not isinstance(r.get(m), bool)
+        }
+        if metrics:
+            mlflow.log_metrics(metrics)
+        for name in RUN_FILES:
+            if (output_dir / name).is_file():
+                mlflow.log_artifact(str(output_dir / name))
+        if cfg.logger.get("log_models"):
+            for f in sorted((output_dir / "models").glob("*.tflite")):
+                mlflow.log_artifact(str(f), artifact_path="models")
+        run_id = run.info.run_id
+    log.info("MLflow run %s (%s)", run_id, mlflow.get_tracking_uri())
+    return run_id
+
+
+def parent_run_id(sweep_dir: Path) -> str | None:
+    f = Path(sweep_dir) / PARENT_FILE
+    return f.read_text().strip() if f.is_file() else None
+
+
+def _callback_base() -> type:
+    from hydra.experimental.callback import Callback
+
+    return Callback
+
+
+class TrackingCallback(_callback_base()):
+    """Hydra callback for ``logger=mlflow``: checks MLflow is installed before anything runs,
+    opens the parent run of a multirun, and logs the sweep table to it at the end."""
+
+    def on_run_start(self, config: Any, **_: Any) -> None:
+        if enabled(config):
+            _or_exit(mlflow_module)
+
+    def on_multirun_start(self, config: Any, **_: Any) -> None:
+        if not enabled(config):
+            return
+        mlflow = _or_exit(lambda: connect(config.logger))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        run = mlflow.start_run(run_name=f"sweep {sweep_dir.name}", tags={"sweep": str(sweep_dir)})
+        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+        mlflow.end_run()
+
+    def on_multirun_end(self, config: Any, **_: Any) -> None:
+        if not enabled(config):
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        run_id = parent_run_id(sweep_dir)
+        if run_id is None:
+            return
+        mlflow = connect(config.logger)
+        with mlflow.start_run(run_id=run_id):
+            for name in SWEEP_FILES:
+                if (sweep_dir / name).is_file():
+                    mlflow.log_artifact(str(sweep_dir / name))
+
+
+def _or_exit(fn):
+    try:
+        return fn()
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

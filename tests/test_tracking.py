@@ -1,0 +1,74 @@
+"""logger=mlflow: each job an MLflow run, a multirun a parent with one child per job (read back)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import TINY, run_cli
+
+mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+
+
+def runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(uri.as_uri())
+    exp = client.get_experiment_by_name("tfq-runner")
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_a_multirun_is_a_parent_run_with_one_child_per_job(tmp_path):
+    # setup / execute: a 2-job sweep logged to a local store
+    uri, sweep = tmp_path / "mlruns", tmp_path / "sweep"
+    p = run_cli(
+        "-m",
+        "logger=mlflow",
+        f"logger.tracking_uri={uri}",
+        "recipe=none,float16",
+        *TINY,
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    # assert: read back with MlflowClient
+    client, found = runs(uri)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0].info.run_id
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent}
+    assert {a.path for a in client.list_artifacts(parent)} >= {"comparison.csv", "comparison.png"}
+    child = next(c for c in children if c.data.tags["recipe"] == "float16")
+    assert (
+        child.data.params["train.epochs"] == "6"
+        and "recipe=float16" in child.data.params["overrides"]
+    )
+    assert child.data.tags["dataset"] == "digits" and child.data.tags["baseline_key"]
+    m = child.data.metrics
+    assert 1.6 < m["float16.tflite/compression"] < 2.1 and m["float16.tflite/agreement"] >= 0.99
+    assert m["float16.tflite/output_sqnr_db"] > 40 and "float.h5/accuracy" in m
+    files = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"results.json", "comparison.csv"} <= files
+
+
+def test_without_mlflow_one_line_says_what_to_install(tmp_path):
+    # setup: an `mlflow` that cannot be imported, first on the path
+    fake = tmp_path / "fake"
+    (fake / "mlflow").mkdir(parents=True)
+    (fake / "mlflow" / "__init__.py").write_text("raise ImportError('no mlflow here')\n")
+    env_path = f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    # execute
+    p = run_cli(
+        "logger=mlflow",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"cache_dir={tmp_path / 'c'}",
+        extra_pythonpath=env_path,
+    )
+    # assert
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == (
+        'error: logger=mlflow needs MLflow: pip install -e ".[mlflow]" (or pip install mlflow-skinny)'
+    )
+    assert not (tmp_path / "run").exists()
