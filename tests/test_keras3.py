@@ -115,11 +115,16 @@ def test_keras3_models_through_every_recipe(k3, tmp_path, name):
     _write_word_index(folder, csv)
     path = folder / f"{name}.keras"
     rows = {}
-    # execute: each recipe on the .keras file (the float row scored by Keras 3 itself)
-    for recipe in RECIPES:
-        cfg = pretrained(path, f"recipe={recipe}", text_csv=csv if name == "text" else None)
+    # execute: each recipe on the .keras file (the float row scored by Keras 3 itself); the image
+    # models also through the layer report, selective and auto_int8 (on the tf_keras twin)
+    extra = [] if name == "text" else ["selective", "auto_int8"]
+    for recipe in RECIPES + extra:
+        more = ["evaluation.layer_report=true"] if recipe == "full_integer" else []
+        cfg = pretrained(path, f"recipe={recipe}", *more, text_csv=csv if name == "text" else None)
         result = run(cfg, tmp_path / recipe)
         rows.update({r["artifact"]: r for r in result.rows})
+        if recipe == "full_integer" and name != "text":
+            assert result.worst_layers and (tmp_path / recipe / "layer_report.csv").is_file()
     # assert
     assert all(r["status"] == "ok" for r in rows.values()), {
         k: r["error"] for k, r in rows.items() if r["status"] != "ok"
@@ -128,7 +133,8 @@ def test_keras3_models_through_every_recipe(k3, tmp_path, name):
     assert float_row["accuracy"] > 0.85 and "translated from Keras 3" in float_row["note"]
     assert rows["none.tflite"]["agreement"] >= 0.999
     assert rows["float16.tflite"]["agreement"] >= 0.99
-    for q in ("dynamic_range.tflite", "full_integer.tflite", "qat.tflite"):
+    quantized = ["dynamic_range.tflite", "full_integer.tflite", "qat.tflite"]
+    for q in quantized + [f"{r}.tflite" for r in extra]:
         assert rows[q]["agreement"] >= 0.9, (q, rows[q]["agreement"])
     ratio = rows["none.tflite"]["size_bytes"] / rows["full_integer.tflite"]["size_bytes"]
     # int8 weights: ~4x on the weight-dominated model, less where the flatbuffer's fixed part counts
