@@ -89,8 +89,10 @@ class Debugger:
         converter = make_converter(model, options, calibration, token_ids, batch_size)
         data = converter.representative_dataset  # the recipe's own calibration feed
         metrics = {"relative_rmse": _relative_rmse}
+        from runner.stderr import filtered
+
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), filtered():
                 warnings.simplefilter("ignore")
                 # calibrates once; re-quantizes with a denylist on demand (quantize())
                 dbg = tf.lite.experimental.QuantizationDebugger(
@@ -119,7 +121,10 @@ class Debugger:
         """The int8 model with the ops writing ``keep_float`` (tensor names) left in float."""
         import tensorflow as tf
 
-        with warnings.catch_warnings():  # the debugger's own tf.lite.Interpreter is deprecated
+        from runner.stderr import filtered
+
+        # the debugger's own tf.lite.Interpreter is deprecated; its converter prints from C++
+        with warnings.catch_warnings(), filtered():
             warnings.simplefilter("ignore")
             self.debugger.options = tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_nodes=list(keep_float) or None
