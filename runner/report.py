@@ -54,6 +54,13 @@ COLUMNS = [
     "sha256",
     "baseline_key",
 ]
+# The numeric per-artifact measurements (what experiment trackers log as metrics).
+METRIC_COLUMNS = tuple(
+    c
+    for c in COLUMNS
+    if c.startswith(("size", "compression", "accuracy", "agreement", "output_", "top5", "latency"))
+    or c.endswith("_seconds")
+)
 # The columns a person reads in the Markdown table (the CSV has all of them).
 DISPLAY = [
     "artifact",

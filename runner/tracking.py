@@ -17,26 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
+from runner.report import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
-METRICS = (
-    "size_bytes",
-    "size_mb",
-    "compression",
-    "accuracy",
-    "accuracy_delta",
-    "agreement",
-    "output_sqnr_db",
-    "output_max_abs_error",
-    "top5",
-    "latency_ms",
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "train_seconds",
-    "convert_seconds",
-    "eval_seconds",
-)
+METRICS = METRIC_COLUMNS  # every numeric column of the comparison table
 RUN_FILES = ("comparison.csv", "comparison.md", "results.json", "layer_report.csv")
 RUN_FILES += ("fallback_trace.csv",)
 SWEEP_FILES = ("comparison.csv", "comparison.md", "comparison.json", "comparison.png")
