@@ -261,12 +261,15 @@ class Conversion:
         }
 
 
-def measure_fidelity(model, flatbuffer: bytes, probe: np.ndarray) -> RouteTrial:
-    """Run ``flatbuffer`` in LiteRT on model-ready ``probe`` inputs and compare with Keras."""
+def measure_fidelity(
+    model, flatbuffer: bytes, probe: np.ndarray, reference: np.ndarray | None = None
+) -> RouteTrial:
+    """Run ``flatbuffer`` in LiteRT on model-ready ``probe`` inputs and compare with Keras
+    (``reference``: the Keras model's outputs on ``probe``, when already computed)."""
     from runner.data import Scaling
     from runner.evaluate import TFLiteModel, labels_from_outputs, output_fidelity
 
-    ref = np.asarray(model(probe, training=False))
+    ref = np.asarray(model(probe, training=False)) if reference is None else reference
     out = TFLiteModel(content=flatbuffer).predict(probe, Scaling("none"), batch_size=len(probe))
     sqnr, max_err = output_fidelity(ref, out)
     agreement = float(np.mean(labels_from_outputs(ref) == labels_from_outputs(out)))
@@ -305,6 +308,8 @@ def convert_checked(
     trials: list[RouteTrial] = []
     files: dict[str, bytes] = {}
     first_error: BaseException | None = None
+    measured = probe is not None and len(probe) > 0
+    reference = np.asarray(model(probe, training=False)) if measured else None  # once, all routes
     for route in candidates:
         try:
             fb = convert(model, options, calibration, token_ids, batch_size, route)
@@ -317,8 +322,8 @@ def convert_checked(
             continue
         files[route] = fb
         trial = (
-            dataclasses.replace(measure_fidelity(model, fb, probe), route=route)
-            if probe is not None and len(probe)
+            dataclasses.replace(measure_fidelity(model, fb, probe, reference), route=route)
+            if measured
             else RouteTrial(route, len(fb))
         )
         trials.append(trial)
