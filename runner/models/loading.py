@@ -129,7 +129,9 @@ def open_model(
             f"model file {p} does not exist; expected a .keras/.h5 file or a SavedModel folder"
         )
     kind, version = file_format(p)
-    layers = list(_layers_in_file(p)) if kind != "saved_model" else []
+    # the file's config, read once as JSON (nothing deserialized): every check below walks it
+    objects = list(_objects(_configs(p))) if kind != "saved_model" else []
+    layers = [(o["class_name"], _name(o)) for o in objects]
     lambdas = [name for cls, name in layers if cls == "Lambda"]
     if lambdas and safe_mode:
         raise RunnerError(
@@ -137,7 +139,7 @@ def open_model(
             "loaded; refusing. If you trust this file, set model.safe_mode=false"
         )
     _import_custom_objects(custom_objects)
-    missing = _missing_custom_classes(p, kind) if kind != "saved_model" else []
+    missing = _missing_custom_classes(objects, kind)
     if missing:
         raise RunnerError(
             f"{p} uses the custom class(es) {', '.join(map(repr, missing))}, which are not "
@@ -241,8 +243,10 @@ def file_format(p: Path) -> tuple[str, str | None]:
     return ("keras3" if version.startswith("3") else "tf_keras"), version or None
 
 
-def _missing_custom_classes(p: Path, kind: str) -> list[str]:
+def _missing_custom_classes(objects: list[dict], kind: str) -> list[str]:
     """Registered (custom) class names the file uses that the loading Keras does not know."""
+    if not objects:
+        return []
     if kind == "keras3":
         import keras
 
@@ -250,28 +254,31 @@ def _missing_custom_classes(p: Path, kind: str) -> list[str]:
     else:
         known = _keras().saving.get_registered_object
     missing = []
-    for entry in _entries(p):
+    for entry in objects:
         name = entry.get("registered_name") or entry.get("class_name")
         if isinstance(name, str) and ">" in name and known(name) is None:
             missing.append(name)
     return sorted(set(missing))
 
 
-def _entries(p: Path) -> Iterator[dict]:
-    """Every serialized object (dict with class_name) in the file's config."""
+def _objects(obj: Any) -> Iterator[dict]:
+    """Every serialized object (a dict with a string ``class_name``) in a config, depth first."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("class_name"), str):
+            yield obj
+        for v in obj.values():
+            yield from _objects(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _objects(v)
 
-    def walk(obj: Any) -> Iterator[dict]:
-        if isinstance(obj, dict):
-            if isinstance(obj.get("class_name"), str):
-                yield obj
-            for v in obj.values():
-                yield from walk(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                yield from walk(v)
 
-    for config in _configs(p):
-        yield from walk(config)
+def _name(obj: dict) -> str:
+    """The layer name of a serialized object (its config's, else its own)."""
+    cfg = obj.get("config")
+    if isinstance(cfg, dict):
+        return str(cfg.get("name", obj.get("name", "?")))
+    return str(obj.get("name", "?"))
 
 
 def _import_custom_objects(module: str | None) -> None:
@@ -314,12 +321,6 @@ def _one_line(e: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
-def _layers_in_file(p: Path) -> Iterator[tuple[str, str]]:
-    """(class_name, layer name) of every layer a model file declares, without deserializing it."""
-    for c in _configs(p):
-        yield from _walk_layers(c)
-
-
 def _configs(p: Path) -> list[Any]:
     """The model config(s) a file holds, read as JSON (nothing is deserialized)."""
     try:
@@ -355,18 +356,3 @@ def _saved_model_configs(p: Path) -> list[dict]:
     proto = saved_metadata_pb2.SavedMetadata()
     proto.ParseFromString(meta.read_bytes())
     return [json.loads(node.metadata) for node in proto.nodes if node.metadata]
-
-
-def _walk_layers(obj: Any) -> Iterator[tuple[str, str]]:
-    if isinstance(obj, dict):
-        cls = obj.get("class_name")
-        cfg = obj.get("config")
-        if isinstance(cls, str) and isinstance(cfg, dict):
-            yield cls, str(cfg.get("name", obj.get("name", "?")))
-        elif isinstance(cls, str) and "name" in obj:
-            yield cls, str(obj["name"])
-        for v in obj.values():
-            yield from _walk_layers(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _walk_layers(v)
