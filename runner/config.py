@@ -301,7 +301,25 @@ def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
             out.append(f"{key}={value}: cannot be resolved ({resolved.why})")
         elif not rule.ok(resolved):
             out.append(f"{key}={_show(resolved)}: expected {rule.text()}")
-    return out
+    return out + _model_file_problems(container.get("model"))
+
+
+def _model_file_problems(model: Any) -> list[str]:
+    """A user's model file must be named and exist: checked here, before the data set loads."""
+    if not isinstance(model, dict) or model.get("needs_training", True) is not False:
+        return []
+    path = model.get("path")
+    if not path:
+        return [
+            "model.path=null: model=pretrained needs model.path=/path/to/model.keras "
+            "(or .h5, or a SavedModel folder)"
+        ]
+    if not Path(str(path)).expanduser().exists():
+        return [
+            f"model.path={path}: {path} does not exist; expected a .keras/.h5 file or a "
+            "SavedModel folder"
+        ]
+    return []
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> None:

@@ -76,6 +76,7 @@ def test_pretrained_missing_file_names_the_path(tmp_path):
     )
     assert p.returncode == 2 and f"{tmp_path / 'model.h5'} does not exist" in p.stderr
     assert "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()  # caught by the config check, before any data loads
 
 
 def test_pretrained_with_lambda_is_refused_naming_the_layer(tmp_path):

@@ -28,7 +28,11 @@ def compositions() -> list[tuple[str, ...]]:
     out: list[tuple[str, ...]] = [()]
     for group in ("model", "dataset", "train", "recipe"):
         out += [(f"{group}={o}",) for o in options(group)]
-    return out
+    # a user's model file must exist: any existing path stands in for it
+    return [
+        o + ((f"model.path={CONF / 'config.yaml'}",) if o == ("model=pretrained",) else ())
+        for o in out
+    ]
 
 
 def leaves(node, prefix=""):
