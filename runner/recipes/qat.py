@@ -267,7 +267,7 @@ class QATRecipe(RecipeBase):
         raw = calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
         return ctx.scaling(raw)
 
-    def fine_tune(self, model, ctx: RecipeContext):
+    def fine_tune(self, model, ctx: RecipeContext, calibration=None):
         """Wrap and fine-tune; returns (qat model, seconds). Never touches ``model`` itself."""
         from runner.data import Split
         from runner.evaluate import predict_keras
@@ -283,7 +283,8 @@ class QATRecipe(RecipeBase):
         qat_model, _ = quantize_aware(
             model, self.skip_layers, self.fallback, self.freeze_batch_norm
         )
-        calibrate_ranges(qat_model, model, self.calibration(ctx))
+        calib = self.calibration(ctx) if calibration is None else calibration
+        calibrate_ranges(qat_model, model, calib)
         # The baseline's own validation split (same fraction and seed): the weights kept are
         # those of the epoch with the lowest validation loss, never judged on the test split.
         fit_split, val_split = (
@@ -354,8 +355,8 @@ class QATRecipe(RecipeBase):
         from runner.files import atomic_write_bytes, atomic_write_with
         from runner.models.loading import load_model
 
-        qat_model, seconds = self.fine_tune(ctx.model, ctx)
-        calib = self.calibration(ctx)
+        calib = self.calibration(ctx)  # the quantizers' starting ranges and the export's data
+        qat_model, seconds = self.fine_tune(ctx.model, ctx, calib)
         t0 = time.perf_counter()
         flatbuffer = convert(
             qat_model,
