@@ -167,7 +167,7 @@ GROUPS: dict[str, dict[str, Rule]] = {
         "subset_seed": SEED,
         "train_size": integer(1, nullable=True),
         "test_size": integer(1, nullable=True),
-        "input_scaling": choice(*SCALINGS),
+        "input_scaling": choice(*SCALINGS, "auto"),
         "label_mode": choice("fine", "coarse"),
         "extract_dir": text(nullable=True),
         "text_column": text(),
@@ -177,13 +177,25 @@ GROUPS: dict[str, dict[str, Rule]] = {
         "word_index": text(nullable=True),
         "num_words": integer(2, nullable=True),
         "maxlen": COUNT,
+        "image_size": Rule(
+            "an integer >= 1, or [height, width]",
+            lambda v: (
+                COUNT.ok(v)
+                or (isinstance(v, (list, tuple)) and len(v) == 2 and all(COUNT.ok(d) for d in v))
+            ),
+            nullable=True,
+        ),
+        "color_mode": choice("rgb", "grayscale", nullable=True),
+        "on_bad_file": choice("skip", "error"),
+        "workers": integer(1, nullable=True),
+        "cache_dir": text(nullable=True),
     },
     "model": {
         "_target_": text(),
         "_partial_": BOOL,
         "name": text(),
         "needs_training": BOOL,
-        "input_scaling": choice(*SCALINGS),
+        "input_scaling": choice(*SCALINGS, "auto"),
         "input_mean": list_of(number(), empty=False),
         "input_std": list_of(number(0, low_open=True), empty=False),
         "path": text(nullable=True),
@@ -301,7 +313,18 @@ def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
             out.append(f"{key}={value}: cannot be resolved ({resolved.why})")
         elif not rule.ok(resolved):
             out.append(f"{key}={_show(resolved)}: expected {rule.text()}")
-    return out + _model_file_problems(container.get("model"))
+    return out + _model_file_problems(container.get("model")) + _data_path_problems(cfg)
+
+
+def _data_path_problems(cfg: Any) -> list[str]:
+    """A named data file or folder must exist: said here, before anything loads."""
+    try:
+        path = OmegaConf.select(cfg, "dataset.path") if isinstance(cfg, DictConfig) else None
+    except Exception:  # noqa: BLE001 - an unresolvable value is reported by its rule
+        return []
+    if isinstance(path, str) and path and not Path(path).expanduser().exists():
+        return [f"dataset.path={path}: {path} does not exist"]
+    return []
 
 
 def _model_file_problems(model: Any) -> list[str]:

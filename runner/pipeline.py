@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import platform
 import time
@@ -76,9 +77,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def scaling_from(model_cfg: Any) -> Scaling:
+def scaling_from(model_cfg: Any, data: Dataset | None = None) -> Scaling:
+    """The model's input scaling; ``auto`` is what the data needs (raw pixels: ``unit``; token
+    ids and model-ready float arrays: ``none``)."""
+    kind = str(model_cfg.get("input_scaling", "unit"))
+    if kind == "auto":
+        kind = data.default_scaling if data is not None else "unit"
     return Scaling(
-        kind=str(model_cfg.get("input_scaling", "unit")),
+        kind=kind,
         mean=tuple(model_cfg.get("input_mean") or (0.0,)),
         std=tuple(model_cfg.get("input_std") or (1.0,)),
     )
@@ -101,17 +107,35 @@ def build(node: DictConfig) -> Any:
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
-    return build(cfg.dataset)
+    """The data set of ``cfg.dataset``. With ``model=pretrained``, a loader's unset
+    ``image_size`` / ``color_mode`` are taken from the model's input shape."""
+    node = cfg.dataset
+    if not cfg.model.get("needs_training", True) and (
+        node.get("image_size", 0) is None or node.get("color_mode", "") is None
+    ):
+        from runner.models.loading import model_input_shape
+
+        shape = model_input_shape(cfg.model.path)
+        node = node.copy()
+        if shape is not None and len(shape) == 3:  # (height, width, channels)
+            if node.get("image_size", 0) is None and None not in shape[:2]:
+                node.image_size = [int(shape[0]), int(shape[1])]
+            if node.get("color_mode", "") is None:
+                node.color_mode = "grayscale" if shape[2] == 1 else "rgb"
+    return build(node)
 
 
-def baseline_spec(cfg: DictConfig) -> dict[str, Any]:
-    data = {
+def baseline_spec(cfg: DictConfig, data: Dataset | None = None) -> dict[str, Any]:
+    """What a trained baseline depends on: the configs, the seed, and (for a user's folder or
+    file) the data's own content key, so changed files are never served an old model."""
+    spec: dict[str, Any] = {"data_source": data.source_key} if data and data.source_key else {}
+    dataset = {
         k: v
         for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
         if k not in NOT_IN_CACHE_KEY
     }
-    return {
-        "dataset": data,
+    return spec | {
+        "dataset": dataset,
         "model": {
             k: v
             for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
@@ -164,7 +188,7 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
         )
         return train(model, data, TrainConfig.from_mapping(cfg.train), scaling)
 
-    spec = baseline_spec(cfg)
+    spec = baseline_spec(cfg, data)
     got = cache.get_or_train(Path(cfg.cache_dir), spec, _train)
     return Baseline(
         got.model, got.path, got.status, got.train_seconds, cache.cache_key(spec), got.model
@@ -185,7 +209,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
 
     with _timed(timings, "data_seconds"):
         data = load_dataset(cfg)
-    scaling = scaling_from(cfg.model)
+    scaling = scaling_from(cfg.model, data)
     log.info(
         "data: %s, %d train / %d test, input %s, %d classes",
         data.name,
@@ -202,6 +226,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         cfg,
         scaling,
         timings,
+        data={"class_names": list(data.class_names), **data.info},
         common={
             "dataset": data.name,
             "model": str(cfg.model.get("name", "model")),
@@ -209,7 +234,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
             "baseline_key": base.key,  # a sweep keeps each baseline's float rows once, by this key
         },
     )
-    for name, text in data.files.items():  # e.g. word_index.json: every model needs it to be used
+    for w in data.warnings:
+        table.warn(w)
+    files = dict(data.files)
+    if data.class_names:  # what each output index means, beside the models
+        files.setdefault("labels.json", json.dumps(list(data.class_names), ensure_ascii=False))
+    for name, text in files.items():  # e.g. word_index.json: every model needs it to be used
         atomic_write_text(out / "models" / name, text)
 
     # 1. the float Keras model: the reference for accuracy_delta, agreement and output fidelity
@@ -413,8 +443,10 @@ class ResultsTable:
         scaling: Scaling,
         timings: dict[str, float],
         common: dict[str, Any],
+        data: dict[str, Any] | None = None,
     ) -> None:
         self.output_dir, self.cfg, self.scaling = output_dir, cfg, scaling
+        self.data = data or {}  # the data set's class names and what its loader found
         self.timings, self.common = timings, common
         self.rows: list[dict[str, Any]] = []
         self.warnings: list[str] = []
@@ -515,6 +547,7 @@ class ResultsTable:
                     "calibration": cfg.recipe.get("calibration_seed"),
                 },
                 "input_scaling": self.scaling.as_dict(),
+                "data": self.data,
                 "num_threads": int(cfg.evaluation.num_threads),
                 "versions": versions(),
                 "sha256": self._hashes,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.data import Dataset, Scaling, Split
+from runner.data import Dataset, Rows, Scaling, Split
 from runner.errors import RunnerError
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,14 @@ def make_optimizer(name: str, learning_rate: float):
 
 
 def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
+    """(fit, validation) splits of ``train``: views (:class:`runner.data.base.Rows`) that read
+    their rows one batch at a time, so a memory-mapped data set is never copied whole."""
     if not fraction:
         return train, None
     n_val = max(1, int(round(len(train) * fraction)))
     perm = np.random.default_rng(seed).permutation(len(train))
     val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    return Split(train.x[tr], train.y[tr]), Split(train.x[val], train.y[val])
+    return Split(Rows(train.x, tr), train.y[tr]), Split(Rows(train.x, val), train.y[val])
 
 
 def train(model, data: Dataset, cfg: TrainConfig, scaling: Scaling) -> TrainResult:

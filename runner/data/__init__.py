@@ -1,4 +1,5 @@
-"""Data sets, one module per kind: ``digits``, ``cifar100``, ``text`` (labelled text files).
+"""Data sets, one module per kind: ``digits``, ``cifar100``, ``text`` (labelled text files),
+``images`` (a folder per class), ``arrays`` (NumPy ``.npz``).
 
 Each loader is referenced from ``conf/dataset/*.yaml`` by ``_target_``; a new data set is a new
 YAML file plus, when it needs new code, a new module here. What every loader returns lives in
@@ -7,6 +8,7 @@ YAML file plus, when it needs new code, a new module here. What every loader ret
 
 from runner.data.base import (
     Dataset,
+    Rows,
     Scaling,
     Split,
     batches,
@@ -17,6 +19,7 @@ from runner.data.base import (
 
 __all__ = [
     "Dataset",
+    "Rows",
     "Scaling",
     "Split",
     "batches",

@@ -41,6 +41,16 @@ class Dataset:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # Files every exported model needs beside it (name -> text), e.g. word_index.json.
     files: dict[str, str] = field(default_factory=dict)
+    # What the data's content is keyed by beyond its config (an image folder's file list), so a
+    # changed folder never reuses a baseline trained on the old one; empty: the config says all.
+    source_key: str = ""
+    # What the loader found, recorded in results.json["data"] (skipped files, layout, cache).
+    info: dict[str, Any] = field(default_factory=dict)
+    # The input scaling ``input_scaling=auto`` resolves to: raw pixels are ``unit``; token ids
+    # and model-ready float arrays are ``none``.
+    default_scaling: str = "unit"
+    # What the user should hear of at the end of the run (e.g. skipped unreadable files).
+    warnings: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -48,7 +58,8 @@ class Dataset:
 
     @property
     def is_text(self) -> bool:
-        return np.issubdtype(self.train.x.dtype, np.integer) and self.train.x.ndim == 2
+        dt = self.train.x.dtype  # token ids: integers, one row per sample (uint8 is pixels)
+        return np.issubdtype(dt, np.integer) and dt != np.uint8 and self.train.x.ndim == 2
 
 
 # --------------------------------------------------------------------------- input scaling
@@ -92,6 +103,40 @@ def batches(x: np.ndarray, batch_size: int, scaling: Scaling) -> Iterator[np.nda
     """Yield scaled batches of ``x`` in order; only one batch is ever converted at a time."""
     for start in range(0, len(x), batch_size):
         yield scaling(x[start : start + batch_size])
+
+
+class Rows:
+    """Rows ``index`` of ``base``, read when a batch asks for them.
+
+    A validation split of a memory-mapped image set is such a view: no copy of the data set is
+    made, only of the batch being served. It quacks like the arrays it stands for (``len``,
+    ``shape``, ``dtype``, slicing and integer-array indexing return real arrays).
+    """
+
+    def __init__(self, base: np.ndarray, index: np.ndarray) -> None:
+        self.base, self.index = base, np.asarray(index, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.base[self.index[key]]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.base[self.index]
+        return out if dtype is None else out.astype(dtype)
 
 
 def subset(split: Split, size: int | None, seed: int) -> Split:

@@ -193,6 +193,25 @@ def _open_keras3(p: Path, safe_mode: bool, version: str | None, sample: Any) -> 
     return LoadedModel(twin, original, "keras3", note)
 
 
+def model_input_shape(path: str | Path) -> tuple[int | None, ...] | None:
+    """A model file's input shape without its batch axis, read from its config (nothing is
+    deserialized; a bare SavedModel's from its signature); None when the file does not say."""
+    p = Path(path).expanduser()
+    kind, _ = file_format(p)
+    if kind == "saved_model":
+        from runner.models.saved_model import SavedModelSource
+
+        return tuple(SavedModelSource(p).input_shape[1:])
+    for obj in _objects(_configs(p)):
+        cfg = obj.get("config")
+        if not isinstance(cfg, dict):
+            continue
+        shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
+        if isinstance(shape, list) and len(shape) >= 2:
+            return tuple(None if d is None else int(d) for d in shape[1:])
+    return None
+
+
 def file_format(p: Path) -> tuple[str, str | None]:
     """(kind, Keras version) of a model file, read from its own metadata.
 

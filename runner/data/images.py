@@ -1,0 +1,498 @@
+"""A folder of images per class (the layout ``keras.utils.image_dataset_from_directory`` reads),
+decoded once into a uint8 array file that later runs memory-map.
+
+Layouts: ``DIR/train/<class>/…`` beside ``DIR/test/<class>/…``, or one tree ``DIR/<class>/…``
+split by a seeded stratified ``test_fraction``. Class ids are the sorted class names.
+
+The decoded array is cached under ``cache_dir/<key>/`` where the key names every file (path, size,
+mtime), the image size, the colour mode and (one tree) the split. Images are stored train first,
+then test, so both splits are views of the mapped file: training and evaluation read it one batch
+at a time and memory does not grow with the data set. The entry is written in a temp folder and
+renamed into place, checked by SHA-256 when read, and rebuilt when it does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.data.base import Dataset, Split, stratified_split, subset
+from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+# What Pillow decodes for us (GIF: its first frame).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}
+ARRAY_FILE, LABELS_FILE, META_FILE = "images.npy", "labels.npy", "meta.json"
+# Bumped when the same files would decode to other arrays, so stale entries are not reused.
+DECODE_VERSION = 1
+CHUNK = 256  # images per task of a decode worker
+# Workers are started when decoding the rest in-process would take longer than this (a worker
+# costs ~0.3 s to start; small PNGs decode at ~20,000/s in one process).
+POOL_WORTH_SECONDS = 1.0
+SHOW_BAD = 5  # bad files named in a message
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files of an image folder, in stored order (train first), with their labels."""
+
+    root: Path
+    files: list[str]  # relative to root
+    labels: np.ndarray
+    n_train: int
+    class_names: tuple[str, ...]
+    layout: str  # "train/test" or "one tree"
+    stats: list[tuple[int, int]]  # (size, mtime_ns) of each file
+
+
+def load_image_folder(
+    name: str = "image_folder",
+    path: str | None = None,
+    image_size: int | Sequence[int] | None = None,
+    color_mode: str | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    on_bad_file: str = "skip",
+    workers: int | None = None,
+    cache_dir: str | None = None,
+    **_: Any,
+) -> Dataset:
+    """Images in one folder per class, decoded once to a cached uint8 array (see the module).
+
+    Raises:
+        RunnerError: no such folder, an empty folder or class folder, train and test with other
+            classes, no ``image_size``, or an unreadable image with ``on_bad_file=error``.
+    """
+    if not path:
+        raise RunnerError(
+            "dataset=image_folder needs dataset.path=/path/to/images (one folder per class)"
+        )
+    if image_size is None:
+        raise RunnerError(
+            "dataset.image_size is not set: give the size images are resized to, e.g. "
+            "dataset.image_size=[32,32] (with model=pretrained it defaults to the model's input)"
+        )
+    size = _hw(image_size)
+    mode = color_mode or "rgb"
+    if mode not in COLOR_MODES:
+        raise RunnerError(f"dataset.color_mode must be rgb or grayscale, got {color_mode!r}")
+    if on_bad_file not in ("skip", "error"):
+        raise RunnerError(f"dataset.on_bad_file must be skip or error, got {on_bad_file!r}")
+    listing = list_images(Path(path).expanduser(), test_fraction, split_seed)
+    key = decode_key(listing, size, mode, test_fraction, split_seed)
+    root = Path(cache_dir or Path(path).expanduser() / ".runner-cache")
+    x, y, n_train, bad = decoded(listing, key, root / key, size, mode, workers, on_bad_file)
+    info: dict[str, Any] = {
+        "path": str(listing.root),
+        "layout": listing.layout,
+        "image_size": list(size),
+        "color_mode": mode,
+        "decode_cache": str(root / key),
+        "skipped_files": len(bad),
+        "skipped_examples": [f"{p}: {why}" for p, why in bad[:SHOW_BAD]],
+    }
+    warnings = ()
+    if bad:
+        warnings = (
+            f"skipped {len(bad)} unreadable image(s) under {listing.root}: {_examples(bad)} "
+            "(dataset.on_bad_file=error makes this fatal)",
+        )
+        log.warning("%s", warnings[0])
+    train, test = Split(x[:n_train], y[:n_train]), Split(x[n_train:], y[n_train:])
+    if not len(train) or not len(test):
+        raise RunnerError(
+            f"{listing.root}: no readable images left in the "
+            f"{'train' if not len(train) else 'test'} split"
+        )
+    return Dataset(
+        name=name,
+        train=subset(train, train_size, split_seed),
+        test=subset(test, test_size, split_seed),
+        num_classes=len(listing.class_names),
+        class_names=listing.class_names,
+        source_key=key,
+        info=info,
+        warnings=warnings,
+    )
+
+
+def _hw(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    hw = tuple(int(v) for v in image_size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise RunnerError(
+            f"dataset.image_size must be one size or [height, width], got {list(image_size)}"
+        )
+    return hw  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- listing
+def list_images(root: Path, test_fraction: float, split_seed: int) -> Listing:
+    """The class folders and image files under ``root`` (see the module for the layouts)."""
+    if not root.is_dir():
+        raise RunnerError(
+            f"dataset.path={root} is not a folder; expected one subfolder of images per class"
+        )
+    train_dir, test_dir = root / "train", root / "test"
+    if train_dir.is_dir() and test_dir.is_dir():
+        tr_names, tr_files, tr_labels = _class_files(train_dir)
+        te_names, te_files, te_labels = _class_files(test_dir)
+        if tr_names != te_names:
+            only_tr = sorted(set(tr_names) - set(te_names))
+            only_te = sorted(set(te_names) - set(tr_names))
+            raise RunnerError(
+                f"{root}: train and test have different classes (only in train: "
+                f"{only_tr or 'none'}; only in test: {only_te or 'none'}); give both splits the "
+                "same class folders"
+            )
+        files = [f"train/{f}" for f in tr_files] + [f"test/{f}" for f in te_files]
+        labels = np.concatenate([tr_labels, te_labels])
+        names, n_train, layout = tr_names, len(tr_files), "train/test"
+    else:
+        if train_dir.is_dir() != test_dir.is_dir():
+            have, lack = ("train", "test") if train_dir.is_dir() else ("test", "train")
+            log.warning(
+                "%s has a %s/ folder but no %s/: reading it as one tree whose classes include %r",
+                root,
+                have,
+                lack,
+                have,
+            )
+        names, all_files, all_labels = _class_files(root)
+        tr, te = stratified_split(all_labels, test_fraction, split_seed)
+        order = np.concatenate([tr, te])
+        files = [all_files[i] for i in order]
+        labels, n_train, layout = all_labels[order], len(tr), "one tree"
+    stats = []
+    for f in files:
+        st = os.stat(root / f)
+        stats.append((st.st_size, st.st_mtime_ns))
+    return Listing(root.resolve(), files, labels, n_train, tuple(names), layout, stats)
+
+
+def _class_files(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """(sorted class names, files relative to ``folder``, labels) of one class-per-folder tree."""
+    classes = sorted(
+        e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+    )
+    if not classes:
+        loose = any(_is_image(e.name) for e in os.scandir(folder) if e.is_file())
+        raise RunnerError(
+            f"{folder} has no class folders"
+            + (" (its images lie loose in it)" if loose else " (it is empty)")
+            + ": put each class's images in a subfolder named after the class, "
+            "e.g. DIR/cat/1.jpg, DIR/dog/2.jpg"
+        )
+    files: list[str] = []
+    labels: list[int] = []
+    empty = []
+    for label, cls in enumerate(classes):
+        found = sorted(
+            os.path.relpath(os.path.join(d, f), folder)
+            for d, dirs, names in os.walk(folder / cls, followlinks=True)
+            for f in names
+            if _is_image(f) and not f.startswith(".")
+        )
+        if not found:
+            empty.append(cls)
+        files += found
+        labels += [label] * len(found)
+    if empty:
+        raise RunnerError(
+            f"{folder}: class folder(s) {', '.join(map(repr, empty))} hold no images "
+            f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder(s)"
+        )
+    return classes, [f.replace(os.sep, "/") for f in files], np.asarray(labels, np.int64)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def decode_key(
+    listing: Listing, size: tuple[int, int], mode: str, test_fraction: float, split_seed: int
+) -> str:
+    """What the decoded array depends on: every file's path, size and mtime, the target size
+    and colour mode, and (one tree) the split."""
+    h = hashlib.sha256()
+    split = [test_fraction, split_seed] if listing.layout == "one tree" else None
+    h.update(json.dumps([DECODE_VERSION, str(listing.root), list(size), mode, split]).encode())
+    for f, (nbytes, mtime) in zip(listing.files, listing.stats, strict=True):
+        h.update(f"{f}\0{nbytes}\0{mtime}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- decode once
+def decoded(
+    listing: Listing,
+    key: str,
+    entry: Path,
+    size: tuple[int, int],
+    mode: str,
+    workers: int | None,
+    on_bad_file: str,
+) -> tuple[np.ndarray, np.ndarray, int, list[tuple[str, str]]]:
+    """(images memory-mapped read-only, labels, train count, skipped files) of the cache entry,
+    decoding the folder into it first when it is missing or corrupt."""
+    from filelock import FileLock
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry.parent / f"{key}.lock")):  # sweep jobs wait for the first decoder
+        got = _read_entry(entry, key)
+        if got is None:
+            _build_entry(listing, key, entry, size, mode, workers, on_bad_file)
+            got = _read_entry(entry, key)
+            if got is None:  # pragma: no cover - a just-written entry that does not read back
+                raise RunnerError(f"could not read back the decoded images at {entry}")
+        else:
+            log.info("image cache hit: %s", entry)
+    x, y, meta = got
+    bad = [tuple(b) for b in meta["bad"]]
+    if bad and on_bad_file == "error":
+        raise RunnerError(
+            f"{len(bad)} image(s) under {listing.root} cannot be read: {_examples(bad)}; fix or "
+            "remove them, or set dataset.on_bad_file=skip to leave them out"
+        )
+    return x, y, int(meta["n_train"]), bad  # type: ignore[return-value]
+
+
+def _read_entry(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
+    """The entry's arrays when it is whole and its hash matches; None (rebuild) otherwise."""
+    if not (entry / META_FILE).is_file():
+        return None
+    try:
+        meta = json.loads((entry / META_FILE).read_text())
+        if meta.get("key") != key or meta.get("version") != DECODE_VERSION:
+            raise ValueError("written for other files")
+        from runner.files import sha256_file
+
+        if sha256_file(entry / ARRAY_FILE) != meta["sha256"]:
+            raise ValueError("images.npy does not match its recorded SHA-256")
+        x = np.load(entry / ARRAY_FILE, mmap_mode="r")
+        y = np.load(entry / LABELS_FILE)
+        if len(x) != len(y) or list(x.shape[1:]) != meta["shape"][1:]:
+            raise ValueError("images and labels disagree")
+        return x, y, meta
+    except Exception as e:  # noqa: BLE001 - any unreadable entry is rebuilt
+        log.warning("image cache entry %s is corrupt (%s); decoding again", entry, e)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+
+def _build_entry(
+    listing: Listing,
+    key: str,
+    entry: Path,
+    size: tuple[int, int],
+    mode: str,
+    workers: int | None,
+    on_bad_file: str,
+) -> None:
+    """Decode every file into a temp folder beside ``entry``, drop unreadable ones, rename."""
+    from runner.files import sha256_file
+
+    h, w = size
+    n = len(listing.files)
+    channels = COLOR_MODES[mode][1]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
+    try:
+        raw = tmp / "decoding.npy"
+        arr = np.lib.format.open_memmap(raw, mode="w+", dtype=np.uint8, shape=(n, h, w, channels))
+        del arr  # workers open the file themselves
+        bad_idx = _decode_all(listing, raw, size, mode, workers)
+        bad = [(listing.files[i], why) for i, why in sorted(bad_idx.items())]
+        if bad and on_bad_file == "error":
+            raise RunnerError(
+                f"{len(bad)} image(s) under {listing.root} cannot be read: {_examples(bad)}; fix "
+                "or remove them, or set dataset.on_bad_file=skip to leave them out"
+            )
+        keep = np.setdiff1d(np.arange(n), np.fromiter(bad_idx, np.int64, len(bad_idx)))
+        if bad:
+            _compact(raw, tmp / ARRAY_FILE, keep)
+            raw.unlink()
+        else:
+            os.replace(raw, tmp / ARRAY_FILE)
+        np.save(tmp / LABELS_FILE, listing.labels[keep])
+        meta = {
+            "key": key,
+            "version": DECODE_VERSION,
+            "root": str(listing.root),
+            "shape": [len(keep), h, w, channels],
+            "n_train": int(np.sum(keep < listing.n_train)),
+            "class_names": list(listing.class_names),
+            "bad": bad,
+            "sha256": sha256_file(tmp / ARRAY_FILE),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta))
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("decoded %d images into %s", len(keep), entry)
+
+
+def _compact(src: Path, dst: Path, keep: np.ndarray, rows: int = 4096) -> None:
+    """Copy rows ``keep`` of the array file ``src`` into ``dst``, a few thousand at a time."""
+    a = np.load(src, mmap_mode="r")
+    out = np.lib.format.open_memmap(dst, mode="w+", dtype=a.dtype, shape=(len(keep), *a.shape[1:]))
+    for s in range(0, len(keep), rows):
+        out[s : s + rows] = a[keep[s : s + rows]]
+    out.flush()
+    del out, a
+
+
+def _decode_all(
+    listing: Listing, raw: Path, size: tuple[int, int], mode: str, workers: int | None
+) -> dict[int, str]:
+    """Decode every file into rows of the array file ``raw``; {index: why} of unreadable ones.
+
+    The first chunk is decoded here and timed; when the rest would take longer than
+    :data:`POOL_WORTH_SECONDS`, it is shared among worker processes (``python -m
+    runner.data.images``: fresh interpreters, never forked from one running TensorFlow, and
+    started the same way from a script, a Hydra job or a daemonic worker).
+    """
+    from tqdm import tqdm
+
+    paths = [str(listing.root / f) for f in listing.files]
+    n = len(paths)
+    starts = list(range(0, n, CHUNK))
+    n_workers = min(workers or os.cpu_count() or 1, len(starts))
+    bad: dict[int, str] = {}
+    with tqdm(total=n, unit="img", desc="decoding images", disable=None, leave=False) as bar:
+        t0 = time.perf_counter()
+        bad |= _decode_chunk(str(raw), 0, paths[:CHUNK], size, mode)
+        bar.update(min(CHUNK, n))
+        rest = starts[1:]
+        per_chunk = time.perf_counter() - t0
+        if rest and n_workers > 1 and per_chunk * len(rest) > POOL_WORTH_SECONDS:
+            done, more_bad = _decode_in_workers(paths, rest, raw, size, mode, n_workers, bar)
+            bad |= more_bad
+            rest = [s for s in rest if s not in done]
+            if rest:
+                log.warning("decoding %d chunk(s) in-process: a decode worker failed", len(rest))
+        for start in rest:
+            bad |= _decode_chunk(str(raw), start, paths[start : start + CHUNK], size, mode)
+            bar.update(len(paths[start : start + CHUNK]))
+    return bad
+
+
+def _decode_in_workers(
+    paths: list[str],
+    starts: list[int],
+    raw: Path,
+    size: tuple[int, int],
+    mode: str,
+    n_workers: int,
+    bar: Any,
+) -> tuple[set[int], dict[int, str]]:
+    """Chunks ``starts`` decoded by ``n_workers`` processes: (chunks done, bad files)."""
+    job = raw.with_name("decode-job.json")
+    job.write_text(
+        json.dumps(
+            {"raw": str(raw), "size": list(size), "mode": mode, "paths": paths, "chunk": CHUNK}
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "runner.data.images", str(job)]
+            + [str(s) for s in starts[k::n_workers]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for k in range(n_workers)
+    ]
+    done: set[int] = set()
+    bad: dict[int, str] = {}
+    lock = threading.Lock()
+
+    def read(proc: subprocess.Popen) -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            kind, _, rest = line.rstrip("\n").partition("\t")
+            with lock:
+                if kind == "done":
+                    start = int(rest)
+                    done.add(start)
+                    bar.update(len(paths[start : start + CHUNK]))
+                elif kind == "bad":
+                    i, _, why = rest.partition("\t")
+                    bad[int(i)] = why
+
+    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p in procs]
+    for t in readers:
+        t.start()
+    for p, t in zip(procs, readers, strict=True):
+        t.join()
+        err = p.stderr.read() if p.stderr else ""  # type: ignore[union-attr]
+        if p.wait() != 0:
+            log.warning("decode worker exited with %d: %s", p.returncode, err.strip()[-300:])
+    job.unlink(missing_ok=True)
+    return done, bad
+
+
+def _worker_main(argv: list[str]) -> None:
+    """``python -m runner.data.images JOB START...``: decode those chunks, report each."""
+    job = json.loads(Path(argv[0]).read_text())
+    paths, size, chunk = job["paths"], tuple(job["size"]), int(job["chunk"])
+    for start in map(int, argv[1:]):
+        part = paths[start : start + chunk]
+        for i, why in _decode_chunk(job["raw"], start, part, size, job["mode"]).items():
+            print(f"bad\t{i}\t{why}", flush=True)
+        print(f"done\t{start}", flush=True)
+
+
+def _decode_chunk(
+    raw: str, start: int, paths: list[str], size: tuple[int, int], mode: str
+) -> dict[int, str]:
+    """Decode ``paths`` into rows ``start…`` of the array file; {index: why} of the bad ones."""
+    from PIL import Image
+
+    h, w = size
+    pil_mode = COLOR_MODES[mode][0]
+    arr = np.load(raw, mmap_mode="r+")
+    bad = {}
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                im.draft(pil_mode, (w, h))  # JPEG: decode at a reduced scale when it can
+                img = im.convert(pil_mode)
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.Resampling.BILINEAR)
+                px = np.asarray(img, np.uint8)
+            arr[start + i] = px.reshape(h, w, -1)
+        except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is a bad file
+            bad[start + i] = " ".join(f"{type(e).__name__}: {e}".split())[:160].replace("\t", " ")
+    arr.flush()
+    del arr
+    return bad
+
+
+def _examples(bad: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{p} ({why})" for p, why in bad[:SHOW_BAD])
+    return shown + (f"; and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else "")
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])
