@@ -15,6 +15,7 @@ from runner.models.qat_scope import load_scope
 from runner.pipeline import run
 from runner.recipes.base import RecipeContext
 from runner.recipes.qat import QATRecipe, quantize_aware
+from runner.train import TrainConfig, train
 
 
 def test_qat_keras_artifact_round_trips_with_identical_predictions(tmp_path):
@@ -118,32 +119,51 @@ def test_frozen_batch_norm_keeps_the_float_models_moving_statistics(tmp_path):
     model, ctx = _tiny_ctx(tmp_path)
     frozen, _ = QATRecipe(epochs=1, freeze_batch_norm=True).fine_tune(model, ctx)
     np.testing.assert_array_equal(_bn(frozen), _bn(model))
-    moving, _ = QATRecipe(epochs=1, freeze_batch_norm=False).fine_tune(model, ctx)
+    moving, _ = QATRecipe(epochs=1, freeze_batch_norm=False, restore_best=False).fine_tune(
+        model, ctx
+    )
     assert np.abs(_bn(moving) - _bn(model)).max() > 1e-3
 
 
-def test_distillation_fits_the_float_models_outputs_and_restore_best_keeps_an_epoch(
-    tmp_path, monkeypatch
-):
+def test_distillation_fits_the_float_models_outputs(tmp_path, monkeypatch):
     model, ctx = _tiny_ctx(tmp_path)
     seen = {}
     real_fit = keras.Model.fit
 
     def spy(self, seq, *a, **kw):
-        seen["y"], seen["loss"] = seq[0][1], self.loss
-        seen["val"] = kw.get("validation_data")
+        seen["y"], seen["loss"], seen["n"] = seq[0][1], self.loss, len(seq)
         return real_fit(self, seq, *a, **kw)
 
     monkeypatch.setattr(keras.Model, "fit", spy)
-    recipe = QATRecipe(epochs=3, distill=True, restore_best=True)
+    recipe = QATRecipe(epochs=2, distill=True)
     recipe.fine_tune(model, ctx)
     # soft targets: one probability row per sample (the float model's), summing to 1
     assert seen["y"].shape[1:] == (10,) and np.allclose(seen["y"].sum(axis=1), 1, atol=1e-5)
-    assert seen["loss"] == "categorical_crossentropy" and seen["val"] is not None
-    assert 1 <= recipe.best_epoch <= 3
+    assert seen["loss"] == "categorical_crossentropy"
+    assert seen["n"] == 6  # 48 of the 60 samples (the 12 of the validation split are held out)
     QATRecipe(epochs=1, distill=False).fine_tune(model, ctx)
     assert seen["y"].ndim == 1 and seen["loss"] == "sparse_categorical_crossentropy"
-    assert seen["val"] is None
+
+
+def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
+    """Each epoch's real int8 file is scored on the validation split, epoch 0 (before any step)
+    included; fine-tuning that only harms (a learning rate 300x too high) keeps epoch 0."""
+    d = load_digits()
+    data = Dataset("digits", d.train, d.test, 10)
+    model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
+    train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
+    ctx = RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1})
+    harmful = QATRecipe(epochs=2, learning_rate_scale=300.0, steps_per_epoch=20)
+    harmful.fine_tune(model, ctx)
+    kept, start = harmful.kept, harmful.kept["start"]
+    # epoch 0 is post-training int8 with QAT's own ranges: near the float model, not chance
+    assert start["epoch"] == 0 and start["samples"] == 144 and start["agreement"] > 0.9
+    assert kept["accuracy"] >= start["accuracy"] and kept["epoch"] == 0
+    assert harmful.flatbuffer is not None and harmful.best_epoch == 0
+    # the row says which epoch was kept, and what it was worth against epoch 0
+    from runner.recipes.qat import kept_note
+
+    assert kept_note(kept).startswith("kept epoch 0 of 2 (int8 validation accuracy")
 
 
 def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):

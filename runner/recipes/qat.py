@@ -213,7 +213,40 @@ def calibrate_ranges(qat_model, float_model, x) -> int:
                     lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
                     var.assign(lo if name.endswith("_min") else hi)
                     done += 1
-    log.info("QAT: %d activation ranges calibrated on %d samples", done, len(x))
+    done += _start_weight_and_input_ranges(qat_model, x)
+    log.info("QAT: %d quantizer ranges calibrated on %d samples", done, len(x))
+    return done
+
+
+def _start_weight_and_input_ranges(qat_model, x) -> int:
+    """Give the weight and input quantizers the ranges they will have after the first step.
+
+    tfmot's weight quantizers hold [-6, 6] and its input quantizer [0, 0] until a training step
+    sets them: the model converted before fine-tuning (epoch 0) would quantize every weight on
+    a +-6 grid and every input to 0. One training-mode pass sets the weight ranges from the
+    weights (tfmot's own per-channel arithmetic); every other variable it touched (activation
+    ranges, BatchNorm statistics, step counters) is put back; the input range is the
+    calibration inputs' own.
+    """
+    import numpy as np
+
+    def is_weight_range(v) -> bool:
+        name = v.name.split("/")[-1].split(":")[0]
+        return name.endswith(("kernel_min", "kernel_max"))
+
+    kept = [(v, v.numpy()) for v in qat_model.variables if not is_weight_range(v)]
+    qat_model(np.asarray(x[:32]), training=True)
+    for v, value in kept:
+        v.assign(value)
+    done = sum(1 for v in qat_model.variables if is_weight_range(v))
+    lo, hi = min(0.0, float(np.min(x))), max(0.0, float(np.max(x)))
+    for layer in qat_model.layers:
+        if type(layer).__name__ == "QuantizeLayer":
+            for var in layer.weights:
+                name = var.name.split("/")[-1].split(":")[0]
+                if name.endswith(("_min", "_max")) and var.shape == ():
+                    var.assign(lo if name.endswith("_min") else hi)
+                    done += 1
     return done
 
 
@@ -232,7 +265,7 @@ class QATRecipe(RecipeBase):
         skip_layers: Sequence[str] = (),
         fallback: bool = True,
         freeze_batch_norm: bool = True,
-        restore_best: bool = False,
+        restore_best: bool = True,
         distill: bool = True,
         calibration_samples: int = 200,
         calibration_seed: int = 0,
@@ -268,7 +301,16 @@ class QATRecipe(RecipeBase):
         return ctx.scaling(raw)
 
     def fine_tune(self, model, ctx: RecipeContext, calibration=None):
-        """Wrap and fine-tune; returns (qat model, seconds). Never touches ``model`` itself."""
+        """Wrap and fine-tune; returns (qat model, seconds). Never touches ``model`` itself.
+
+        With ``restore_best`` (the default), the int8 file of every epoch, epoch 0 (the
+        calibrated QAT model before any step: post-training quantization with QAT's own
+        quantizers) included, is converted and run in LiteRT on the baseline's validation split
+        (never fitted on, never the test split); the epoch with the best accuracy (then
+        agreement with the float model) is kept, the earliest on a tie. So fine-tuning never
+        ends below where it started. ``self.kept`` says which epoch, with its scores, and
+        ``self.flatbuffer`` is its int8 file.
+        """
         from runner.data import Split
         from runner.evaluate import predict_keras
         from runner.train import (
@@ -285,23 +327,19 @@ class QATRecipe(RecipeBase):
         )
         calib = self.calibration(ctx) if calibration is None else calibration
         calibrate_ranges(qat_model, model, calib)
-        # The baseline's own validation split (same fraction and seed): the weights kept are
-        # those of the epoch with the lowest validation loss, never judged on the test split.
-        fit_split, val_split = (
-            split_validation(ctx.dataset.train, train_cfg.validation_split, train_cfg.seed)
-            if self.restore_best
-            else (ctx.dataset.train, None)
+        # The baseline's own validation split (same fraction and seed): fitted on by neither.
+        fit_split, val_split = split_validation(
+            ctx.dataset.train, train_cfg.validation_split, train_cfg.seed
         )
+        if not self.restore_best:
+            fit_split, val_split = ctx.dataset.train, None
         batch = int(self.batch_size or train_cfg.batch_size)
         steps = int(self.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
         lr = train_cfg.learning_rate * self.learning_rate_scale
         loss, metrics = loss_for(qat_model), ["accuracy"]
         if self.distill:
             # targets are the float model's own outputs: the QAT copy learns to agree with it
-            fit_split, val_split = (
-                None if s is None else Split(s.x, predict_keras(model, s.x, ctx.scaling))
-                for s in (fit_split, val_split)
-            )
+            fit_split = Split(fit_split.x, predict_keras(model, fit_split.x, ctx.scaling))
             loss = loss.replace("sparse_", "")
             metrics = []
         qat_model.compile(
@@ -313,39 +351,51 @@ class QATRecipe(RecipeBase):
         import tf_keras as keras
 
         keras.utils.set_random_seed(train_cfg.seed)
+        judge = _EpochJudge(self, model, ctx, calib, val_split) if val_split is not None else None
         callbacks = [
             keras.callbacks.LambdaCallback(
                 on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
             )
         ]
-        val = None
-        if val_split is not None:
-            val = batch_sequence(val_split, batch, ctx.scaling, False, train_cfg.seed)
-            best = keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=self.epochs, restore_best_weights=True
+        self.flatbuffer, self.kept = None, None
+        if judge is not None:
+            judge.score(qat_model, 0)  # epoch 0: before any fine-tuning step
+            callbacks.append(
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda epoch, logs: judge.score(qat_model, epoch + 1)
+                )
             )
-            callbacks.append(best)
         self.steps_run = 0
         t0 = time.perf_counter()
         qat_model.fit(
-            seq,
-            epochs=self.epochs,
-            steps_per_epoch=steps,
-            validation_data=val,
-            verbose=0,
-            callbacks=callbacks,
+            seq, epochs=self.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks
         )
         seconds = time.perf_counter() - t0
-        self.best_epoch = best.best_epoch + 1 if val is not None else self.epochs
+        if judge is not None:
+            self.kept = judge.restore(qat_model)
+            self.flatbuffer = judge.best_flatbuffer
+            self.best_epoch = self.kept["epoch"]
+        else:
+            self.best_epoch = self.epochs
         log.info(
-            "QAT fine-tuned %d epochs x %d steps at lr %.2g in %.1fs (kept epoch %d)",
+            "QAT fine-tuned %d epochs x %d steps at lr %.2g in %.1fs (kept epoch %d%s)",
             self.epochs,
             steps,
             lr,
             seconds,
             self.best_epoch,
+            f": {kept_note(self.kept)}" if self.kept else "",
         )
         return qat_model, seconds
+
+    def to_tflite(self, qat_model, ctx: RecipeContext, calib) -> bytes:
+        return convert(
+            qat_model,
+            self.options,
+            calib,
+            token_ids=ctx.dataset.is_text,
+            batch_size=ctx.convert_batch_size,
+        )
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         from runner.models.saved_model import NEEDS_KERAS, SavedModelSource
@@ -358,14 +408,9 @@ class QATRecipe(RecipeBase):
         calib = self.calibration(ctx)  # the quantizers' starting ranges and the export's data
         qat_model, seconds = self.fine_tune(ctx.model, ctx, calib)
         t0 = time.perf_counter()
-        flatbuffer = convert(
-            qat_model,
-            self.options,
-            calib,
-            token_ids=ctx.dataset.is_text,
-            batch_size=ctx.convert_batch_size,
-        )
+        flatbuffer = self.flatbuffer or self.to_tflite(qat_model, ctx, calib)
         convert_seconds = time.perf_counter() - t0
+        note = kept_note(self.kept) if self.kept else f"kept epoch {self.epochs} (the last)"
         tfl = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
 
         def save(tmp: str) -> None:
@@ -384,6 +429,81 @@ class QATRecipe(RecipeBase):
                 True,
                 train_seconds=seconds,
                 convert_seconds=convert_seconds,
+                note=note,
             ),
-            Artifact(h5.name, self.name, h5, "keras", True, train_seconds=seconds, model=reloaded),
+            Artifact(
+                h5.name,
+                self.name,
+                h5,
+                "keras",
+                True,
+                train_seconds=seconds,
+                model=reloaded,
+                note=note,
+            ),
         ]
+
+
+# The validation samples each epoch's int8 file is scored on (a seeded subset beyond this).
+JUDGE_SAMPLES = 2000
+
+
+class _EpochJudge:
+    """Scores each epoch's real int8 file on the validation split; keeps the best epoch's
+    weights and file (see :meth:`QATRecipe.fine_tune`)."""
+
+    def __init__(self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val) -> None:
+        from runner.data import subset
+        from runner.evaluate import labels_from_outputs, predict_keras
+
+        self.recipe, self.ctx, self.calib = recipe, ctx, calib
+        self.val = subset(val, JUDGE_SAMPLES, recipe.calibration_seed)
+        self.float_labels = labels_from_outputs(predict_keras(float_model, self.val.x, ctx.scaling))
+        self.scores: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_weights: list | None = None
+        self.best_flatbuffer: bytes | None = None
+
+    def score(self, qat_model, epoch: int) -> None:
+        import numpy as np
+
+        from runner.evaluate import TFLiteModel, labels_from_outputs
+
+        flatbuffer = self.recipe.to_tflite(qat_model, self.ctx, self.calib)
+        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
+        labels = labels_from_outputs(out)
+        s = {
+            "epoch": epoch,
+            "accuracy": float(np.mean(labels == self.val.y)),
+            "agreement": float(np.mean(labels == self.float_labels)),
+            "samples": len(self.val),
+        }
+        self.scores.append(s)
+        log.info(
+            "QAT epoch %d: int8 validation accuracy %.4f, agreement %.4f (%d samples)",
+            epoch,
+            s["accuracy"],
+            s["agreement"],
+            s["samples"],
+        )
+        if self.best is None or (s["accuracy"], s["agreement"]) > (
+            self.best["accuracy"],
+            self.best["agreement"],
+        ):
+            self.best, self.best_flatbuffer = s, flatbuffer
+            self.best_weights = [w.copy() for w in qat_model.get_weights()]
+
+    def restore(self, qat_model) -> dict[str, Any]:
+        assert self.best is not None and self.best_weights is not None
+        qat_model.set_weights(self.best_weights)
+        return {**self.best, "start": self.scores[0], "epochs": len(self.scores) - 1}
+
+
+def kept_note(kept: dict[str, Any]) -> str:
+    """The row's note: which epoch was kept, and its validation scores against epoch 0's."""
+    start = kept["start"]
+    return (
+        f"kept epoch {kept['epoch']} of {kept['epochs']} (int8 validation accuracy "
+        f"{start['accuracy']:.4f} at epoch 0 -> {kept['accuracy']:.4f}, agreement "
+        f"{start['agreement']:.4f} -> {kept['agreement']:.4f}, {kept['samples']} samples)"
+    )
