@@ -279,6 +279,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         store=cache.ConversionCache(entry) if entry is not None else None,
         recurrent=str(cfg.model.get("recurrent", "auto")),
         output_dir=out,
+        pretrained=base.cache == "pretrained",
     )
     produce_and_score(cfg.reference, ctx, scorer, table, is_reference=True)
     if cfg.recipe != cfg.reference:
@@ -512,7 +513,7 @@ class ResultsTable:
                 note=art.note,
             )
         )
-        for w in fidelity_warnings(art, m, self.cfg.evaluation):
+        for w in (*art.warnings, *fidelity_warnings(art, m, self.cfg.evaluation)):
             self.warn(w)
         self.write()
 

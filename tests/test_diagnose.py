@@ -106,8 +106,31 @@ def test_auto_int8_stops_at_the_first_point_within_budget(fragile, tmp_path):
     assert counts == list(range(len(trace)))  # monotone: one more float layer per step
     assert [t["meets_budget"] for t in trace] == ["False"] * (len(trace) - 1) + ["True"]
     assert counts[-1] == 1 and trace[-1]["layers"] == "fragile"
-    assert art.float_layers == "1: fragile" and "budget met with 1" in art.note
+    assert art.float_layers == "1: fragile"
+    assert "budget accuracy drop <= 0.01 met with 1 float layer(s)" in art.note
+    assert trace[-1]["budget"] == "accuracy drop <= 0.01" and trace[-1]["samples"] == "144"
     assert _accuracy(art.path, data) > 0.85
+
+
+def test_auto_int8_budgets_agreement_for_a_pretrained_model_and_warns_when_too_coarse(
+    fragile, tmp_path
+):
+    model, data = fragile
+    ctx = _ctx(model, data, tmp_path)
+    ctx.pretrained = True  # a user's file: its training data is unknown
+    _, art = _produce("auto_int8", ctx)
+    trace = list(csv.DictReader((tmp_path / "fallback_trace.csv").read_text().splitlines()))
+    assert {t["budget"] for t in trace} == {"agreement >= 0.99"}
+    assert float(trace[0]["agreement"]) < 0.99 <= float(trace[-1]["agreement"])
+    assert "budget agreement >= 0.99 met with 1 float layer(s)" in art.note
+    assert "on 144 samples" in art.note
+    # 1% of 144 holdout samples is 1.4 samples: too coarse, and the user is told how to fix it
+    (warning,) = art.warnings
+    assert "holdout has 144 samples" in warning and "recipe.holdout_samples" in warning
+    # the runner's own baseline (its validation split never fitted on): accuracy by default
+    ctx.pretrained = False
+    _, own = _produce("auto_int8", ctx, "recipe.max_accuracy_drop=0.05")
+    assert "budget accuracy drop <= 0.05" in own.note and own.warnings == ()
 
 
 def test_auto_int8_without_a_point_in_budget_says_so_and_keeps_the_best(fragile, tmp_path):

@@ -49,6 +49,7 @@ class Artifact:
     worst_layer: str | None = None  # the op with the largest int8 error (layer report)
     note: str | None = None  # what the recipe wants the reader of the row to know
     conversion: dict[str, Any] | None = None  # recurrent models: the route chosen, why, trials
+    warnings: tuple[str, ...] = ()  # told to the user at the end of the run, and in results.json
 
     @property
     def route(self) -> str | None:
@@ -70,6 +71,7 @@ class RecipeContext:
     store: ArtifactStore | None = None
     recurrent: str = "auto"  # conversion route for recurrent layers: auto | fused | unrolled
     output_dir: Path | None = None  # the run's folder (reports a recipe writes beside the table)
+    pretrained: bool = False  # the model is a user's file (it may have been trained on any split)
 
     def probe(self) -> np.ndarray:
         """Model-ready real inputs (training samples) that conversion fidelity is measured on."""

@@ -27,8 +27,14 @@ TRACE_COLUMNS = [
     "size_bytes",
     "holdout_accuracy",
     "accuracy_drop",
+    "agreement",
+    "budget",
+    "samples",
     "meets_budget",
 ]
+# Fewer samples than this inside the budget (max_accuracy_drop x n, or (1 - min_agreement) x n)
+# cannot resolve it: one changed prediction decides.
+MIN_SAMPLES_IN_BUDGET = 2
 
 
 def _non_negative(key: str, value: Any, kind: type) -> Any:
@@ -119,10 +125,16 @@ class SelectiveRecipe(_DebuggerRecipe):
 
 
 class AutoInt8Recipe(_DebuggerRecipe):
-    """The fewest float layers (worst first) whose int8 model meets an accuracy-drop budget.
+    """The fewest float layers (worst first) whose int8 model meets a budget.
 
     Candidates are scored in LiteRT on a held-out slice of the training split (never the test
     split) against the float model on the same slice; every step goes to ``fallback_trace.csv``.
+
+    ``budget``: ``accuracy`` (drop at most ``max_accuracy_drop``), ``agreement`` (the same label
+    as the float model on at least ``min_agreement`` of the samples: needs no labels, and stays
+    honest on images a model was trained on), or ``auto``: agreement for a user's pretrained
+    model (its training data is unknown: the holdout may be images it learned), accuracy for the
+    runner's own baseline (its validation split was never fitted on).
     """
 
     def __init__(
@@ -131,9 +143,15 @@ class AutoInt8Recipe(_DebuggerRecipe):
         max_float_layers: int = 8,
         holdout_samples: int = 1000,
         holdout_seed: int = 1,
+        budget: str = "auto",
+        min_agreement: float = 0.99,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        if budget not in ("auto", "accuracy", "agreement"):
+            raise RunnerError(f"recipe.budget must be auto, accuracy or agreement, got {budget!r}")
+        self.budget = budget
+        self.min_agreement = float(min_agreement)
         self.max_accuracy_drop = _non_negative("recipe.max_accuracy_drop", max_accuracy_drop, float)
         self.max_float_layers = _non_negative("recipe.max_float_layers", max_float_layers, int)
         self.holdout_samples = int(holdout_samples)
@@ -162,9 +180,21 @@ class AutoInt8Recipe(_DebuggerRecipe):
         t0 = time.perf_counter()
         dbg = self.debugger(ctx)
         hold = self.holdout(ctx)
-        float_acc = float(
-            np.mean(labels_from_outputs(predict_keras(ctx.model, hold.x, ctx.scaling)) == hold.y)
+        float_labels = labels_from_outputs(predict_keras(ctx.model, hold.x, ctx.scaling))
+        float_acc = float(np.mean(float_labels == hold.y))
+        budget = (
+            self.budget
+            if self.budget != "auto"
+            else ("agreement" if ctx.pretrained else "accuracy")
         )
+        budget_text = (
+            f"agreement >= {self.min_agreement:g}"
+            if budget == "agreement"
+            else f"accuracy drop <= {self.max_accuracy_drop:g}"
+        )
+        warnings = self.resolution_warnings(budget, len(hold))
+        for w in warnings:
+            log.warning("%s", w)
         self.trace = []
         best: tuple[float, int, bytes, list] | None = None
         limit = min(self.max_float_layers, len(dbg.rows))
@@ -175,9 +205,15 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 path = Path(tmp) / f"step{k}.tflite"
                 path.write_bytes(flatbuffer)
                 out = TFLiteModel(path).predict(hold.x, ctx.scaling, 128)
-                acc = float(np.mean(labels_from_outputs(out) == hold.y))
+                labels = labels_from_outputs(out)
+                acc = float(np.mean(labels == hold.y))
+                agreement = float(np.mean(labels == float_labels))
                 drop = float_acc - acc
-                ok = drop <= self.max_accuracy_drop
+                ok = (
+                    agreement >= self.min_agreement
+                    if budget == "agreement"
+                    else drop <= self.max_accuracy_drop
+                )
                 self.trace.append(
                     {
                         "step": k,
@@ -186,25 +222,37 @@ class AutoInt8Recipe(_DebuggerRecipe):
                         "size_bytes": len(flatbuffer),
                         "holdout_accuracy": acc,
                         "accuracy_drop": drop,
+                        "agreement": agreement,
+                        "budget": budget_text,
+                        "samples": len(hold),
                         "meets_budget": ok,
                     }
                 )
                 log.info(
-                    "auto_int8: %d float layer(s), holdout accuracy %.4f (drop %.4f)", k, acc, drop
+                    "auto_int8: %d float layer(s), holdout accuracy %.4f (drop %.4f), "
+                    "agreement %.4f",
+                    k,
+                    acc,
+                    drop,
+                    agreement,
                 )
-                if best is None or acc > best[0] or ok:  # the first point in budget wins
-                    best = (acc, k, flatbuffer, kept)
+                score = agreement if budget == "agreement" else acc
+                if best is None or score > best[0] or ok:  # the first point in budget wins
+                    best = (score, k, flatbuffer, kept, acc, agreement)
                 if ok:
                     break
         write_rows(ctx.run_dir / "fallback_trace.csv", self.trace, TRACE_COLUMNS)
         assert best is not None
-        acc, k, flatbuffer, kept = best
+        _, k, flatbuffer, kept, acc, agreement = best
         met = self.trace[-1]["meets_budget"]
+        reached = (
+            f"holdout drop {float_acc - acc:.4f}, agreement {agreement:.4f} on {len(hold)} samples"
+        )
         note = (
-            f"budget met with {k} float layer(s) (holdout drop {float_acc - acc:.4f})"
+            f"budget {budget_text} met with {k} float layer(s) ({reached})"
             if met
-            else f"no point within {limit} float layer(s) meets the budget {self.max_accuracy_drop}; "
-            f"kept the best found: {k} float layer(s), holdout drop {float_acc - acc:.4f}"
+            else f"no point within {limit} float layer(s) meets the budget {budget_text}; "
+            f"kept the best found: {k} float layer(s) ({reached})"
         )
         return [
             self.artifact(
@@ -214,5 +262,22 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 time.perf_counter() - t0,
                 worst_layer=dbg.rows[0]["layer"],
                 note=note,
+                warnings=tuple(warnings),
             )
+        ]
+
+    def resolution_warnings(self, budget: str, n: int) -> list[str]:
+        """A budget worth fewer than :data:`MIN_SAMPLES_IN_BUDGET` holdout samples is noise."""
+        share = (1 - self.min_agreement) if budget == "agreement" else self.max_accuracy_drop
+        if share * n >= MIN_SAMPLES_IN_BUDGET:
+            return []
+        what = (
+            f"min_agreement={self.min_agreement:g}"
+            if budget == "agreement"
+            else f"max_accuracy_drop={self.max_accuracy_drop:g}"
+        )
+        return [
+            f"auto_int8: the holdout has {n} samples, so the budget {what} is {share * n:.1f} "
+            "sample(s): one changed prediction decides it. Raise recipe.holdout_samples or "
+            "train.validation_split, or loosen the budget"
         ]
