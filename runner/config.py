@@ -209,10 +209,25 @@ GROUPS: dict[str, dict[str, Rule]] = {
         "width": COUNT,
         "embedding_dim": COUNT,
         "kernel_size": COUNT,
-        "units": COUNT,
+        "units": either(COUNT, list_of(COUNT, empty=False)),
         "bidirectional": BOOL,
         "convert_batch_size": integer(1, nullable=True),
         "recurrent": choice("auto", "fused", "unrolled"),
+        "blocks": list_of(
+            Rule(
+                "[filters, stride] with filters >= 1 and stride 1 or 2",
+                lambda v: (
+                    isinstance(v, (list, tuple))
+                    and len(v) == 2
+                    and COUNT.ok(v[0])
+                    and v[1] in (1, 2)
+                    and _is_int(v[1])
+                ),
+            ),
+            empty=False,
+        ),
+        "activation": choice("relu", "relu6"),
+        "batch_norm": BOOL,
     },
     "train": {
         "epochs": COUNT,
@@ -260,6 +275,8 @@ GROUPS: dict[str, dict[str, Rule]] = {
         "max_float_layers": integer(0),
         "holdout_samples": COUNT,
         "holdout_seed": SEED,
+        "budget": choice("auto", "accuracy", "agreement"),
+        "min_agreement": PROBABILITY,
     },
 }
 GROUPS["logger"] = {

@@ -70,6 +70,74 @@ def small_cnn(
     return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=False), name="small_cnn")
 
 
+def mlp(
+    input_shape: Sequence[int],
+    num_classes: int,
+    units: Sequence[int] = (64, 32),
+    dropout: float = 0.0,
+    **_: Any,
+):
+    """Dense-ReLU layers on flattened inputs: for feature vectors (``dataset=arrays``)."""
+    keras = _keras()
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    x = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
+    for i, u in enumerate(units):
+        x = keras.layers.Dense(int(u), activation="relu", name=f"dense{i + 1}")(x)
+        if dropout:
+            x = keras.layers.Dropout(float(dropout), name=f"dropout{i + 1}")(x)
+    return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=False), name="mlp")
+
+
+def mobilenet(
+    input_shape: Sequence[int],
+    num_classes: int,
+    blocks: Sequence[Sequence[int]] = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1)),
+    width: int = 16,
+    activation: str = "relu6",
+    batch_norm: bool = True,
+    dropout: float = 0.2,
+    bn_momentum: float = 0.9,
+    **_: Any,
+):
+    """A MobileNet-v1-style CNN: a Conv-BN stem, then depthwise-separable blocks (3x3
+    DepthwiseConv-BN-act, 1x1 Conv-BN-act), global pooling and a softmax head.
+
+    ``blocks``: (pointwise filters, stride) per block. ``activation``: ``relu6`` (MobileNet's
+    bounded activation) or ``relu`` (unbounded: wider int8 ranges). ``batch_norm=False``: conv
+    layers with biases and no BatchNorm, as for runtimes without it; each channel then keeps its
+    own activation range, which one per-tensor int8 scale must cover.
+    """
+    keras = _keras()
+    if activation not in ("relu", "relu6"):
+        raise RunnerError(f"model.activation must be relu or relu6, got {activation!r}")
+    cap = 6.0 if activation == "relu6" else None
+
+    def act(x, name):
+        return keras.layers.ReLU(max_value=cap, name=name)(x)
+
+    def norm(x, name):
+        if not batch_norm:
+            return x
+        return keras.layers.BatchNormalization(momentum=bn_momentum, name=name)(x)
+
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    bias = not batch_norm
+    x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=bias, name="stem_conv")(inputs)
+    x = act(norm(x, "stem_bn"), "stem_act")
+    for i, (filters, stride) in enumerate(blocks):
+        n = f"block{i + 1}"
+        x = keras.layers.DepthwiseConv2D(
+            3, strides=int(stride), padding="same", use_bias=bias, name=f"{n}_dw"
+        )(x)
+        x = act(norm(x, f"{n}_dw_bn"), f"{n}_dw_act")
+        x = keras.layers.Conv2D(int(filters), 1, use_bias=bias, name=f"{n}_pw")(x)
+        x = act(norm(x, f"{n}_pw_bn"), f"{n}_pw_act")
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if dropout:
+        x = keras.layers.Dropout(float(dropout), name="dropout")(x)
+    return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=False), name="mobilenet")
+
+
 def resnet(
     input_shape: Sequence[int],
     num_classes: int,
