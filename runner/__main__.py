@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> None:
     print(report.to_markdown(result.rows))
     if result.worst_layers:
         print(
-            f"worst int8 layers: {', '.join(result.worst_layers)} (all of them: {out / 'layer_report.csv'})",
+            f"worst layers: {', '.join(result.worst_layers)} (all of them: {out / 'layer_report.csv'})",
             file=sys.stderr,
         )
     for w in result.warnings:

@@ -147,6 +147,20 @@ def resnet_depth() -> Rule:
     )
 
 
+AEQ_RULE_KEYS = {"scope", "op", "mode", "bits", "granularity", "activation_bits", "algorithm"}
+
+
+def _aeq_rule_ok(v: Any) -> bool:
+    if not isinstance(v, Mapping) or not set(v) <= AEQ_RULE_KEYS:
+        return False
+    return (
+        v.get("mode", "weight_only") in ("weight_only", "dynamic", "static", "none")
+        and v.get("bits", 8) in (4, 8)
+        and v.get("activation_bits", 8) in (8, 16)
+        and all(isinstance(v.get(k, "x"), str) for k in ("scope", "op", "granularity", "algorithm"))
+    )
+
+
 SCALINGS = ("unit", "symmetric", "standardize", "none")
 OPTIMIZERS = ("adadelta", "adagrad", "adam", "adamax", "ftrl", "nadam", "rmsprop", "sgd")
 DTYPES = ("float32", "float16", "int8", "uint8", "int16")
@@ -276,6 +290,16 @@ GROUPS: dict[str, dict[str, Rule]] = {
         "holdout_samples": COUNT,
         "holdout_seed": SEED,
         "budget": choice("auto", "accuracy", "agreement"),
+        # ai-edge-quantizer recipes
+        "rules": list_of(
+            Rule(
+                "{scope, op, mode: weight_only|dynamic|static|none, bits: 4|8, granularity, "
+                "activation_bits: 8|16, algorithm}",
+                lambda v: _aeq_rule_ok(v),
+            ),
+            empty=False,
+        ),
+        "validation_samples": COUNT,
         "min_agreement": PROBABILITY,
     },
 }

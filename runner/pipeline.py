@@ -309,6 +309,8 @@ def produce_and_score(
         log.debug("recipe %s traceback", name, exc_info=True)
         table.fail(name, f"{name}.tflite", summarize_error(e), use_case)
         return
+    if is_reference and artifacts:
+        ctx.reference_path = artifacts[0].path  # what a .tflite backend (AEQ) starts from
     if not is_reference:
         artifacts = _with_layer_report(recipe, ctx, artifacts, table, layer_report)
     for art in artifacts:

@@ -72,6 +72,8 @@ class RecipeContext:
     recurrent: str = "auto"  # conversion route for recurrent layers: auto | fused | unrolled
     output_dir: Path | None = None  # the run's folder (reports a recipe writes beside the table)
     pretrained: bool = False  # the model is a user's file (it may have been trained on any split)
+    # the float32 reference .tflite of this run, once made (backends that start from a .tflite)
+    reference_path: Path | None = None
 
     def probe(self) -> np.ndarray:
         """Model-ready real inputs (training samples) that conversion fidelity is measured on."""

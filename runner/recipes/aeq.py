@@ -1,0 +1,390 @@
+"""ai-edge-quantizer (AEQ) as a second backend: int4/int8 weights, weight-only, dynamic, static
+and mixed precision, applied to the float32 reference ``.tflite`` every run already makes.
+
+The AEQ recipe is data in our YAML (``rules``), each rule one scope::
+
+    rules:
+      - scope: ".*"            # regex over op names (the Keras layer path in the op's output
+                               #   tensor name), or first / last: the first / last op with weights
+        op: "*"                # a TFLite op (CONV_2D, FULLY_CONNECTED, ...) or * (all AEQ supports)
+        mode: weight_only      # weight_only | dynamic | static | none (leave float)
+        bits: 4                # weight bits: 4 or 8
+        granularity: channelwise   # channelwise | tensorwise | blockwise_32|64|128|256
+        activation_bits: 8     # static only: 8 or 16
+        algorithm: min_max_uniform_quantize   # or octav, mse, ... (AEQ's AlgorithmName values)
+
+Later rules win where scopes overlap (AEQ's own order). The reference is never converted again;
+what AEQ writes is scored in LiteRT like every other artifact. Ops AEQ leaves with float weights
+(an Embedding's GATHER in weight-only/dynamic modes, a fused LSTM) are named in ``float_layers``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runner.errors import RunnerError
+from runner.recipes.base import Artifact, LayerRows, RecipeBase, RecipeContext
+
+log = logging.getLogger(__name__)
+
+INSTALL = (
+    "recipe {name} needs ai-edge-quantizer, which is not installed: "
+    'pip install -e ".[aeq]"  (or pip install ai-edge-quantizer==0.10.0)'
+)
+MODES = ("weight_only", "dynamic", "static", "none")
+GRANULARITIES = (
+    "channelwise",
+    "tensorwise",
+    "blockwise_32",
+    "blockwise_64",
+    "blockwise_128",
+    "blockwise_256",
+)
+FLOAT32 = 0  # TFLite TensorType.FLOAT32
+# Part of every cached result's key: bumped when the same rules would give another file.
+SPEC_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One AEQ scope: which ops (``scope`` regex, ``op``) get which quantization."""
+
+    scope: str = ".*"
+    op: str = "*"
+    mode: str = "weight_only"
+    bits: int = 8
+    granularity: str = "channelwise"
+    activation_bits: int = 8
+    algorithm: str = "min_max_uniform_quantize"
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], where: str) -> Rule:
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise RunnerError(
+                f"{where}: unknown key(s) {unknown}; a rule has {sorted(cls.__dataclass_fields__)}"
+            )
+        rule = cls(**dict(raw))
+        if rule.mode not in MODES:
+            raise RunnerError(f"{where}.mode={rule.mode!r}: expected one of {', '.join(MODES)}")
+        if rule.mode != "none" and rule.bits not in (4, 8):
+            raise RunnerError(f"{where}.bits={rule.bits}: AEQ weights are 4 or 8 bits")
+        if rule.granularity not in GRANULARITIES:
+            raise RunnerError(
+                f"{where}.granularity={rule.granularity!r}: expected one of {', '.join(GRANULARITIES)}"
+            )
+        if rule.mode == "static" and rule.activation_bits not in (8, 16):
+            raise RunnerError(f"{where}.activation_bits={rule.activation_bits}: 8 or 16")
+        if rule.scope not in ("first", "last"):
+            try:
+                re.compile(rule.scope)
+            except re.error as e:
+                raise RunnerError(f"{where}.scope={rule.scope!r} is not a regex: {e}") from None
+        return rule
+
+
+def _aeq():
+    try:
+        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    except ImportError:
+        return None
+    return quantizer, recipe_manager, qtyping
+
+
+def aeq_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("ai-edge-quantizer")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class AEQRecipe(RecipeBase):
+    """Quantize the float32 reference ``.tflite`` with ai-edge-quantizer's rules (see module)."""
+
+    def __init__(
+        self,
+        name: str,
+        rules: Sequence[Mapping[str, Any]],
+        description: str = "",
+        use_case: str = "",
+        calibration_samples: int = 200,
+        calibration_seed: int = 0,
+        validation_samples: int = 32,
+        quantized: bool = True,
+        **_: Any,
+    ) -> None:
+        self.name, self.description, self.use_case = name, description, use_case
+        if not rules:
+            raise RunnerError(f"recipe {name}: recipe.rules is empty; give at least one rule")
+        self.rules = [Rule.from_mapping(r, f"recipe.rules[{i}]") for i, r in enumerate(rules)]
+        self.calibration_samples = int(calibration_samples)
+        self.calibration_seed = int(calibration_seed)
+        self.validation_samples = int(validation_samples)
+        self.quantized = bool(quantized)
+        self.report: LayerRows = []
+
+    @property
+    def static(self) -> bool:
+        return any(r.mode == "static" for r in self.rules)
+
+    def produce(self, ctx: RecipeContext) -> list[Artifact]:
+        from runner.files import atomic_write_bytes
+
+        if _aeq() is None:
+            raise RunnerError(INSTALL.format(name=self.name))
+        if ctx.reference_path is None or not ctx.reference_path.is_file():
+            raise RunnerError(
+                f"recipe {self.name} quantizes the float32 reference .tflite, which this run "
+                "could not make (see the none.tflite row)"
+            )
+        reference = ctx.reference_path.read_bytes()
+        spec = {
+            "backend": "ai-edge-quantizer",
+            "spec_version": SPEC_VERSION,
+            "version": aeq_version(),
+            "reference": _sha(reference),
+            "rules": [r.__dict__ for r in self.rules],
+            "calibration": [self.calibration_samples, self.calibration_seed]
+            if self.static
+            else None,
+        }
+        t0 = time.perf_counter()
+        stored = ctx.store.get(self.name, spec) if ctx.store is not None else None
+        if stored is not None:
+            flatbuffer, meta = stored
+            log.info("recipe %s: reusing the AEQ result cached with the baseline", self.name)
+        else:
+            flatbuffer = self.quantize(reference, ctx)
+            meta = {"float_layers": float_weight_ops(flatbuffer)}
+            if ctx.store is not None:
+                ctx.store.put(self.name, spec, flatbuffer, meta)
+        seconds = time.perf_counter() - t0
+        path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
+        floats = list(meta.get("float_layers") or [])
+        log.info(
+            "recipe %s: ai-edge-quantizer wrote %s (%d bytes) in %.1fs%s",
+            self.name,
+            path,
+            len(flatbuffer),
+            seconds,
+            f"; float weights left in {', '.join(floats)}" if floats else "",
+        )
+        return [
+            Artifact(
+                path.name,
+                self.name,
+                path,
+                "tflite",
+                self.quantized,
+                convert_seconds=seconds,
+                float_layers=f"{len(floats)}: {', '.join(floats)}" if floats else "0",
+                note=(
+                    f"ai-edge-quantizer {aeq_version()} on none.tflite"
+                    + (f"; it left float weights in {', '.join(floats)}" if floats else "")
+                ),
+            )
+        ]
+
+    def quantize(self, reference: bytes, ctx: RecipeContext) -> bytes:
+        """The AEQ result for ``reference`` (calibrated on our representative data if static)."""
+        quantizer, recipe_manager, qtyping = _aeq()  # type: ignore[misc]
+        manager = recipe_manager.RecipeManager()
+        ops = weight_ops(reference)
+        for rule in self.rules:
+            _add(manager, rule, _scope(rule.scope, ops), qtyping)
+        q = quantizer.Quantizer(bytearray(reference), manager.get_quantization_recipe())
+        try:
+            calibration = None
+            if q.need_calibration:
+                calibration = q.calibrate(
+                    self._signature_data(reference, ctx, self.calibration_samples), num_threads=1
+                )
+            result = q.quantize(calibration, enable_progress_report=False)
+        except Exception as e:  # noqa: BLE001 - AEQ's own reason, in one line, is the row's error
+            raise RunnerError(
+                f"ai-edge-quantizer failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            ) from None
+        return bytes(result.quantized_model)
+
+    def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
+        """Per-tensor error of the AEQ file against the reference (AEQ's own validation), worst
+        first, on ``validation_samples`` calibration inputs; made when ``requested``."""
+        if not requested or _aeq() is None or ctx.reference_path is None:
+            return None
+        quantizer, _, _ = _aeq()  # type: ignore[misc]
+        reference = ctx.reference_path.read_bytes()
+        quantized = (ctx.models_dir / f"{self.name}.tflite").read_bytes()
+        q = quantizer.Quantizer(bytearray(reference), previous_quantized_model=bytearray(quantized))
+        from ai_edge_quantizer.utils import validation_utils
+
+        result = q.validate(
+            self._signature_data(reference, ctx, self.validation_samples),
+            error_metrics=[
+                validation_utils.ValidationErrorMetric.MSE,
+                validation_utils.ValidationErrorMetric.SNR,
+            ],
+            num_threads=1,
+        )
+        producers = tensor_producers(reference)
+        rows = []
+        for name, metrics in _tensor_results(result).items():
+            snr = metrics.get("snr", 0.0)
+            rows.append(
+                {
+                    "layer": _layer(name),
+                    "op": producers.get(name, "?"),
+                    # SNR is signal power / noise power: RMSE over the float tensor's RMS
+                    "relative_rmse": float(1 / np.sqrt(snr)) if snr > 0 else float("inf"),
+                    "rmse": float(np.sqrt(metrics.get("mse", 0.0))),
+                    "tensor_name": name,
+                }
+            )
+        rows.sort(key=lambda r: -r["relative_rmse"])
+        for i, r in enumerate(rows):
+            r["rank"] = i + 1
+        return rows
+
+    def _signature_data(self, reference: bytes, ctx: RecipeContext, n: int) -> dict[str, list]:
+        """Representative inputs as AEQ takes them: {signature: [{input name: one sample}]}."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        from runner.data import calibration_sample
+
+        interp = Interpreter(model_content=reference)
+        signatures = interp.get_signature_list()
+        if not signatures:
+            raise RunnerError("the float32 reference has no signature; AEQ needs one")
+        key, sig = next(iter(signatures.items()))
+        (input_name,) = sig["inputs"]
+        runner = interp.get_signature_runner(key)
+        dtype = runner.get_input_details()[input_name]["dtype"]
+        raw = calibration_sample(ctx.dataset.train, n, self.calibration_seed)
+        x = np.asarray(ctx.scaling(raw)).astype(dtype)
+        return {key: [{input_name: x[i : i + 1]} for i in range(len(x))]}
+
+
+def _add(manager: Any, rule: Rule, scope: str, qtyping: Any) -> None:
+    op = (
+        qtyping.TFLOperationName.ALL_SUPPORTED
+        if rule.op == "*"
+        else qtyping.TFLOperationName(rule.op.upper())
+    )
+    if rule.mode == "none":
+        manager.add_quantization_config(scope, op, algorithm_key="no_quantize")
+        return
+    granularity = qtyping.QuantGranularity(rule.granularity.upper())
+    if rule.mode == "weight_only":
+        manager.add_weight_only_config(scope, op, rule.bits, granularity, rule.algorithm)
+    elif rule.mode == "dynamic":
+        manager.add_dynamic_config(scope, op, rule.bits, granularity, rule.algorithm)
+    else:
+        manager.add_static_config(
+            scope, op, rule.activation_bits, rule.bits, granularity, rule.algorithm
+        )
+
+
+# --------------------------------------------------------------------------- reading .tflite
+def _model(flatbuffer: bytes):
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    return tfl_flatbuffer_utils, tfl_flatbuffer_utils.read_model(bytearray(flatbuffer))
+
+
+def _op_name(utils: Any, model: Any, op: Any) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    name = utils.TFL_OP_CODE_TO_NAME.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+    return str(getattr(name, "value", name) or "CUSTOM")
+
+
+def _weights(model: Any, sg: Any, op: Any) -> list[Any]:
+    """The op's constant inputs of rank >= 2 (weights, not biases)."""
+    out = []
+    for i in op.inputs:
+        if i < 0:
+            continue
+        t = sg.tensors[i]
+        data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
+        has_data = data is not None and len(data) > 0
+        if (has_data or getattr(t, "offset", 0)) and t.shape is not None and len(t.shape) >= 2:
+            out.append(t)
+    return out
+
+
+def weight_ops(flatbuffer: bytes) -> list[tuple[str, str]]:
+    """(op name, AEQ's scope name of the op) of each op with weights, in graph order."""
+    utils, model = _model(flatbuffer)
+    sg = model.subgraphs[0]
+    return [
+        (_op_name(utils, model, op), utils.get_op_scope(op, sg.tensors))
+        for op in sg.operators
+        if _weights(model, sg, op)
+    ]
+
+
+def float_weight_ops(flatbuffer: bytes) -> list[str]:
+    """Layers whose op still holds float32 weights (ops AEQ left alone), by Keras layer name."""
+    utils, model = _model(flatbuffer)
+    sg = model.subgraphs[0]
+    out = []
+    for op in sg.operators:
+        floats = [t for t in _weights(model, sg, op) if t.type == FLOAT32]
+        if floats:
+            out.append(f"{_layer(_s(floats[0].name))} ({_op_name(utils, model, op)})")
+    return list(dict.fromkeys(out))
+
+
+def _scope(scope: str, ops: list[tuple[str, str]]) -> str:
+    if scope not in ("first", "last"):
+        return scope
+    if not ops:
+        raise RunnerError(f"scope {scope}: the model has no op with weights")
+    _, name = ops[0] if scope == "first" else ops[-1]
+    return f"^{re.escape(name)}$"
+
+
+def _layer(tensor_name: str) -> str:
+    """A readable layer name from a TFLite tensor name ('model/block1_conv/Conv2D' ->
+    'block1_conv')."""
+    first = tensor_name.split(";")[-1]
+    parts = [p for p in first.split("/") if p]
+    return parts[1] if len(parts) >= 3 else first
+
+
+def _tensor_results(result: Any) -> dict[str, dict[str, float]]:
+    """{tensor name: {metric: value}} of AEQ's ComparisonResult (intermediate and output
+    tensors of every signature)."""
+    out: dict[str, dict[str, float]] = {}
+    for sig in result.available_signature_keys():
+        per = result.get_signature_comparison_result(sig)
+        out |= {**per.intermediate_tensors, **per.output_tensors}
+    return out
+
+
+def tensor_producers(flatbuffer: bytes) -> dict[str, str]:
+    """{output tensor name: the TFLite op that writes it}."""
+    utils, model = _model(flatbuffer)
+    sg = model.subgraphs[0]
+    return {
+        _s(sg.tensors[o].name): _op_name(utils, model, op)
+        for op in sg.operators
+        for o in op.outputs
+    }
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

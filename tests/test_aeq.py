@@ -1,0 +1,148 @@
+"""ai-edge-quantizer as a second backend: int4/int8 weights on the float32 reference .tflite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from conftest import compose_config
+
+from runner.data import Dataset, Scaling
+from runner.data.digits import load_digits
+from runner.errors import RunnerError
+from runner.evaluate import TFLiteModel, labels_from_outputs
+from runner.pipeline import build, run
+from runner.recipes import aeq
+from runner.recipes.base import RecipeContext
+
+pytest.importorskip("ai_edge_quantizer")
+UNIT = Scaling("unit")
+
+
+@pytest.fixture(scope="module")
+def dense_ctx(tmp_path_factory):
+    """A weight-dominated digits MLP (166k of its 167k parameters are dense kernels), trained a
+    little, with its float32 reference .tflite made by the none recipe."""
+    tmp = tmp_path_factory.mktemp("aeq")
+    d = load_digits()
+    data = Dataset("digits", d.train, d.test, 10)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten(name="flat")(inputs)
+    x = keras.layers.Dense(512, activation="relu", name="wide")(x)
+    x = keras.layers.Dense(256, activation="relu", name="middle")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(x))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(UNIT(d.train.x), d.train.y, epochs=5, verbose=0)
+    ctx = RecipeContext(model, data, UNIT, tmp, {"validation_split": 0.1}, output_dir=tmp)
+    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
+    ctx.reference_path = ref.path
+    return ctx, model
+
+
+def produce(recipe: str, ctx: RecipeContext):
+    rec = build(compose_config(f"recipe={recipe}").recipe)
+    (art,) = rec.produce(ctx)
+    return rec, art
+
+
+def accuracy(path, data) -> float:
+    out = TFLiteModel(path).predict(data.test.x, UNIT, 128)
+    return float(np.mean(labels_from_outputs(out) == data.test.y))
+
+
+def test_int4_is_half_of_int8_and_an_eighth_of_float32_on_a_weight_dominated_model(dense_ctx):
+    ctx, _ = dense_ctx
+    ref = ctx.reference_path.stat().st_size
+    _, int8 = produce("int8_weight_only", ctx)
+    _, int4 = produce("int4_weight_only", ctx)
+    s8, s4 = int8.path.stat().st_size, int4.path.stat().st_size
+    kernels = 64 * 512 + 512 * 256 + 256 * 10
+    assert abs((s8 - s4) - kernels / 2) < 0.01 * kernels  # 4 bits saved per weight, exactly
+    assert 1.8 < s8 / s4 < 2.0  # the file: about half (biases, scales and the graph stay)
+    assert ref / s4 > 6.5 and 3.6 < ref / s8 < 4.1
+    # weight-only: float compute on dequantized weights, so the labels barely move
+    base = accuracy(ctx.reference_path, ctx.dataset)
+    assert abs(accuracy(int8.path, ctx.dataset) - base) <= 0.01
+    assert abs(accuracy(int4.path, ctx.dataset) - base) <= 0.03
+    assert int4.float_layers == "0" and "ai-edge-quantizer" in int4.note
+
+
+def test_mixed_keeps_the_first_and_last_layers_int8(dense_ctx):
+    ctx, _ = dense_ctx
+    _, int4 = produce("int4_weight_only", ctx)
+    _, mixed = produce("int4_mixed", ctx)
+    extra = mixed.path.stat().st_size - int4.path.stat().st_size
+    # the first (64x512) and last (256x10) kernels gain 4 bits per weight: 17.7 KB, not the
+    # 65.5 KB of the middle layer
+    assert abs(extra - (64 * 512 + 256 * 10) / 2) < 500
+
+
+def test_static_int8_is_calibrated_on_the_runs_data_and_matches_the_float_model(dense_ctx):
+    ctx, _ = dense_ctx
+    _, static = produce("aeq_static_int8", ctx)
+    assert (
+        abs(accuracy(static.path, ctx.dataset) - accuracy(ctx.reference_path, ctx.dataset)) < 0.02
+    )
+
+
+def test_ops_aeq_leaves_alone_are_named(tmp_path):
+    """An Embedding becomes a GATHER, which weight-only AEQ does not quantize."""
+    ids = np.random.default_rng(0).integers(1, 50, (64, 12)).astype(np.int32)
+    data = Dataset("t", *(_split(ids, i) for i in (0, 1)), 2)
+    inputs = keras.Input((12,), dtype="int32")
+    x = keras.layers.Embedding(50, 16, name="embedding")(inputs)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
+    ctx = RecipeContext(model, data, Scaling("none"), tmp_path, output_dir=tmp_path)
+    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
+    ctx.reference_path = ref.path
+    _, art = produce("int4_weight_only", ctx)
+    assert art.float_layers == "1: embedding (GATHER)"
+    assert "left float weights in embedding (GATHER)" in art.note
+
+
+def _split(ids, half):
+    from runner.data import Split
+
+    part = ids[half * 32 : (half + 1) * 32]
+    return Split(part, np.arange(32) % 2)
+
+
+def test_rules_are_checked_with_one_line_each():
+    with pytest.raises(RunnerError, match=r"recipe.rules\[0\].bits=3: AEQ weights are 4 or 8"):
+        aeq.AEQRecipe("x", rules=[{"bits": 3}])
+    with pytest.raises(RunnerError, match=r"unknown key\(s\) \['bitz'\]"):
+        aeq.AEQRecipe("x", rules=[{"bitz": 4}])
+    from runner.config import problems
+
+    bad = problems(compose_config("recipe=int4_weight_only", "recipe.rules=[{mode: fast}]"))
+    assert any(line.startswith("recipe.rules=") for line in bad)
+
+
+def test_without_the_extra_the_row_fails_saying_what_to_install(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(aeq, "_aeq", lambda: None)
+    result = run(tiny_cfg("recipe=int4_weight_only"), tmp_path)
+    row = result.row("int4_weight_only.tflite")
+    assert row["status"] == "failed"
+    assert row["error"] == (
+        "recipe int4_weight_only needs ai-edge-quantizer, which is not installed: "
+        'pip install -e ".[aeq]"  (or pip install ai-edge-quantizer==0.10.0)'
+    )
+    assert result.row("none.tflite")["status"] == "ok"  # the rest of the table is there
+
+
+def test_an_aeq_row_in_a_run_is_scored_and_cached_with_the_baseline(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    first = run(tiny_cfg("recipe=int4_dynamic"), tmp_path / "a")
+    row = first.row("int4_dynamic.tflite")
+    assert row["status"] == "ok" and row["compression"] > 4  # a tiny CNN: the graph weighs too
+    assert row["agreement"] >= 0.9 and row["output_sqnr_db"] > 15
+
+    def refuse(*a, **k):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(aeq.AEQRecipe, "quantize", refuse)  # the second job reuses the file
+    again = run(tiny_cfg("recipe=int4_dynamic"), tmp_path / "b")
+    assert again.row("int4_dynamic.tflite")["sha256"] == row["sha256"]
