@@ -191,3 +191,41 @@ def test_a_layer_report_that_cannot_be_made_is_a_warning_not_a_lost_row(
         "no layer report for recipe full_integer" in w and "boom" in w for w in result.warnings
     )
     assert not (tmp_path / "i" / "layer_report.csv").exists()
+
+
+def test_a_layer_of_several_ops_moves_to_float_whole():
+    rows = [
+        {"layer": "normalize", "tensor_name": "mul"},
+        {"layer": "dense1", "tensor_name": "fc1"},
+        {"layer": "normalize", "tensor_name": "sub"},
+    ]
+    dbg = Debugger(None, rows)
+    assert dbg.layers == ["normalize", "dense1"]
+    assert [r["tensor_name"] for r in dbg.worst(1)] == ["mul", "sub"]
+
+
+@pytest.mark.slow
+def test_raw_features_normalized_inside_the_model_lose_in_int8_and_auto_int8_wins_it_back(
+    tmp_path,
+):
+    """The benchmark's hard case, small: features from ~0.001 to ~4,000 normalized by the
+    model's first layer. Full-integer int8 gives the raw input one scale (step ~16), so the small
+    features become 0; auto_int8 keeps that one layer (two ops) float and loses nothing."""
+    from benchmarks.__main__ import make_tabular_case
+
+    model, data = make_tabular_case(tmp_path / "case")
+    common = [
+        "model=pretrained",
+        f"model.path={model}",
+        "dataset=arrays",
+        f"dataset.path={data}",
+        "evaluation.progress=false",
+        "evaluation.latency_samples=2",
+    ]
+    full = run(compose_config(*common, "recipe=full_integer"), tmp_path / "full")
+    auto = run(compose_config(*common, "recipe=auto_int8"), tmp_path / "auto")
+    float_acc = full.row("breast_cancer.h5")["accuracy"]
+    assert float_acc - full.row("full_integer.tflite")["accuracy"] > 0.2
+    row = auto.row("auto_int8.tflite")
+    assert abs(row["accuracy"] - float_acc) <= 0.005 and row["float_layers"] == "1: normalize"
+    assert "budget agreement >= 0.99 met with 1 float layer(s)" in row["note"]

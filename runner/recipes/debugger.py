@@ -115,7 +115,16 @@ class Debugger:
         return cls(dbg, _rows(stats))
 
     def worst(self, n: int) -> list[dict[str, Any]]:
-        return self.rows[:n]
+        """Every op of the ``n`` worst Keras layers (a layer can be several ops: a
+        Normalization is a SUB and a MUL, and the SUB's coarse output is what the MUL's error
+        shows), ranked by each layer's worst op."""
+        layers = list(dict.fromkeys(r["layer"] for r in self.rows))[: max(n, 0)]
+        return [r for r in self.rows if r["layer"] in layers]
+
+    @property
+    def layers(self) -> list[str]:
+        """The Keras layers with quantized ops, worst first."""
+        return list(dict.fromkeys(r["layer"] for r in self.rows))
 
     def quantize(self, keep_float: Sequence[str]) -> bytes:
         """The int8 model with the ops writing ``keep_float`` (tensor names) left in float."""

@@ -90,7 +90,7 @@ class _DebuggerRecipe(ConverterRecipe):
             "tflite",
             self.quantized,
             convert_seconds=seconds,
-            float_layers=f"{len(kept)}: {', '.join(names)}" if kept else "0",
+            float_layers=f"{len(names)}: {', '.join(names)}" if kept else "0",
             **kw,
         )
 
@@ -197,10 +197,10 @@ class AutoInt8Recipe(_DebuggerRecipe):
             log.warning("%s", w)
         self.trace = []
         best: tuple[float, int, bytes, list] | None = None
-        limit = min(self.max_float_layers, len(dbg.rows))
+        limit = min(self.max_float_layers, len(dbg.layers))
         with tempfile.TemporaryDirectory(prefix="auto_int8-") as tmp:
             for k in range(limit + 1):
-                kept = dbg.rows[:k]
+                kept = dbg.worst(k)  # every op of the k worst layers
                 flatbuffer = dbg.quantize([r["tensor_name"] for r in kept])
                 path = Path(tmp) / f"step{k}.tflite"
                 path.write_bytes(flatbuffer)
@@ -218,7 +218,7 @@ class AutoInt8Recipe(_DebuggerRecipe):
                     {
                         "step": k,
                         "float_layers": k,
-                        "layers": " ".join(r["layer"] for r in kept),
+                        "layers": " ".join(dict.fromkeys(r["layer"] for r in kept)),
                         "size_bytes": len(flatbuffer),
                         "holdout_accuracy": acc,
                         "accuracy_drop": drop,
