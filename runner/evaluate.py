@@ -204,7 +204,13 @@ class TFLiteModel:
                     bs,
                     e,
                 )
+                # the failed resize is half-applied: put the file's own batch back
                 self.fixed_batch = bs = int(self.input["shape"][0])
+                self._interp.resize_tensor_input(
+                    self.input["index"], list(self.input["shape"]), strict=True
+                )
+                self._interp.allocate_tensors()
+                self._batch = bs
         outs = []
         for start in _progress(range(0, n, bs), progress and n > 20 * bs, f"eval {self.path.name}"):
             chunk = x_raw[start : start + bs]

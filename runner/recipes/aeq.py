@@ -49,7 +49,7 @@ GRANULARITIES = (
 )
 FLOAT32 = 0  # TFLite TensorType.FLOAT32
 # Part of every cached result's key: bumped when the same rules would give another file.
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -199,21 +199,35 @@ class AEQRecipe(RecipeBase):
         quantizer, recipe_manager, qtyping = _aeq()  # type: ignore[misc]
         manager = recipe_manager.RecipeManager()
         ops = weight_ops(reference)
-        for rule in self.rules:
-            _add(manager, rule, _scope(rule.scope, ops), qtyping)
-        q = quantizer.Quantizer(bytearray(reference), manager.get_quantization_recipe())
         try:
+            for i, rule in enumerate(self.rules):
+                try:
+                    _add(manager, rule, _scope(rule.scope, ops), qtyping)
+                except (ValueError, KeyError) as e:
+                    raise RunnerError(
+                        f"recipe.rules[{i}]: {' '.join(str(e).split())[:200]}"
+                    ) from None
+            q = quantizer.Quantizer(bytearray(reference), manager.get_quantization_recipe())
             calibration = None
             if q.need_calibration:
                 calibration = q.calibrate(
                     self._signature_data(reference, ctx, self.calibration_samples), num_threads=1
                 )
             result = q.quantize(calibration, enable_progress_report=False)
+        except RunnerError:
+            raise
         except Exception as e:  # noqa: BLE001 - AEQ's own reason, in one line, is the row's error
             raise RunnerError(
                 f"ai-edge-quantizer failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
             ) from None
-        return bytes(result.quantized_model)
+        flatbuffer = bytes(result.quantized_model)
+        custom = custom_ops(flatbuffer)
+        if custom:  # LiteRT has no kernel for them: running the file would crash the process
+            raise RunnerError(
+                f"ai-edge-quantizer wrote custom op(s) {', '.join(custom)}, which LiteRT cannot run "
+                "here; pick another recipe.rules[].algorithm (e.g. min_max_uniform_quantize, octav)"
+            )
+        return flatbuffer
 
     def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
         """Per-tensor error of the AEQ file against the reference (AEQ's own validation), worst
@@ -272,7 +286,21 @@ class AEQRecipe(RecipeBase):
         return {key: [{input_name: x[i : i + 1]} for i in range(len(x))]}
 
 
+def _algorithm(name: str) -> str:
+    """AEQ's key for an algorithm named in any case (its keys mix 'octav' styles)."""
+    from ai_edge_quantizer import algorithm_manager
+
+    keys = {}
+    for a in algorithm_manager.AlgorithmName:
+        keys[a.value.lower()] = keys[a.name.lower()] = a.value
+    if name.lower() not in keys:
+        known = sorted({a.value.lower() for a in algorithm_manager.AlgorithmName})
+        raise RunnerError(f"unknown algorithm {name!r}; ai-edge-quantizer has {', '.join(known)}")
+    return keys[name.lower()]
+
+
 def _add(manager: Any, rule: Rule, scope: str, qtyping: Any) -> None:
+    algorithm = _algorithm(rule.algorithm)
     op = (
         qtyping.TFLOperationName.ALL_SUPPORTED
         if rule.op == "*"
@@ -283,12 +311,12 @@ def _add(manager: Any, rule: Rule, scope: str, qtyping: Any) -> None:
         return
     granularity = qtyping.QuantGranularity(rule.granularity.upper())
     if rule.mode == "weight_only":
-        manager.add_weight_only_config(scope, op, rule.bits, granularity, rule.algorithm)
+        manager.add_weight_only_config(scope, op, rule.bits, granularity, algorithm)
     elif rule.mode == "dynamic":
-        manager.add_dynamic_config(scope, op, rule.bits, granularity, rule.algorithm)
+        manager.add_dynamic_config(scope, op, rule.bits, granularity, algorithm)
     else:
         manager.add_static_config(
-            scope, op, rule.activation_bits, rule.bits, granularity, rule.algorithm
+            scope, op, rule.activation_bits, rule.bits, granularity, algorithm
         )
 
 
@@ -328,6 +356,14 @@ def weight_ops(flatbuffer: bytes) -> list[tuple[str, str]]:
         for op in sg.operators
         if _weights(model, sg, op)
     ]
+
+
+def custom_ops(flatbuffer: bytes) -> list[str]:
+    """Names of the custom ops a flatbuffer uses (builtin code 32 = CUSTOM)."""
+    _, model = _model(flatbuffer)
+    return sorted(
+        {_s(code.customCode) for code in model.operatorCodes if code.customCode is not None}
+    )
 
 
 def float_weight_ops(flatbuffer: bytes) -> list[str]:
