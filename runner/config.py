@@ -300,6 +300,7 @@ GROUPS: dict[str, dict[str, Rule]] = {
             empty=False,
         ),
         "validation_samples": COUNT,
+        "embedding_lookup": BOOL,
         "min_agreement": PROBABILITY,
     },
 }

@@ -86,20 +86,34 @@ def test_static_int8_is_calibrated_on_the_runs_data_and_matches_the_float_model(
     )
 
 
-def test_ops_aeq_leaves_alone_are_named(tmp_path):
-    """An Embedding becomes a GATHER, which weight-only AEQ does not quantize."""
-    ids = np.random.default_rng(0).integers(1, 50, (64, 12)).astype(np.int32)
+def test_an_embedding_is_run_as_a_lookup_so_its_table_is_int4_or_named_when_left_float(tmp_path):
+    """A Keras Embedding converts to GATHER, which AEQ's weight-only mode does not quantize; the
+    runner runs it as EMBEDDING_LOOKUP (the same numbers), whose table AEQ does quantize."""
+    ids = np.random.default_rng(0).integers(1, 500, (64, 12)).astype(np.int32)
     data = Dataset("t", *(_split(ids, i) for i in (0, 1)), 2)
+    keras.utils.set_random_seed(0)
     inputs = keras.Input((12,), dtype="int32")
-    x = keras.layers.Embedding(50, 16, name="embedding")(inputs)
+    x = keras.layers.Embedding(500, 32, name="embedding")(inputs)
     x = keras.layers.GlobalAveragePooling1D()(x)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
     ctx = RecipeContext(model, data, Scaling("none"), tmp_path, output_dir=tmp_path)
     (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
     ctx.reference_path = ref.path
+    # the rewrite alone changes no number, at any batch size
+    lookup, names = aeq.gather_as_embedding_lookup(ref.path.read_bytes())
+    assert names == ["embedding"]
+    want = TFLiteModel(ref.path).predict(ids, Scaling("none"), 64)
+    got = TFLiteModel(content=lookup).predict(ids, Scaling("none"), 64)
+    np.testing.assert_array_equal(got, want)
     _, art = produce("int4_weight_only", ctx)
-    assert art.float_layers == "1: embedding (GATHER)"
-    assert "left float weights in embedding (GATHER)" in art.note
+    assert art.float_layers == "0" and "embedding GATHER run as EMBEDDING_LOOKUP" in art.note
+    int4_size = art.path.stat().st_size
+    rec = build(compose_config("recipe=int4_weight_only", "recipe.embedding_lookup=false").recipe)
+    (left,) = rec.produce(ctx)
+    assert left.float_layers == "1: embedding (GATHER)"
+    # the 500x32 float table (64 KB) against its int4 twin (8 KB plus a scale per row)
+    assert left.path.stat().st_size / int4_size > 3.5
+    assert "left float weights in embedding (GATHER)" in left.note
 
 
 def _split(ids, half):

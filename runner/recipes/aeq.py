@@ -49,7 +49,7 @@ GRANULARITIES = (
 )
 FLOAT32 = 0  # TFLite TensorType.FLOAT32
 # Part of every cached result's key: bumped when the same rules would give another file.
-SPEC_VERSION = 3
+SPEC_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,7 @@ class AEQRecipe(RecipeBase):
         calibration_samples: int = 200,
         calibration_seed: int = 0,
         validation_samples: int = 32,
+        embedding_lookup: bool = True,
         quantized: bool = True,
         **_: Any,
     ) -> None:
@@ -129,6 +130,8 @@ class AEQRecipe(RecipeBase):
         self.calibration_samples = int(calibration_samples)
         self.calibration_seed = int(calibration_seed)
         self.validation_samples = int(validation_samples)
+        # weight-only / dynamic rules: Embedding GATHERs become EMBEDDING_LOOKUPs AEQ quantizes
+        self.embedding_lookup = bool(embedding_lookup) and not self.static
         self.quantized = bool(quantized)
         self.report: LayerRows = []
 
@@ -153,6 +156,7 @@ class AEQRecipe(RecipeBase):
             "version": aeq_version(),
             "reference": _sha(reference),
             "rules": [r.__dict__ for r in self.rules],
+            "embedding_lookup": self.embedding_lookup,
             "calibration": [self.calibration_samples, self.calibration_seed]
             if self.static
             else None,
@@ -163,8 +167,11 @@ class AEQRecipe(RecipeBase):
             flatbuffer, meta = stored
             log.info("recipe %s: reusing the AEQ result cached with the baseline", self.name)
         else:
-            flatbuffer = self.quantize(reference, ctx)
-            meta = {"float_layers": float_weight_ops(flatbuffer)}
+            source, rewritten = (
+                gather_as_embedding_lookup(reference) if self.embedding_lookup else (reference, [])
+            )
+            flatbuffer = self.quantize(source, ctx)
+            meta = {"float_layers": float_weight_ops(flatbuffer), "lookups": rewritten}
             if ctx.store is not None:
                 ctx.store.put(self.name, spec, flatbuffer, meta)
         seconds = time.perf_counter() - t0
@@ -189,6 +196,12 @@ class AEQRecipe(RecipeBase):
                 float_layers=f"{len(floats)}: {', '.join(floats)}" if floats else "0",
                 note=(
                     f"ai-edge-quantizer {aeq_version()} on none.tflite"
+                    + (
+                        f"; {', '.join(meta['lookups'])} GATHER run as EMBEDDING_LOOKUP (same "
+                        "numbers) so its table is quantized"
+                        if meta.get("lookups")
+                        else ""
+                    )
                     + (f"; it left float weights in {', '.join(floats)}" if floats else "")
                 ),
             )
@@ -236,6 +249,8 @@ class AEQRecipe(RecipeBase):
             return None
         quantizer, _, _ = _aeq()  # type: ignore[misc]
         reference = ctx.reference_path.read_bytes()
+        if self.embedding_lookup:  # the graph AEQ quantized, op for op
+            reference, _ = gather_as_embedding_lookup(reference)
         quantized = (ctx.models_dir / f"{self.name}.tflite").read_bytes()
         q = quantizer.Quantizer(bytearray(reference), previous_quantized_model=bytearray(quantized))
         from ai_edge_quantizer.utils import validation_utils
@@ -318,6 +333,94 @@ def _add(manager: Any, rule: Rule, scope: str, qtyping: Any) -> None:
         manager.add_static_config(
             scope, op, rule.activation_bits, rule.bits, granularity, algorithm
         )
+
+
+# --------------------------------------------------------------------------- GATHER rewrite
+def gather_as_embedding_lookup(flatbuffer: bytes) -> tuple[bytes, list[str]]:
+    """A Keras Embedding converts to GATHER(table, ids), which AEQ quantizes only in static
+    modes; its weight-only and dynamic modes quantize EMBEDDING_LOOKUP tables, the same
+    operation on flat ids. Each GATHER of a constant float table along axis 0 becomes
+    RESHAPE(ids -> [-1]) -> EMBEDDING_LOOKUP -> RESHAPE(back); the float file computes the same
+    numbers (tested). Returns the new flatbuffer and the rewritten tables' layer names."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    ops = schema.BuiltinOperator
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    sg = model.subgraphs[0]
+
+    def opcode(code: int) -> int:
+        for i, c in enumerate(model.operatorCodes):
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == code:
+                return i
+        c = schema.OperatorCodeT()
+        c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+        model.operatorCodes.append(c)
+        return len(model.operatorCodes) - 1
+
+    def tensor(name: str, shape: list[int], signature: list[int], dtype: int, data=None) -> int:
+        t = schema.TensorT()
+        t.name, t.type = name.encode(), dtype
+        t.shape, t.shapeSignature = np.asarray(shape, np.int32), np.asarray(signature, np.int32)
+        b = schema.BufferT()
+        b.data = (
+            None if data is None else np.frombuffer(np.asarray(data, np.int32).tobytes(), np.uint8)
+        )
+        model.buffers.append(b)
+        t.buffer = len(model.buffers) - 1
+        sg.tensors.append(t)
+        return len(sg.tensors) - 1
+
+    def reshape(inp: int, out: int, new_shape: list[int], name: str) -> Any:
+        shape = tensor(
+            f"{name}/shape", [len(new_shape)], [len(new_shape)], schema.TensorType.INT32, new_shape
+        )
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = opcode(ops.RESHAPE), [inp, shape], [out]
+        op.builtinOptionsType = schema.BuiltinOptions.ReshapeOptions
+        op.builtinOptions = schema.ReshapeOptionsT()
+        op.builtinOptions.newShape = list(new_shape)
+        return op
+
+    done: list[str] = []
+    new_ops = []
+    for op in sg.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        opts = op.builtinOptions
+        if max(code.builtinCode, code.deprecatedBuiltinCode) != ops.GATHER or len(op.inputs) != 2:
+            new_ops.append(op)
+            continue
+        table, ids, out = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], op.outputs[0]
+        data = model.buffers[table.buffer].data
+        if (
+            table.type != schema.TensorType.FLOAT32
+            or data is None
+            or len(table.shape) != 2
+            or ids.type != schema.TensorType.INT32
+            or getattr(opts, "axis", 0) != 0
+            or getattr(opts, "batchDims", 0) != 0
+        ):
+            new_ops.append(op)
+            continue
+        name = _s(table.name)
+        dim = int(table.shape[1])
+        n = int(np.prod(ids.shape))
+        flat_ids = tensor(f"{name}/ids_flat", [n], [-1], schema.TensorType.INT32)
+        rows = tensor(f"{name}/rows", [n, dim], [-1, dim], schema.TensorType.FLOAT32)
+        lookup = schema.OperatorT()
+        lookup.opcodeIndex = opcode(ops.EMBEDDING_LOOKUP)
+        lookup.inputs, lookup.outputs = [flat_ids, op.inputs[0]], [rows]
+        back = [-1, *[int(d) for d in ids.shape[1:]], dim]
+        new_ops += [
+            reshape(op.inputs[1], flat_ids, [-1], f"{name}/flatten_ids"),
+            lookup,
+            reshape(rows, out, back, f"{name}/unflatten"),
+        ]
+        done.append(_layer(name))
+    if not done:
+        return flatbuffer, []
+    sg.operators = new_ops
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), done
 
 
 # --------------------------------------------------------------------------- reading .tflite
