@@ -49,7 +49,7 @@ GRANULARITIES = (
 )
 FLOAT32 = 0  # TFLite TensorType.FLOAT32
 # Part of every cached result's key: bumped when the same rules would give another file.
-SPEC_VERSION = 4
+SPEC_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -481,9 +481,15 @@ def float_weight_ops(flatbuffer: bytes) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+LOOKUPS = ("EMBEDDING_LOOKUP", "GATHER")
+
+
 def _scope(scope: str, ops: list[tuple[str, str]]) -> str:
+    """A rule's scope regex; ``first`` / ``last``: the first / last op with weights that is not
+    an embedding lookup (a text model's table is its bulk, not its sensitive input layer)."""
     if scope not in ("first", "last"):
         return scope
+    ops = [o for o in ops if o[0] not in LOOKUPS]
     if not ops:
         raise RunnerError(f"scope {scope}: the model has no op with weights")
     _, name = ops[0] if scope == "first" else ops[-1]
