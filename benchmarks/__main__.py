@@ -315,7 +315,12 @@ def hard_case(tmp: Path) -> dict:
     ref = next(r for r in rows if r["artifact"] == "none.tflite")
     ptq = next(r for r in rows if r["artifact"] == "full_integer.tflite")
     loss = float_acc - float(ptq["accuracy"])
-    out: dict = {"float_accuracy": float_acc, "ptq_loss_points": 100 * loss, "test_samples": None}
+    out: dict = {
+        "float_accuracy": float_acc,
+        "ptq_loss_points": 100 * loss,
+        "float32_bytes": int(float(ref["size_bytes"])),
+        "test_samples": None,
+    }
     for r in rows:
         if r["format"] != "tflite" or r["artifact"] == "none.tflite" or r["status"] != "ok":
             continue
@@ -374,6 +379,80 @@ def qat_seeds(tmp: Path, seeds: int) -> dict:
         "worst_images_below_full_integer": -min(diffs.values()) if diffs else None,
         "per_seed": per_seed,
     }
+
+
+# --------------------------------------------------------------------------- 9. int4 (AEQ)
+AEQ_RECIPES = [
+    "dynamic_range",
+    "int8_weight_only",
+    "int4_weight_only",
+    "int4_dynamic",
+    "int4_mixed",
+    "aeq_static_int8",
+]
+AEQ_ALGORITHMS = ["min_max_uniform_quantize", "octav", "mse", "gptq", "oscar"]
+
+
+def int4_backend(tmp: Path, quick: bool) -> dict:
+    """The AEQ recipes (and the converter's dynamic_range beside them) on digits, the Weibo
+    text CNN and the CIFAR-shaped ResNet-20; AEQ's algorithms on digits int4."""
+    latency = [
+        "evaluation.latency_samples=" + ("20" if quick else "200"),
+        "evaluation.progress=false",
+    ]
+    settings = {"digits_small_cnn": []}
+    if WEIBO.exists() and not quick:
+        settings["weibo_text_cnn"] = ["dataset=fake_news", f"dataset.path={WEIBO}"]
+    n_train, n_test = (300, 100) if quick else (2000, 500)
+    settings["resnet20_cifar_shaped"] = [
+        "dataset=cifar100",
+        f"dataset.path={make_cifar(tmp / 'aeq_cifar', n_train, n_test)}",
+        "model=resnet",
+        "model.width=32",
+        "train.epochs=1",
+    ]
+    out: dict = {}
+    for name, args in settings.items():
+        folder = tmp / f"aeq_{name}"
+        sh(
+            [
+                "-m",
+                *args,
+                *latency,
+                f"recipe={','.join(AEQ_RECIPES)}",
+                f"cache_dir={tmp / 'cache_aeq'}",
+                f"hydra.sweep.dir={folder}",
+            ]
+        )
+        rows = load_rows(folder)
+        out[name] = quality(rows) | {
+            "float32_bytes": next(
+                int(float(r["size_bytes"])) for r in rows if r["artifact"] == "none.tflite"
+            )
+        }
+    algorithms = {}
+    for alg in AEQ_ALGORITHMS:
+        folder = tmp / f"aeq_alg_{alg}"
+        sh(
+            [
+                "recipe=int4_weight_only",
+                f"recipe.rules=[{{scope: '.*', op: '*', mode: weight_only, bits: 4, algorithm: {alg}}}]",
+                *latency,
+                f"cache_dir={tmp / 'cache_aeq'}",
+                f"hydra.run.dir={folder}",
+            ]
+        )
+        rows = json.loads((folder / "results.json").read_text())["rows"]
+        algorithms[alg] = quality(rows).get("int4_weight_only", {}) | {
+            "float_layers": next(
+                (r.get("float_layers") for r in rows if r["recipe"] == "int4_weight_only"), None
+            ),
+            "output_sqnr_db": next(
+                (r.get("output_sqnr_db") for r in rows if r["recipe"] == "int4_weight_only"), None
+            ),
+        }
+    out["digits_int4_algorithms"] = algorithms
+    return out
 
 
 # --------------------------------------------------------------------------- 7. user image folders
@@ -526,7 +605,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny data and fewer repeats (< 5 min)")
     ap.add_argument(
         "--only",
-        choices=["routes", "data", "hard"],
+        choices=["routes", "data", "hard", "int4"],
         help="run one section alone: routes = both conversion routes of the Weibo LSTM; "
         "data = decoding and memory of user image folders",
     )
@@ -556,6 +635,16 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(part, indent=2) + "\n")
         print_hard(part)
+        print(f"\nwritten: {out}", file=sys.stderr)
+        return 0
+    if args.only == "int4":
+        with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
+            part = {"machine": machine(), "int4": int4_backend(Path(tmpdir), args.quick)}
+        part["benchmark_seconds"] = time.perf_counter() - t_start
+        out = Path(args.out).with_name("int4.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(part, indent=2) + "\n")
+        print_int4(part)
         print(f"\nwritten: {out}", file=sys.stderr)
         return 0
     if args.only == "data":
@@ -646,6 +735,8 @@ def main(argv=None) -> int:
         }
         print("5/5 peak memory of a CIFAR-100-shaped run ...", file=sys.stderr)
         result["peak_rss_gb"] = peak_memory(tmp, args.quick)
+        print("    int4 through ai-edge-quantizer ...", file=sys.stderr)
+        result["int4"] = int4_backend(tmp, args.quick)
         print("    where int8 loses: the hard case, QAT over seeds ...", file=sys.stderr)
         result["hard_case"] = hard_case(tmp)
         result["qat_seeds"] = qat_seeds(tmp, 3 if args.quick else 9)
@@ -730,6 +821,36 @@ def print_table(r: dict) -> None:
     print_routes(r)
     print_data(r)
     print_hard(r)
+    print_int4(r)
+
+
+def print_int4(r: dict) -> None:
+    for model, per in r.get("int4", {}).items():
+        if model == "digits_int4_algorithms":
+            print(
+                "\nint4 weight-only on digits by AEQ algorithm | compression | accuracy_delta | agreement | SQNR dB | float layers |"
+            )
+            for alg, v in per.items():
+                if "failed" in v or "compression" not in v:
+                    print(f"| {alg} | failed: {str(v.get('failed', v))[:80]} |")
+                    continue
+                print(
+                    f"| {alg} | {v['compression']:.2f} | {v['accuracy_delta']:+.4f} | "
+                    f"{v['agreement']:.4f} | {v['output_sqnr_db']:.1f} | {v['float_layers']} |"
+                )
+            continue
+        print(
+            f"\n{model} (float32 {per['float32_bytes']:,} B) | compression | accuracy_delta | agreement | latency ratio |"
+        )
+        for k in AEQ_RECIPES:
+            v = per.get(k, {})
+            if "compression" not in v:
+                print(f"| {k} | failed: {str(v.get('failed', 'missing'))[:80]} |")
+                continue
+            print(
+                f"| {k} | {v['compression']:.2f} | {v['accuracy_delta']:+.4f} | "
+                f"{v['agreement']:.4f} | {v['latency_ratio']:.2f} |"
+            )
 
 
 def print_hard(r: dict) -> None:

@@ -160,3 +160,15 @@ def test_an_aeq_row_in_a_run_is_scored_and_cached_with_the_baseline(
     monkeypatch.setattr(aeq.AEQRecipe, "quantize", refuse)  # the second job reuses the file
     again = run(tiny_cfg("recipe=int4_dynamic"), tmp_path / "b")
     assert again.row("int4_dynamic.tflite")["sha256"] == row["sha256"]
+
+
+def test_a_result_with_custom_ops_litert_cannot_run_is_refused(dense_ctx):
+    ctx, _ = dense_ctx
+    rec = aeq.AEQRecipe(
+        "hadamard", rules=[{"mode": "weight_only", "bits": 4, "algorithm": "hadamard_rotation"}]
+    )
+    with pytest.raises(
+        RunnerError, match=r"custom op\(s\) aeq.hadamard_rotation.*LiteRT cannot run"
+    ):
+        rec.produce(ctx)
+    assert not (ctx.models_dir / "hadamard.tflite").exists()  # nothing half-written

@@ -48,6 +48,7 @@ GRANULARITIES = (
     "blockwise_256",
 )
 FLOAT32 = 0  # TFLite TensorType.FLOAT32
+CUSTOM = 32  # TFLite BuiltinOperator.CUSTOM
 # Part of every cached result's key: bumped when the same rules would give another file.
 SPEC_VERSION = 5
 
@@ -462,10 +463,15 @@ def weight_ops(flatbuffer: bytes) -> list[tuple[str, str]]:
 
 
 def custom_ops(flatbuffer: bytes) -> list[str]:
-    """Names of the custom ops a flatbuffer uses (builtin code 32 = CUSTOM)."""
+    """Names of the custom ops a flatbuffer uses (builtin code 32 = CUSTOM; a builtin op's
+    code may carry a name too, e.g. OSCAR's MUL)."""
     _, model = _model(flatbuffer)
     return sorted(
-        {_s(code.customCode) for code in model.operatorCodes if code.customCode is not None}
+        {
+            _s(code.customCode)
+            for code in model.operatorCodes
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == CUSTOM
+        }
     )
 
 
