@@ -599,64 +599,58 @@ def fallback(rows: list[dict]) -> dict:
     return out
 
 
+def _routes(tmp: Path, quick: bool) -> dict:
+    if not WEIBO.exists():
+        raise SystemExit(f"the routes section needs the Weibo set at {WEIBO}")
+    return {"recurrent_routes": recurrent_routes(tmp)}
+
+
+# --only NAME: (what it measures -> its part of the result, how it prints, its JSON file)
+SECTIONS = {
+    "routes": (_routes, lambda r: print_routes(r), "routes.json"),
+    "data": (
+        lambda t, q: {"image_folders": image_folders(t, q)},
+        lambda r: print_data(r),
+        "data.json",
+    ),
+    "hard": (
+        lambda t, q: {"hard_case": hard_case(t), "qat_seeds": qat_seeds(t, 3 if q else 9)},
+        lambda r: print_hard(r),
+        "hard.json",
+    ),
+    "int4": (lambda t, q: {"int4": int4_backend(t, q)}, lambda r: print_int4(r), "int4.json"),
+}
+
+
+def run_section(name: str, out: Path, quick: bool, t_start: float) -> int:
+    """One section alone, written beside ``out`` as its own JSON file."""
+    measure, show, filename = SECTIONS[name]
+    with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
+        part = {"machine": machine(), **measure(Path(tmpdir), quick)}
+    part["benchmark_seconds"] = time.perf_counter() - t_start
+    path = out.with_name(filename)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(part, indent=2) + "\n")
+    show(part)
+    print(f"\nwritten: {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest.json"))
     ap.add_argument("--quick", action="store_true", help="tiny data and fewer repeats (< 5 min)")
     ap.add_argument(
         "--only",
-        choices=["routes", "data", "hard", "int4"],
+        choices=sorted(SECTIONS),
         help="run one section alone: routes = both conversion routes of the Weibo LSTM; "
-        "data = decoding and memory of user image folders",
+        "data = decoding and memory of user image folders; hard = where int8 loses and QAT over "
+        "seeds; int4 = the ai-edge-quantizer recipes",
     )
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
-    if args.only == "routes":
-        if not WEIBO.exists():
-            raise SystemExit(f"the routes section needs the Weibo set at {WEIBO}")
-        with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
-            part = {"machine": machine(), "recurrent_routes": recurrent_routes(Path(tmpdir))}
-        part["benchmark_seconds"] = time.perf_counter() - t_start
-        out = Path(args.out).with_name("routes.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(part, indent=2) + "\n")
-        print_routes(part)
-        print(f"\nwritten: {out}", file=sys.stderr)
-        return 0
-    if args.only == "hard":
-        with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
-            part = {
-                "machine": machine(),
-                "hard_case": hard_case(Path(tmpdir)),
-                "qat_seeds": qat_seeds(Path(tmpdir), 3 if args.quick else 9),
-            }
-        part["benchmark_seconds"] = time.perf_counter() - t_start
-        out = Path(args.out).with_name("hard.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(part, indent=2) + "\n")
-        print_hard(part)
-        print(f"\nwritten: {out}", file=sys.stderr)
-        return 0
-    if args.only == "int4":
-        with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
-            part = {"machine": machine(), "int4": int4_backend(Path(tmpdir), args.quick)}
-        part["benchmark_seconds"] = time.perf_counter() - t_start
-        out = Path(args.out).with_name("int4.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(part, indent=2) + "\n")
-        print_int4(part)
-        print(f"\nwritten: {out}", file=sys.stderr)
-        return 0
-    if args.only == "data":
-        with tempfile.TemporaryDirectory(prefix="tfq-bench-") as tmpdir:
-            part = {"machine": machine(), "image_folders": image_folders(Path(tmpdir), args.quick)}
-        part["benchmark_seconds"] = time.perf_counter() - t_start
-        out = Path(args.out).with_name("data.json")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(part, indent=2) + "\n")
-        print_data(part)
-        print(f"\nwritten: {out}", file=sys.stderr)
-        return 0
+    if args.only:
+        return run_section(args.only, Path(args.out), args.quick, t_start)
     tiny = (
         ["dataset.train_size=600", "train.epochs=6", "train.early_stopping_patience=0"]
         if args.quick

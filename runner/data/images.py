@@ -268,10 +268,7 @@ def decoded(
     x, y, meta = got
     bad = [tuple(b) for b in meta["bad"]]
     if bad and on_bad_file == "error":
-        raise RunnerError(
-            f"{len(bad)} image(s) under {listing.root} cannot be read: {_examples(bad)}; fix or "
-            "remove them, or set dataset.on_bad_file=skip to leave them out"
-        )
+        raise _unreadable(listing, bad)  # type: ignore[arg-type]
     return x, y, int(meta["n_train"]), bad  # type: ignore[return-value]
 
 
@@ -321,10 +318,7 @@ def _build_entry(
         bad_idx = _decode_all(listing, raw, size, mode, workers)
         bad = [(listing.files[i], why) for i, why in sorted(bad_idx.items())]
         if bad and on_bad_file == "error":
-            raise RunnerError(
-                f"{len(bad)} image(s) under {listing.root} cannot be read: {_examples(bad)}; fix "
-                "or remove them, or set dataset.on_bad_file=skip to leave them out"
-            )
+            raise _unreadable(listing, bad)
         keep = np.setdiff1d(np.arange(n), np.fromiter(bad_idx, np.int64, len(bad_idx)))
         if bad:
             _compact(raw, tmp / ARRAY_FILE, keep)
@@ -487,6 +481,13 @@ def _decode_chunk(
     arr.flush()
     del arr
     return bad
+
+
+def _unreadable(listing: Listing, bad: list[tuple[str, str]]) -> RunnerError:
+    return RunnerError(
+        f"{len(bad)} image(s) under {listing.root} cannot be read: {_examples(bad)}; fix or "
+        "remove them, or set dataset.on_bad_file=skip to leave them out"
+    )
 
 
 def _examples(bad: list[tuple[str, str]]) -> str:
