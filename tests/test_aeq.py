@@ -172,3 +172,15 @@ def test_a_result_with_custom_ops_litert_cannot_run_is_refused(dense_ctx):
     ):
         rec.produce(ctx)
     assert not (ctx.models_dir / "hadamard.tflite").exists()  # nothing half-written
+
+
+def test_the_layer_report_is_aeqs_per_tensor_comparison_worst_first(dense_ctx):
+    ctx, _ = dense_ctx
+    rec, _ = produce("int4_weight_only", ctx)
+    rows = rec.layer_report(ctx, requested=True)
+    assert rec.layer_report(ctx, requested=False) is None
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    rel = [r["relative_rmse"] for r in rows]
+    assert rel == sorted(rel, reverse=True) and 0 < rel[0] < 1  # int4 noise, not a broken layer
+    assert {r["op"] for r in rows} >= {"FULLY_CONNECTED"}
+    assert any(r["layer"] == "wide" for r in rows)
