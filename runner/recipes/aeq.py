@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from runner.errors import RunnerError
-from runner.recipes.base import Artifact, LayerRows, RecipeBase, RecipeContext
+from runner.recipes.base import Artifact, LayerRows, RecipeBase, RecipeContext, float_layers_text
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,12 @@ class AEQRecipe(RecipeBase):
         # weight-only / dynamic rules: Embedding GATHERs become EMBEDDING_LOOKUPs AEQ quantizes
         self.embedding_lookup = bool(embedding_lookup) and not self.static
         self.quantized = bool(quantized)
-        self.report: LayerRows = []
 
     @property
     def static(self) -> bool:
         return any(r.mode == "static" for r in self.rules)
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
-        from runner.files import atomic_write_bytes
-
         if _aeq() is None:
             raise RunnerError(INSTALL.format(name=self.name))
         if ctx.reference_path is None or not ctx.reference_path.is_file():
@@ -176,35 +173,19 @@ class AEQRecipe(RecipeBase):
             if ctx.store is not None:
                 ctx.store.put(self.name, spec, flatbuffer, meta)
         seconds = time.perf_counter() - t0
-        path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
         floats = list(meta.get("float_layers") or [])
-        log.info(
-            "recipe %s: ai-edge-quantizer wrote %s (%d bytes) in %.1fs%s",
-            self.name,
-            path,
-            len(flatbuffer),
-            seconds,
-            f"; float weights left in {', '.join(floats)}" if floats else "",
-        )
+        note = f"ai-edge-quantizer {aeq_version()} on none.tflite"
+        if meta.get("lookups"):
+            note += (
+                f"; {', '.join(meta['lookups'])} GATHER run as EMBEDDING_LOOKUP (same numbers) "
+                "so its table is quantized"
+            )
+        if floats:
+            note += f"; it left float weights in {', '.join(floats)}"
+            log.info("recipe %s: float weights left in %s", self.name, ", ".join(floats))
         return [
-            Artifact(
-                path.name,
-                self.name,
-                path,
-                "tflite",
-                self.quantized,
-                convert_seconds=seconds,
-                float_layers=f"{len(floats)}: {', '.join(floats)}" if floats else "0",
-                note=(
-                    f"ai-edge-quantizer {aeq_version()} on none.tflite"
-                    + (
-                        f"; {', '.join(meta['lookups'])} GATHER run as EMBEDDING_LOOKUP (same "
-                        "numbers) so its table is quantized"
-                        if meta.get("lookups")
-                        else ""
-                    )
-                    + (f"; it left float weights in {', '.join(floats)}" if floats else "")
-                ),
+            self.write_tflite(
+                ctx, flatbuffer, seconds, float_layers=float_layers_text(floats), note=note
             )
         ]
 

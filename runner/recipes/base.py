@@ -7,7 +7,8 @@ gives the per-layer int8 error of its conversion when it has one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +17,8 @@ import numpy as np
 
 from runner.data import Dataset, Scaling, calibration_sample
 from runner.errors import RunnerError
+
+log = logging.getLogger(__name__)
 
 # Inputs the fidelity check of a recurrent conversion runs on (real training samples).
 PROBE_SAMPLES = 256
@@ -114,9 +117,29 @@ class RecipeBase:
     use_case: str = ""
     quantized: bool = True
 
+    def write_tflite(
+        self, ctx: RecipeContext, flatbuffer: bytes, seconds: float, **kw: Any
+    ) -> Artifact:
+        """Write ``<name>.tflite`` atomically and describe it (``kw``: the other Artifact fields)."""
+        from runner.files import atomic_write_bytes
+
+        path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
+        log.info(
+            "recipe %s: wrote %s (%d bytes) in %.1fs", self.name, path, len(flatbuffer), seconds
+        )
+        return Artifact(
+            path.name, self.name, path, "tflite", self.quantized, convert_seconds=seconds, **kw
+        )
+
     def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
         if requested:
             raise RunnerError(
                 f"recipe {self.name} has no per-layer int8 report: only post-training int8 recipes have one"
             )
         return None
+
+
+def float_layers_text(names: Iterable[str]) -> str:
+    """The ``float_layers`` column: how many layers a quantized file keeps float, and which."""
+    names = list(names)
+    return f"{len(names)}: {', '.join(names)}" if names else "0"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from runner.errors import RunnerError
-from runner.recipes.base import Artifact, LayerRows, RecipeContext
+from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
 from runner.recipes.debugger import REPORT_COLUMNS, Debugger, summary, write_rows
 from runner.recipes.ptq import ConverterRecipe
 
@@ -79,19 +79,9 @@ class _DebuggerRecipe(ConverterRecipe):
         seconds: float,
         **kw: Any,
     ) -> Artifact:
-        from runner.files import atomic_write_bytes
-
-        path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
         names = sorted({r["layer"] for r in kept})
-        return Artifact(
-            path.name,
-            self.name,
-            path,
-            "tflite",
-            self.quantized,
-            convert_seconds=seconds,
-            float_layers=f"{len(names)}: {', '.join(names)}" if kept else "0",
-            **kw,
+        return self.write_tflite(
+            ctx, flatbuffer, seconds, float_layers=float_layers_text(names), **kw
         )
 
 

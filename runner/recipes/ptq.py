@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from runner.data import calibration_sample
-from runner.files import atomic_write_bytes
 from runner.recipes.base import (
     PROBE_SAMPLES,
     Artifact,
@@ -100,18 +99,4 @@ class ConverterRecipe(RecipeBase):
             if ctx.store is not None:
                 ctx.store.put(self.name, spec, flatbuffer, {"conversion": conversion})
         seconds = time.perf_counter() - t0
-        path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
-        log.info(
-            "recipe %s: wrote %s (%d bytes) in %.1fs", self.name, path, len(flatbuffer), seconds
-        )
-        return [
-            Artifact(
-                path.name,
-                self.name,
-                path,
-                "tflite",
-                self.quantized,
-                convert_seconds=seconds,
-                conversion=conversion,
-            )
-        ]
+        return [self.write_tflite(ctx, flatbuffer, seconds, conversion=conversion)]

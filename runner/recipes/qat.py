@@ -402,7 +402,7 @@ class QATRecipe(RecipeBase):
 
         if isinstance(ctx.model, SavedModelSource):
             raise RunnerError(NEEDS_KERAS.format(path=ctx.model.path, recipe=self.name))
-        from runner.files import atomic_write_bytes, atomic_write_with
+        from runner.files import atomic_write_with
         from runner.models.loading import load_model
 
         calib = self.calibration(ctx)  # the quantizers' starting ranges and the export's data
@@ -411,7 +411,7 @@ class QATRecipe(RecipeBase):
         flatbuffer = self.flatbuffer or self.to_tflite(qat_model, ctx, calib)
         convert_seconds = time.perf_counter() - t0
         note = kept_note(self.kept) if self.kept else f"kept epoch {self.epochs} (the last)"
-        tfl = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
+        tfl = self.write_tflite(ctx, flatbuffer, convert_seconds, train_seconds=seconds, note=note)
 
         def save(tmp: str) -> None:
             with load_scope(), warnings.catch_warnings():
@@ -421,22 +421,13 @@ class QATRecipe(RecipeBase):
         h5 = atomic_write_with(ctx.models_dir / f"{self.name}.h5", save)
         reloaded = load_model(h5)  # score the file a user gets, not the in-memory model
         return [
-            Artifact(
-                tfl.name,
-                self.name,
-                tfl,
-                "tflite",
-                True,
-                train_seconds=seconds,
-                convert_seconds=convert_seconds,
-                note=note,
-            ),
+            tfl,
             Artifact(
                 h5.name,
                 self.name,
                 h5,
                 "keras",
-                True,
+                self.quantized,
                 train_seconds=seconds,
                 model=reloaded,
                 note=note,
