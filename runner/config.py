@@ -147,17 +147,21 @@ def resnet_depth() -> Rule:
     )
 
 
-AEQ_RULE_KEYS = {"scope", "op", "mode", "bits", "granularity", "activation_bits", "algorithm"}
+# An ai-edge-quantizer rule (runner.recipes.aeq.Rule reads its values from these).
+AEQ_RULE_KEYS = ("scope", "op", "mode", "bits", "granularity", "activation_bits", "algorithm")
+AEQ_MODES = ("weight_only", "dynamic", "static", "none")
+AEQ_GRANULARITIES = ("channelwise", "tensorwise", *(f"blockwise_{n}" for n in (32, 64, 128, 256)))
 
 
 def _aeq_rule_ok(v: Any) -> bool:
-    if not isinstance(v, Mapping) or not set(v) <= AEQ_RULE_KEYS:
+    if not isinstance(v, Mapping) or not set(v) <= set(AEQ_RULE_KEYS):
         return False
     return (
-        v.get("mode", "weight_only") in ("weight_only", "dynamic", "static", "none")
+        v.get("mode", "weight_only") in AEQ_MODES
         and v.get("bits", 8) in (4, 8)
         and v.get("activation_bits", 8) in (8, 16)
-        and all(isinstance(v.get(k, "x"), str) for k in ("scope", "op", "granularity", "algorithm"))
+        and v.get("granularity", "channelwise") in AEQ_GRANULARITIES
+        and all(isinstance(v.get(k, "x"), str) for k in ("scope", "op", "algorithm"))
     )
 
 
@@ -293,8 +297,8 @@ GROUPS: dict[str, dict[str, Rule]] = {
         # ai-edge-quantizer recipes
         "rules": list_of(
             Rule(
-                "{scope, op, mode: weight_only|dynamic|static|none, bits: 4|8, granularity, "
-                "activation_bits: 8|16, algorithm}",
+                "{scope, op, mode: weight_only|dynamic|static|none, bits: 4|8, granularity: "
+                "channelwise|tensorwise|blockwise_32|64|128|256, activation_bits: 8|16, algorithm}",
                 lambda v: _aeq_rule_ok(v),
             ),
             empty=False,

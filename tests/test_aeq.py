@@ -128,10 +128,13 @@ def test_rules_are_checked_with_one_line_each():
         aeq.AEQRecipe("x", rules=[{"bits": 3}])
     with pytest.raises(RunnerError, match=r"unknown key\(s\) \['bitz'\]"):
         aeq.AEQRecipe("x", rules=[{"bitz": 4}])
-    from runner.config import problems
+    from runner.config import AEQ_RULE_KEYS, problems
 
     bad = problems(compose_config("recipe=int4_weight_only", "recipe.rules=[{mode: fast}]"))
     assert any(line.startswith("recipe.rules=") for line in bad)
+    bad = problems(compose_config("recipe=int4_weight_only", "recipe.rules=[{granularity: rows}]"))
+    assert any(line.startswith("recipe.rules=") for line in bad)
+    assert tuple(aeq.Rule.__dataclass_fields__) == AEQ_RULE_KEYS  # the config checks these keys
 
 
 def test_without_the_extra_the_row_fails_saying_what_to_install(tiny_cfg, tmp_path, monkeypatch):

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from runner.config import AEQ_GRANULARITIES as GRANULARITIES
+from runner.config import AEQ_MODES as MODES
 from runner.errors import RunnerError
 from runner.recipes.base import Artifact, LayerRows, RecipeBase, RecipeContext, float_layers_text
 
@@ -37,15 +39,6 @@ log = logging.getLogger(__name__)
 INSTALL = (
     "recipe {name} needs ai-edge-quantizer, which is not installed: "
     'pip install -e ".[aeq]"  (or pip install ai-edge-quantizer==0.10.0)'
-)
-MODES = ("weight_only", "dynamic", "static", "none")
-GRANULARITIES = (
-    "channelwise",
-    "tensorwise",
-    "blockwise_32",
-    "blockwise_64",
-    "blockwise_128",
-    "blockwise_256",
 )
 FLOAT32 = 0  # TFLite TensorType.FLOAT32
 CUSTOM = 32  # TFLite BuiltinOperator.CUSTOM
