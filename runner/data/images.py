@@ -99,7 +99,8 @@ def load_image_folder(
     listing = list_images(Path(path).expanduser(), test_fraction, split_seed)
     key = decode_key(listing, size, mode, test_fraction, split_seed)
     root = Path(cache_dir or Path(path).expanduser() / ".runner-cache")
-    x, y, n_train, bad = decoded(listing, key, root / key, size, mode, workers, on_bad_file)
+    job = DecodeJob(listing, key, root / key, size, mode, workers, on_bad_file)
+    x, y, n_train, bad = decoded(job)
     info: dict[str, Any] = {
         "path": str(listing.root),
         "layout": listing.layout,
@@ -242,33 +243,35 @@ def decode_key(
 
 
 # --------------------------------------------------------------------------- decode once
-def decoded(
-    listing: Listing,
-    key: str,
-    entry: Path,
-    size: tuple[int, int],
-    mode: str,
-    workers: int | None,
-    on_bad_file: str,
-) -> tuple[np.ndarray, np.ndarray, int, list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class DecodeJob:
+    """What to decode (``listing``), how (size, colour mode, workers), and where it is cached."""
+
+    listing: Listing
+    key: str
+    entry: Path  # the cache entry folder
+    size: tuple[int, int]
+    mode: str
+    workers: int | None
+    on_bad_file: str
+
+
+def decoded(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, int, list[tuple[str, str]]]:
     """(images memory-mapped read-only, labels, train count, skipped files) of the cache entry,
     decoding the folder into it first when it is missing or corrupt."""
     from filelock import FileLock
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry.parent / f"{key}.lock")):  # sweep jobs wait for the first decoder
-        got = _read_entry(entry, key)
+    job.entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(job.entry.parent / f"{job.key}.lock")):  # sweep jobs wait for the first
+        got = _read_entry(job.entry, job.key)
         if got is None:
-            _build_entry(listing, key, entry, size, mode, workers, on_bad_file)
-            got = _read_entry(entry, key)
-            if got is None:  # pragma: no cover - a just-written entry that does not read back
-                raise RunnerError(f"could not read back the decoded images at {entry}")
+            got = _build_entry(job)
         else:
-            log.info("image cache hit: %s", entry)
+            log.info("image cache hit: %s", job.entry)
     x, y, meta = got
     bad = [tuple(b) for b in meta["bad"]]
-    if bad and on_bad_file == "error":
-        raise _unreadable(listing, bad)  # type: ignore[arg-type]
+    if bad and job.on_bad_file == "error":
+        raise _unreadable(job.listing, bad)  # type: ignore[arg-type]
     return x, y, int(meta["n_train"]), bad  # type: ignore[return-value]
 
 
@@ -284,8 +287,7 @@ def _read_entry(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict] | 
 
         if sha256_file(entry / ARRAY_FILE) != meta["sha256"]:
             raise ValueError("images.npy does not match its recorded SHA-256")
-        x = np.load(entry / ARRAY_FILE, mmap_mode="r")
-        y = np.load(entry / LABELS_FILE)
+        x, y = _open(entry)
         if len(x) != len(y) or list(x.shape[1:]) != meta["shape"][1:]:
             raise ValueError("images and labels disagree")
         return x, y, meta
@@ -295,29 +297,26 @@ def _read_entry(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict] | 
         return None
 
 
-def _build_entry(
-    listing: Listing,
-    key: str,
-    entry: Path,
-    size: tuple[int, int],
-    mode: str,
-    workers: int | None,
-    on_bad_file: str,
-) -> None:
-    """Decode every file into a temp folder beside ``entry``, drop unreadable ones, rename."""
+def _open(entry: Path) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(entry / ARRAY_FILE, mmap_mode="r"), np.load(entry / LABELS_FILE)
+
+
+def _build_entry(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Decode every file into a temp folder beside the entry, drop unreadable ones, rename;
+    the entry's arrays (its hash was just computed: it is not read back and hashed again)."""
     from runner.files import sha256_file
 
-    h, w = size
+    listing, (h, w) = job.listing, job.size
     n = len(listing.files)
-    channels = COLOR_MODES[mode][1]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
+    channels = COLOR_MODES[job.mode][1]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{job.key}-", dir=job.entry.parent))
     try:
         raw = tmp / "decoding.npy"
         arr = np.lib.format.open_memmap(raw, mode="w+", dtype=np.uint8, shape=(n, h, w, channels))
         del arr  # workers open the file themselves
-        bad_idx = _decode_all(listing, raw, size, mode, workers)
+        bad_idx = _decode_all(job, raw)
         bad = [(listing.files[i], why) for i, why in sorted(bad_idx.items())]
-        if bad and on_bad_file == "error":
+        if bad and job.on_bad_file == "error":
             raise _unreadable(listing, bad)
         keep = np.setdiff1d(np.arange(n), np.fromiter(bad_idx, np.int64, len(bad_idx)))
         if bad:
@@ -327,7 +326,7 @@ def _build_entry(
             os.replace(raw, tmp / ARRAY_FILE)
         np.save(tmp / LABELS_FILE, listing.labels[keep])
         meta = {
-            "key": key,
+            "key": job.key,
             "version": DECODE_VERSION,
             "root": str(listing.root),
             "shape": [len(keep), h, w, channels],
@@ -337,12 +336,13 @@ def _build_entry(
             "sha256": sha256_file(tmp / ARRAY_FILE),
         }
         (tmp / META_FILE).write_text(json.dumps(meta))
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
+        if job.entry.exists():
+            shutil.rmtree(job.entry)
+        os.replace(tmp, job.entry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("decoded %d images into %s", len(keep), entry)
+    log.info("decoded %d images into %s", len(keep), job.entry)
+    return (*_open(job.entry), meta)  # type: ignore[return-value]
 
 
 def _compact(src: Path, dst: Path, keep: np.ndarray, rows: int = 4096) -> None:
@@ -355,9 +355,7 @@ def _compact(src: Path, dst: Path, keep: np.ndarray, rows: int = 4096) -> None:
     del out, a
 
 
-def _decode_all(
-    listing: Listing, raw: Path, size: tuple[int, int], mode: str, workers: int | None
-) -> dict[int, str]:
+def _decode_all(job: DecodeJob, raw: Path) -> dict[int, str]:
     """Decode every file into rows of the array file ``raw``; {index: why} of unreadable ones.
 
     The first chunk is decoded here and timed; when the rest would take longer than
@@ -367,10 +365,11 @@ def _decode_all(
     """
     from tqdm import tqdm
 
-    paths = [str(listing.root / f) for f in listing.files]
+    size, mode = job.size, job.mode
+    paths = [str(job.listing.root / f) for f in job.listing.files]
     n = len(paths)
     starts = list(range(0, n, CHUNK))
-    n_workers = min(workers or os.cpu_count() or 1, len(starts))
+    n_workers = min(job.workers or os.cpu_count() or 1, len(starts))
     bad: dict[int, str] = {}
     with tqdm(total=n, unit="img", desc="decoding images", disable=None, leave=False) as bar:
         t0 = time.perf_counter()
