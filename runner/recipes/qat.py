@@ -328,11 +328,11 @@ class QATRecipe(RecipeBase):
         calib = self.calibration(ctx) if calibration is None else calibration
         calibrate_ranges(qat_model, model, calib)
         # The baseline's own validation split (same fraction and seed): fitted on by neither.
-        fit_split, val_split = split_validation(
-            ctx.dataset.train, train_cfg.validation_split, train_cfg.seed
+        fit_split, val_split = (
+            split_validation(ctx.dataset.train, train_cfg.validation_split, train_cfg.seed)
+            if self.restore_best
+            else (ctx.dataset.train, None)
         )
-        if not self.restore_best:
-            fit_split, val_split = ctx.dataset.train, None
         batch = int(self.batch_size or train_cfg.batch_size)
         steps = int(self.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
         lr = train_cfg.learning_rate * self.learning_rate_scale
