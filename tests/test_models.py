@@ -7,6 +7,7 @@ import pytest
 import tf_keras as keras
 
 from runner.errors import RunnerError
+from runner.models import builders
 from runner.models.builders import resnet, small_cnn
 from runner.models.loading import load_model, load_pretrained
 
@@ -19,6 +20,22 @@ def test_builders_take_shape_and_classes_from_the_data(shape, classes):
         assert m.output_shape == (None, classes)
         out = m(np.zeros((2, *shape), np.float32), training=False).numpy()
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)  # softmax head
+
+
+@pytest.mark.parametrize(
+    "builder, shape, kwargs, message",
+    [
+        ("small_cnn", (30,), {}, r"model=small_cnn takes images .* shape \(30,\): use model=mlp"),
+        ("mobilenet", (12,), {"vocab_size": 50}, r"model=mobilenet takes images .*text_cnn"),
+        ("resnet", (8, 8), {}, r"model=resnet takes images"),
+        ("text_cnn", (8, 8, 1), {}, r"model=text_cnn takes token ids .* shape \(8, 8, 1\)"),
+        ("text_lstm", (30,), {}, r"model=text_lstm takes token ids"),  # floats: no vocabulary
+    ],
+)
+def test_a_model_that_cannot_take_the_data_says_which_models_can(builder, shape, kwargs, message):
+    with pytest.raises(RunnerError, match=message):
+        getattr(builders, builder)(shape, 3, **kwargs)
+    builders.mlp(shape, 3)  # feature vectors, images or ids: a dense net takes any of them
 
 
 def test_resnet_depth_must_be_6n_plus_2():

@@ -52,7 +52,7 @@ def small_cnn(
     """A small CNN of Conv->BN->ReLU blocks; each block after the first halves the resolution
     while it is still larger than 4x4."""
     keras = _keras()
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    inputs = _image_input(input_shape, "small_cnn")
     x = inputs
     for i, f in enumerate(filters):
         x = _conv_bn_relu(x, int(f), f"block{i + 1}", bn_momentum)
@@ -120,7 +120,7 @@ def mobilenet(
             return x
         return keras.layers.BatchNormalization(momentum=bn_momentum, name=name)(x)
 
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    inputs = _image_input(input_shape, "mobilenet")
     bias = not batch_norm
     x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=bias, name="stem_conv")(inputs)
     x = act(norm(x, "stem_bn"), "stem_act")
@@ -152,7 +152,7 @@ def resnet(
         raise RunnerError(f"model.depth must be 6n+2 (20, 32, 44, 56 ...), got {depth}")
     keras = _keras()
     n = (depth - 2) // 6
-    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    inputs = _image_input(input_shape, "resnet")
     x = _conv_bn_relu(inputs, width, "stem", bn_momentum)
     for stage in range(3):
         filters = width * 2**stage
@@ -181,15 +181,33 @@ def resnet(
 
 
 # --------------------------------------------------------------------------- text
-def _token_input(input_shape: Sequence[int]):
-    keras = _keras()
-    return keras.Input(shape=tuple(input_shape), dtype="int32", name="token_ids")
+def _token_input(input_shape: Sequence[int], vocab_size: int | None, model: str):
+    """The int32 input of a text model; a data set of anything but token ids is refused."""
+    if vocab_size is None or len(input_shape) != 1:
+        raise RunnerError(
+            f"model={model} takes token ids (dataset=fake_news, or dataset=arrays with integer "
+            f"ids), but the data set gives samples of shape {tuple(input_shape)}: use "
+            "model=small_cnn, resnet or mobilenet for images, model=mlp for feature vectors"
+        )
+    return _keras().Input(shape=tuple(input_shape), dtype="int32", name="token_ids")
+
+
+def _image_input(input_shape: Sequence[int], model: str):
+    """The input of an image model; samples that are not (height, width, channels) are refused
+    here, by name, instead of by the first Conv2D's shape error."""
+    if len(input_shape) != 3:
+        raise RunnerError(
+            f"model={model} takes images (height, width, channels), but the data set gives "
+            f"samples of shape {tuple(input_shape)}: use model=mlp for feature vectors, "
+            "model=text_cnn or text_lstm for token ids"
+        )
+    return _keras().Input(shape=tuple(input_shape), name="input")
 
 
 def text_cnn(
     input_shape: Sequence[int],
     num_classes: int,
-    vocab_size: int,
+    vocab_size: int | None = None,
     embedding_dim: int = 64,
     filters: int = 128,
     kernel_size: int = 5,
@@ -199,7 +217,7 @@ def text_cnn(
 ):
     """Embedding -> Conv1D -> GlobalMaxPool -> Dense: fast, and every op has an int8 kernel."""
     keras = _keras()
-    inputs = _token_input(input_shape)
+    inputs = _token_input(input_shape, vocab_size, "text_cnn")
     x = keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding")(inputs)
     x = keras.layers.Conv1D(int(filters), int(kernel_size), activation="relu", name="conv")(x)
     x = keras.layers.GlobalMaxPooling1D(name="pool")(x)
@@ -213,7 +231,7 @@ def text_cnn(
 def text_lstm(
     input_shape: Sequence[int],
     num_classes: int,
-    vocab_size: int,
+    vocab_size: int | None = None,
     embedding_dim: int = 64,
     units: int = 64,
     bidirectional: bool = False,
@@ -222,7 +240,7 @@ def text_lstm(
 ):
     """Embedding -> LSTM (optionally bidirectional) -> Dense, like the seed's classifier."""
     keras = _keras()
-    inputs = _token_input(input_shape)
+    inputs = _token_input(input_shape, vocab_size, "text_lstm")
     x = keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding")(inputs)
     lstm = keras.layers.LSTM(int(units), name="lstm")
     x = keras.layers.Bidirectional(lstm, name="bilstm")(x) if bidirectional else lstm(x)
