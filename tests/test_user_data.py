@@ -280,6 +280,16 @@ def test_a_pretrained_model_sets_the_image_size_and_its_class_count_is_checked(t
     ]
     data = load_dataset(compose_config(*overrides))
     assert data.input_shape == (6, 6, 1)  # size and grayscale from the model's input
+    # a bare SavedModel says its input in saved_model.pb: read there, nothing restored
+    import tensorflow as tf
+
+    from runner.models import saved_model
+
+    tf.saved_model.save(keras.Model(inputs, out), str(tmp_path / "exported"))
+    assert not (tmp_path / "exported" / "keras_metadata.pb").exists()
+    assert saved_model.signature_input_shape(tmp_path / "exported") == (6, 6, 1)
+    exported = [o.replace(str(tmp_path / "m.h5"), str(tmp_path / "exported")) for o in overrides]
+    assert load_dataset(compose_config(*exported)).input_shape == (6, 6, 1)
     proc = run_cli(*overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert "m.h5 has 3 outputs, but the data set has 2 classes" in proc.stderr

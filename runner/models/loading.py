@@ -199,9 +199,9 @@ def model_input_shape(path: str | Path) -> tuple[int | None, ...] | None:
     p = Path(path).expanduser()
     kind, _ = file_format(p)
     if kind == "saved_model":
-        from runner.models.saved_model import SavedModelSource
+        from runner.models.saved_model import signature_input_shape
 
-        return tuple(SavedModelSource(p).input_shape[1:])
+        return signature_input_shape(p)  # not loaded: load_pretrained loads it once, after
     for obj in _objects(_configs(p)):
         cfg = obj.get("config")
         if not isinstance(cfg, dict):

@@ -29,6 +29,23 @@ class _Input:
     name: str
 
 
+def signature_input_shape(path: Path) -> tuple[int | None, ...] | None:
+    """The serving signature's input shape without the batch axis, read from ``saved_model.pb``
+    alone (no variable is restored); None when the folder does not say."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
+    for graph in proto.meta_graphs:
+        sigs = {k: v for k, v in graph.signature_def.items() if not k.startswith("__")}
+        sig = sigs.get("serving_default") or (next(iter(sigs.values())) if len(sigs) == 1 else None)
+        if sig is not None and len(sig.inputs) == 1:
+            (spec,) = sig.inputs.values()
+            dims = [int(d.size) for d in spec.tensor_shape.dim]
+            return tuple(None if d < 0 else d for d in dims[1:])
+    return None
+
+
 class SavedModelSource:
     """A SavedModel's serving signature, with the few attributes the runner reads of a model."""
 
