@@ -234,7 +234,8 @@ def _start_weight_and_input_ranges(qat_model, x) -> int:
         name = v.name.split("/")[-1].split(":")[0]
         return name.endswith(("kernel_min", "kernel_max"))
 
-    kept = [(v, v.numpy()) for v in qat_model.variables if not is_weight_range(v)]
+    # a forward pass changes no trainable weight: only ranges, statistics and step counters
+    kept = [(v, v.numpy()) for v in qat_model.non_trainable_variables if not is_weight_range(v)]
     qat_model(np.asarray(x[:32]), training=True)
     for v, value in kept:
         v.assign(value)
@@ -482,7 +483,7 @@ class _EpochJudge:
             self.best["agreement"],
         ):
             self.best, self.best_flatbuffer = s, flatbuffer
-            self.best_weights = [w.copy() for w in qat_model.get_weights()]
+            self.best_weights = qat_model.get_weights()  # copies already
 
     def restore(self, qat_model) -> dict[str, Any]:
         assert self.best is not None and self.best_weights is not None
