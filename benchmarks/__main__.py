@@ -367,7 +367,9 @@ def qat_seeds(tmp: Path, seeds: int) -> dict:
                 per_seed.setdefault(seed, {})[r["artifact"]] = r["accuracy"]
                 if r["artifact"] == "qat.tflite":
                     per_seed[seed]["qat_note"] = r.get("note")
-    n_test = 360
+    from runner.data.digits import load_digits
+
+    n_test = len(load_digits().test)  # what one image is worth in accuracy
     diffs = {
         s: round((v["qat.tflite"] - v["full_integer.tflite"]) * n_test)
         for s, v in per_seed.items()
@@ -443,13 +445,10 @@ def int4_backend(tmp: Path, quick: bool) -> dict:
             ]
         )
         rows = json.loads((folder / "results.json").read_text())["rows"]
+        row = next((r for r in rows if r["recipe"] == "int4_weight_only"), {})
         algorithms[alg] = quality(rows).get("int4_weight_only", {}) | {
-            "float_layers": next(
-                (r.get("float_layers") for r in rows if r["recipe"] == "int4_weight_only"), None
-            ),
-            "output_sqnr_db": next(
-                (r.get("output_sqnr_db") for r in rows if r["recipe"] == "int4_weight_only"), None
-            ),
+            "float_layers": row.get("float_layers"),
+            "output_sqnr_db": row.get("output_sqnr_db"),
         }
     out["digits_int4_algorithms"] = algorithms
     return out
