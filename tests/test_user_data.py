@@ -246,6 +246,11 @@ def test_bad_npz_files_get_one_clear_message(tmp_path, arrays, message):
         load_arrays(path=str(p))
 
 
+def test_a_folder_given_for_an_npz_file_is_named_as_a_folder(tmp_path):
+    with pytest.raises(RunnerError, match="is a folder; expected a .npz file"):
+        load_arrays(path=str(tmp_path))
+
+
 # --------------------------------------------------------------------------- through the runner
 def test_config_checks_data_path_and_image_keys_before_anything_runs(tmp_path):
     from runner.config import problems

@@ -98,7 +98,8 @@ def load_arrays(
 
 def _read(p: Path) -> dict[str, np.ndarray]:
     if not p.is_file():
-        raise RunnerError(f"dataset.path={p} does not exist; expected a .npz file from np.savez")
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise RunnerError(f"dataset.path={p} {what}; expected a .npz file from np.savez")
     try:
         with np.load(p, allow_pickle=False) as npz:
             if not isinstance(npz, np.lib.npyio.NpzFile):
