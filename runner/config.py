@@ -1,23 +1,36 @@
 """The project's ``conf/``: composed outside a Hydra app (for the Python API), and validated.
 
-:func:`validate` checks every value of a composed config against the rules below before any data
-is loaded or any model trained: each bad value is one line naming the key, the value and what is
-allowed. ``python -m runner`` runs it from a Hydra callback before the run folder exists (so a
-bad value writes nothing and exits 2), and :func:`runner.pipeline.run` runs it at its door.
-Nothing here imports TensorFlow.
+Every config group is checked against typed schemas that live beside the code reading them:
+a plugin group (``dataset``, ``model``, ``recipe``, ``recipe@reference``) against the runner's
+own keys of the group (:data:`GROUP_META`) plus the options its ``_target_`` declares
+(:mod:`runner.schema`); ``train``, ``evaluation`` and ``logger`` against their fixed schemas; the
+top level against :class:`RunOptions`. :func:`validate` runs before any data is loaded or any
+model trained: each bad value is one line naming the key, the value and what is allowed, and an
+unknown key names the closest valid one. ``python -m runner`` runs it from a Hydra callback
+before the run folder exists (so a bad value writes nothing and exits 2), and
+:func:`runner.pipeline.run` runs it at its door. Nothing here imports TensorFlow (a plugin
+module keeps its TensorFlow imports inside its functions).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pydantic import Field
 
+from runner.data.base import DatasetMeta
 from runner.errors import RunnerError
+from runner.evaluate import EvalConfig
+from runner.models.meta import ModelMeta
+from runner.recipes.base import RecipeMeta
+from runner.schema import Options, combined, options_of, parse, resolve
+from runner.schema import problems as schema_problems
+from runner.tracking import LoggerOptions
+from runner.train import TrainConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -42,324 +55,87 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
             GlobalHydra.instance().initialize(saved)
 
 
-# --------------------------------------------------------------------------- rules
-@dataclass(frozen=True)
-class Rule:
-    """What one config key accepts: ``allowed`` is the text the error shows."""
+# --------------------------------------------------------------------------- schemas
+class RunOptions(Options):
+    """The top level of ``conf/config.yaml`` (besides the groups)."""
 
-    allowed: str
-    check: Callable[[Any], bool]
-    nullable: bool = False
-
-    def ok(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        try:
-            return bool(self.check(value))
-        except (TypeError, ValueError):
-            return False
-
-    def text(self) -> str:
-        return self.allowed + (" or null" if self.nullable else "")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
-
-
-def integer(low: int = 0, high: int | None = None, nullable: bool = False) -> Rule:
-    text = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-    return Rule(text, lambda v: _is_int(v) and v >= low and (high is None or v <= high), nullable)
-
-
-def number(
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-    nullable: bool = False,
-) -> Rule:
-    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-    if low is not None and high is not None:
-        text = f"a number in {lo}, {hi}"
-    elif low is not None:
-        text = f"a number {'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        text = f"a number {'<' if high_open else '<='} {high:g}"
-    else:
-        text = "a number"
-
-    def check(v: Any) -> bool:
-        if not _is_num(v):
-            return False
-        if low is not None and (v <= low if low_open else v < low):
-            return False
-        return not (high is not None and (v >= high if high_open else v > high))
-
-    return Rule(text, check, nullable)
-
-
-def choice(*options: str, nullable: bool = False, case: bool = True) -> Rule:
-    norm = (lambda v: v) if case else (lambda v: v.lower())
-    return Rule(
-        f"one of {', '.join(options)}",
-        lambda v: isinstance(v, str) and norm(v) in options,
-        nullable,
+    seed: int = Field(0, ge=0, description="seeds the split subsets, training and calibration")
+    cache_dir: str = Field(
+        "outputs/cache", min_length=1, description="trained baselines and conversions, shared"
     )
+    verbose: bool = Field(False, description="TensorFlow's and the converter's own logs too")
 
 
-def text(nullable: bool = False) -> Rule:
-    return Rule("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()), nullable)
-
-
-def any_text(nullable: bool = False) -> Rule:
-    return Rule("a string", lambda v: isinstance(v, str), nullable)
-
-
-BOOL = Rule("true or false", lambda v: isinstance(v, bool))
-
-
-def list_of(rule: Rule, nullable: bool = False, empty: bool = True) -> Rule:
-    return Rule(
-        f"a list of {rule.allowed.removeprefix('a ').removeprefix('an ')}s",
-        lambda v: (
-            isinstance(v, (list, tuple)) and (empty or bool(v)) and all(rule.ok(x) for x in v)
-        ),
-        nullable,
-    )
-
-
-def either(a: Rule, b: Rule) -> Rule:
-    return Rule(
-        f"{a.allowed}, or {b.allowed}", lambda v: a.ok(v) or b.ok(v), a.nullable or b.nullable
-    )
-
-
-def resnet_depth() -> Rule:
-    return Rule(
-        "an integer 6n+2 (8, 14, 20, 32, 44, 56 ...)",
-        lambda v: _is_int(v) and v >= 8 and (v - 2) % 6 == 0,
-    )
-
-
-# An ai-edge-quantizer rule (runner.recipes.aeq.Rule reads its values from these).
-AEQ_RULE_KEYS = ("scope", "op", "mode", "bits", "granularity", "activation_bits", "algorithm")
-AEQ_MODES = ("weight_only", "dynamic", "static", "none")
-AEQ_GRANULARITIES = ("channelwise", "tensorwise", *(f"blockwise_{n}" for n in (32, 64, 128, 256)))
-
-
-def _aeq_rule_ok(v: Any) -> bool:
-    if not isinstance(v, Mapping) or not set(v) <= set(AEQ_RULE_KEYS):
-        return False
-    return (
-        v.get("mode", "weight_only") in AEQ_MODES
-        and v.get("bits", 8) in (4, 8)
-        and v.get("activation_bits", 8) in (8, 16)
-        and v.get("granularity", "channelwise") in AEQ_GRANULARITIES
-        and all(isinstance(v.get(k, "x"), str) for k in ("scope", "op", "algorithm"))
-    )
-
-
-SCALINGS = ("unit", "symmetric", "standardize", "none")
-OPTIMIZERS = ("adadelta", "adagrad", "adam", "adamax", "ftrl", "nadam", "rmsprop", "sgd")
-DTYPES = ("float32", "float16", "int8", "uint8", "int16")
-COUNT = integer(1)  # something to have at least one of
-SEED = integer(0)  # NumPy and Keras seeds are non-negative
-FRACTION = number(0, 1, high_open=True)  # [0, 1)
-PROBABILITY = number(0, 1)  # [0, 1]
-
-# The top-level keys, then every group's keys (recipe rules also cover recipe@reference).
-TOP: dict[str, Rule] = {"seed": SEED, "cache_dir": text(), "verbose": BOOL}
-GROUPS: dict[str, dict[str, Rule]] = {
-    "dataset": {
-        "_target_": text(),
-        "name": text(),
-        "path": text(nullable=True),
-        "test_fraction": number(0, 1, low_open=True, high_open=True),
-        "split_seed": SEED,
-        "subset_seed": SEED,
-        "train_size": integer(1, nullable=True),
-        "test_size": integer(1, nullable=True),
-        "input_scaling": choice(*SCALINGS, "auto"),
-        "label_mode": choice("fine", "coarse"),
-        "extract_dir": text(nullable=True),
-        "text_column": text(),
-        "label_column": text(),
-        "split_column": text(nullable=True),
-        "segment": choice("auto", "jieba", "none"),
-        "word_index": text(nullable=True),
-        "num_words": integer(2, nullable=True),
-        "maxlen": COUNT,
-        "image_size": Rule(
-            "an integer >= 1, or [height, width]",
-            lambda v: (
-                COUNT.ok(v)
-                or (isinstance(v, (list, tuple)) and len(v) == 2 and all(COUNT.ok(d) for d in v))
-            ),
-            nullable=True,
-        ),
-        "color_mode": choice("rgb", "grayscale", nullable=True),
-        "on_bad_file": choice("skip", "error"),
-        "workers": integer(1, nullable=True),
-        "cache_dir": text(nullable=True),
-    },
-    "model": {
-        "_target_": text(),
-        "_partial_": BOOL,
-        "name": text(),
-        "needs_training": BOOL,
-        "input_scaling": choice(*SCALINGS, "auto"),
-        "input_mean": list_of(number(), empty=False),
-        "input_std": list_of(number(0, low_open=True), empty=False),
-        "path": text(nullable=True),
-        "safe_mode": BOOL,
-        "custom_objects": text(nullable=True),
-        "filters": either(COUNT, list_of(COUNT, empty=False)),
-        "dense_units": integer(0),
-        "dropout": FRACTION,
-        "bn_momentum": FRACTION,
-        "depth": resnet_depth(),
-        "width": COUNT,
-        "embedding_dim": COUNT,
-        "kernel_size": COUNT,
-        "units": either(COUNT, list_of(COUNT, empty=False)),
-        "bidirectional": BOOL,
-        "convert_batch_size": integer(1, nullable=True),
-        "recurrent": choice("auto", "fused", "unrolled"),
-        "blocks": list_of(
-            Rule(
-                "[filters, stride] with filters >= 1 and stride 1 or 2",
-                lambda v: (
-                    isinstance(v, (list, tuple))
-                    and len(v) == 2
-                    and COUNT.ok(v[0])
-                    and v[1] in (1, 2)
-                    and _is_int(v[1])
-                ),
-            ),
-            empty=False,
-        ),
-        "activation": choice("relu", "relu6"),
-        "batch_norm": BOOL,
-    },
-    "train": {
-        "epochs": COUNT,
-        "batch_size": COUNT,
-        "optimizer": choice(*OPTIMIZERS, case=False),
-        "learning_rate": number(0, low_open=True),
-        "seed": SEED,
-        "validation_split": FRACTION,
-        "early_stopping_patience": integer(0),
-        "verbose": integer(0, 2),
-    },
-    "evaluation": {
-        "batch_size": COUNT,
-        "num_threads": COUNT,
-        "latency_warmup": integer(0),
-        "latency_samples": integer(0),
-        "progress": BOOL,
-        "min_agreement": PROBABILITY,
-        "min_agreement_quantized": PROBABILITY,
-        "min_output_sqnr_db": number(0, nullable=True),
-        "layer_report": BOOL,
-    },
-    "recipe": {
-        "_target_": text(),
-        "name": text(),
-        "description": any_text(),
-        "use_case": any_text(),
-        "quantized": BOOL,
-        "calibration_samples": COUNT,
-        "calibration_seed": SEED,
-        # QAT
-        "epochs": COUNT,
-        "learning_rate_scale": number(0, low_open=True),
-        "batch_size": integer(1, nullable=True),
-        "steps_per_epoch": integer(1, nullable=True),
-        "skip_layers": list_of(text()),
-        "fallback": BOOL,
-        "freeze_batch_norm": BOOL,
-        "distill": BOOL,
-        "restore_best": BOOL,
-        # selective / auto_int8
-        "keep_float": integer(0),
-        "denylist": list_of(text()),
-        "max_accuracy_drop": PROBABILITY,
-        "max_float_layers": integer(0),
-        "holdout_samples": COUNT,
-        "holdout_seed": SEED,
-        "budget": choice("auto", "accuracy", "agreement"),
-        # ai-edge-quantizer recipes
-        "rules": list_of(
-            Rule(
-                "{scope, op, mode: weight_only|dynamic|static|none, bits: 4|8, granularity: "
-                "channelwise|tensorwise|blockwise_32|64|128|256, activation_bits: 8|16, algorithm}",
-                lambda v: _aeq_rule_ok(v),
-            ),
-            empty=False,
-        ),
-        "validation_samples": COUNT,
-        "embedding_lookup": BOOL,
-        "min_agreement": PROBABILITY,
-    },
+# Plugin groups: the runner's keys of the group; the rest are the ``_target_``'s own Options.
+GROUP_META: dict[str, type[Options]] = {
+    "dataset": DatasetMeta,
+    "model": ModelMeta,
+    "recipe": RecipeMeta,
+    "reference": RecipeMeta,
 }
-GROUPS["logger"] = {
-    "name": choice("none", "mlflow"),
-    "tracking_uri": text(),
-    "experiment": text(),
-    "log_models": BOOL,
+# Groups without a ``_target_``: one schema each.
+FIXED: dict[str, type[Options]] = {
+    "train": TrainConfig,
+    "evaluation": EvalConfig,
+    "logger": LoggerOptions,
 }
-# recipe.converter: the TFLite converter settings (attributes are set verbatim, unchecked)
-CONVERTER: dict[str, Rule] = {
-    "optimizations": list_of(choice("DEFAULT", "OPTIMIZE_FOR_SIZE", "OPTIMIZE_FOR_LATENCY")),
-    "supported_types": list_of(choice(*DTYPES)),
-    "supported_ops": list_of(text()),
-    "inference_input_type": choice(*DTYPES, nullable=True),
-    "inference_output_type": choice(*DTYPES, nullable=True),
-    "representative_dataset": BOOL,
-}
-# The composed config's groups, and which rules each uses.
-RULE_SETS = {"dataset": "dataset", "model": "model", "train": "train", "evaluation": "evaluation"}
-RULE_SETS |= {"logger": "logger"}
-RULE_SETS |= {"recipe": "recipe", "reference": "recipe"}
+TOP_KEYS = (*RunOptions.model_fields, *GROUP_META, *FIXED)
 
 
-def rule_for(key: str) -> Rule | None:
-    """The rule of a dotted key (``train.epochs``, ``recipe.converter.supported_types``)."""
-    parts = key.split(".")
-    if len(parts) == 1:
-        return TOP.get(key)
-    group = RULE_SETS.get(parts[0])
-    if group is None:
-        return None
-    if parts[1] == "converter" and group == "recipe":
-        return CONVERTER.get(parts[2]) if len(parts) == 3 else None
-    return GROUPS[group].get(parts[1]) if len(parts) == 2 else None
+class Plugin(NamedTuple):
+    """A plugin group's node, split: what ``_target_`` names, the runner's keys, its options."""
+
+    target: Any
+    meta: Any
+    options: Options
 
 
+def plugin(group: str, node: DictConfig | Mapping[str, Any]) -> Plugin:
+    """Resolve ``node``'s ``_target_`` and parse its keys (``group`` is its config group).
+
+    Raises:
+        RunnerError: the target cannot be imported, declares no schema, or a value is bad.
+    """
+    values = _container(node)
+    target = resolve(values.get("_target_", ""))
+    schema = options_of(target, str(values.get("_target_")))
+    return Plugin(target, parse(values, GROUP_META[group], group), parse(values, schema, group))
+
+
+def schema_of(group: str, node: Mapping[str, Any]) -> type[Options]:
+    """The whole schema of a group's node (raises RunnerError when its target cannot be used)."""
+    if group in FIXED:
+        return FIXED[group]
+    target = node.get("_target_")
+    if not isinstance(target, str) or not target:
+        raise RunnerError(f"{group}._target_={target}: expected package.module.name")
+    return combined(GROUP_META[group], options_of(resolve(target), target))
+
+
+# --------------------------------------------------------------------------- checking
 def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
     """One line per bad value: the key, the value, what is allowed. Empty when all is well."""
-    container = (
-        OmegaConf.to_container(cfg, resolve=False)
-        if isinstance(cfg, (DictConfig, ListConfig))
-        else dict(cfg)
-    )
+    raw = _container(cfg, resolve=False)
     out = []
-    for key, value in _leaves(container):
-        rule = rule_for(key)
-        if rule is None:
-            continue  # keys of a user's own builder or recipe: theirs to check
-        resolved = _resolved(cfg, key, value)
-        if isinstance(resolved, _Unresolvable):
-            out.append(f"{key}={value}: cannot be resolved ({resolved.why})")
-        elif not rule.ok(resolved):
-            out.append(f"{key}={_show(resolved)}: expected {rule.text()}")
-    return out + _model_file_problems(container.get("model")) + _data_path_problems(cfg)
+    for key in raw:
+        if key != "hydra" and key not in TOP_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_KEYS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"valid keys: {', '.join(TOP_KEYS)}"
+            out.append(f"{key}: unknown key; {hint}")
+    top, bad = _resolved(cfg, raw, [k for k in RunOptions.model_fields if k in raw])
+    out += bad + schema_problems(top, RunOptions, "")
+    for group in (*GROUP_META, *FIXED):
+        if not isinstance(raw.get(group), dict):
+            continue
+        node, bad = _resolved(cfg, raw[group], None, group)
+        out += bad
+        try:
+            schema = schema_of(group, node)
+        except RunnerError as e:
+            out.append(str(e))
+            continue
+        out += schema_problems(node, schema, group)
+    return out + _model_file_problems(raw.get("model")) + _data_path_problems(cfg)
 
 
 def _data_path_problems(cfg: Any) -> list[str]:
@@ -395,44 +171,57 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Raise one :class:`RunnerError` listing every bad value, one line each.
 
     Raises:
-        RunnerError: at least one value breaks its rule (see :data:`GROUPS`).
+        RunnerError: at least one value breaks its schema.
     """
     bad = problems(cfg)
     if bad:
         raise RunnerError("bad config value: " + "\nbad config value: ".join(bad))
 
 
-class _Unresolvable:
-    def __init__(self, why: str) -> None:
-        self.why = why
+def _container(node: Any, resolve: bool = True) -> dict[str, Any]:
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=resolve)  # type: ignore[return-value]
+    return dict(node)
 
 
-def _resolved(cfg: Any, key: str, value: Any) -> Any:
-    if not (isinstance(value, str) and "${" in value) or not isinstance(cfg, DictConfig):
-        return value
-    try:
-        return OmegaConf.select(cfg, key, throw_on_missing=True)
-    except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve
-        return _Unresolvable(" ".join(str(e).split())[:120])
+def _resolved(
+    cfg: Any, raw: dict[str, Any], keys: list[str] | None, prefix: str = ""
+) -> tuple[dict[str, Any], list[str]]:
+    """``raw`` with its interpolations resolved; a key that does not resolve is one line."""
+    node: dict[str, Any] = {}
+    bad: list[str] = []
+    for key, value in raw.items():
+        if keys is not None and key not in keys:
+            continue
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if not _has_interpolation(value) or not isinstance(cfg, DictConfig):
+            node[key] = value
+            continue
+        try:
+            got = OmegaConf.select(cfg, full, throw_on_missing=True)
+            node[key] = _container(got) if isinstance(got, (DictConfig, ListConfig)) else got
+        except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve
+            bad.append(f"{full}={value}: cannot be resolved ({' '.join(str(e).split())[:120]})")
+    return node, bad
+
+
+def _has_interpolation(value: Any) -> bool:
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, dict):
+        return any(_has_interpolation(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_interpolation(v) for v in value)
+    return False
 
 
 def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf; a list is one leaf (its rule checks the items)."""
-    if isinstance(node, dict):
+    """(dotted key, value) of every leaf (lists are leaves)."""
+    if isinstance(node, Mapping):
         for k, v in node.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if key == "hydra":
-                continue
-            if isinstance(v, dict) and (rule_for(key) is None or not v):
-                yield from _leaves(v, key)
-            else:
-                yield key, v
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
     else:
         yield prefix, node
-
-
-def _show(v: Any) -> str:
-    return repr(v) if isinstance(v, str) else str(v)
 
 
 # --------------------------------------------------------------------------- Hydra callback

@@ -15,24 +15,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from runner.data import Scaling
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    batch_size: int = 128
-    num_threads: int = 1
-    latency_warmup: int = 5
-    latency_samples: int = 50
-    progress: bool = True
+class EvalConfig(Options):
+    """``conf/evaluation/default.yaml``: how every artifact is scored."""
+
+    batch_size: int = Field(128, ge=1, description="batched inference where the input resizes")
+    num_threads: int = Field(1, ge=1, description="interpreter threads (latency uses this count)")
+    latency_warmup: int = Field(5, ge=0, description="untimed invokes before timing")
+    latency_samples: int = Field(50, ge=0, description="timed single-sample invokes (0: none)")
+    progress: bool = Field(True, description="progress bars on a terminal")
+    min_agreement: float = Field(
+        0.99, ge=0, le=1, description="float artifacts below this agreement are warned about"
+    )
+    min_agreement_quantized: float = Field(
+        0.95, ge=0, le=1, description="the same for quantized artifacts"
+    )
+    min_output_sqnr_db: float | None = Field(
+        30, ge=0, description="float artifacts below this output SQNR (dB) are warned about"
+    )
+    layer_report: bool = Field(False, description="int8 recipes: layer_report.csv, worst first")
 
     @classmethod
     def from_mapping(cls, cfg: Any) -> EvalConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+        """A config node's keys of this schema (validated)."""
+        known = set(cls.model_fields)
+        return cls.model_validate({k: v for k, v in dict(cfg).items() if k in known})
 
 
 @dataclass(frozen=True)

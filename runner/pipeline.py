@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,13 +25,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner import cache, report
-from runner.config import validate
+from runner.config import plugin, validate
 from runner.data import Dataset, Scaling
-from runner.errors import RunnerError, summarize_error
+from runner.errors import summarize_error
 from runner.evaluate import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
 from runner.files import atomic_copy, atomic_write_json, atomic_write_text, sha256_file
 from runner.recipes.base import Artifact, Recipe, RecipeContext
 from runner.recipes.debugger import REPORT_COLUMNS, summary, write_rows
+from runner.schema import call
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ VERSIONED = [
 NOT_IN_CACHE_KEY = ("test_size",)
 # Model keys that only change how the trained model is converted, likewise.
 MODEL_NOT_IN_CACHE_KEY = ("recurrent", "convert_batch_size")
+# The evaluation keys that change a score (the memo key of the shared float rows).
+SCORING_KEYS = {"batch_size", "num_threads", "latency_warmup", "latency_samples"}
 # Part of every baseline cache key: bumped when a loader yields other data for the same config
 # (2: the runner's own stratified split replaced scikit-learn's), so stale entries are not reused.
 DATA_VERSION = 2
@@ -90,20 +94,18 @@ def scaling_from(model_cfg: Any, data: Dataset | None = None) -> Scaling:
     )
 
 
-def build(node: DictConfig) -> Any:
-    """``hydra.utils.instantiate`` that lets our own RunnerError through unwrapped."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+def build_recipe(node: DictConfig | Mapping[str, Any]) -> Recipe:
+    """The recipe a ``conf/recipe`` node describes: its ``_target_`` called with the runner's
+    keys (``meta``) and its own options."""
+    p = plugin("recipe", node)
+    return call(p.target, p.options, meta=p.meta)
 
-    try:
-        return instantiate(node, _convert_="all")
-    except InstantiationException as e:
-        cause = e.__cause__
-        while cause is not None and not isinstance(cause, RunnerError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
+
+def build_model(node: DictConfig | Mapping[str, Any]) -> Callable[..., Any]:
+    """The model builder of a ``conf/model`` node; called with what the data offers
+    (``input_shape``, ``num_classes``, ``vocab_size``, ``sample``), it takes what it names."""
+    p = plugin("model", node)
+    return functools.partial(call, p.target, p.options)
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
@@ -122,7 +124,8 @@ def load_dataset(cfg: DictConfig) -> Dataset:
                 node.image_size = [int(shape[0]), int(shape[1])]
             if node.get("color_mode", "") is None:
                 node.color_mode = "grayscale" if shape[2] == 1 else "rgb"
-    return build(node)
+    p = plugin("dataset", node)
+    return call(p.target, p.options, name=p.meta.name)
 
 
 def baseline_spec(cfg: DictConfig, data: Dataset | None = None) -> dict[str, Any]:
@@ -161,13 +164,12 @@ class Baseline:
 def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
     """The trained float model: loaded from ``model.path``, from the cache, or trained now."""
     import tf_keras as keras
-    from hydra.utils import instantiate
 
     from runner.data import calibration_sample
     from runner.train import TrainConfig, train
 
     keras.backend.clear_session()  # a reused worker process (joblib) starts clean
-    builder = instantiate(cfg.model, _convert_="all")
+    builder = build_model(cfg.model)
     if not cfg.model.get("needs_training", True):
         # a user's file: a Keras 3 model's tf_keras twin is checked on real training inputs
         sample = scaling(calibration_sample(data.train, 64, 0))
@@ -265,6 +267,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         m,
         "the trained float model: the reference for accuracy and agreement",
         scorer.memo_status,
+        role="float",
     )
 
     # 2. the float32 TFLite reference (every size is compared with it), then 3. the recipe's
@@ -300,14 +303,15 @@ def produce_and_score(
     ``is_reference``: the float32 reference, whose score is shared by a sweep's jobs.
     """
     name, use_case = str(rcfg.get("name", "?")), str(rcfg.get("use_case", ""))
+    role = "reference" if is_reference else "recipe"
     try:
         with _timed(table.timings, "convert_seconds"):
-            recipe: Recipe = build(rcfg)
+            recipe = build_recipe(rcfg)
             artifacts = recipe.produce(ctx)
     except Exception as e:  # noqa: BLE001 - a failing recipe is a failed row, never a lost table
         log.error("recipe %s failed: %s", name, summarize_error(e))
         log.debug("recipe %s traceback", name, exc_info=True)
-        table.fail(name, f"{name}.tflite", summarize_error(e), use_case)
+        table.fail(name, f"{name}.tflite", summarize_error(e), use_case, role)
         return
     if is_reference and artifacts:
         ctx.reference_path = artifacts[0].path  # what a .tflite backend (AEQ) starts from
@@ -319,9 +323,11 @@ def produce_and_score(
                 m = scorer.score(art, memoize=is_reference)
         except Exception as e:  # noqa: BLE001
             log.error("evaluating %s failed: %s", art.path, summarize_error(e))
-            table.fail(name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case)
+            table.fail(
+                name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case, role
+            )
             continue
-        table.add(art, m, use_case, scorer.memo_status)
+        table.add(art, m, use_case, scorer.memo_status, role)
 
 
 def _with_layer_report(
@@ -381,7 +387,7 @@ class Scorer:
             "test": cache.fingerprint(data.test.x, data.test.y),
             "scaling": scaling.as_dict(),
             "num_classes": data.num_classes,
-            "evaluation": {k: v for k, v in dataclasses.asdict(ecfg).items() if k != "progress"},
+            "evaluation": ecfg.model_dump(include=SCORING_KEYS),
             "memo_version": 2,  # 2: the float model's outputs are kept (output fidelity)
         }
 
@@ -467,9 +473,13 @@ class ResultsTable:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
 
-    def add(self, art: Artifact, m: Metrics, use_case: str, memo: str = "off") -> None:
+    def add(
+        self, art: Artifact, m: Metrics, use_case: str, memo: str = "off", role: str = "recipe"
+    ) -> None:
+        """A scored row; ``role``: float (the Keras model), reference (``recipe@reference``,
+        what compression is measured against) or recipe."""
         size = _size(art.path)
-        if art.recipe == "none":
+        if role == "reference" and self._reference_size is None:
             self._reference_size = size
             for r in self.rows:  # rows added before the reference existed
                 if r["size_bytes"]:
@@ -485,6 +495,7 @@ class ResultsTable:
             report.empty_row(
                 **self.common,
                 recipe=art.recipe,
+                role=role,
                 artifact=art.name,
                 format=art.format,
                 size_bytes=size,
@@ -519,11 +530,14 @@ class ResultsTable:
             self.warn(w)
         self.write()
 
-    def fail(self, recipe: str, artifact: str, error: str, use_case: str) -> None:
+    def fail(
+        self, recipe: str, artifact: str, error: str, use_case: str, role: str = "recipe"
+    ) -> None:
         self.rows.append(
             report.empty_row(
                 **self.common,
                 recipe=recipe,
+                role=role,
                 artifact=artifact,
                 format="tflite",
                 status="failed",
@@ -585,7 +599,7 @@ def fidelity_warnings(art: Artifact, m: Metrics, ecfg: Any) -> list[str]:
         out.append(
             f"{art.name}: agreement with the float Keras model is {agreement:.4f} < {floor} ({what})"
         )
-    sqnr_floor = ecfg.get("min_output_sqnr_db")
+    sqnr_floor = ecfg.min_output_sqnr_db
     if (
         not art.quantized
         and m.output_sqnr_db is not None

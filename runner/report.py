@@ -25,6 +25,7 @@ COLUMNS = [
     "dataset",
     "model",
     "recipe",
+    "role",  # float (the Keras model), reference (recipe@reference), recipe
     "artifact",
     "format",
     "size_bytes",
@@ -154,7 +155,14 @@ def _md_cell(col: str, v: Any) -> str:
 # --------------------------------------------------------------------------- sweeps
 SWEEP_COLUMNS = [*COLUMNS, "overrides", "varies", "job"]
 SWEEP_DISPLAY = ["varies", *DISPLAY]  # `varies`: the overrides that differ between the jobs
-BASELINE_RECIPES = ("float", "none")  # rows every job of a baseline repeats: kept once
+BASELINE_ROLES = ("float", "reference")  # rows every job of a baseline repeats: kept once
+
+
+def is_baseline_row(r: Mapping[str, Any]) -> bool:
+    """The float model's and the reference's rows (results written before ``role`` existed: by
+    their recipe name)."""
+    role = r.get("role")
+    return role in BASELINE_ROLES if role else r.get("recipe") in ("float", "none")
 
 
 def job_dirs(path: str | os.PathLike) -> list[Path]:
@@ -210,7 +218,7 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
         varies = " ".join(o for o in per_job[job] if o not in common)
         for r in job_rows(job):
             r["varies"] = varies
-            if r.get("recipe") in BASELINE_RECIPES and r.get("status") == "ok":
+            if is_baseline_row(r) and r.get("status") == "ok":
                 key = (r.get("dataset"), r.get("model"), r.get("baseline_key"), r.get("artifact"))
                 if key in seen:
                     continue
@@ -248,7 +256,7 @@ def seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     seeds: dict[tuple, set[str]] = {}
     for r in rows:
-        drop = ("seed=", "recipe=") if r.get("recipe") in BASELINE_RECIPES else ("seed=",)
+        drop = ("seed=", "recipe=") if is_baseline_row(r) else ("seed=",)
         tokens = str(r.get("varies") or "").split()
         rest = " ".join(t for t in tokens if not t.startswith(drop))
         key = (r.get("dataset"), r.get("model"), r.get("recipe"), r.get("artifact"), rest)

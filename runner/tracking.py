@@ -14,10 +14,13 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from runner.errors import RunnerError
 from runner.report import METRIC_COLUMNS
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,17 @@ RUN_FILES += ("fallback_trace.csv",)
 SWEEP_FILES = ("comparison.csv", "comparison.md", "comparison.json", "comparison.png")
 SWEEP_FILES += ("summary.csv", "summary.md")
 PARENT_FILE = ".mlflow_parent_run"  # in the sweep folder: the parent run's id, for every job
+
+
+class LoggerOptions(Options):
+    """``conf/logger/*.yaml``: where runs are tracked."""
+
+    name: Literal["none", "mlflow"] = Field("none", description="none, or MLflow runs")
+    tracking_uri: str = Field(
+        "outputs/mlruns", min_length=1, description="a local folder, or a server / database URI"
+    )
+    experiment: str = Field("tfq-runner", min_length=1, description="the MLflow experiment")
+    log_models: bool = Field(False, description="also upload every .tflite file of the run")
 
 
 def enabled(cfg: Any) -> bool:

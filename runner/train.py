@@ -6,31 +6,49 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from runner.data import Dataset, Rows, Scaling, Split
 from runner.errors import RunnerError
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 32
-    optimizer: str = "adam"
-    learning_rate: float = 3e-3
-    seed: int = 0
-    validation_split: float = 0.1
-    early_stopping_patience: int = 5
-    verbose: int = 0
+Optimizer = Literal["adadelta", "adagrad", "adam", "adamax", "ftrl", "nadam", "rmsprop", "sgd"]
+
+
+class TrainConfig(Options):
+    """``conf/train/*.yaml``: how the float baseline is fitted."""
+
+    epochs: int = Field(
+        30, ge=1, description="at most this many epochs (early stopping ends sooner)"
+    )
+    batch_size: int = Field(32, ge=1, description="samples per step")
+    optimizer: Optimizer = Field("adam", description="a Keras optimizer (any case)")
+    learning_rate: float = Field(3e-3, gt=0, description="the optimizer's learning rate")
+    seed: int = Field(0, ge=0, description="weights, shuffles and the validation split")
+    validation_split: float = Field(
+        0.1, ge=0, lt=1, description="training share held out for early stopping"
+    )
+    early_stopping_patience: int = Field(
+        5, ge=0, description="epochs without improvement before stopping (0: never stop early)"
+    )
+    verbose: int = Field(0, ge=0, le=2, description="Keras fit verbosity")
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
 
     @classmethod
     def from_mapping(cls, cfg: Any) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+        """A config node's keys of this schema (validated)."""
+        known = set(cls.model_fields)
+        return cls.model_validate({k: v for k, v in dict(cfg).items() if k in known})
 
 
 @dataclass

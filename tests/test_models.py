@@ -10,6 +10,7 @@ from runner.errors import RunnerError
 from runner.models import builders
 from runner.models.builders import resnet, small_cnn
 from runner.models.loading import load_model, load_pretrained
+from runner.schema import call
 
 
 @pytest.mark.parametrize("shape,classes", [((8, 8, 1), 10), ((32, 32, 3), 100)])
@@ -34,7 +35,9 @@ def test_builders_take_shape_and_classes_from_the_data(shape, classes):
 )
 def test_a_model_that_cannot_take_the_data_says_which_models_can(builder, shape, kwargs, message):
     with pytest.raises(RunnerError, match=message):
-        getattr(builders, builder)(shape, 3, **kwargs)
+        # as the runner calls it: with what the data offers, of which it takes what it names
+        fn = getattr(builders, builder)
+        call(fn, fn.Options(), input_shape=shape, num_classes=3, **kwargs)
     builders.mlp(shape, 3)  # feature vectors, images or ids: a dense net takes any of them
 
 

@@ -201,3 +201,22 @@ def test_a_second_run_reuses_the_conversions_cached_with_its_baseline(tmp_path):
     ).read_bytes()
     assert other.row("full_integer.tflite")["status"] == "ok"
     assert len(list((tmp_path / "cache").glob("*/full_integer-*.tflite"))) == 2
+
+
+def test_another_reference_recipe_gives_the_compression_column(tiny_cfg, tmp_path):
+    # setup / execute: sizes measured against float16 instead of the float32 file
+    result = run(tiny_cfg("recipe=dynamic_range", "recipe@reference=float16"), tmp_path)
+    # assert: the reference row is float16 at 1.00x; the recipe's ratio is float16's size / its own
+    ref, rec = result.row("float16.tflite"), result.row("dynamic_range.tflite")
+    assert ref["role"] == "reference" and ref["compression"] == 1.0
+    assert rec["role"] == "recipe"
+    assert rec["compression"] == pytest.approx(ref["size_bytes"] / rec["size_bytes"])
+    assert 1.3 < rec["compression"] < 2.5  # int8 weights against float16 ones
+    assert result.row("float.h5")["role"] == "float"
+
+
+def test_an_aeq_recipe_refuses_a_quantized_reference(tiny_cfg, tmp_path):
+    result = run(tiny_cfg("recipe=int8_weight_only", "recipe@reference=float16"), tmp_path)
+    row = result.row("int8_weight_only.tflite")
+    assert row["status"] == "failed" and "recipe@reference=none" in row["error"]
+    assert result.row("float16.tflite")["status"] == "ok"  # the rest of the table is kept

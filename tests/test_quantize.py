@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import compose_config
-from hydra.utils import instantiate
 
 from runner.data import Scaling
 from runner.data.digits import load_digits
 from runner.errors import RunnerError, summarize_error
 from runner.evaluate import TFLiteModel
 from runner.models.builders import small_cnn
+from runner.pipeline import build_recipe
 from runner.recipes.base import RecipeContext
 from runner.recipes.conversion import ConverterOptions, convert
 
@@ -27,7 +27,7 @@ def weight_heavy():
 def produce(recipe: str, model, data, tmp_path, *overrides):
     cfg = compose_config(f"recipe={recipe}", *overrides)
     ctx = RecipeContext(model=model, dataset=data, scaling=Scaling("unit"), models_dir=tmp_path)
-    (art,) = instantiate(cfg.recipe, _convert_="all").produce(ctx)
+    (art,) = build_recipe(cfg.recipe).produce(ctx)
     return art
 
 

@@ -16,15 +16,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from runner.data.base import Dataset, Split, stratified_split, subset
+from runner.data.base import (
+    Dataset,
+    InputScaling,
+    Split,
+    SplitOptions,
+    stratified_split,
+    subset,
+)
 from runner.errors import RunnerError
+from runner.schema import options
 
 log = logging.getLogger(__name__)
 
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+class ArraysOptions(SplitOptions):
+    """``dataset=arrays``: a ``.npz`` file of ``x``/``y`` (or ``x_train``/``y_train``/...)."""
+
+    path: str | None = Field(None, min_length=1, description="the .npz file (required)")
+    input_scaling: InputScaling = Field(
+        "auto", description="auto: pixels -> unit; token ids and other floats -> none"
+    )
+
+
+@options(ArraysOptions)
 def load_arrays(
     name: str = "arrays",
     path: str | None = None,
@@ -33,7 +52,6 @@ def load_arrays(
     train_size: int | None = None,
     test_size: int | None = None,
     input_scaling: str = "auto",
-    **_: Any,
 ) -> Dataset:
     """A data set from a ``.npz`` file (see the module for the keys and kinds of ``x``).
 

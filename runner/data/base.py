@@ -10,13 +10,43 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from runner.errors import RunnerError
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
+
+
+# How raw inputs become model inputs (see :class:`Scaling`); ``auto`` is what the data needs.
+ScalingKind = Literal["unit", "symmetric", "standardize", "none"]
+InputScaling = Literal["unit", "symmetric", "standardize", "none", "auto"]
+
+
+class DatasetMeta(Options):
+    """The runner's keys of every ``conf/dataset/*.yaml`` (a loader's own are its Options)."""
+
+    name: str = Field(min_length=1, description="the data set's name in the table")
+    input_scaling: InputScaling = Field(
+        "unit", description="how pixels become model inputs; models read it (auto: by the data)"
+    )
+
+
+class SubsetOptions(Options):
+    """Seeded subsets of the splits, for quick runs."""
+
+    train_size: int | None = Field(None, ge=1, description="a seeded training subset (null: all)")
+    test_size: int | None = Field(None, ge=1, description="a seeded test subset (null: all)")
+
+
+class SplitOptions(SubsetOptions):
+    """A stratified hold-out of data that comes without a test split."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="the stratified test share")
+    split_seed: int = Field(0, ge=0, description="the split (and subsets) are reproducible from it")
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from runner.data.base import Dataset, Split, subset
+from runner.data.base import Dataset, Split, SubsetOptions, subset
 from runner.errors import RunnerError
+from runner.schema import options
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,23 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
 
 
+LabelMode = Literal["fine", "coarse"]
+
+
+class Cifar100Options(SubsetOptions):
+    """``dataset=cifar100``: the ``cifar-100-python`` archive or folder, read offline."""
+
+    path: str | None = Field(
+        None, min_length=1, description="the .tar.gz or its folder (null: Keras's cache)"
+    )
+    label_mode: LabelMode = Field("fine", description="fine: 100 classes; coarse: 20 superclasses")
+    subset_seed: int = Field(0, ge=0, description="which samples the subsets take")
+    extract_dir: str | None = Field(
+        None, min_length=1, description="where an archive is extracted once"
+    )
+
+
+@options(Cifar100Options)
 def load_cifar100(
     name: str = "cifar100",
     path: str | None = None,
@@ -38,7 +57,6 @@ def load_cifar100(
     test_size: int | None = None,
     subset_seed: int = 0,
     extract_dir: str | None = None,
-    **_: Any,
 ) -> Dataset:
     """CIFAR-100 from a local ``cifar-100-python.tar.gz``, its extracted folder, or Keras's cache.
 
@@ -49,8 +67,10 @@ def load_cifar100(
         RunnerError: the data cannot be found offline, the archive has unsafe members, or the
             folder is not in the ``cifar-100-python`` layout.
     """
-    if label_mode not in ("fine", "coarse"):
-        raise RunnerError(f"dataset.label_mode must be 'fine' or 'coarse', got {label_mode!r}")
+    if label_mode not in get_args(LabelMode):
+        raise RunnerError(
+            f"dataset.label_mode must be one of {get_args(LabelMode)}, got {label_mode!r}"
+        )
     folder = _find_cifar_folder(path, extract_dir)
     meta = _load_pickle(folder / "meta")
     train = _load_pickle(folder / "train")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from runner.data.base import Dataset, Split, stratified_split, subset
+from runner.data.base import Dataset, Split, SplitOptions, stratified_split, subset
 from runner.errors import RunnerError
+from runner.schema import options
 
 
 def _sklearn_data_file(name: str) -> Path:
@@ -20,13 +20,13 @@ def _sklearn_data_file(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
 
 
+@options(SplitOptions)
 def load_digits(
     name: str = "digits",
     test_fraction: float = 0.2,
     split_seed: int = 0,
     train_size: int | None = None,
     test_size: int | None = None,
-    **_: Any,
 ) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, shipped with the package).
 

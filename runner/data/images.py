@@ -26,18 +26,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
-from runner.data.base import Dataset, Split, stratified_split, subset
+from runner.data.base import Dataset, Split, SplitOptions, stratified_split, subset
 from runner.errors import RunnerError
+from runner.schema import Described, options
 
 log = logging.getLogger(__name__)
 
 # What Pillow decodes for us (GIF: its first frame).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}
+COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}  # ColorMode -> PIL mode, channels
 ARRAY_FILE, LABELS_FILE, META_FILE = "images.npy", "labels.npy", "meta.json"
 # Bumped when the same files would decode to other arrays, so stale entries are not reused.
 DECODE_VERSION = 1
@@ -61,6 +63,32 @@ class Listing:
     stats: list[tuple[int, int]]  # (size, mtime_ns) of each file
 
 
+ColorMode = Literal["rgb", "grayscale"]
+OnBadFile = Literal["skip", "error"]
+Size = Annotated[int, Field(ge=1)]
+
+
+class ImageFolderOptions(SplitOptions):
+    """``dataset=image_folder``: one folder per class (or train/ and test/ trees of them)."""
+
+    path: str | None = Field(None, min_length=1, description="the folder (required)")
+    image_size: Annotated[
+        Size | Annotated[list[Size], Field(min_length=2, max_length=2)] | None,
+        Described("an integer >= 1, or [height, width], or null"),
+    ] = Field(None, description="the size images are resized to (null: a pretrained model's)")
+    color_mode: ColorMode | None = Field(
+        None, description="null: a pretrained model's channels, else rgb"
+    )
+    on_bad_file: OnBadFile = Field(
+        "skip", description="an unreadable image: skip (counted and named) or error"
+    )
+    workers: int | None = Field(None, ge=1, description="decode processes (null: every core)")
+    cache_dir: str | None = Field(
+        None, min_length=1, description="where the decoded arrays are kept (null: no cache)"
+    )
+
+
+@options(ImageFolderOptions)
 def load_image_folder(
     name: str = "image_folder",
     path: str | None = None,
@@ -73,7 +101,6 @@ def load_image_folder(
     on_bad_file: str = "skip",
     workers: int | None = None,
     cache_dir: str | None = None,
-    **_: Any,
 ) -> Dataset:
     """Images in one folder per class, decoded once to a cached uint8 array (see the module).
 
@@ -94,7 +121,7 @@ def load_image_folder(
     mode = color_mode or "rgb"
     if mode not in COLOR_MODES:
         raise RunnerError(f"dataset.color_mode must be rgb or grayscale, got {color_mode!r}")
-    if on_bad_file not in ("skip", "error"):
+    if on_bad_file not in get_args(OnBadFile):
         raise RunnerError(f"dataset.on_bad_file must be skip or error, got {on_bad_file!r}")
     listing = list_images(Path(path).expanduser(), test_fraction, split_seed)
     key = decode_key(listing, size, mode, test_fraction, split_seed)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from runner.data.base import Dataset, Split, stratified_split, subset
+from runner.data.base import Dataset, Split, SplitOptions, stratified_split, subset
+from runner.data.vocabulary import Segment
 from runner.errors import RunnerError
+from runner.schema import options
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,24 @@ def _pd():
     return pandas
 
 
+class TextOptions(SplitOptions):
+    """``dataset=fake_news``: a labelled CSV/TSV/JSON Lines file as padded token ids."""
+
+    path: str | None = Field(None, min_length=1, description="the labelled file (required)")
+    text_column: str = Field("text", min_length=1, description="the column of the text")
+    label_column: str = Field("label", min_length=1, description="the column of the label")
+    split_column: str | None = Field(
+        "split", min_length=1, description="train/test per row (null or absent: a seeded split)"
+    )
+    segment: Segment = Field("auto", description="word segmentation: jieba for raw Chinese")
+    word_index: str | None = Field(
+        None, min_length=1, description="a Keras Tokenizer word_index.json to use"
+    )
+    num_words: int | None = Field(20000, ge=2, description="vocabulary cap (null: every word)")
+    maxlen: int = Field(100, ge=1, description="pad/truncate at the front to this length")
+
+
+@options(TextOptions)
 def load_text_classification(
     name: str = "fake_news",
     path: str | None = None,
@@ -43,7 +63,6 @@ def load_text_classification(
     split_seed: int = 0,
     train_size: int | None = None,
     test_size: int | None = None,
-    **_: Any,
 ) -> Dataset:
     """A labelled text file (CSV, TSV or JSON Lines) as padded token-id sequences.
 

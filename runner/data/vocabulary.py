@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 KERAS_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 _TRANSLATE = str.maketrans(dict.fromkeys(KERAS_FILTERS, " "))
 _CJK = re.compile(r"[\u3400-\u9fff]")
-SEGMENT_MODES = ("auto", "jieba", "none")
+Segment = Literal["auto", "jieba", "none"]
+SEGMENT_MODES = get_args(Segment)
 
 
 def words(text: str) -> list[str]:

@@ -10,9 +10,90 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field, field_validator
 
 from runner.errors import RunnerError
+from runner.schema import Described, Options, options
+
+Count = Annotated[int, Field(ge=1)]
+Counts = Annotated[list[Count], Field(min_length=1)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
+BNMomentum = Annotated[float, Field(ge=0, lt=1)]
+Activation = Literal["relu", "relu6"]
+
+
+class SmallCNNOptions(Options):
+    filters: Counts = Field([16, 32], description="one Conv-BN-ReLU block per entry")
+    dense_units: int = Field(64, ge=0, description="the Dense layer before the head (0: none)")
+    dropout: Dropout = Field(0.2, description="dropout before the head")
+    bn_momentum: BNMomentum = Field(0.9, description="BatchNorm moving-statistics momentum")
+
+
+class MLPOptions(Options):
+    units: Counts = Field([64, 32], description="one Dense-ReLU layer per entry")
+    dropout: Dropout = Field(0.0, description="dropout after each layer")
+
+
+Block = Annotated[
+    list[int],
+    Field(min_length=2, max_length=2),
+    Described("[filters, stride] with filters >= 1 and stride 1 or 2"),
+]
+
+
+class MobileNetOptions(Options):
+    blocks: Annotated[list[Block], Field(min_length=1)] = Field(
+        [[32, 1], [64, 2], [64, 1], [128, 2], [128, 1]],
+        description="[pointwise filters, stride] per depthwise-separable block",
+    )
+    width: Count = Field(16, description="stem filters")
+    activation: Activation = Field("relu6", description="relu6, or relu (wider int8 ranges)")
+    batch_norm: bool = Field(True, description="false: biases and no BatchNorm")
+    dropout: Dropout = Field(0.2, description="dropout before the head")
+    bn_momentum: BNMomentum = Field(0.9, description="BatchNorm moving-statistics momentum")
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks(cls, blocks: list[list[int]]) -> list[list[int]]:
+        for b in blocks:
+            if b[0] < 1 or b[1] not in (1, 2):
+                raise ValueError(
+                    "expected [filters, stride] pairs with filters >= 1, stride 1 or 2"
+                )
+        return blocks
+
+
+class ResNetOptions(Options):
+    depth: Annotated[int, Described("an integer 6n+2 (8, 14, 20, 32, 44, 56 ...)")] = Field(
+        20, description="layers: 6n+2 (n basic blocks per stage)"
+    )
+    width: Count = Field(16, description="filters of the first stage; stages use w, 2w, 4w")
+    bn_momentum: BNMomentum = Field(0.9, description="BatchNorm moving-statistics momentum")
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, depth: int) -> int:
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError("expected an integer 6n+2 (8, 14, 20, 32, 44, 56 ...)")
+        return depth
+
+
+class TextCNNOptions(Options):
+    embedding_dim: Count = Field(64, description="embedding width")
+    filters: Count = Field(128, description="Conv1D filters")
+    kernel_size: Count = Field(5, description="Conv1D window (words)")
+    dense_units: int = Field(64, ge=0, description="the Dense layer before the head (0: none)")
+    dropout: Dropout = Field(0.5, description="dropout before the head")
+
+
+class TextLSTMOptions(Options):
+    embedding_dim: Count = Field(64, description="embedding width")
+    units: Count = Field(64, description="LSTM units")
+    bidirectional: bool = Field(False, description="a Bidirectional LSTM")
+    dropout: Dropout = Field(0.3, description="dropout before the head")
+
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +121,7 @@ def _conv_bn_relu(x, filters: int, name: str, bn_momentum: float, strides: int =
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+@options(SmallCNNOptions)
 def small_cnn(
     input_shape: Sequence[int],
     num_classes: int,
@@ -47,7 +129,6 @@ def small_cnn(
     dense_units: int = 64,
     dropout: float = 0.2,
     bn_momentum: float = 0.9,
-    **_: Any,
 ):
     """A small CNN of Conv->BN->ReLU blocks; each block after the first halves the resolution
     while it is still larger than 4x4."""
@@ -70,12 +151,12 @@ def small_cnn(
     return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=False), name="small_cnn")
 
 
+@options(MLPOptions)
 def mlp(
     input_shape: Sequence[int],
     num_classes: int,
     units: Sequence[int] = (64, 32),
     dropout: float = 0.0,
-    **_: Any,
 ):
     """Dense-ReLU layers on flattened inputs: for feature vectors (``dataset=arrays``)."""
     keras = _keras()
@@ -88,6 +169,7 @@ def mlp(
     return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=False), name="mlp")
 
 
+@options(MobileNetOptions)
 def mobilenet(
     input_shape: Sequence[int],
     num_classes: int,
@@ -97,7 +179,6 @@ def mobilenet(
     batch_norm: bool = True,
     dropout: float = 0.2,
     bn_momentum: float = 0.9,
-    **_: Any,
 ):
     """A MobileNet-v1-style CNN: a Conv-BN stem, then depthwise-separable blocks (3x3
     DepthwiseConv-BN-act, 1x1 Conv-BN-act), global pooling and a softmax head.
@@ -108,7 +189,7 @@ def mobilenet(
     own activation range, which one per-tensor int8 scale must cover.
     """
     keras = _keras()
-    if activation not in ("relu", "relu6"):
+    if activation not in get_args(Activation):
         raise RunnerError(f"model.activation must be relu or relu6, got {activation!r}")
     cap = 6.0 if activation == "relu6" else None
 
@@ -138,13 +219,13 @@ def mobilenet(
     return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=False), name="mobilenet")
 
 
+@options(ResNetOptions)
 def resnet(
     input_shape: Sequence[int],
     num_classes: int,
     depth: int = 20,
     width: int = 16,
     bn_momentum: float = 0.9,
-    **_: Any,
 ):
     """A CIFAR-style ResNet (He et al. 2016, section 4.2): 3 stages of (depth-2)/6 basic blocks
     with widths w, 2w, 4w; depth 20 has 0.27 M parameters at width 16."""
@@ -204,6 +285,7 @@ def _image_input(input_shape: Sequence[int], model: str):
     return _keras().Input(shape=tuple(input_shape), name="input")
 
 
+@options(TextCNNOptions)
 def text_cnn(
     input_shape: Sequence[int],
     num_classes: int,
@@ -213,7 +295,6 @@ def text_cnn(
     kernel_size: int = 5,
     dense_units: int = 64,
     dropout: float = 0.5,
-    **_: Any,
 ):
     """Embedding -> Conv1D -> GlobalMaxPool -> Dense: fast, and every op has an int8 kernel."""
     keras = _keras()
@@ -228,6 +309,7 @@ def text_cnn(
     return keras.Model(inputs, _head(x, num_classes, sigmoid_for_binary=True), name="text_cnn")
 
 
+@options(TextLSTMOptions)
 def text_lstm(
     input_shape: Sequence[int],
     num_classes: int,
@@ -236,7 +318,6 @@ def text_lstm(
     units: int = 64,
     bidirectional: bool = False,
     dropout: float = 0.3,
-    **_: Any,
 ):
     """Embedding -> LSTM (optionally bidirectional) -> Dense, like the seed's classifier."""
     keras = _keras()

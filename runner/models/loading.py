@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from runner.errors import RunnerError
+from runner.schema import Options, options
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,19 @@ class LoadedModel:
     note: str = ""
 
 
+class PretrainedOptions(Options):
+    """``model=pretrained``: a user's trained model file is the baseline."""
+
+    path: str | None = Field(
+        None, min_length=1, description="a .keras / .h5 file or a SavedModel folder (required)"
+    )
+    custom_objects: str | None = Field(
+        None, min_length=1, description="a module to import first that registers custom layers"
+    )
+    safe_mode: bool = Field(True, description="refuse Lambda layers (false: files you trust)")
+
+
+@options(PretrainedOptions)
 def load_pretrained(
     path: str,
     input_shape: Sequence[int] | None = None,
@@ -46,7 +62,6 @@ def load_pretrained(
     vocab_size: int | None = None,
     custom_objects: str | None = None,
     sample: Any = None,
-    **_: Any,
 ) -> LoadedModel:
     """Load a user's trained model instead of building one, and check it fits the data.
 

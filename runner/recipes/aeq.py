@@ -24,15 +24,21 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from runner.config import AEQ_GRANULARITIES as GRANULARITIES
-from runner.config import AEQ_MODES as MODES
 from runner.errors import RunnerError
-from runner.recipes.base import Artifact, LayerRows, RecipeBase, RecipeContext, float_layers_text
+from runner.recipes.base import (
+    Artifact,
+    LayerRows,
+    RecipeBase,
+    RecipeContext,
+    RecipeMeta,
+    float_layers_text,
+)
+from runner.schema import Options, parse
 
 log = logging.getLogger(__name__)
 
@@ -41,47 +47,54 @@ INSTALL = (
     'pip install -e ".[aeq]"  (or pip install ai-edge-quantizer==0.10.0)'
 )
 FLOAT32 = 0  # TFLite TensorType.FLOAT32
+FLOAT16 = 1  # TFLite TensorType.FLOAT16
 CUSTOM = 32  # TFLite BuiltinOperator.CUSTOM
 # Part of every cached result's key: bumped when the same rules would give another file.
 SPEC_VERSION = 5
 
 
-@dataclass(frozen=True)
-class Rule:
+Mode = Literal["weight_only", "dynamic", "static", "none"]
+Granularity = Literal[
+    "channelwise", "tensorwise", "blockwise_32", "blockwise_64", "blockwise_128", "blockwise_256"
+]
+
+
+class Rule(Options):
     """One AEQ scope: which ops (``scope`` regex, ``op``) get which quantization."""
 
-    scope: str = ".*"
-    op: str = "*"
-    mode: str = "weight_only"
-    bits: int = 8
-    granularity: str = "channelwise"
-    activation_bits: int = 8
-    algorithm: str = "min_max_uniform_quantize"
+    scope: str = Field(".*", description="a regex on layer names, or first / last")
+    op: str = Field("*", description="a TFLite op name (FULLY_CONNECTED ...) or * for all")
+    mode: Mode = Field("weight_only", description="what is quantized (none: keep float)")
+    bits: Literal[4, 8] = Field(8, description="weight bits")
+    granularity: Granularity = Field("channelwise", description="how many scales per weight")
+    activation_bits: Literal[8, 16] = Field(8, description="mode=static: activation bits")
+    algorithm: str = Field("min_max_uniform_quantize", description="an AEQ algorithm key")
 
+    @field_validator("scope")
     @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any], where: str) -> Rule:
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise RunnerError(
-                f"{where}: unknown key(s) {unknown}; a rule has {sorted(cls.__dataclass_fields__)}"
-            )
-        rule = cls(**dict(raw))
-        if rule.mode not in MODES:
-            raise RunnerError(f"{where}.mode={rule.mode!r}: expected one of {', '.join(MODES)}")
-        if rule.mode != "none" and rule.bits not in (4, 8):
-            raise RunnerError(f"{where}.bits={rule.bits}: AEQ weights are 4 or 8 bits")
-        if rule.granularity not in GRANULARITIES:
-            raise RunnerError(
-                f"{where}.granularity={rule.granularity!r}: expected one of {', '.join(GRANULARITIES)}"
-            )
-        if rule.mode == "static" and rule.activation_bits not in (8, 16):
-            raise RunnerError(f"{where}.activation_bits={rule.activation_bits}: 8 or 16")
-        if rule.scope not in ("first", "last"):
+    def _regex(cls, scope: str) -> str:
+        if scope not in ("first", "last"):
             try:
-                re.compile(rule.scope)
+                re.compile(scope)
             except re.error as e:
-                raise RunnerError(f"{where}.scope={rule.scope!r} is not a regex: {e}") from None
-        return rule
+                raise ValueError(f"not a regex: {e}") from None
+        return scope
+
+
+class AEQOptions(Options):
+    """An ai-edge-quantizer recipe's options (``conf/recipe/int4_weight_only.yaml`` ...)."""
+
+    rules: Annotated[list[Rule], Field(min_length=1)] = Field(
+        description="scopes and their quantization, later rules win (see README)"
+    )
+    calibration_samples: int = Field(
+        200, ge=1, description="mode=static: samples that calibrate activations"
+    )
+    calibration_seed: int = Field(0, ge=0, description="which samples are drawn")
+    validation_samples: int = Field(32, ge=1, description="samples of the per-tensor report")
+    embedding_lookup: bool = Field(
+        True, description="weight-only/dynamic: quantize Embedding tables (as EMBEDDING_LOOKUP)"
+    )
 
 
 def _aeq():
@@ -104,29 +117,35 @@ def aeq_version() -> str:
 class AEQRecipe(RecipeBase):
     """Quantize the float32 reference ``.tflite`` with ai-edge-quantizer's rules (see module)."""
 
+    Options = AEQOptions
+    needs_reference = True
+
     def __init__(
         self,
-        name: str,
-        rules: Sequence[Mapping[str, Any]],
-        description: str = "",
-        use_case: str = "",
+        meta: RecipeMeta | str | None = None,
+        rules: Sequence[Rule | Mapping[str, Any]] = (),
         calibration_samples: int = 200,
         calibration_seed: int = 0,
         validation_samples: int = 32,
         embedding_lookup: bool = True,
-        quantized: bool = True,
-        **_: Any,
     ) -> None:
-        self.name, self.description, self.use_case = name, description, use_case
+        super().__init__(meta)
         if not rules:
-            raise RunnerError(f"recipe {name}: recipe.rules is empty; give at least one rule")
-        self.rules = [Rule.from_mapping(r, f"recipe.rules[{i}]") for i, r in enumerate(rules)]
+            raise RunnerError(f"recipe {self.name}: recipe.rules is empty; give at least one rule")
+        self.rules = [
+            r if isinstance(r, Rule) else parse(r, Rule, f"recipe.rules[{i}]", strict=True)
+            for i, r in enumerate(rules)
+        ]
         self.calibration_samples = int(calibration_samples)
         self.calibration_seed = int(calibration_seed)
         self.validation_samples = int(validation_samples)
         # weight-only / dynamic rules: Embedding GATHERs become EMBEDDING_LOOKUPs AEQ quantizes
         self.embedding_lookup = bool(embedding_lookup) and not self.static
-        self.quantized = bool(quantized)
+
+    def data_needed(self) -> str | None:
+        if self.static:
+            return "calibrates activations on sample inputs"
+        return None
 
     @property
     def static(self) -> bool:
@@ -141,12 +160,18 @@ class AEQRecipe(RecipeBase):
                 "could not make (see the none.tflite row)"
             )
         reference = ctx.reference_path.read_bytes()
+        if not all_float32(reference):
+            raise RunnerError(
+                f"recipe {self.name} quantizes a float32 reference, but this run's reference "
+                f"{ctx.reference_path.name} holds quantized or float16 tensors: use "
+                "recipe@reference=none with it"
+            )
         spec = {
             "backend": "ai-edge-quantizer",
             "spec_version": SPEC_VERSION,
             "version": aeq_version(),
             "reference": _sha(reference),
-            "rules": [r.__dict__ for r in self.rules],
+            "rules": [r.model_dump() for r in self.rules],
             "embedding_lookup": self.embedding_lookup,
             "calibration": [self.calibration_samples, self.calibration_seed]
             if self.static
@@ -446,6 +471,21 @@ def custom_ops(flatbuffer: bytes) -> list[str]:
             for code in model.operatorCodes
             if max(code.builtinCode, code.deprecatedBuiltinCode) == CUSTOM
         }
+    )
+
+
+def all_float32(flatbuffer: bytes) -> bool:
+    """No tensor of the model is quantized or float16 (what AEQ must start from)."""
+    _, model = _model(flatbuffer)
+    return not any(
+        t.type == FLOAT16
+        or (
+            t.quantization is not None
+            and t.quantization.scale is not None
+            and len(t.quantization.scale)
+        )
+        for sg in model.subgraphs
+        for t in sg.tensors
     )
 
 

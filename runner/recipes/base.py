@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import Field
 
 from runner.data import Dataset, Scaling, calibration_sample
 from runner.errors import RunnerError
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,15 @@ log = logging.getLogger(__name__)
 PROBE_SAMPLES = 256
 
 LayerRows = list[dict[str, Any]]  # layer_report.csv rows, worst first
+
+
+class RecipeMeta(Options):
+    """The runner's keys of every ``conf/recipe/*.yaml`` (the recipe family's own are its Options)."""
+
+    name: str = Field(min_length=1, description="the recipe's name: its row and file name")
+    description: str = Field("", description="what the recipe does (one line)")
+    use_case: str = Field("", description="when to ship it (the table's use_case column)")
+    quantized: bool = Field(True, description="false: a float conversion, held to float fidelity")
 
 
 class ArtifactStore(Protocol):
@@ -93,6 +104,12 @@ class Recipe(Protocol):
     name: str
     use_case: str
     quantized: bool
+    # produce() starts from the float32 reference .tflite (ctx.reference_path), made first
+    needs_reference: bool
+
+    def data_needed(self) -> str | None:
+        """What real data :meth:`produce` reads from ``ctx.dataset`` (one line), or None: a
+        caller without data (the Python API) refuses with this line instead of inventing some."""
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         """Make the recipe's artifacts (written under ``ctx.models_dir``)."""
@@ -112,10 +129,20 @@ class Recipe(Protocol):
 class RecipeBase:
     """Defaults for a recipe family: names from the YAML, and no layer report."""
 
-    name: str = "?"
-    description: str = ""
-    use_case: str = ""
-    quantized: bool = True
+    needs_reference = False
+
+    def __init__(self, meta: RecipeMeta | str | None = None) -> None:
+        """``meta``: the runner's keys of the recipe (from Python, a name is enough)."""
+        if not isinstance(meta, RecipeMeta):
+            meta = RecipeMeta(name=meta or type(self).__name__)
+        self.meta = meta
+        self.name = meta.name
+        self.description = meta.description
+        self.use_case = meta.use_case
+        self.quantized = meta.quantized
+
+    def data_needed(self) -> str | None:
+        return None
 
     def write_tflite(
         self, ctx: RecipeContext, flatbuffer: bytes, seconds: float, **kw: Any

@@ -11,15 +11,20 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
 from runner.errors import RunnerError, summarize_error
+from runner.models.meta import ROUTES
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
-_TYPES = ("float32", "float16", "int8", "uint8", "int16")
+DType = Literal["float32", "float16", "int8", "uint8", "int16"]
+_TYPES = get_args(DType)
+Optimization = Literal["DEFAULT", "OPTIMIZE_FOR_SIZE", "OPTIMIZE_FOR_LATENCY"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,35 @@ class ConverterOptions:
         return cls(**m)
 
 
+class ConverterSettings(Options):
+    """A recipe's ``converter:`` node (the schema of :class:`ConverterOptions`)."""
+
+    optimizations: list[Optimization] = Field(
+        default_factory=list, description="tf.lite.Optimize members (DEFAULT: quantize weights)"
+    )
+    supported_types: list[DType] = Field(
+        default_factory=list, description="target_spec.supported_types (float16, int8 ...)"
+    )
+    supported_ops: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="tf.lite.OpsSet members (TFLITE_BUILTINS_INT8 ...)"
+    )
+    inference_input_type: DType | None = Field(
+        None, description="dtype of the model's float inputs after conversion (null: float32)"
+    )
+    inference_output_type: DType | None = Field(
+        None, description="dtype of the model's outputs after conversion (null: float32)"
+    )
+    representative_dataset: bool = Field(
+        False, description="calibrate activations on training samples (int8 activations need it)"
+    )
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="other converter attributes, set verbatim"
+    )
+
+    def to_options(self) -> ConverterOptions:
+        return ConverterOptions.from_mapping(self.model_dump())
+
+
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D")
 
 
@@ -90,7 +124,6 @@ def with_fixed_batch(model, batch_size: int):
 
 
 RNN_CELLS = ("LSTM", "GRU", "SimpleRNN")
-ROUTES = ("auto", "fused", "unrolled")
 # A float (unquantized) file below this output SQNR against Keras is not faithful (warned about;
 # quantize_model refuses to write it): float32 conversions measure 90-130 dB and float16 80-85 dB
 # on trained models here (42 dB on the saturated x5 test fixture); drifting fused LSTMs 0-25 dB.

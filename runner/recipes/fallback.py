@@ -9,14 +9,21 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
+from runner.recipes.base import (
+    Artifact,
+    LayerRows,
+    RecipeContext,
+    RecipeMeta,
+    float_layers_text,
+)
 from runner.recipes.debugger import REPORT_COLUMNS, Debugger, summary, write_rows
-from runner.recipes.ptq import ConverterRecipe
+from runner.recipes.ptq import ConverterRecipe, PTQOptions
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +44,41 @@ TRACE_COLUMNS = [
 MIN_SAMPLES_IN_BUDGET = 2
 
 
-def _non_negative(key: str, value: Any, kind: type) -> Any:
-    try:
-        v = kind(value)
-    except (TypeError, ValueError):
-        v = -1
-    if v < 0:
-        raise RunnerError(f"{key} must be a number >= 0, got {value!r}")
-    return v
+class SelectiveOptions(PTQOptions):
+    """``recipe=selective``: full int8 but a few ops in float."""
+
+    keep_float: int = Field(1, ge=0, description="how many of the worst int8 ops stay float")
+    denylist: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="layer names to keep float (instead of keep_float)"
+    )
+
+
+class AutoInt8Options(PTQOptions):
+    """``recipe=auto_int8``: the fewest float ops that meet a held-out budget."""
+
+    budget: Literal["auto", "accuracy", "agreement"] = Field(
+        "auto", description="accuracy drop, agreement with the float model, or auto (see README)"
+    )
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, le=1, description="budget=accuracy: the holdout accuracy it may lose"
+    )
+    min_agreement: float = Field(
+        0.99, ge=0, le=1, description="budget=agreement: the share of float labels it must keep"
+    )
+    max_float_layers: int = Field(8, ge=0, description="give up after this many float ops")
+    holdout_samples: int = Field(1000, ge=1, description="validation samples the budget is met on")
+    holdout_seed: int = Field(1, ge=0, description="which holdout samples are drawn")
 
 
 class _DebuggerRecipe(ConverterRecipe):
     """Shared by ``selective`` and ``auto_int8``: full-int8 converter settings plus the debugger."""
 
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, meta: RecipeMeta | str | None = None, **ptq: Any) -> None:
+        super().__init__(meta, **ptq)
         self.report_rows: LayerRows = []
+
+    def data_needed(self) -> str | None:
+        return "calibrates activations and finds the worst int8 ops on sample inputs (with labels)"
 
     def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
         """The report made while producing (always part of this recipe's output)."""
@@ -88,9 +114,17 @@ class _DebuggerRecipe(ConverterRecipe):
 class SelectiveRecipe(_DebuggerRecipe):
     """Full int8 but the ``keep_float`` most error-prone ops (or ``denylist`` by name) in float."""
 
-    def __init__(self, keep_float: int = 1, denylist: Sequence[str] = (), **kw: Any) -> None:
-        super().__init__(**kw)
-        self.keep_float = _non_negative("recipe.keep_float", keep_float, int)
+    Options = SelectiveOptions
+
+    def __init__(
+        self,
+        meta: RecipeMeta | str | None = None,
+        keep_float: int = 1,
+        denylist: Sequence[str] = (),
+        **ptq: Any,
+    ) -> None:
+        super().__init__(meta, **ptq)
+        self.keep_float = int(keep_float)
         self.denylist = tuple(denylist or ())
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
@@ -127,23 +161,24 @@ class AutoInt8Recipe(_DebuggerRecipe):
     runner's own baseline (its validation split was never fitted on).
     """
 
+    Options = AutoInt8Options
+
     def __init__(
         self,
+        meta: RecipeMeta | str | None = None,
         max_accuracy_drop: float = 0.005,
         max_float_layers: int = 8,
         holdout_samples: int = 1000,
         holdout_seed: int = 1,
         budget: str = "auto",
         min_agreement: float = 0.99,
-        **kw: Any,
+        **ptq: Any,
     ) -> None:
-        super().__init__(**kw)
-        if budget not in ("auto", "accuracy", "agreement"):
-            raise RunnerError(f"recipe.budget must be auto, accuracy or agreement, got {budget!r}")
+        super().__init__(meta, **ptq)
         self.budget = budget
         self.min_agreement = float(min_agreement)
-        self.max_accuracy_drop = _non_negative("recipe.max_accuracy_drop", max_accuracy_drop, float)
-        self.max_float_layers = _non_negative("recipe.max_float_layers", max_float_layers, int)
+        self.max_accuracy_drop = float(max_accuracy_drop)
+        self.max_float_layers = int(max_float_layers)
         self.holdout_samples = int(holdout_samples)
         self.holdout_seed = int(holdout_seed)
         self.trace: list[dict[str, Any]] = []

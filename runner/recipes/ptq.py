@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from runner.data import calibration_sample
 from runner.recipes.base import (
@@ -21,35 +20,48 @@ from runner.recipes.base import (
     LayerRows,
     RecipeBase,
     RecipeContext,
+    RecipeMeta,
 )
-from runner.recipes.conversion import ConverterOptions, convert_checked, has_recurrent
+from runner.recipes.conversion import ConverterSettings, convert_checked, has_recurrent
 from runner.recipes.debugger import Debugger
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
+
+
+class PTQOptions(Options):
+    """A post-training recipe's options (``conf/recipe/dynamic_range.yaml`` ...)."""
+
+    converter: ConverterSettings = Field(
+        default_factory=ConverterSettings, description="the TFLite converter's settings"
+    )
+    calibration_samples: int = Field(
+        200, ge=1, description="training samples that calibrate activation ranges (sweepable)"
+    )
+    calibration_seed: int = Field(0, ge=0, description="which samples are drawn (sweepable)")
 
 
 class ConverterRecipe(RecipeBase):
     """A post-training recipe: one TFLite converter call with the recipe's ``converter`` settings."""
 
+    Options = PTQOptions
+
     def __init__(
         self,
-        name: str,
-        description: str = "",
-        use_case: str = "",
-        converter: Mapping[str, Any] | None = None,
-        calibration_samples: int = 0,
+        meta: RecipeMeta | str | None = None,
+        converter: ConverterSettings | None = None,
+        calibration_samples: int = 200,
         calibration_seed: int = 0,
-        quantized: bool = True,
-        **extra: Any,
     ) -> None:
-        self.name = name
-        self.description = description
-        self.use_case = use_case
-        self.options = ConverterOptions.from_mapping(converter)
+        super().__init__(meta)
+        self.options = (converter or ConverterSettings()).to_options()
         self.calibration_samples = int(calibration_samples)
         self.calibration_seed = int(calibration_seed)
-        self.quantized = bool(quantized)
-        self.extra = extra
+
+    def data_needed(self) -> str | None:
+        if self.options.representative_dataset:
+            return "calibrates activations on sample inputs"
+        return None
 
     def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
         """Per-layer int8 error of this recipe's conversion, made when ``requested``."""

@@ -13,13 +13,16 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from runner.errors import RunnerError
 from runner.models.qat_scope import conv1d_quantize_config, load_scope, tfmot_module
-from runner.recipes.base import Artifact, RecipeBase, RecipeContext
-from runner.recipes.conversion import RECURRENT, ConverterOptions, convert
+from runner.recipes.base import Artifact, RecipeBase, RecipeContext, RecipeMeta
+from runner.recipes.conversion import RECURRENT, ConverterSettings, convert
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
@@ -251,14 +254,39 @@ def _start_weight_and_input_ranges(qat_model, x) -> int:
     return done
 
 
+class QATOptions(Options):
+    """``recipe=qat`` / ``qat_mixed``: fine-tuning with fake quantization, then the export."""
+
+    epochs: int = Field(2, ge=1, description="fine-tuning epochs (the best one is kept)")
+    learning_rate_scale: float = Field(
+        0.1, gt=0, description="fine-tuning learning rate = train.learning_rate x this"
+    )
+    batch_size: int | None = Field(None, ge=1, description="null: train.batch_size")
+    steps_per_epoch: int | None = Field(None, ge=1, description="null: the whole training split")
+    skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="layer names left unannotated (float)"
+    )
+    fallback: bool = Field(True, description="leave layers tfmot cannot annotate float")
+    freeze_batch_norm: bool = Field(True, description="BatchNorm statistics stay as trained")
+    distill: bool = Field(True, description="fit the float model's outputs, not only the labels")
+    restore_best: bool = Field(True, description="keep the best epoch's int8 file (validation)")
+    calibration_samples: int = Field(
+        200, ge=1, description="training samples that start the quantizers' ranges"
+    )
+    calibration_seed: int = Field(0, ge=0, description="which samples are drawn")
+    converter: ConverterSettings = Field(
+        default_factory=ConverterSettings, description="the export's TFLite converter settings"
+    )
+
+
 class QATRecipe(RecipeBase):
     """Fine-tune the baseline with fake quantization; export int8 TFLite and a Keras model."""
 
+    Options = QATOptions
+
     def __init__(
         self,
-        name: str = "qat",
-        description: str = "",
-        use_case: str = "",
+        meta: RecipeMeta | str | None = None,
         epochs: int = 2,
         learning_rate_scale: float = 0.1,
         batch_size: int | None = None,
@@ -270,13 +298,9 @@ class QATRecipe(RecipeBase):
         distill: bool = True,
         calibration_samples: int = 200,
         calibration_seed: int = 0,
-        converter: Mapping[str, Any] | None = None,
-        quantized: bool = True,
-        **_: Any,
+        converter: ConverterSettings | None = None,
     ) -> None:
-        self.name = name
-        self.description = description
-        self.use_case = use_case
+        super().__init__(meta)
         self.epochs = int(epochs)
         self.learning_rate_scale = float(learning_rate_scale)
         self.batch_size = batch_size
@@ -289,9 +313,11 @@ class QATRecipe(RecipeBase):
         self.best_epoch: int | None = None
         self.calibration_samples = int(calibration_samples)
         self.calibration_seed = int(calibration_seed)
-        self.options = ConverterOptions.from_mapping(converter)
-        self.quantized = quantized
+        self.options = (converter or ConverterSettings()).to_options()
         self.steps_run = 0
+
+    def data_needed(self) -> str | None:
+        return "fine-tunes on labelled training samples"
 
     def calibration(self, ctx: RecipeContext):
         """Model-ready training samples: the quantizers' starting ranges and the export's

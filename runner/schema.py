@@ -1,0 +1,346 @@
+"""Typed options: every plugin declares its own, beside its code.
+
+A plugin is what a config group's ``_target_`` names: a recipe class, a data loader, a model
+builder. It declares its options as one :class:`Options` subclass (pydantic), the single source
+of each option's type, default, constraint and one-line description::
+
+    class ShoutOptions(Options):
+        volume: int = Field(3, ge=1, description="how loud")
+
+    @options(ShoutOptions)            # a function plugin; a class sets ``Options = ShoutOptions``
+    def shout(input_shape, num_classes, volume=3): ...
+
+The runner's own keys of a group (a recipe's ``name``/``use_case``, a model's ``input_scaling``
+...) are a *meta* schema kept by the runner, apart from the plugin's arguments. This module
+checks a composed node against meta + options (one line per bad value naming the key, the value
+and what is allowed; an unknown key names the closest valid one), builds the plugin with only its
+own options, and renders the option tables of the README. Nothing here imports TensorFlow: a
+plugin module keeps its heavy imports inside its functions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+import annotated_types as at
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+
+from runner.errors import RunnerError
+
+HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+
+
+class Options(BaseModel):
+    """Base of every option schema: unknown keys refused, no type coercion, no NaN/inf."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+def options(schema: type[Options]) -> Callable[[Callable], Callable]:
+    """Declare ``schema`` as a function plugin's options (a class sets ``Options`` itself)."""
+
+    def attach(fn: Callable) -> Callable:
+        fn.Options = schema  # type: ignore[attr-defined]
+        return fn
+
+    return attach
+
+
+# --------------------------------------------------------------------------- resolving plugins
+def resolve(target: str) -> Any:
+    """The object a ``_target_`` names (``package.module.name``).
+
+    Raises:
+        RunnerError: it cannot be imported (the reason, and that the module must be importable).
+    """
+    module, _, name = str(target).rpartition(".")
+    if not module:
+        raise RunnerError(f"_target_={target}: expected package.module.name")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise RunnerError(
+            f"_target_={target}: cannot import {module} ({e}); is its package installed or on PYTHONPATH?"
+        ) from None
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise RunnerError(f"_target_={target}: {module} has no {name}") from None
+
+
+def options_of(plugin: Any, target: str = "") -> type[Options]:
+    """A plugin's declared schema.
+
+    Raises:
+        RunnerError: it declares none (and how to declare one).
+    """
+    schema = getattr(plugin, "Options", None)
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema
+    raise RunnerError(
+        f"_target_={target or plugin}: declares no options schema; give it one "
+        "(class Options(runner.schema.Options) on a class, @runner.schema.options(...) on a function)"
+    )
+
+
+def combined(meta: type[Options], schema: type[Options]) -> type[Options]:
+    """One model with the runner's keys and the plugin's (a key in both is read by both)."""
+    if schema is meta or issubclass(schema, meta):
+        return schema
+    return type(f"{schema.__name__}With{meta.__name__}", (schema, meta), {})
+
+
+# --------------------------------------------------------------------------- checking
+def problems(node: Mapping[str, Any], schema: type[BaseModel], prefix: str) -> list[str]:
+    """One line per bad or unknown key of ``node`` (hydra's ``_target_`` etc. excluded)."""
+    values = {k: v for k, v in node.items() if k not in HYDRA_KEYS}
+    try:
+        schema.model_validate(values)
+    except ValidationError as e:
+        return _lines(e, schema, values, prefix)
+    return []
+
+
+def parse(
+    node: Mapping[str, Any], schema: type[Options], where: str, strict: bool = False
+) -> Options:
+    """``node`` as ``schema`` (keys of other schemas ignored, unless ``strict``).
+
+    Raises:
+        RunnerError: a bad (or, ``strict``, unknown) value, one line each.
+    """
+    values = {
+        k: v
+        for k, v in node.items()
+        if strict or (k in schema.model_fields and k not in HYDRA_KEYS)
+    }
+    try:
+        return schema.model_validate(values)
+    except ValidationError as e:
+        raise RunnerError(
+            "bad config value: " + "\nbad config value: ".join(_lines(e, schema, values, where))
+        ) from None
+
+
+def _lines(e: ValidationError, schema: type[BaseModel], values: Any, prefix: str) -> list[str]:
+    out: list[str] = []
+    for err in e.errors():
+        loc = err["loc"]
+        if err["type"] == "extra_forbidden":
+            out.append(_unknown(schema, values, loc, prefix))
+            continue
+        annotation, key, value = _walk(schema, values, loc, prefix)
+        if key in {o.split(":", 1)[0].split("=", 1)[0] for o in out}:
+            continue  # one line per key (a list's items may fail one by one)
+        shown = repr(value) if isinstance(value, str) else _plain(value)
+        if err["type"] == "value_error":
+            out.append(f"{key}={shown}: {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "missing":
+            out.append(f"{key} is missing: expected {describe(annotation)}")
+        else:
+            out.append(f"{key}={shown}: expected {describe(annotation)}")
+    return out
+
+
+def _walk(schema: type[BaseModel], values: Any, loc: tuple, prefix: str) -> tuple[Any, str, Any]:
+    """The annotation, dotted key and value that an error location points at."""
+    annotation: Any = schema
+    key, value = prefix, values
+    for part in loc:
+        base, _ = _unwrap(annotation)
+        if isinstance(part, int):
+            key += f"[{part}]"
+            annotation = _item(base)
+            value = value[part] if isinstance(value, (list, tuple)) and part < len(value) else None
+            continue
+        if isinstance(base, type) and issubclass(base, BaseModel) and part in base.model_fields:
+            annotation = _field_annotation(base.model_fields[part])
+        else:
+            break  # a union's branch name or similar: stop at the last real key
+        key = f"{key}.{part}" if key else str(part)
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return annotation, key, value
+
+
+def _unknown(schema: type[BaseModel], values: Any, loc: tuple, prefix: str) -> str:
+    *parent, name = loc
+    annotation, key, _ = _walk(schema, values, tuple(parent), prefix)
+    base, _ = _unwrap(annotation)
+    known = (
+        list(base.model_fields) if isinstance(base, type) and issubclass(base, BaseModel) else []
+    )
+    full = f"{key}.{name}" if key else str(name)
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    hint = (
+        f"did you mean {key + '.' if key else ''}{close[0]}?"
+        if close
+        else f"valid keys: {', '.join(sorted(known))}"
+    )
+    return f"{full}: unknown key; {hint}"
+
+
+def _plain(v: Any) -> str:
+    return str(v).replace("'", "")
+
+
+# --------------------------------------------------------------------------- describing
+def _field_annotation(field: FieldInfo) -> Any:
+    ann = field.annotation
+    return typing.Annotated[(ann, *field.metadata)] if field.metadata else ann
+
+
+def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
+    """(the type, its constraints) of ``Annotated[...]``."""
+    meta: list[Any] = []
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation, *more = typing.get_args(annotation)
+        for m in more:
+            meta.extend(m.metadata if isinstance(m, FieldInfo) else [m])
+    return annotation, meta
+
+
+def _item(annotation: Any) -> Any:
+    base, _ = _unwrap(annotation)
+    base = _non_null(base)
+    args = typing.get_args(base)
+    return args[0] if args else Any
+
+
+def _non_null(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return annotation
+
+
+def describe(annotation: Any) -> str:
+    """What a field accepts, in words: ``an integer >= 1``, ``one of a, b`` ... (or null)."""
+    base, meta = _unwrap(annotation)
+    for m in meta:
+        if isinstance(m, Described):
+            return m.text
+    if typing.get_origin(base) in (Union, types.UnionType):
+        args = typing.get_args(base)
+        parts = [
+            describe(typing.Annotated[(a, *meta)] if meta else a)
+            for a in args
+            if a is not type(None)
+        ]
+        text = ", or ".join(parts)
+        return text + (" or null" if type(None) in args else "")
+    if typing.get_origin(base) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(base))
+    if base is bool:
+        return "true or false"
+    if base in (int, float):
+        noun = "an integer" if base is int else "a number"
+        return noun + _bounds(meta)
+    if base is str:
+        return "a non-empty string" if any(isinstance(m, at.MinLen) for m in meta) else "a string"
+    origin = typing.get_origin(base)
+    if origin in (list, tuple):
+        item = describe(_item(base))
+        item = item.removeprefix("a ").removeprefix("an ")
+        nonempty = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta)
+        return ("a non-empty list" if nonempty else "a list") + f" of ({item})"
+    if origin in (dict, Mapping) or base is dict:
+        return "a mapping"
+    if isinstance(base, type) and issubclass(base, BaseModel):
+        return "{" + ", ".join(base.model_fields) + "}"
+    return "a value" if base is Any else getattr(base, "__name__", str(base))
+
+
+def _bounds(meta: list[Any]) -> str:
+    lo = next((m for m in meta if isinstance(m, (at.Ge, at.Gt))), None)
+    hi = next((m for m in meta if isinstance(m, (at.Le, at.Lt))), None)
+    lo_v = None if lo is None else getattr(lo, "ge", getattr(lo, "gt", None))
+    hi_v = None if hi is None else getattr(hi, "le", getattr(hi, "lt", None))
+    if lo is not None and hi is not None:
+        return (
+            f" in {'[' if isinstance(lo, at.Ge) else '('}{lo_v:g}, "
+            f"{hi_v:g}{']' if isinstance(hi, at.Le) else ')'}"
+        )
+    if lo is not None:
+        return f" {'>=' if isinstance(lo, at.Ge) else '>'} {lo_v:g}"
+    if hi is not None:
+        return f" {'<=' if isinstance(hi, at.Le) else '<'} {hi_v:g}"
+    return ""
+
+
+class Described:
+    """``Annotated[int, Described("an integer 6n+2")]``: the words :func:`describe` gives."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Described({self.text!r})"
+
+
+# --------------------------------------------------------------------------- building
+def call(plugin: Callable, opts: Options, **runtime: Any) -> Any:
+    """Call a plugin with its options and the runtime values it declares parameters for.
+
+    Runtime values are what the runner offers every plugin of a group (a model builder:
+    ``input_shape``, ``num_classes``, ``vocab_size`` ...); a plugin takes the ones it names.
+    """
+    params = inspect.signature(plugin).parameters
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    given = {k: v for k, v in runtime.items() if takes_all or k in params}
+    return plugin(**given, **{k: getattr(opts, k) for k in type(opts).model_fields})
+
+
+def markdown(schema: type[BaseModel], prefix: str) -> str:
+    """The option table of one schema: key, default, what is allowed, what it does (a nested
+    schema, or a list of one, is expanded key by key)."""
+    lines = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
+    return "\n".join(lines + _rows(schema, prefix))
+
+
+def _rows(schema: type[BaseModel], prefix: str) -> list[str]:
+    out = []
+    for name, field in schema.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        base, _ = _unwrap(_field_annotation(field))
+        base = _non_null(base)
+        nested = base if isinstance(base, type) and issubclass(base, BaseModel) else None
+        item = _item(base) if typing.get_origin(base) is list else None
+        if nested is not None:
+            out += _rows(nested, key)
+            continue
+        default = (
+            "required"
+            if field.is_required()
+            else _plain_default(field.get_default(call_default_factory=True))
+        )
+        allowed = describe(_field_annotation(field)).replace("|", "\\|")
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            allowed = "a list of {" + ", ".join(item.model_fields) + "}, below"
+        out.append(
+            f"| `{key}` | `{default}` | {allowed} | {(field.description or '').replace('|', '/')} |"
+        )
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            out += _rows(item, f"{key}[]")
+    return out
+
+
+def _plain_default(v: Any) -> str:
+    if isinstance(v, BaseModel):
+        return "{…}"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if v is None:
+        return "null"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_plain_default(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_plain_default(x) for x in v) + "]"
+    return str(v)
