@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 import runner  # noqa: F401 - TF_USE_LEGACY_KERAS before TensorFlow
+from runner.data import Dataset, Scaling
 from runner.errors import RunnerError
+from runner.files import atomic_write_bytes
+from runner.recipes.base import Artifact, Recipe, RecipeContext
 
 log = logging.getLogger(__name__)
 
@@ -32,95 +37,153 @@ def quantize_model(
     recipe: str = "float16",
     *,
     calibration: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
     safe_mode: bool = True,
     recurrent: str = "auto",
     check: bool = True,
     **options: Any,
 ) -> Path:
-    """Convert a Keras model file with a named recipe, check the result, write it atomically.
+    """Quantize a Keras model file with any recipe of ``conf/recipe/``, check it, write it.
 
-    The converted file is run in LiteRT and compared with the Keras model on ``calibration`` when
-    given, else on inputs drawn from the model's input domain (token ids below the embedding's
-    row count, zero-padded at the front like ``pad_sequences``; images uniform in [0, 1)). For a
-    recurrent model the faithful conversion route is chosen this way (see ``recurrent``).
+    The recipe runs through the same :class:`~runner.recipes.base.Recipe` protocol as in
+    ``python -m runner``: ``qat`` fine-tunes, ``selective``/``auto_int8`` keep their float ops,
+    the ai-edge-quantizer recipes start from a float32 conversion made first. For a deterministic
+    recipe the file is byte for byte the one the runner writes for the same model and data.
+    The result is run in LiteRT and compared with the Keras model on ``calibration`` when given,
+    else on inputs drawn from the model's input domain (token ids below the embedding's row
+    count, zero-padded at the front like ``pad_sequences``; images uniform in [0, 1)).
 
     Args:
         model_path: ``.h5``, ``.keras`` or SavedModel folder.
         quantized_model_path: where the ``.tflite`` goes.
-        recipe: a file name in ``conf/recipe/`` (``float16``, ``dynamic_range``, ``full_integer`` ...).
-        calibration: model-ready sample inputs (scaled images or token-id sequences), needed by
-            recipes that calibrate activations (``full_integer``, ``int16x8``).
+        recipe: a file name in ``conf/recipe/`` (``float16``, ``full_integer``, ``qat`` ...).
+        calibration: model-ready training inputs (scaled images or token-id sequences). Recipes
+            that calibrate (``full_integer``, ``int16x8``), fine-tune (``qat``) or check a budget
+            (``auto_int8``, ``selective``) need them; the error says which.
+        labels: the labels of ``calibration`` (QAT fits them, auto_int8's accuracy budget scores
+            them); without them the float model's own predictions stand in.
         safe_mode: refuse ``Lambda`` layers (arbitrary code) in the model file.
         recurrent: ``auto`` | ``fused`` | ``unrolled``: how LSTM/GRU layers are converted.
         check: refuse to write a float (unquantized) file whose outputs drift from the Keras
             model's (output SQNR below 30 dB or a changed label); quantized recipes only warn.
-        **options: recipe keys to override, e.g. ``calibration_samples=100``.
+        **options: the recipe's options, e.g. ``calibration_samples=100`` (checked like
+            ``recipe.<key>=`` on the command line: a typo names the closest key).
 
     Returns:
         The path written.
 
     Raises:
-        RunnerError: missing/unreadable model, unknown recipe, missing calibration data, a
-            conversion the recipe cannot do (with the converter's reason), or, with ``check``,
-            a float conversion that no route makes faithful.
+        RunnerError: missing/unreadable model, unknown recipe or option, missing data the
+            recipe needs, a conversion the recipe cannot do (with the reason), or, with
+            ``check``, a float conversion that no route makes faithful.
     """
+    from runner.models.loading import load_model
+
+    rec = _recipe(recipe, options)
+    model = load_model(model_path, safe_mode=safe_mode)
+    needed = rec.data_needed()
+    if needed and calibration is None:
+        raise RunnerError(
+            f"recipe {recipe!r} {needed}: pass calibration=<model-ready training inputs> "
+            "(and labels=<their labels>)"
+        )
+    data = _api_dataset(model, calibration, labels)
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=_parent(quantized_model_path)) as tmp:
+        ctx = RecipeContext(
+            model=model,
+            dataset=data,
+            scaling=Scaling("none"),
+            models_dir=Path(tmp) / "models",
+            train_cfg=_compose(recipe).train,
+            recurrent=recurrent,
+            output_dir=Path(tmp),
+            pretrained=True,
+        )
+        art = _produce(rec, ctx, recipe, model_path)
+        flatbuffer = art.path.read_bytes()
+    _check_fidelity(
+        model, flatbuffer, data, rec, recipe, model_path, check, calibration is not None
+    )
+    out = atomic_write_bytes(quantized_model_path, flatbuffer)
+    log.info("wrote %s (%d bytes)", out, len(flatbuffer))
+    return out
+
+
+def _compose(recipe: str) -> Any:
     from runner.config import compose
     from runner.errors import summarize_error
-    from runner.files import atomic_write_bytes
-    from runner.models.loading import load_model
-    from runner.pipeline import build
-    from runner.recipes.conversion import (
-        FLOAT_FIDELITY_DB,
-        convert_checked,
-        has_recurrent,
-        measure_fidelity,
-    )
 
-    model = load_model(model_path, safe_mode=safe_mode)
     try:
-        cfg = compose(
-            [f"recipe={recipe}", *(f"recipe.{k}={_hydra_value(v)}" for k, v in options.items())]
-        )
+        return compose([f"recipe={recipe}"])
     except Exception as e:  # noqa: BLE001 - Hydra's own error names the valid choices
-        raise RunnerError(f"bad recipe {recipe!r} or option: {summarize_error(e)}") from None
-    rec = build(cfg.recipe)
-    calib = None
-    if rec.options.representative_dataset:
-        if calibration is None:
-            raise RunnerError(
-                f"recipe {recipe!r} calibrates activations: pass calibration=<array of model-ready sample inputs>"
-            )
-        calib = np.asarray(calibration)[: rec.calibration_samples or None]
+        raise RunnerError(f"bad recipe {recipe!r}: {summarize_error(e)}") from None
+
+
+def _recipe(name: str, options: dict[str, Any]) -> Recipe:
+    """The recipe ``conf/recipe/<name>.yaml`` with ``options`` over it, checked by its schema."""
+    from runner.config import schema_of
+    from runner.pipeline import build_recipe
+    from runner.schema import problems
+
+    node = OmegaConf.to_container(_compose(name).recipe, resolve=True)
+    node = OmegaConf.to_container(OmegaConf.merge(node, options), resolve=True)
+    bad = problems(node, schema_of("recipe", node), "recipe")
+    if bad:
+        raise RunnerError("bad recipe option: " + "\nbad recipe option: ".join(bad))
+    return build_recipe(node)
+
+
+def _api_dataset(model, calibration: np.ndarray | None, labels: np.ndarray | None) -> Dataset:
+    """The data a recipe sees: the caller's inputs (else domain inputs, for the fidelity probe
+    of data-free recipes) with their labels (else the float model's predicted labels)."""
+    from runner.data import Split
+    from runner.evaluate import labels_from_outputs
+
     token_ids = takes_token_ids(model)
-    probe = (
-        np.asarray(calibration)[:256]
-        if calibration is not None
-        else domain_inputs(model, 256, token_ids)
-    )
+    x = np.asarray(calibration) if calibration is not None else domain_inputs(model, 256, token_ids)
+    if token_ids and not np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.int64)  # token ids given as floats: indices all the same
+    classes = int(model.output_shape[-1])
+    if labels is None:
+        labels = labels_from_outputs(np.asarray(model.predict(x, batch_size=64, verbose=0)))
+    y = np.asarray(labels).astype(np.int64).reshape(-1)
+    if len(y) != len(x):
+        raise RunnerError(f"labels has {len(y)} entries but calibration has {len(x)} inputs")
+    split = Split(x, y)
+    return Dataset("calibration", split, split, max(classes, 2))
+
+
+def _produce(rec: Recipe, ctx: RecipeContext, recipe: str, model_path: Any) -> Artifact:
+    """The recipe's ``.tflite`` artifact (its float32 reference made first when it needs one)."""
+    from runner.errors import summarize_error
+
     try:
-        done = convert_checked(
-            model,
-            rec.options,
-            calib,
-            token_ids=token_ids,
-            recurrent=recurrent,
-            probe=probe if has_recurrent(model) else None,
-            quantized=rec.quantized,
-        )
-        trial = next((t for t in done.trials if t.route == done.route), None)
-        if trial is None or trial.output_sqnr_db is None:
-            trial = measure_fidelity(model, done.flatbuffer, probe)
+        if rec.needs_reference:
+            (ref,) = _recipe("none", {}).produce(ctx)
+            ctx.reference_path = ref.path
+        artifacts = rec.produce(ctx)
     except RunnerError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - the converter's own reason, in one line
         raise RunnerError(
             f"recipe {recipe!r} cannot convert {model_path}: {summarize_error(e)}"
         ) from None
-    where = "the calibration inputs" if calibration is not None else "inputs from its input domain"
+    art = next((a for a in artifacts if a.format == "tflite"), None)
+    if art is None:
+        raise RunnerError(f"recipe {recipe!r} made no .tflite file")
+    return art
+
+
+def _check_fidelity(model, flatbuffer, data, rec, recipe, model_path, check, real) -> None:
+    """Refuse (``check``) or warn about a file whose outputs drift from the Keras model's."""
+    from runner.recipes.conversion import FLOAT_FIDELITY_DB, measure_fidelity
+
+    probe = data.train.x[:256]
+    trial = measure_fidelity(model, flatbuffer, probe)
+    where = "the calibration inputs" if real else "inputs from its input domain"
     what = (
         f"{recipe} TFLite vs the Keras model on {len(probe)} {where}: output SQNR "
         f"{trial.output_sqnr_db:.1f} dB, label agreement {trial.agreement:.4f}"
-        + (f", route {done.route}" if done.route else "")
     )
     faithful = trial.output_sqnr_db >= FLOAT_FIDELITY_DB and trial.agreement >= 0.995
     if not faithful and not rec.quantized and check:
@@ -132,9 +195,12 @@ def quantize_model(
         log.warning("%s (below %.0f dB or 0.995)", what, FLOAT_FIDELITY_DB)
     else:
         log.info("%s", what)
-    out = atomic_write_bytes(quantized_model_path, done.flatbuffer)
-    log.info("wrote %s (%d bytes)", out, len(done.flatbuffer))
-    return out
+
+
+def _parent(path: str | os.PathLike) -> Path:
+    parent = Path(path).expanduser().resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
 
 
 def domain_inputs(model, n: int, token_ids: bool, seed: int = 0) -> np.ndarray:
@@ -246,13 +312,3 @@ def _find_word_index(model_path: Path, given: str | os.PathLike | None) -> Path:
     raise RunnerError(
         f"no {WORD_INDEX} found beside the model or in the working directory (looked at {', '.join(map(str, candidates))}); pass word_index_path="
     )
-
-
-def _hydra_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if v is None:
-        return "null"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
-    return str(v)
