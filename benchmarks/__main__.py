@@ -548,7 +548,7 @@ def machine() -> dict:
         cpu = next(
             (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
         )
-    from runner.pipeline import versions  # what every results.json records
+    from runner.results import versions  # what every results.json records
 
     return {
         "cores": os.cpu_count(),

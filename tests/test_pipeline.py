@@ -12,8 +12,9 @@ from conftest import compose_config
 
 from runner.evaluate import Metrics
 from runner.files import sha256_file
-from runner.pipeline import fidelity_warnings, run
+from runner.pipeline import run
 from runner.recipes.base import Artifact
+from runner.scoring import fidelity_warnings
 
 POST_TRAINING = ["none", "dynamic_range", "ptq", "float16", "full_integer", "int16x8"]
 EXPECTED_COLUMNS = [

@@ -193,8 +193,8 @@ def test_runner_records_the_route_and_scores_output_fidelity(tmp_path):
 
 
 def test_the_route_is_a_conversion_choice_not_a_new_baseline():
+    from runner.baseline import baseline_spec
     from runner.cache import cache_key
-    from runner.pipeline import baseline_spec
 
     keys = {
         cache_key(baseline_spec(compose_config("model=text_lstm", f"model.recurrent={r}")))

@@ -1,0 +1,137 @@
+"""Stages 1 and 2 of a run: the data set, and the float baseline (from the user's file, the
+cache, or trained now), keyed by everything that changes the trained model."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import cache
+from runner.config import plugin
+from runner.data import Dataset, Scaling
+from runner.schema import call
+
+log = logging.getLogger(__name__)
+
+# Dataset keys that do not change the trained model, left out of the baseline cache key.
+NOT_IN_CACHE_KEY = ("test_size",)
+# Model keys that only change how the trained model is converted, likewise.
+MODEL_NOT_IN_CACHE_KEY = ("recurrent", "convert_batch_size")
+# Part of every baseline cache key: bumped when a loader yields other data for the same config
+# (2: the runner's own stratified split replaced scikit-learn's), so stale entries are not reused.
+DATA_VERSION = 2
+
+
+def scaling_from(model_cfg: Any, data: Dataset | None = None) -> Scaling:
+    """The model's input scaling; ``auto`` is what the data needs (raw pixels: ``unit``; token
+    ids and model-ready float arrays: ``none``)."""
+    kind = str(model_cfg.get("input_scaling", "unit"))
+    if kind == "auto":
+        kind = data.default_scaling if data is not None else "unit"
+    return Scaling(
+        kind=kind,
+        mean=tuple(model_cfg.get("input_mean") or (0.0,)),
+        std=tuple(model_cfg.get("input_std") or (1.0,)),
+    )
+
+
+def build_model(node: DictConfig | Mapping[str, Any]) -> Callable[..., Any]:
+    """The model builder of a ``conf/model`` node; called with what the data offers
+    (``input_shape``, ``num_classes``, ``vocab_size``, ``sample``), it takes what it names."""
+    p = plugin("model", node)
+    return functools.partial(call, p.target, p.options)
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    """The data set of ``cfg.dataset``. With ``model=pretrained``, a loader's unset
+    ``image_size`` / ``color_mode`` are taken from the model's input shape."""
+    node = cfg.dataset
+    if not cfg.model.get("needs_training", True) and (
+        node.get("image_size", 0) is None or node.get("color_mode", "") is None
+    ):
+        from runner.models.loading import model_input_shape
+
+        shape = model_input_shape(cfg.model.path)
+        node = node.copy()
+        if shape is not None and len(shape) == 3:  # (height, width, channels)
+            if node.get("image_size", 0) is None and None not in shape[:2]:
+                node.image_size = [int(shape[0]), int(shape[1])]
+            if node.get("color_mode", "") is None:
+                node.color_mode = "grayscale" if shape[2] == 1 else "rgb"
+    p = plugin("dataset", node)
+    return call(p.target, p.options, name=p.meta.name)
+
+
+def baseline_spec(cfg: DictConfig, data: Dataset | None = None) -> dict[str, Any]:
+    """What a trained baseline depends on: the configs, the seed, and (for a user's folder or
+    file) the data's own content key, so changed files are never served an old model."""
+    spec: dict[str, Any] = {"data_source": data.source_key} if data and data.source_key else {}
+    dataset = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+        if k not in NOT_IN_CACHE_KEY
+    }
+    return spec | {
+        "dataset": dataset,
+        "model": {
+            k: v
+            for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+            if k not in MODEL_NOT_IN_CACHE_KEY
+        },
+        "train": OmegaConf.to_container(cfg.train, resolve=True),
+        "seed": cfg.seed,
+        "data_version": DATA_VERSION,
+    }
+
+
+@dataclass
+class Baseline:
+    model: Any  # what recipes convert (tf_keras model, Keras 3 twin, or a SavedModel source)
+    path: Path
+    cache: str  # hit, miss or pretrained
+    train_seconds: float
+    key: str  # the cache key (or the pretrained file): rows of one baseline share it
+    reference: Any = None  # what the float row is scored with (the model that made the file)
+    note: str = ""
+
+
+def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
+    """The trained float model: loaded from ``model.path``, from the cache, or trained now."""
+    import tf_keras as keras
+
+    from runner.data import calibration_sample
+    from runner.train import TrainConfig, train
+
+    keras.backend.clear_session()  # a reused worker process (joblib) starts clean
+    builder = build_model(cfg.model)
+    if not cfg.model.get("needs_training", True):
+        # a user's file: a Keras 3 model's tf_keras twin is checked on real training inputs
+        sample = scaling(calibration_sample(data.train, 64, 0))
+        loaded = builder(
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+            sample=sample,
+            **data.model_kwargs,
+        )
+        path = Path(cfg.model.path)
+        return Baseline(
+            loaded.model, path, "pretrained", 0.0, str(path.resolve()), loaded.original, loaded.note
+        )
+
+    def _train():
+        model = builder(
+            input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs
+        )
+        return train(model, data, TrainConfig.from_mapping(cfg.train), scaling)
+
+    spec = baseline_spec(cfg, data)
+    got = cache.get_or_train(Path(cfg.cache_dir), spec, _train)
+    return Baseline(
+        got.model, got.path, got.status, got.train_seconds, cache.cache_key(spec), got.model
+    )

@@ -1,0 +1,232 @@
+"""The run's rows and every file that reports them (``comparison.{csv,md}``, ``results.json``),
+rewritten atomically after each row so a later failure never loses a finished one."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner import report
+from runner.data import Scaling
+from runner.evaluate import Metrics
+from runner.files import atomic_write_json, sha256_file
+from runner.recipes.base import Artifact
+from runner.scoring import fidelity_warnings
+
+log = logging.getLogger(__name__)
+
+VERSIONED = [
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-model-optimization",
+    "ai-edge-litert",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+]
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    worst_layers: list[str] = field(default_factory=list)  # int8 layer report, worst first
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.rows)
+
+    def row(self, artifact: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["artifact"] == artifact)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class ResultsTable:
+    """The run's rows, and every file that reports them.
+
+    It back-fills compression once the float32 reference's size is known, collects the fidelity
+    warnings, and rewrites ``comparison.{csv,md}`` and ``results.json`` atomically after every
+    row, so a later failure never loses a finished one.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        cfg: DictConfig,
+        scaling: Scaling,
+        timings: dict[str, float],
+        common: dict[str, Any],
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.output_dir, self.cfg, self.scaling = output_dir, cfg, scaling
+        self.data = data or {}  # the data set's class names and what its loader found
+        self.timings, self.common = timings, common
+        self.rows: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.worst_layers: list[str] = []  # from the layer report, worst first
+        self._reference_size: int | None = None
+        self._reference_accuracy: float | None = None  # the float model's: the first row
+        self._hashes: dict[str, str] = {}
+        self._eval_cache: dict[str, str] = {}  # artifact -> hit | miss | off
+        self._conversions: dict[str, Any] = {}  # artifact -> recurrent route, why, trials
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.rows)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def add(
+        self, art: Artifact, m: Metrics, use_case: str, memo: str = "off", role: str = "recipe"
+    ) -> None:
+        """A scored row; ``role``: float (the Keras model), reference (``recipe@reference``,
+        what compression is measured against) or recipe."""
+        size = _size(art.path)
+        if role == "reference" and self._reference_size is None:
+            self._reference_size = size
+            for r in self.rows:  # rows added before the reference existed
+                if r["size_bytes"]:
+                    r["compression"] = size / r["size_bytes"]
+        if self._reference_accuracy is None:
+            self._reference_accuracy = m.accuracy
+        sha = sha256_file(art.path) if art.path.is_file() else None
+        self._hashes[art.name] = sha or ""
+        self._eval_cache[art.name] = memo
+        if art.conversion:
+            self._conversions[art.name] = art.conversion
+        self.rows.append(
+            report.empty_row(
+                **self.common,
+                recipe=art.recipe,
+                role=role,
+                artifact=art.name,
+                format=art.format,
+                size_bytes=size,
+                size_mb=size / report.MB,
+                compression=(self._reference_size / size)
+                if self._reference_size and size
+                else None,
+                accuracy=m.accuracy,
+                accuracy_delta=m.accuracy - self._reference_accuracy,
+                agreement=m.agreement if m.agreement is not None else 1.0,
+                output_sqnr_db=m.output_sqnr_db,
+                output_max_abs_error=m.output_max_abs_error,
+                top5=m.top5,
+                latency_ms=m.latency_ms,
+                latency_p50_ms=m.latency_p50_ms,
+                latency_p90_ms=m.latency_p90_ms,
+                train_seconds=art.train_seconds,
+                convert_seconds=art.convert_seconds,
+                eval_seconds=m.eval_seconds,
+                status="ok",
+                error="",
+                use_case=use_case,
+                path=str(art.path),
+                sha256=sha,
+                worst_layer=art.worst_layer,
+                float_layers=art.float_layers,
+                route=art.route,
+                note=art.note,
+            )
+        )
+        for w in (*art.warnings, *fidelity_warnings(art, m, self.cfg.evaluation)):
+            self.warn(w)
+        self.write()
+
+    def fail(
+        self, recipe: str, artifact: str, error: str, use_case: str, role: str = "recipe"
+    ) -> None:
+        self.rows.append(
+            report.empty_row(
+                **self.common,
+                recipe=recipe,
+                role=role,
+                artifact=artifact,
+                format="tflite",
+                status="failed",
+                error=error,
+                use_case=use_case,
+            )
+        )
+        self.write()
+
+    def write(self) -> None:
+        out, cfg = self.output_dir, self.cfg
+        report.write_tables(self.rows, out)
+        atomic_write_json(
+            out / "results.json",
+            {
+                "status": "ok" if self.ok else "failed",
+                "rows": self.rows,
+                "warnings": self.warnings,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "seeds": {
+                    "seed": cfg.seed,
+                    "train": cfg.train.get("seed"),
+                    "split": cfg.dataset.get("split_seed", cfg.dataset.get("subset_seed")),
+                    "calibration": cfg.recipe.get("calibration_seed"),
+                },
+                "input_scaling": self.scaling.as_dict(),
+                "data": self.data,
+                "num_threads": int(cfg.evaluation.num_threads),
+                "versions": versions(),
+                "sha256": self._hashes,
+                # "hit": metrics measured by an earlier job on this baseline, read from the cache
+                "evaluation_cache": self._eval_cache,
+                "worst_layers": self.worst_layers,
+                # recurrent models: which conversion route each artifact took, why, and each
+                # route's measured fidelity
+                "conversion_routes": self._conversions,
+                "timings": self.timings,
+            },
+        )
+
+    def finish(self) -> RunResult:
+        for w in self.warnings:
+            log.warning("%s", w)
+        self.write()
+        return RunResult(self.output_dir, self.rows, self.warnings, self.worst_layers)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def write_job_failure(cfg: DictConfig, output_dir: str | Path, error: str) -> list[dict[str, Any]]:
+    """The row (and results.json) of a job that failed before it had any artifact."""
+    rows = [
+        report.empty_row(
+            dataset=str(cfg.dataset.get("name", "?")),
+            model=str(cfg.model.get("name", "?")),
+            recipe=str(cfg.recipe.get("name", "?")),
+            artifact="",
+            status="failed",
+            error=error,
+            use_case=str(cfg.recipe.get("use_case", "")),
+        )
+    ]
+    out = Path(output_dir)
+    report.write_tables(rows, out)
+    atomic_write_json(
+        out / "results.json", {"status": "failed", "rows": rows, "versions": versions()}
+    )
+    return rows
