@@ -7,6 +7,7 @@ import pytest
 import tf_keras as keras
 from conftest import compose_config
 
+from runner import tflite
 from runner.data import Dataset, Scaling
 from runner.data.digits import load_digits
 from runner.errors import RunnerError
@@ -101,7 +102,7 @@ def test_an_embedding_is_run_as_a_lookup_so_its_table_is_int4_or_named_when_left
     (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
     ctx.reference_path = ref.path
     # the rewrite alone changes no number, at any batch size
-    lookup, names = aeq.gather_as_embedding_lookup(ref.path.read_bytes())
+    lookup, names = tflite.gather_as_embedding_lookup(ref.path.read_bytes())
     assert names == ["embedding"]
     want = TFLiteModel(ref.path).predict(ids, Scaling("none"), 64)
     got = TFLiteModel(content=lookup).predict(ids, Scaling("none"), 64)

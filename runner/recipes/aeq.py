@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from runner import tflite
 from runner.errors import RunnerError
 from runner.recipes.base import (
     Artifact,
@@ -46,9 +47,6 @@ INSTALL = (
     "recipe {name} needs ai-edge-quantizer, which is not installed: "
     'pip install -e ".[aeq]"  (or pip install ai-edge-quantizer==0.10.0)'
 )
-FLOAT32 = 0  # TFLite TensorType.FLOAT32
-FLOAT16 = 1  # TFLite TensorType.FLOAT16
-CUSTOM = 32  # TFLite BuiltinOperator.CUSTOM
 # Part of every cached result's key: bumped when the same rules would give another file.
 SPEC_VERSION = 5
 
@@ -160,7 +158,7 @@ class AEQRecipe(RecipeBase):
                 "could not make (see the none.tflite row)"
             )
         reference = ctx.reference_path.read_bytes()
-        if not all_float32(reference):
+        if not tflite.all_float32(reference):
             raise RunnerError(
                 f"recipe {self.name} quantizes a float32 reference, but this run's reference "
                 f"{ctx.reference_path.name} holds quantized or float16 tensors: use "
@@ -184,10 +182,12 @@ class AEQRecipe(RecipeBase):
             log.info("recipe %s: reusing the AEQ result cached with the baseline", self.name)
         else:
             source, rewritten = (
-                gather_as_embedding_lookup(reference) if self.embedding_lookup else (reference, [])
+                tflite.gather_as_embedding_lookup(reference)
+                if self.embedding_lookup
+                else (reference, [])
             )
             flatbuffer = self.quantize(source, ctx)
-            meta = {"float_layers": float_weight_ops(flatbuffer), "lookups": rewritten}
+            meta = {"float_layers": tflite.float_weight_ops(flatbuffer), "lookups": rewritten}
             if ctx.store is not None:
                 ctx.store.put(self.name, spec, flatbuffer, meta)
         seconds = time.perf_counter() - t0
@@ -234,7 +234,7 @@ class AEQRecipe(RecipeBase):
                 f"ai-edge-quantizer failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
             ) from None
         flatbuffer = bytes(result.quantized_model)
-        custom = custom_ops(flatbuffer)
+        custom = tflite.custom_ops(flatbuffer)
         if custom:  # LiteRT has no kernel for them: running the file would crash the process
             raise RunnerError(
                 f"ai-edge-quantizer wrote custom op(s) {', '.join(custom)}, which LiteRT cannot run "
@@ -250,7 +250,7 @@ class AEQRecipe(RecipeBase):
         quantizer, _, _ = _aeq()  # type: ignore[misc]
         reference = ctx.reference_path.read_bytes()
         if self.embedding_lookup:  # the graph AEQ quantized, op for op
-            reference, _ = gather_as_embedding_lookup(reference)
+            reference, _ = tflite.gather_as_embedding_lookup(reference)
         quantized = (ctx.models_dir / f"{self.name}.tflite").read_bytes()
         q = quantizer.Quantizer(bytearray(reference), previous_quantized_model=bytearray(quantized))
         from ai_edge_quantizer.utils import validation_utils
@@ -263,13 +263,13 @@ class AEQRecipe(RecipeBase):
             ],
             num_threads=1,
         )
-        producers = tensor_producers(reference)
+        producers = tflite.tensor_producers(reference)
         rows = []
         for name, metrics in _tensor_results(result).items():
             snr = metrics.get("snr", 0.0)
             rows.append(
                 {
-                    "layer": _layer(name),
+                    "layer": tflite.layer_name(name),
                     "op": producers.get(name, "?"),
                     # SNR is signal power / noise power: RMSE over the float tensor's RMS
                     "relative_rmse": float(1 / np.sqrt(snr)) if snr > 0 else float("inf"),
@@ -335,170 +335,17 @@ def _add(manager: Any, rule: Rule, scope: str, qtyping: Any) -> None:
         )
 
 
-# --------------------------------------------------------------------------- GATHER rewrite
-def gather_as_embedding_lookup(flatbuffer: bytes) -> tuple[bytes, list[str]]:
-    """A Keras Embedding converts to GATHER(table, ids), which AEQ quantizes only in static
-    modes; its weight-only and dynamic modes quantize EMBEDDING_LOOKUP tables, the same
-    operation on flat ids. Each GATHER of a constant float table along axis 0 becomes
-    RESHAPE(ids -> [-1]) -> EMBEDDING_LOOKUP -> RESHAPE(back); the float file computes the same
-    numbers (tested). Returns the new flatbuffer and the rewritten tables' layer names."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    ops = schema.BuiltinOperator
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    sg = model.subgraphs[0]
-
-    def opcode(code: int) -> int:
-        for i, c in enumerate(model.operatorCodes):
-            if max(c.builtinCode, c.deprecatedBuiltinCode) == code:
-                return i
-        c = schema.OperatorCodeT()
-        c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
-        model.operatorCodes.append(c)
-        return len(model.operatorCodes) - 1
-
-    def tensor(name: str, shape: list[int], signature: list[int], dtype: int, data=None) -> int:
-        t = schema.TensorT()
-        t.name, t.type = name.encode(), dtype
-        t.shape, t.shapeSignature = np.asarray(shape, np.int32), np.asarray(signature, np.int32)
-        b = schema.BufferT()
-        b.data = (
-            None if data is None else np.frombuffer(np.asarray(data, np.int32).tobytes(), np.uint8)
-        )
-        model.buffers.append(b)
-        t.buffer = len(model.buffers) - 1
-        sg.tensors.append(t)
-        return len(sg.tensors) - 1
-
-    def reshape(inp: int, out: int, new_shape: list[int], name: str) -> Any:
-        shape = tensor(
-            f"{name}/shape", [len(new_shape)], [len(new_shape)], schema.TensorType.INT32, new_shape
-        )
-        op = schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = opcode(ops.RESHAPE), [inp, shape], [out]
-        op.builtinOptionsType = schema.BuiltinOptions.ReshapeOptions
-        op.builtinOptions = schema.ReshapeOptionsT()
-        op.builtinOptions.newShape = list(new_shape)
-        return op
-
-    done: list[str] = []
-    new_ops = []
-    for op in sg.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        opts = op.builtinOptions
-        if max(code.builtinCode, code.deprecatedBuiltinCode) != ops.GATHER or len(op.inputs) != 2:
-            new_ops.append(op)
-            continue
-        table, ids, out = sg.tensors[op.inputs[0]], sg.tensors[op.inputs[1]], op.outputs[0]
-        data = model.buffers[table.buffer].data
-        if (
-            table.type != schema.TensorType.FLOAT32
-            or data is None
-            or len(table.shape) != 2
-            or ids.type != schema.TensorType.INT32
-            or getattr(opts, "axis", 0) != 0
-            or getattr(opts, "batchDims", 0) != 0
-        ):
-            new_ops.append(op)
-            continue
-        name = _s(table.name)
-        dim = int(table.shape[1])
-        n = int(np.prod(ids.shape))
-        flat_ids = tensor(f"{name}/ids_flat", [n], [-1], schema.TensorType.INT32)
-        rows = tensor(f"{name}/rows", [n, dim], [-1, dim], schema.TensorType.FLOAT32)
-        lookup = schema.OperatorT()
-        lookup.opcodeIndex = opcode(ops.EMBEDDING_LOOKUP)
-        lookup.inputs, lookup.outputs = [flat_ids, op.inputs[0]], [rows]
-        back = [-1, *[int(d) for d in ids.shape[1:]], dim]
-        new_ops += [
-            reshape(op.inputs[1], flat_ids, [-1], f"{name}/flatten_ids"),
-            lookup,
-            reshape(rows, out, back, f"{name}/unflatten"),
-        ]
-        done.append(_layer(name))
-    if not done:
-        return flatbuffer, []
-    sg.operators = new_ops
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), done
-
-
-# --------------------------------------------------------------------------- reading .tflite
-def _model(flatbuffer: bytes):
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
-
-    return tfl_flatbuffer_utils, tfl_flatbuffer_utils.read_model(bytearray(flatbuffer))
-
-
-def _op_name(utils: Any, model: Any, op: Any) -> str:
-    code = model.operatorCodes[op.opcodeIndex]
-    name = utils.TFL_OP_CODE_TO_NAME.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-    return str(getattr(name, "value", name) or "CUSTOM")
-
-
-def _weights(model: Any, sg: Any, op: Any) -> list[Any]:
-    """The op's constant inputs of rank >= 2 (weights, not biases)."""
-    out = []
-    for i in op.inputs:
-        if i < 0:
-            continue
-        t = sg.tensors[i]
-        data = model.buffers[t.buffer].data if t.buffer < len(model.buffers) else None
-        has_data = data is not None and len(data) > 0
-        if (has_data or getattr(t, "offset", 0)) and t.shape is not None and len(t.shape) >= 2:
-            out.append(t)
-    return out
-
-
 def weight_ops(flatbuffer: bytes) -> list[tuple[str, str]]:
     """(op name, AEQ's scope name of the op) of each op with weights, in graph order."""
-    utils, model = _model(flatbuffer)
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as utils
+
+    model = tflite.read(flatbuffer)
     sg = model.subgraphs[0]
     return [
-        (_op_name(utils, model, op), utils.get_op_scope(op, sg.tensors))
+        (tflite.op_name(model, op), utils.get_op_scope(op, sg.tensors))
         for op in sg.operators
-        if _weights(model, sg, op)
+        if tflite.weight_tensors(model, sg, op)
     ]
-
-
-def custom_ops(flatbuffer: bytes) -> list[str]:
-    """Names of the custom ops a flatbuffer uses (builtin code 32 = CUSTOM; a builtin op's
-    code may carry a name too, e.g. OSCAR's MUL)."""
-    _, model = _model(flatbuffer)
-    return sorted(
-        {
-            _s(code.customCode)
-            for code in model.operatorCodes
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == CUSTOM
-        }
-    )
-
-
-def all_float32(flatbuffer: bytes) -> bool:
-    """No tensor of the model is quantized or float16 (what AEQ must start from)."""
-    _, model = _model(flatbuffer)
-    return not any(
-        t.type == FLOAT16
-        or (
-            t.quantization is not None
-            and t.quantization.scale is not None
-            and len(t.quantization.scale)
-        )
-        for sg in model.subgraphs
-        for t in sg.tensors
-    )
-
-
-def float_weight_ops(flatbuffer: bytes) -> list[str]:
-    """Layers whose op still holds float32 weights (ops AEQ left alone), by Keras layer name."""
-    utils, model = _model(flatbuffer)
-    sg = model.subgraphs[0]
-    out = []
-    for op in sg.operators:
-        floats = [t for t in _weights(model, sg, op) if t.type == FLOAT32]
-        if floats:
-            out.append(f"{_layer(_s(floats[0].name))} ({_op_name(utils, model, op)})")
-    return list(dict.fromkeys(out))
 
 
 LOOKUPS = ("EMBEDDING_LOOKUP", "GATHER")
@@ -516,14 +363,6 @@ def _scope(scope: str, ops: list[tuple[str, str]]) -> str:
     return f"^{re.escape(name)}$"
 
 
-def _layer(tensor_name: str) -> str:
-    """A readable layer name from a TFLite tensor name ('model/block1_conv/Conv2D' ->
-    'block1_conv')."""
-    first = tensor_name.split(";")[-1]
-    parts = [p for p in first.split("/") if p]
-    return parts[1] if len(parts) >= 3 else first
-
-
 def _tensor_results(result: Any) -> dict[str, dict[str, float]]:
     """{tensor name: {metric: value}} of AEQ's ComparisonResult (intermediate and output
     tensors of every signature)."""
@@ -532,21 +371,6 @@ def _tensor_results(result: Any) -> dict[str, dict[str, float]]:
         per = result.get_signature_comparison_result(sig)
         out |= {**per.intermediate_tensors, **per.output_tensors}
     return out
-
-
-def tensor_producers(flatbuffer: bytes) -> dict[str, str]:
-    """{output tensor name: the TFLite op that writes it}."""
-    utils, model = _model(flatbuffer)
-    sg = model.subgraphs[0]
-    return {
-        _s(sg.tensors[o].name): _op_name(utils, model, op)
-        for op in sg.operators
-        for o in op.outputs
-    }
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _sha(data: bytes) -> str:

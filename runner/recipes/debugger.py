@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from runner import tflite
 from runner.errors import RunnerError, summarize_error
 from runner.recipes.conversion import ConverterOptions, make_converter
 
@@ -46,13 +47,6 @@ def _relative_rmse(f: np.ndarray, q: np.ndarray, scale: float, zero_point: int) 
     f = np.asarray(f, np.float64)
     deq = (np.asarray(q, np.float64) - zero_point) * scale
     return float(np.sqrt(np.mean((f - deq) ** 2)) / (np.sqrt(np.mean(f**2)) + 1e-12))
-
-
-def layer_name(tensor_name: str) -> str:
-    """The Keras layer a TFLite tensor came from: ``model/block1_conv/Conv2D;...`` -> block1_conv."""
-    first = tensor_name.split(";")[0]
-    parts = first.split("/")
-    return parts[1] if len(parts) > 2 else parts[0]
 
 
 @dataclass
@@ -152,7 +146,7 @@ def _rows(dbg: Any) -> list[dict[str, Any]]:
         rel = float(r.get("relative_rmse") or "nan")
         rows.append(
             {
-                "layer": layer_name(r["tensor_name"]),
+                "layer": tflite.layer_name(r["tensor_name"]),
                 "op": r["op_name"],
                 "relative_rmse": rel,
                 "rmse": rmse,
