@@ -222,36 +222,3 @@ def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
     else:
         yield prefix, node
-
-
-# --------------------------------------------------------------------------- Hydra callback
-def _callback_base() -> type:
-    from hydra.experimental.callback import Callback
-
-    return Callback
-
-
-class ValidateConfigCallback(_callback_base()):
-    """Hydra callback: check the composed config before the run folder exists.
-
-    A single run with a bad value prints one line per value and exits 2, writing nothing. A
-    multirun checks its common config the same way before any job starts; a bad value that only
-    some jobs sweep over fails those jobs (their rows say why), through :func:`validate` at
-    :func:`runner.pipeline.run`'s door.
-    """
-
-    def on_run_start(self, config: DictConfig, **_: Any) -> None:
-        _exit_on_problems(config)
-
-    def on_multirun_start(self, config: DictConfig, **_: Any) -> None:
-        _exit_on_problems(config)
-
-
-def _exit_on_problems(config: DictConfig) -> None:
-    import sys
-
-    bad = problems(config)
-    if bad:
-        for line in bad:
-            print(f"error: bad config value: {line}", file=sys.stderr)
-        sys.exit(2)

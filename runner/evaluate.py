@@ -147,7 +147,7 @@ class TFLiteModel:
         """Load ``path``, or a flatbuffer held in memory (``content``)."""
         from ai_edge_litert.interpreter import Interpreter
 
-        from runner.stderr import filtered
+        from runner.console import filtered
 
         self.path = Path(path) if path is not None else Path("<in memory>.tflite")
         self.num_threads = num_threads

@@ -398,53 +398,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
-def _callback_base() -> type:
-    from hydra.experimental.callback import Callback
-
-    return Callback
-
-
-class SweepReportCallback(_callback_base()):
-    """Hydra callback: after a multirun, one table across all its jobs (registered in config.yaml).
-
-    It reads the jobs' results from disk, so it works with any launcher (in-process, joblib,
-    submitit), and it only runs when no job raised: jobs record their failures as rows instead.
-    """
-
-    def on_multirun_end(self, config: Any, **_: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = write_sweep_report([sweep_dir], sweep_dir)
-        failed = [r for r in rows if r.get("status") != "ok"]
-        print(to_markdown(rows, SWEEP_DISPLAY))
-        summary = seed_summary(rows)
-        if summary:
-            print(to_markdown(summary, SUMMARY_COLUMNS))
-        print(
-            f"sweep table: {sweep_dir / 'comparison.md'} ({len(rows)} rows, {len(failed)} failed)",
-            file=sys.stderr,
-        )
-
-
-class ExitStatusCallback(_callback_base()):
-    """Hydra callback, last to end: a multirun in which any job failed exits 1, after its table
-    (and its MLflow run) are written, with one line saying how many jobs failed."""
-
-    def on_multirun_end(self, config: Any, **_: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            rows = json.loads((sweep_dir / "comparison.json").read_text())
-        except (OSError, ValueError):
-            return
-        jobs = {r.get("job") for r in rows}
-        failed = sorted({r.get("job") for r in rows if r.get("status") != "ok"}, key=str)
-        if failed:
-            print(
-                f"error: {len(failed)} of {len(jobs)} jobs failed "
-                f"(jobs {', '.join(map(str, failed))}; see the error column)",
-                file=sys.stderr,
-            )
-            sys.exit(1)
-
-
 if __name__ == "__main__":
     sys.exit(main())

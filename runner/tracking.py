@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -140,47 +139,24 @@ def parent_run_id(sweep_dir: Path) -> str | None:
     return f.read_text().strip() if f.is_file() else None
 
 
-def _callback_base() -> type:
-    from hydra.experimental.callback import Callback
-
-    return Callback
-
-
-class TrackingCallback(_callback_base()):
-    """Hydra callback for ``logger=mlflow``: checks MLflow is installed before anything runs,
-    opens the parent run of a multirun, and logs the sweep table to it at the end."""
-
-    def on_run_start(self, config: Any, **_: Any) -> None:
-        if enabled(config):
-            _or_exit(mlflow_module)
-
-    def on_multirun_start(self, config: Any, **_: Any) -> None:
-        if not enabled(config):
-            return
-        mlflow = _or_exit(lambda: connect(config.logger))
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        run = mlflow.start_run(run_name=f"sweep {sweep_dir.name}", tags={"sweep": str(sweep_dir)})
-        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
-        mlflow.end_run()
-
-    def on_multirun_end(self, config: Any, **_: Any) -> None:
-        if not enabled(config):
-            return
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        run_id = parent_run_id(sweep_dir)
-        if run_id is None:
-            return
-        mlflow = connect(config.logger)
-        with mlflow.start_run(run_id=run_id):
-            for name in SWEEP_FILES:
-                if (sweep_dir / name).is_file():
-                    mlflow.log_artifact(str(sweep_dir / name))
+def open_parent_run(config: Any) -> None:
+    """A multirun's parent MLflow run; its id is left in the sweep folder for every job."""
+    mlflow = connect(config.logger)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    run = mlflow.start_run(run_name=f"sweep {sweep_dir.name}", tags={"sweep": str(sweep_dir)})
+    (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
+    mlflow.end_run()
 
 
-def _or_exit(fn):
-    try:
-        return fn()
-    except RunnerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def log_sweep(config: Any) -> None:
+    """The sweep table's files, logged to the parent run."""
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    run_id = parent_run_id(sweep_dir)
+    if run_id is None:
+        return
+    mlflow = connect(config.logger)
+    with mlflow.start_run(run_id=run_id):
+        for name in SWEEP_FILES:
+            if (sweep_dir / name).is_file():
+                mlflow.log_artifact(str(sweep_dir / name))

@@ -127,7 +127,7 @@ def test_failing_recipe_exits_non_zero_with_the_table_written(tmp_path, shared_c
 def test_a_run_starts_quietly_and_verbose_shows_what_was_hidden(tmp_path):
     import re
 
-    from runner.stderr import NOISE
+    from runner.console import NOISE
 
     args = ("recipe=none", "dataset.train_size=200", "train.epochs=1", "evaluation.progress=false")
     # execute: the same run quiet (default) and verbose

@@ -186,7 +186,7 @@ def convert(
         route: recurrent layers only: ``fused`` (TFLite's fused LSTM kernel) or ``unrolled``
             (one step per time step). :func:`convert_checked` picks one by measured fidelity.
     """
-    from runner.stderr import filtered
+    from runner.console import filtered
 
     converter = make_converter(model, options, calibration, token_ids, batch_size, route)
     with warnings.catch_warnings(), filtered():  # C++ progress lines ("fully_quantize: 0 ...")

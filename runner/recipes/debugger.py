@@ -83,7 +83,7 @@ class Debugger:
         converter = make_converter(model, options, calibration, token_ids, batch_size)
         data = converter.representative_dataset  # the recipe's own calibration feed
         metrics = {"relative_rmse": _relative_rmse}
-        from runner.stderr import filtered
+        from runner.console import filtered
 
         try:
             with warnings.catch_warnings(), filtered():
@@ -124,7 +124,7 @@ class Debugger:
         """The int8 model with the ops writing ``keep_float`` (tensor names) left in float."""
         import tensorflow as tf
 
-        from runner.stderr import filtered
+        from runner.console import filtered
 
         # the debugger's own tf.lite.Interpreter is deprecated; its converter prints from C++
         with warnings.catch_warnings(), filtered():

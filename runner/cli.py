@@ -1,0 +1,187 @@
+"""The command line's edge: what ``python -m runner`` does around :func:`runner.pipeline.run`.
+
+Everything Hydra calls lives here — the job itself (:func:`job`) and the callbacks registered in
+``conf/hydra/callbacks/runner.yaml`` — and so does the exit-code policy:
+
+- ``0``: every row ``ok``;
+- ``1`` (:data:`FAILED`): the run finished but a row failed, or a sweep job did (its table is
+  written first);
+- ``2`` (:data:`USAGE`): the user's input is wrong (a bad config value, a missing file, MLflow
+  not installed): one line per problem, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from omegaconf import DictConfig
+
+from runner import console, report, tracking
+from runner.config import problems
+from runner.errors import RunnerError, summarize_error
+
+log = logging.getLogger("runner")
+
+FAILED, USAGE = 1, 2
+
+
+def exit_with(code: int, lines: Iterable[str], prefix: str = "error: ") -> NoReturn:
+    for line in lines:
+        print(f"{prefix}{line}", file=sys.stderr)
+    sys.exit(code)
+
+
+def start_tensorflow() -> list[str]:
+    """Import TensorFlow and list its devices with the start-up chatter hidden (returned)."""
+    hidden: list[str] = []
+    with console.filtered(hidden):
+        import tensorflow as tf
+        import tf_keras  # noqa: F401 - the Keras every model is built with
+
+        tf.config.list_physical_devices()
+    return hidden
+
+
+# --------------------------------------------------------------------------- the job
+def job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
+    """One run (or one job of a sweep) as Hydra starts it."""
+    from runner.pipeline import run, write_job_failure
+
+    console.configure(verbose=bool(cfg.get("verbose", False)))
+    log.debug("hidden TensorFlow start-up lines: %s", start_tensorflow())
+    out = Path(hc.runtime.output_dir)
+    parent = tracking.parent_run_id(Path(str(hc.sweep.dir))) if multirun else None
+    overrides = list(hc.overrides.task)
+    if multirun:  # a job never raises: Hydra would skip the sweep table; its failure is its row
+        try:
+            rows = run(cfg, out).rows
+        except Exception as e:  # noqa: BLE001
+            known = isinstance(e, RunnerError)
+            log.error("job failed: %s", e if known else summarize_error(e), exc_info=not known)
+            rows = write_job_failure(cfg, out, str(e) if known else summarize_error(e))
+        _track(cfg, rows, out, overrides, parent)
+        failed = [r["artifact"] or r["recipe"] for r in rows if r["status"] != "ok"]
+        log.info("job done (%s): %s", "failed: " + ", ".join(failed) if failed else "ok", out)
+        return
+    try:
+        result = run(cfg, out)
+    except RunnerError as e:
+        exit_with(USAGE, [str(e)])
+    _track(cfg, result.rows, out, overrides, None)
+    print(report.to_markdown(result.rows))
+    if result.worst_layers:
+        worst = ", ".join(result.worst_layers)
+        print(f"worst layers: {worst} (all of them: {out / 'layer_report.csv'})", file=sys.stderr)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"results: {out}", file=sys.stderr)
+    if not result.ok:
+        failed = ", ".join(r["artifact"] for r in result.rows if r["status"] != "ok")
+        exit_with(FAILED, [f"failed: {failed} (see the error column)"])
+
+
+def _track(cfg: DictConfig, rows: list, out: Path, overrides: list[str], parent: str | None):
+    """``logger=mlflow``: the job as an MLflow run (a child of the sweep's run in a multirun).
+    A tracking failure is a warning: the run's own files are already written."""
+    if not tracking.enabled(cfg):
+        return
+    try:
+        tracking.log_job(cfg, rows, out, overrides, parent)
+    except Exception as e:  # noqa: BLE001 - never lose a finished run to its tracking
+        print(f"warning: MLflow logging failed: {summarize_error(e)}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- Hydra callbacks
+def _callback_base() -> type:
+    from hydra.experimental.callback import Callback
+
+    return Callback
+
+
+class ValidateConfigCallback(_callback_base()):
+    """Before a run or a sweep: every config value checked against its schema.
+
+    A bad value prints one line per value and exits 2, writing nothing. A multirun checks its
+    common config before any job starts; a bad value that only some jobs sweep over fails those
+    jobs (their rows say why), through the check at :func:`runner.pipeline.run`'s door.
+    """
+
+    def on_run_start(self, config: DictConfig, **_: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **_: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        bad = problems(config)
+        if bad:
+            exit_with(USAGE, bad, "error: bad config value: ")
+
+
+class TrackingCallback(_callback_base()):
+    """``logger=mlflow``: MLflow checked before anything runs, the sweep's parent run opened,
+    and the sweep table logged to it at the end."""
+
+    def on_run_start(self, config: Any, **_: Any) -> None:
+        if tracking.enabled(config):
+            _or_exit(tracking.mlflow_module)
+
+    def on_multirun_start(self, config: Any, **_: Any) -> None:
+        if tracking.enabled(config):
+            _or_exit(lambda: tracking.open_parent_run(config))
+
+    def on_multirun_end(self, config: Any, **_: Any) -> None:
+        if tracking.enabled(config):
+            tracking.log_sweep(config)
+
+
+class SweepReportCallback(_callback_base()):
+    """After a multirun: one table across all its jobs, read from disk (any launcher works)."""
+
+    def on_multirun_end(self, config: Any, **_: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        rows = report.write_sweep_report([sweep_dir], sweep_dir)
+        failed = [r for r in rows if r.get("status") != "ok"]
+        print(report.to_markdown(rows, report.SWEEP_DISPLAY))
+        summary = report.seed_summary(rows)
+        if summary:
+            print(report.to_markdown(summary, report.SUMMARY_COLUMNS))
+        print(
+            f"sweep table: {sweep_dir / 'comparison.md'} ({len(rows)} rows, {len(failed)} failed)",
+            file=sys.stderr,
+        )
+
+
+class ExitStatusCallback(_callback_base()):
+    """Last to end: a multirun in which any job failed exits 1, after its table (and its MLflow
+    run) are written, with one line saying how many jobs failed."""
+
+    def on_multirun_end(self, config: Any, **_: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            rows = json.loads((sweep_dir / "comparison.json").read_text())
+        except (OSError, ValueError):
+            return
+        jobs = {r.get("job") for r in rows}
+        failed = sorted({r.get("job") for r in rows if r.get("status") != "ok"}, key=str)
+        if failed:
+            exit_with(
+                FAILED,
+                [
+                    f"{len(failed)} of {len(jobs)} jobs failed "
+                    f"(jobs {', '.join(map(str, failed))}; see the error column)"
+                ],
+            )
+
+
+def _or_exit(fn):
+    try:
+        return fn()
+    except RunnerError as e:
+        exit_with(USAGE, [str(e)])
