@@ -14,7 +14,8 @@ from runner.models.loading import load_model
 from runner.models.qat_scope import load_scope
 from runner.pipeline import run
 from runner.recipes.base import RecipeContext
-from runner.recipes.qat import QATRecipe, quantize_aware
+from runner.recipes.qat import QATRecipe
+from runner.recipes.qat_wrap import quantize_aware
 from runner.train import TrainConfig, train
 
 

@@ -20,7 +20,8 @@ from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
 from runner.evaluate import TFLiteModel, labels_from_outputs, output_fidelity
 from runner.pipeline import run
-from runner.recipes.conversion import ConverterOptions, convert_checked, unrolled
+from runner.recipes.conversion import ConverterOptions, convert_checked
+from runner.recipes.recurrent import unrolled
 
 LENGTH = 40
 FLOAT16 = ConverterOptions(optimizations=("DEFAULT",), supported_types=("float16",))

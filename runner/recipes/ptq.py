@@ -22,8 +22,9 @@ from runner.recipes.base import (
     RecipeContext,
     RecipeMeta,
 )
-from runner.recipes.conversion import ConverterSettings, convert_checked, has_recurrent
+from runner.recipes.conversion import ConverterSettings, convert_checked
 from runner.recipes.debugger import Debugger
+from runner.recipes.recurrent import has_recurrent
 from runner.schema import Options
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,242 @@
+"""Making a float model quantization-aware (tensorflow-model-optimization): which layers are
+annotated, the annotated clone with the float weights, and the quantizers' starting ranges.
+The QAT recipe (:mod:`runner.recipes.qat`) fine-tunes and exports what this builds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from runner.errors import RunnerError
+from runner.models.qat_scope import conv1d_quantize_config, load_scope, tfmot_module
+from runner.recipes.recurrent import RECURRENT
+
+log = logging.getLogger(__name__)
+
+# BatchNormalization folds into the conv/dense before it (tfmot's transforms); elsewhere it cannot.
+_BN_FOLDS_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _inbound_classes(layer) -> list[str]:
+    out = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        for inbound in (
+            node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers]
+        ):
+            out.append(type(inbound).__name__)
+    return out
+
+
+def plan_annotation(
+    model, skip_layers: Sequence[str] = ()
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Which layers get fake quantization, and which stay float.
+
+    Returns:
+        ({layer name: QuantizeConfig or None (tfmot's default)}, [(name, class) left in float]).
+
+    Raises:
+        RunnerError: a recurrent layer (tfmot cannot quantization-aware-train LSTM/GRU) or a
+            name in ``skip_layers`` the model does not have.
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    names = {layer.name for layer in model.layers}
+    unknown = sorted(set(skip_layers) - names)
+    if unknown:
+        raise RunnerError(
+            f"recipe.skip_layers names {unknown}, which the model does not have; its layers: {sorted(names)}"
+        )
+    plan: dict[str, Any] = {}
+    floats: list[tuple[str, str]] = []
+    conv1d = conv1d_quantize_config()
+    for layer in model.layers:
+        cls = type(layer).__name__
+        if cls == "InputLayer":
+            continue
+        if cls in RECURRENT:
+            raise RunnerError(
+                f"layer {layer.name!r} ({cls}) cannot be quantization-aware-trained: tensorflow-model-optimization has no "
+                "8-bit scheme for recurrent layers; use recipe=full_integer (post-training) for this model"
+            )
+        if layer.name in skip_layers:
+            floats.append((layer.name, cls))
+        elif cls == "BatchNormalization":
+            if any(c in _BN_FOLDS_INTO for c in _inbound_classes(layer)):
+                plan[layer.name] = None
+            else:
+                floats.append((layer.name, cls))
+        elif cls == "Conv1D":
+            plan[layer.name] = conv1d()
+        elif registry.supports(layer):
+            plan[layer.name] = None
+        else:
+            floats.append((layer.name, cls))
+    return plan, floats
+
+
+def quantize_aware(
+    model,
+    skip_layers: Sequence[str] = (),
+    fallback: bool = True,
+    freeze_batch_norm: bool = False,
+):
+    """A QAT copy of ``model``: supported layers wrapped, the rest left in float.
+
+    ``freeze_batch_norm`` keeps every BatchNormalization in inference mode while fine-tuning:
+    its moving statistics (what the converter folds into the int8 weights) stay those of the
+    float model instead of drifting with a few hundred small fake-quantized batches.
+
+    Raises:
+        RunnerError: a layer that cannot be quantized when ``fallback`` is off, naming the layer,
+            its class and the fix.
+    """
+    import tf_keras as keras
+
+    tfmot = tfmot_module()
+    plan, floats = plan_annotation(model, skip_layers)
+    unexpected = [(n, c) for n, c in floats if n not in skip_layers and c not in ("Embedding",)]
+    if unexpected and not fallback:
+        name, cls = unexpected[0]
+        raise RunnerError(
+            f"layer {name!r} ({cls}) is not supported by tensorflow-model-optimization's 8-bit QAT scheme; "
+            f"add it to recipe.skip_layers=[{name}] to keep it in float, or set recipe.fallback=true"
+        )
+    if floats:
+        log.info(
+            "QAT leaves %d layer(s) in float: %s",
+            len(floats),
+            ", ".join(f"{n} ({c})" for n, c in floats),
+        )
+    if not plan:
+        raise RunnerError("no layer of this model can be quantization-aware-trained")
+
+    def annotate(layer):
+        clone = layer.__class__.from_config(config_with_state(layer))
+        if freeze_batch_norm and type(layer).__name__ == "BatchNormalization":
+            clone.trainable = False  # tf-keras runs a non-trainable BatchNorm in inference mode
+        if layer.name not in plan:
+            return clone
+        return tfmot.quantization.keras.quantize_annotate_layer(
+            clone, quantize_config=plan[layer.name]
+        )
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    copy_weights_by_name(model, annotated)
+    with load_scope():
+        try:
+            return tfmot.quantization.keras.quantize_apply(annotated), floats
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise RunnerError(
+                f"tensorflow-model-optimization could not apply QAT: {' '.join(str(e).split())[:300]}"
+            ) from None
+
+
+def config_with_state(layer) -> dict[str, Any]:
+    """``layer.get_config()``, plus the state a clone would lose: an adapted Normalization keeps
+    its mean and variance outside its config (a clone of it normalizes with nothing)."""
+    import numpy as np
+
+    cfg = layer.get_config()
+    if type(layer).__name__ == "Normalization" and cfg.get("mean") is None and layer.built:
+        cfg = {
+            **cfg,
+            "mean": np.asarray(layer.adapt_mean).tolist(),
+            "variance": np.asarray(layer.adapt_variance).tolist(),
+        }
+    return cfg
+
+
+def copy_weights_by_name(source, target) -> None:
+    """Copy each layer's weights to the same-named layer (one whose state went into its config
+    has no weights left to copy)."""
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        inner = getattr(layer, "layer", layer)  # a quantize-annotated layer wraps the original
+        src = by_name.get(inner.name)
+        mine = layer.get_weights()
+        if (
+            src is not None
+            and mine
+            and [w.shape for w in mine] == [w.shape for w in src.get_weights()]
+        ):
+            layer.set_weights(src.get_weights())
+
+
+def calibrate_ranges(qat_model, float_model, x) -> int:
+    """Start every activation quantizer at the float model's own range on ``x`` (model-ready
+    calibration inputs), as post-training calibration would.
+
+    tfmot starts each activation range at [-6, 6] and moves it by an exponential average
+    (decay 0.999): a few hundred fine-tuning steps leave wider activations (a residual sum without
+    BatchNorm reaches +-36) clipped, and the fine-tuned model worse than PTQ. Returns how many
+    ranges were set.
+    """
+    import numpy as np
+    import tf_keras as keras
+
+    floats = {layer.name: layer for layer in float_model.layers}
+    pairs = [
+        (w, floats[w.layer.name])
+        for w in qat_model.layers
+        if type(w).__name__.startswith("QuantizeWrapper") and w.layer.name in floats
+    ]
+    if not pairs or x is None or not len(x):
+        return 0
+    probe = keras.Model(float_model.inputs, [t for _, f in pairs for t in (f.input, f.output)])
+    got = probe.predict(x, batch_size=64, verbose=0)
+    done = 0
+    for i, (wrapper, layer) in enumerate(pairs):
+        inp, out = np.asarray(got[2 * i]), np.asarray(got[2 * i + 1])
+        ranges = {"post_activation": out, "output": out}
+        if type(layer).__name__ == "Dense":  # tfmot quantizes the logits before softmax
+            ranges["pre_activation"] = inp @ layer.kernel.numpy() + (
+                layer.bias.numpy() if layer.use_bias else 0.0
+            )
+        for var in wrapper.weights:
+            name = var.name.split("/")[-1].split(":")[0]
+            for prefix, values in ranges.items():
+                if name in (f"{prefix}_min", f"{prefix}_max") and var.shape == ():
+                    lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
+                    var.assign(lo if name.endswith("_min") else hi)
+                    done += 1
+    done += _start_weight_and_input_ranges(qat_model, x)
+    log.info("QAT: %d quantizer ranges calibrated on %d samples", done, len(x))
+    return done
+
+
+def _start_weight_and_input_ranges(qat_model, x) -> int:
+    """Give the weight and input quantizers the ranges they will have after the first step.
+
+    tfmot's weight quantizers hold [-6, 6] and its input quantizer [0, 0] until a training step
+    sets them: the model converted before fine-tuning (epoch 0) would quantize every weight on
+    a +-6 grid and every input to 0. One training-mode pass sets the weight ranges from the
+    weights (tfmot's own per-channel arithmetic); every other variable it touched (activation
+    ranges, BatchNorm statistics, step counters) is put back; the input range is the
+    calibration inputs' own.
+    """
+    import numpy as np
+
+    def is_weight_range(v) -> bool:
+        name = v.name.split("/")[-1].split(":")[0]
+        return name.endswith(("kernel_min", "kernel_max"))
+
+    # a forward pass changes no trainable weight: only ranges, statistics and step counters
+    kept = [(v, v.numpy()) for v in qat_model.non_trainable_variables if not is_weight_range(v)]
+    qat_model(np.asarray(x[:32]), training=True)
+    for v, value in kept:
+        v.assign(value)
+    done = sum(1 for v in qat_model.variables if is_weight_range(v))
+    lo, hi = min(0.0, float(np.min(x))), max(0.0, float(np.max(x)))
+    for layer in qat_model.layers:
+        if type(layer).__name__ == "QuantizeLayer":
+            for var in layer.weights:
+                name = var.name.split("/")[-1].split(":")[0]
+                if name.endswith(("_min", "_max")) and var.shape == ():
+                    var.assign(lo if name.endswith("_min") else hi)
+                    done += 1
+    return done
