@@ -22,8 +22,18 @@ log = logging.getLogger(__name__)
 
 
 # How raw inputs become model inputs (see :class:`Scaling`); ``auto`` is what the data needs.
-ScalingKind = Literal["unit", "symmetric", "standardize", "none"]
-InputScaling = Literal["unit", "symmetric", "standardize", "none", "auto"]
+# kind -> how a batch of raw inputs becomes model inputs (``s``: the Scaling, for mean/std)
+_SCALINGS = {
+    "unit": lambda s, x: x.astype(np.float32) * np.float32(1 / 255),
+    "symmetric": lambda s, x: x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1),
+    "standardize": lambda s, x: (
+        (x.astype(np.float32) * np.float32(1 / 255) - np.asarray(s.mean, np.float32))
+        / np.asarray(s.std, np.float32)
+    ),
+    "none": lambda s, x: x,
+}
+ScalingKind = Literal[tuple(_SCALINGS)]  # type: ignore[valid-type]
+InputScaling = Literal[(*_SCALINGS, "auto")]  # type: ignore[valid-type]
 
 
 class DatasetMeta(Options):
@@ -116,17 +126,6 @@ class Scaling:
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
-
-
-_SCALINGS = {
-    "unit": lambda s, x: x.astype(np.float32) * np.float32(1 / 255),
-    "symmetric": lambda s, x: x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1),
-    "standardize": lambda s, x: (
-        (x.astype(np.float32) * np.float32(1 / 255) - np.asarray(s.mean, np.float32))
-        / np.asarray(s.std, np.float32)
-    ),
-    "none": lambda s, x: x,
-}
 
 
 def batches(x: np.ndarray, batch_size: int, scaling: Scaling) -> Iterator[np.ndarray]:

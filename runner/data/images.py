@@ -46,7 +46,7 @@ POOL_WORTH_SECONDS = 1.0
 SHOW_BAD = 5  # bad files named in a message
 
 
-ColorMode = Literal["rgb", "grayscale"]
+ColorMode = Literal[tuple(COLOR_MODES)]  # type: ignore[valid-type]
 OnBadFile = Literal["skip", "error"]
 Size = Annotated[int, Field(ge=1)]
 
