@@ -115,13 +115,27 @@ class ValidateConfigCallback(_callback_base()):
         self._check(config)
 
     def on_multirun_start(self, config: DictConfig, **_: Any) -> None:
-        self._check(config)
+        # a swept key is null or its default here: each job checks its own value
+        self._check(config, swept_keys(list(config.hydra.overrides.task)))
 
     @staticmethod
-    def _check(config: DictConfig) -> None:
-        bad = problems(config)
+    def _check(config: DictConfig, skip: frozenset[str] = frozenset()) -> None:
+        bad = [line for line in problems(config) if _key_of(line) not in skip]
         if bad:
             exit_with(USAGE, bad, "error: bad config value: ")
+
+
+def swept_keys(overrides: list[str]) -> frozenset[str]:
+    """The keys a multirun's overrides sweep over (``model.path=a.h5,b.keras``, ``range(...)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return frozenset(o.key_or_group for o in parsed if o.is_sweep_override())
+
+
+def _key_of(line: str) -> str:
+    """The dotted key a problem line names (``model.path=null: ...`` -> ``model.path``)."""
+    return line.split(":", 1)[0].split("=", 1)[0].split("[", 1)[0]
 
 
 class TrackingCallback(_callback_base()):

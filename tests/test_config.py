@@ -208,3 +208,16 @@ def test_the_pipeline_checks_at_its_door_before_loading_anything(tmp_path):
 
         run(cfg, tmp_path)
     assert not any(Path(tmp_path).iterdir())
+
+
+def test_a_swept_model_path_is_checked_per_job_not_as_null(tmp_path):
+    # setup: two model files a sweep names, neither existing (issue #23, case 10)
+    sweep = tmp_path / "sweep"
+    a, b = tmp_path / "a.h5", tmp_path / "b.keras"
+    # execute
+    p = run_cli("-m", "model=pretrained", f"model.path={a},{b}", f"hydra.sweep.dir={sweep}")
+    # assert: the sweep ran, each job's row names its own missing file, exit 1 with the table
+    assert "model.path=null" not in p.stderr
+    assert p.returncode == 1 and "2 of 2 jobs failed" in p.stderr, p.stderr[-1500:]
+    table = (sweep / "comparison.csv").read_text()
+    assert f"{a} does not exist" in table and f"{b} does not exist" in table
