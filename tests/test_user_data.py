@@ -332,3 +332,25 @@ def test_digits_as_png_folders_score_like_the_digits_dataset(tmp_path, shared_ca
     assert saved == [str(i) for i in range(10)]
     results = json.loads((tmp_path / "folder_run" / "results.json").read_text())
     assert results["data"]["class_names"] == saved and results["data"]["skipped_files"] == 0
+
+
+def test_a_npy_file_or_a_lying_header_is_one_line(tmp_path):
+    # issue #23, case 7: a .npy (even renamed .npz) and a header claiming 10^12 values
+    import io
+    import zipfile
+
+    from runner.data.arrays import load_arrays
+
+    np.save(tmp_path / "x.npy", np.zeros((4, 8, 8), np.uint8))
+    (tmp_path / "x.npy").rename(tmp_path / "renamed.npz")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
+    )
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + b"\0" * 16)
+        z.writestr("y.npy", b"")
+    with pytest.raises(RunnerError, match=r"holds one array \(a .npy file\).*np.savez"):
+        load_arrays(path=str(tmp_path / "renamed.npz"))
+    with pytest.raises(RunnerError, match=r"array 'x' cannot be read.*header claims more values"):
+        load_arrays(path=str(tmp_path / "huge.npz"))

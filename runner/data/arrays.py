@@ -119,13 +119,14 @@ def _read(p: Path) -> dict[str, np.ndarray]:
         what = "is a folder" if p.is_dir() else "does not exist"
         raise RunnerError(f"dataset.path={p} {what}; expected a .npz file from np.savez")
     try:
-        with np.load(p, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise RunnerError(
-                    f"{p} holds one array, not named arrays: save it with np.savez(path, "
-                    "x_train=..., y_train=..., x_test=..., y_test=...)"
-                )
-            return {k: npz[k] for k in npz.files}
+        loaded = np.load(p, allow_pickle=False, mmap_mode="r")
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy (whatever its suffix)
+            raise RunnerError(
+                f"{p} holds one array (a .npy file), not named arrays: save it with "
+                "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+            )
+        with loaded as npz:
+            return {k: _member(npz, k, p) for k in npz.files}
     except RunnerError:
         raise
     except ValueError as e:
@@ -137,6 +138,19 @@ def _read(p: Path) -> dict[str, np.ndarray]:
         raise RunnerError(f"{p} is not a readable .npz file ({e})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise RunnerError(f"{p} is not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def _member(npz: Any, key: str, p: Path) -> np.ndarray:
+    """One array of the file; one that claims more memory than there is is refused by name."""
+    try:
+        return npz[key]
+    except (MemoryError, ValueError) as e:
+        if isinstance(e, ValueError) and "too big" not in str(e) and "cannot reshape" not in str(e):
+            raise
+        raise RunnerError(
+            f"{p}: array {key!r} cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+            "its header claims more values than the file or this machine's memory holds"
+        ) from None
 
 
 def _labels(y: np.ndarray, key: str, p: Path) -> np.ndarray:
