@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.files import atomic_write_json, sha256_file
+from runner.files import atomic_write_json, sha256_file, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def _load_entry(entry: Path):
 
 
 def _store_entry(root: Path, entry: Path, spec: dict[str, Any], result: Any) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
+    tmp = temp_dir(f".tmp-{entry.name}-", root)
     try:
         with warnings.catch_warnings():  # HDF5 is chosen on purpose (see MODEL_FILE)
             warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")

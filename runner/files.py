@@ -42,11 +42,32 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], object]) 
     os.close(fd)
     try:
         writer(tmp)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
     return path
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """The mode a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp give 0600/0700): results
+    and a shared cache follow the user's umask, so a group can share them."""
+    full = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, full & ~umask())
+
+
+def temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
+    """A new folder to build in before it is renamed into place (mode per the umask)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    follow_umask(tmp)
+    return tmp
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

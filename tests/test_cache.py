@@ -63,3 +63,21 @@ def test_leftover_temp_folders_of_a_killed_run_are_ignored(tmp_path):
     trainer = Trainer()
     assert get_or_train(tmp_path, SPEC, trainer).status == "miss"
     assert trainer.calls == 1
+
+
+def test_a_shared_cache_and_results_follow_the_umask(tmp_path):
+    # issue #23, case 12: mkstemp/mkdtemp made files 0600 and entries 0700
+    import os
+    import stat
+
+    from runner.files import atomic_write_text
+
+    old = os.umask(0o002)  # a group that shares the cache
+    try:
+        got = get_or_train(tmp_path, SPEC, Trainer())
+        written = atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(got.path.parent) == 0o775  # the entry folder
+    assert mode(got.path) == 0o664 and mode(written) == 0o664

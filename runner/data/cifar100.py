@@ -8,7 +8,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -17,6 +16,7 @@ from pydantic import Field
 
 from runner.data.base import Dataset, Split, SubsetOptions, subset
 from runner.errors import RunnerError
+from runner.files import temp_dir
 from runner.schema import options
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _extract_archive(archive: Path, target: Path) -> Path:
                 f"{archive} has no '{CIFAR_DIRNAME}/' folder; it is not the CIFAR-100 python archive"
             )
         target.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target))
+        tmp = temp_dir(".extract-", target)
         try:
             if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12
                 tar.extractall(tmp, filter="data")

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from pydantic import Field
 from runner.data.base import Dataset, Split, SplitOptions, subset
 from runner.data.image_files import DECODE_VERSION, Listing, decode_key, list_images
 from runner.errors import RunnerError
+from runner.files import temp_dir
 from runner.schema import Described, options
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def _build_entry(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, dict]:
     listing, (h, w) = job.listing, job.size
     n = len(listing.files)
     channels = COLOR_MODES[job.mode][1]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{job.key}-", dir=job.entry.parent))
+    tmp = temp_dir(f".{job.key}-", job.entry.parent)
     try:
         raw = tmp / "decoding.npy"
         arr = np.lib.format.open_memmap(raw, mode="w+", dtype=np.uint8, shape=(n, h, w, channels))
