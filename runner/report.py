@@ -188,13 +188,30 @@ def job_rows(job: Path) -> list[dict[str, Any]]:
     results = job / "results.json"
     rows: list[dict[str, Any]]
     try:
-        rows = json.loads(results.read_text())["rows"]
+        data = json.loads(results.read_text())
+        rows = data["rows"]
     except (OSError, ValueError, KeyError):
+        data, rows = {}, []
+    if not rows:
         rows = [
             empty_row(
                 status="failed",
                 error="the job left no results (killed or crashed before its first row)",
             )
+        ]
+    elif data.get("status") == "running":  # stopped after some rows: its recipe never finished
+        config = data.get("config") or {}
+        recipe = (config.get("recipe") or {}).get("name", "?")
+        rows = [
+            *rows,
+            empty_row(
+                dataset=rows[0].get("dataset"),
+                model=rows[0].get("model"),
+                recipe=recipe,
+                role="recipe",
+                status="failed",
+                error="incomplete: the job stopped (killed or interrupted) before its recipe finished",
+            ),
         ]
     return [{**empty_row(), **r, "overrides": overrides, "job": job.name} for r in rows]
 

@@ -85,6 +85,7 @@ class ResultsTable:
         self._hashes: dict[str, str] = {}
         self._eval_cache: dict[str, str] = {}  # artifact -> hit | miss | off
         self._conversions: dict[str, Any] = {}  # artifact -> recurrent route, why, trials
+        self.finished = False
 
     @property
     def ok(self) -> bool:
@@ -173,7 +174,8 @@ class ResultsTable:
         atomic_write_json(
             out / "results.json",
             {
-                "status": "ok" if self.ok else "failed",
+                # "running" until finish(): a killed job never looks complete
+                "status": ("ok" if self.ok else "failed") if self.finished else "running",
                 "rows": self.rows,
                 "warnings": self.warnings,
                 "config": OmegaConf.to_container(cfg, resolve=True),
@@ -199,6 +201,7 @@ class ResultsTable:
         )
 
     def finish(self) -> RunResult:
+        self.finished = True
         for w in self.warnings:
             log.warning("%s", w)
         self.write()

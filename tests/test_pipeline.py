@@ -221,3 +221,28 @@ def test_an_aeq_recipe_refuses_a_quantized_reference(tiny_cfg, tmp_path):
     row = result.row("int8_weight_only.tflite")
     assert row["status"] == "failed" and "recipe@reference=none" in row["error"]
     assert result.row("float16.tflite")["status"] == "ok"  # the rest of the table is kept
+
+
+def test_an_interrupted_job_never_looks_complete(tiny_cfg, tmp_path, monkeypatch):
+    # issue #23, case 1: killed after the float rows, results.json said "ok"
+    from runner.recipes.ptq import ConverterRecipe
+    from runner.report import job_rows
+
+    real = ConverterRecipe.produce
+
+    def interrupted(self, ctx):
+        if self.name == "float16":
+            raise KeyboardInterrupt  # what Ctrl-C or a kill between rows leaves behind
+        return real(self, ctx)
+
+    monkeypatch.setattr(ConverterRecipe, "produce", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg("recipe=float16"), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["status"] == "running" and len(saved["rows"]) == 2  # float + reference only
+    rows = job_rows(tmp_path)
+    assert rows[-1]["status"] == "failed" and rows[-1]["recipe"] == "float16"
+    assert "incomplete" in rows[-1]["error"]
+    # a run that finishes says so
+    run(tiny_cfg("recipe=dynamic_range"), tmp_path / "done")
+    assert json.loads((tmp_path / "done" / "results.json").read_text())["status"] == "ok"
