@@ -65,6 +65,10 @@ def get_or_train(
         log.info("baseline %s is being trained by another job; waiting for it", key)
         lock.acquire()
     try:
+        # only the lock holder builds this entry: any temp folder of it is a killed run's
+        for stale in root.glob(f".tmp-{key}-*"):
+            log.info("removing %s, left by a run killed while storing this baseline", stale)
+            shutil.rmtree(stale, ignore_errors=True)
         if entry.exists():
             loaded = _load_entry(entry)
             if loaded is not None:

@@ -57,12 +57,17 @@ def test_a_corrupt_entry_is_rebuilt_never_loaded(tmp_path, damage):
     assert get_or_train(tmp_path, SPEC, trainer).status == "hit"
 
 
-def test_leftover_temp_folders_of_a_killed_run_are_ignored(tmp_path):
-    (tmp_path / f".tmp-{cache_key(SPEC)}-abc").mkdir()
-    (tmp_path / f".tmp-{cache_key(SPEC)}-abc" / MODEL_FILE).write_bytes(b"half")
+def test_leftover_temp_folders_of_a_killed_run_are_ignored_then_removed(tmp_path):
+    stale = tmp_path / f".tmp-{cache_key(SPEC)}-abc"
+    stale.mkdir()
+    (stale / MODEL_FILE).write_bytes(b"half")
+    other = tmp_path / ".tmp-0123456789abcdef-xyz"  # another key's: maybe being written now
+    other.mkdir()
     trainer = Trainer()
     assert get_or_train(tmp_path, SPEC, trainer).status == "miss"
     assert trainer.calls == 1
+    # issue #23, case 13: the killed run's folder does not stay forever; another key's is kept
+    assert not stale.exists() and other.exists()
 
 
 def test_a_shared_cache_and_results_follow_the_umask(tmp_path):
