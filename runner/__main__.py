@@ -19,4 +19,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from runner.cli import guarded
+
+    guarded(main)

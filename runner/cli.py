@@ -7,7 +7,8 @@ Everything Hydra calls lives here — the job itself (:func:`job`) and the callb
 - ``1`` (:data:`FAILED`): the run finished but a row failed, or a sweep job did (its table is
   written first);
 - ``2`` (:data:`USAGE`): the user's input is wrong (a bad config value, a missing file, MLflow
-  not installed): one line per problem, before anything is written.
+  not installed): one line per problem, before anything is written;
+- ``130`` (:data:`INTERRUPTED`): Ctrl-C; one line, and a sweep's table of its finished jobs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,7 +28,7 @@ from runner.errors import RunnerError, summarize_error
 
 log = logging.getLogger("runner")
 
-FAILED, USAGE = 1, 2
+FAILED, USAGE, INTERRUPTED = 1, 2, 130
 
 
 def exit_with(code: int, lines: Iterable[str], prefix: str = "error: ") -> NoReturn:
@@ -48,8 +49,42 @@ def start_tensorflow() -> list[str]:
 
 
 # --------------------------------------------------------------------------- the job
+# Where the current run writes, for a Ctrl-C that may come between two jobs (in Hydra's code).
+_where: dict[str, Path] = {}
+
+
+def guarded(main: Callable[[], None]) -> None:
+    """Run Hydra's ``main`` so that Ctrl-C stops with one line (exit 130), not a traceback; a
+    sweep first writes the table of its finished jobs, the interrupted one marked failed."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sweep_dir = _where.get("sweep")
+        if sweep_dir is None or not sweep_dir.is_dir():
+            out = _where.get("run")
+            exit_with(
+                INTERRUPTED, ["interrupted" + (f"; what was finished is in {out}" if out else "")]
+            )
+        rows = report.write_sweep_report([sweep_dir], sweep_dir)
+        done = len({r.get("job") for r in rows if r.get("status") == "ok"})
+        exit_with(
+            INTERRUPTED,
+            [
+                f"interrupted; the table of the {done} finished job(s) (an interrupted one marked "
+                f"failed): {sweep_dir / 'comparison.md'}"
+            ],
+        )
+
+
 def job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
     """One run (or one job of a sweep) as Hydra starts it."""
+    _where["run"] = Path(hc.runtime.output_dir)
+    if multirun:
+        _where["sweep"] = Path(str(hc.sweep.dir))
+    _job(cfg, hc, multirun)
+
+
+def _job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
     from runner.pipeline import run, write_job_failure
 
     console.configure(verbose=bool(cfg.get("verbose", False)))

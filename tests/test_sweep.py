@@ -219,3 +219,35 @@ def test_report_cli_errors(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "no run results" in r.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweep_stops_with_one_line_and_the_finished_jobs_table(tmp_path):
+    # issue #23, case 11: a 73-line traceback and no sweep table
+    import os
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "runner", "-m", *TINY, f"cache_dir={tmp_path / 'cache'}"]
+    args += [f"hydra.sweep.dir={sweep_dir}", "recipe=none,float16,dynamic_range,full_integer"]
+    p = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    first = sweep_dir / "0" / "results.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        first.exists() and json.loads(first.read_text())["status"] == "ok"
+    ):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)  # while a later job runs
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "interrupted; the table of the" in lines[0], err[-2000:]
+    rows = table(sweep_dir)
+    assert any(r["job"] == "0" and r["status"] == "ok" for r in rows)
+    # a job stopped mid-way is a failed row saying so; one that had not started is not listed
+    for r in rows:
+        assert r["status"] == "ok" or "incomplete" in r["error"] or "no results" in r["error"]
+    assert len({r["job"] for r in rows}) < 4
