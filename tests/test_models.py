@@ -91,3 +91,17 @@ def test_pretrained_model_must_match_the_data(tmp_path):
         load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=100)
     with pytest.raises(RunnerError, match="expects inputs of shape"):
         load_pretrained(str(path), input_shape=(32, 32, 3), num_classes=10)
+
+
+def test_a_regression_model_is_refused_not_scored_as_a_sigmoid(tmp_path):
+    # issue #23, case 8: one linear unit on 2-class data was scored as a sigmoid
+    inp = keras.Input((8, 8, 1))
+    flat = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(inp))
+    for act, ok in (("linear", False), ("relu", False), ("sigmoid", True)):
+        path = tmp_path / f"{act}.h5"
+        keras.Model(inp, keras.layers.Dense(1, activation=act)(flat)).save(path)
+        if ok:
+            load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=2)
+            continue
+        with pytest.raises(RunnerError, match=f"ends in one {act} unit: a regression"):
+            load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=2)

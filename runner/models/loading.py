@@ -98,6 +98,12 @@ def load_pretrained(
             raise RunnerError(
                 f"{path} has {out} outputs, but the data set has {num_classes} classes"
             )
+        if out == 1 and _final_activation(model) not in (None, "sigmoid"):
+            raise RunnerError(
+                f"{path} ends in one {_final_activation(model)} unit: a regression, not a "
+                "classifier; the runner scores classifiers (a binary one ends in "
+                "Dense(1, activation='sigmoid'); more classes in softmax or logits)"
+            )
     embedding = next((layer for layer in model.layers if type(layer).__name__ == "Embedding"), None)
     if vocab_size is not None and embedding is not None and embedding.input_dim < vocab_size:
         raise RunnerError(
@@ -106,6 +112,15 @@ def load_pretrained(
             f"(or cap it with dataset.num_words={embedding.input_dim})"
         )
     return loaded
+
+
+def _final_activation(model: Any) -> str | None:
+    """The activation of a Keras model's output layer (None: unknown, e.g. a SavedModel)."""
+    layers = getattr(model, "layers", ())
+    if not layers:
+        return None
+    act = getattr(layers[-1], "activation", None)
+    return getattr(act, "__name__", None) if act is not None else None
 
 
 def load_model(path: str | Path, safe_mode: bool = True, custom_objects: str | None = None):
