@@ -9,6 +9,7 @@ A file lock per key makes concurrent jobs of a sweep wait for the first trainer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -133,6 +134,29 @@ def _store_entry(root: Path, entry: Path, spec: dict[str, Any], result: Any) -> 
 
 
 # --------------------------------------------------------------------------- conversions
+SHA_KEY = "_sha256"  # in a conversion's metadata: the flatbuffer's hash
+CONVERTER_LIBRARIES = (
+    "tensorflow",
+    "ai-edge-litert",
+    "ai-edge-quantizer",
+    "tensorflow-model-optimization",
+)
+
+
+@functools.cache
+def converter_versions() -> dict[str, str]:
+    """The versions of what makes and runs a flatbuffer (part of every conversion's key)."""
+    from importlib import metadata
+
+    out = {}
+    for name in CONVERTER_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 class ConversionCache:
     """The deterministic conversions of one baseline, kept in its cache entry.
 
@@ -146,18 +170,30 @@ class ConversionCache:
         self.folder = Path(folder)
 
     def _paths(self, name: str, spec: Any) -> tuple[Path, Path]:
-        stem = self.folder / f"{name}-{cache_key(dict(spec))}"
+        # an upgraded converter, interpreter or quantizer never reuses an old flatbuffer
+        stem = self.folder / f"{name}-{cache_key({**dict(spec), 'versions': converter_versions()})}"
         return stem.with_suffix(".tflite"), stem.with_suffix(".json")
 
     def get(self, name: str, spec: Any) -> tuple[bytes, dict[str, Any]] | None:
-        data, meta = self._paths(name, spec)
-        if not (data.is_file() and meta.is_file()):
+        """The stored flatbuffer and its metadata, when its SHA-256 still matches (else None:
+        a truncated or replaced file is converted again, never served)."""
+        data_path, meta_path = self._paths(name, spec)
+        if not (data_path.is_file() and meta_path.is_file()):
             return None
         try:
-            return data.read_bytes(), json.loads(meta.read_text())
+            data, meta = data_path.read_bytes(), json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:
-            log.warning("cached conversion %s is unreadable (%s); converting again", data, e)
+            log.warning("cached conversion %s is unreadable (%s); converting again", data_path, e)
             return None
+        if meta.pop(SHA_KEY, None) != hashlib.sha256(data).hexdigest():
+            log.warning(
+                "cached conversion %s does not match its SHA-256; converting again", data_path
+            )
+            for p in (data_path, meta_path):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            return None
+        return data, meta
 
     def put(self, name: str, spec: Any, data: bytes, meta: dict[str, Any]) -> None:
         from runner.files import atomic_write_bytes
@@ -165,7 +201,7 @@ class ConversionCache:
         data_path, meta_path = self._paths(name, spec)
         try:
             atomic_write_bytes(data_path, data)
-            atomic_write_json(meta_path, meta)
+            atomic_write_json(meta_path, {**meta, SHA_KEY: hashlib.sha256(data).hexdigest()})
         except OSError as e:  # a read-only cache only costs the speed-up
             log.warning("could not keep the conversion in %s (%s)", self.folder, e)
 

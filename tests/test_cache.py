@@ -86,3 +86,33 @@ def test_a_shared_cache_and_results_follow_the_umask(tmp_path):
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert mode(got.path.parent) == 0o775  # the entry folder
     assert mode(got.path) == 0o664 and mode(written) == 0o664
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random"])
+def test_a_damaged_cached_conversion_is_converted_again_never_served(tmp_path, damage, caplog):
+    # issue #23, case 2: a truncated file failed every later run; random bytes were scored
+    import os
+
+    from runner.cache import ConversionCache
+
+    store = ConversionCache(tmp_path)
+    spec = {"options": {"optimizations": ["DEFAULT"]}, "calibration": [200, 0]}
+    good = os.urandom(4096)
+    store.put("float16", spec, good, {"conversion": None})
+    assert store.get("float16", spec) == (good, {"conversion": None})
+    (path,) = tmp_path.glob("float16-*.tflite")
+    path.write_bytes(good[:100] if damage == "truncate" else os.urandom(4096))
+    assert store.get("float16", spec) is None
+    assert "does not match its SHA-256" in caplog.text
+    assert not list(tmp_path.glob("float16-*"))  # removed: the next run stores a good one
+
+
+def test_conversions_are_keyed_by_the_converter_versions(tmp_path, monkeypatch):
+    from runner import cache
+
+    store = cache.ConversionCache(tmp_path)
+    store.put("none", {"a": 1}, b"flatbuffer", {})
+    assert store.get("none", {"a": 1}) is not None
+    upgraded = {**cache.converter_versions(), "tensorflow": "9.99"}
+    monkeypatch.setattr(cache, "converter_versions", lambda: upgraded)
+    assert store.get("none", {"a": 1}) is None  # an upgrade never reuses an old flatbuffer

@@ -100,6 +100,12 @@ def test_a_corrupt_cache_entry_is_rebuilt(tmp_path):
     arr.write_bytes(arr.read_bytes()[:-10])  # truncated
     again = load(root, cache)
     np.testing.assert_array_equal(np.asarray(first.train.x), np.asarray(again.train.x))
+    # issue #23, case 2: a rewritten labels.npy gave accuracy 0 on every row, all ok
+    labels = entry / images_mod.LABELS_FILE
+    np.save(labels, np.zeros_like(np.load(labels)))
+    third = load(root, cache)
+    np.testing.assert_array_equal(first.train.y, third.train.y)
+    assert len(set(third.train.y.tolist())) == 2
 
 
 def test_one_tree_is_split_stratified_and_seeded(tmp_path):

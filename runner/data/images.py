@@ -201,6 +201,8 @@ def _read_entry(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict] | 
 
         if sha256_file(entry / ARRAY_FILE) != meta["sha256"]:
             raise ValueError("images.npy does not match its recorded SHA-256")
+        if sha256_file(entry / LABELS_FILE) != meta.get("labels_sha256"):
+            raise ValueError("labels.npy does not match its recorded SHA-256")
         x, y = _open(entry)
         if len(x) != len(y) or list(x.shape[1:]) != meta["shape"][1:]:
             raise ValueError("images and labels disagree")
@@ -248,6 +250,7 @@ def _build_entry(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, dict]:
             "class_names": list(listing.class_names),
             "bad": bad,
             "sha256": sha256_file(tmp / ARRAY_FILE),
+            "labels_sha256": sha256_file(tmp / LABELS_FILE),
         }
         (tmp / META_FILE).write_text(json.dumps(meta))
         if job.entry.exists():
