@@ -3,6 +3,7 @@ cache, or trained now), keyed by everything that changes the trained model."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import cache
 from runner.config import plugin
-from runner.data import Dataset, Scaling
+from runner.data import Dataset, Scaling, check_dataset
 from runner.schema import call
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,9 @@ def load_dataset(cfg: DictConfig) -> Dataset:
             if node.get("color_mode", "") is None:
                 node.color_mode = "grayscale" if shape[2] == 1 else "rgb"
     p = plugin("dataset", node)
-    return call(p.target, p.options, name=p.meta.name)
+    data = call(p.target, p.options, name=p.meta.name)
+    odd = check_dataset(data)  # raises on data no table can be made from
+    return dataclasses.replace(data, warnings=(*data.warnings, *odd)) if odd else data
 
 
 def baseline_spec(cfg: DictConfig, data: Dataset | None = None) -> dict[str, Any]:

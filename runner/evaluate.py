@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from runner.data import Scaling
+from runner.errors import RunnerError
 from runner.schema import Options
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,20 @@ def score(
     eval_seconds: float = 0.0,
 ) -> Metrics:
     """Metrics of outputs ``out``; ``reference``: the float Keras model's outputs on the same
-    inputs (for agreement and output fidelity), or None when ``out`` is that model's."""
+    inputs (for agreement and output fidelity), or None when ``out`` is that model's.
+
+    Raises:
+        RunnerError: non-finite outputs (never scored as label 0).
+    """
+    bad = int(
+        np.count_nonzero(
+            ~np.isfinite(np.asarray(out, np.float64)).reshape(len(out), -1).all(axis=1)
+        )
+    )
+    if bad:
+        raise RunnerError(
+            f"the model gives NaN or infinite outputs on {bad} of {len(out)} test samples"
+        )
     labels = labels_from_outputs(out)
     lat = sorted(latencies_ms or [])
     sqnr = max_err = agreement = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -22,9 +23,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(
-        path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
-    )
+    """Strict JSON: a NaN or infinite number is written as null (bare NaN is not JSON)."""
+    text = json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == ():  # a NumPy scalar
+        return _finite(obj.item())
+    return obj
 
 
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], object]) -> Path:

@@ -162,6 +162,11 @@ def train(model, data: Dataset, cfg: TrainConfig, scaling: Scaling) -> TrainResu
         verbose=cfg.verbose,
     )
     seconds = time.perf_counter() - t0
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise RunnerError(  # raised before the cache stores it: never a cached NaN baseline
+            f"training {model.name} diverged: its weights hold NaN or infinite values; lower "
+            "train.learning_rate or check the data"
+        )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     log.info(
         "trained %s for %d epochs in %.1fs (best val_accuracy %s)",

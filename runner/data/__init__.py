@@ -13,6 +13,7 @@ from runner.data.base import (
     Split,
     batches,
     calibration_sample,
+    check_dataset,
     stratified_split,
     subset,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Split",
     "batches",
     "calibration_sample",
+    "check_dataset",
     "stratified_split",
     "subset",
 ]

@@ -207,3 +207,54 @@ def stratified_split(
     te = np.sort(np.concatenate(test)) if test else np.array([], dtype=np.int64)
     tr = np.setdiff1d(np.arange(len(y)), te)
     return tr, te
+
+
+# --------------------------------------------------------------------------- sanity
+MIN_TRAIN_PER_CLASS = 2  # fewer cannot be fitted and validated: the table would be nonsense
+
+
+def check_dataset(data: Dataset) -> list[str]:
+    """Refuse data no table can be made from; return warnings for what is merely odd.
+
+    Raises:
+        RunnerError: an empty split, a single class, non-finite inputs, or a class with fewer
+            than :data:`MIN_TRAIN_PER_CLASS` training samples.
+    """
+    for what, split in (("training", data.train), ("test", data.test)):
+        if len(split) == 0:
+            raise RunnerError(f"the {what} split of {data.name} is empty: give it samples")
+        if np.issubdtype(split.x.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(split.x).reshape(len(split), -1).all(axis=1)))
+            if bad:
+                raise RunnerError(
+                    f"{bad} {what} sample(s) of {data.name} hold NaN or infinite values: "
+                    "remove or fill them"
+                )
+    counts = np.bincount(data.train.y, minlength=data.num_classes)
+    present = np.flatnonzero(counts)
+    if len(present) < 2:
+        raise RunnerError(
+            f"{data.name} has a single class in its training split ({_names(data, present)}): "
+            "a classifier needs at least two"
+        )
+    few = [int(c) for c in present if counts[c] < MIN_TRAIN_PER_CLASS]
+    if few:
+        raise RunnerError(
+            f"class(es) {_names(data, few)} of {data.name} have fewer than "
+            f"{MIN_TRAIN_PER_CLASS} training samples: add samples, or lower the test share "
+            "(dataset.test_fraction)"
+        )
+    empty = [int(c) for c in np.flatnonzero(counts == 0)]
+    if not empty:
+        return []
+    hint = " (labels start at 1: are they 1-based?)" if empty == [0] else ""
+    return [
+        f"{len(empty)} of {data.num_classes} classes of {data.name} have no training samples "
+        f"({_names(data, empty[:5])}{' ...' if len(empty) > 5 else ''}){hint}; the model still "
+        "gets an output for each"
+    ]
+
+
+def _names(data: Dataset, ids: Any) -> str:
+    names = data.class_names
+    return ", ".join(names[i] if i < len(names) else str(i) for i in ids)
