@@ -128,10 +128,12 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
         )
 
     def _train():
+        train_cfg = TrainConfig.from_mapping(cfg.train)
+        keras.utils.set_random_seed(train_cfg.seed)  # the initial weights too, not only the fit
         model = builder(
             input_shape=data.input_shape, num_classes=data.num_classes, **data.model_kwargs
         )
-        return train(model, data, TrainConfig.from_mapping(cfg.train), scaling)
+        return train(model, data, train_cfg, scaling)
 
     spec = baseline_spec(cfg, data)
     got = cache.get_or_train(Path(cfg.cache_dir), spec, _train)

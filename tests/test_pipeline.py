@@ -246,3 +246,16 @@ def test_an_interrupted_job_never_looks_complete(tiny_cfg, tmp_path, monkeypatch
     # a run that finishes says so
     run(tiny_cfg("recipe=dynamic_range"), tmp_path / "done")
     assert json.loads((tmp_path / "done" / "results.json").read_text())["status"] == "ok"
+
+
+def test_the_same_seed_trains_the_same_baseline_twice(tmp_path):
+    # issue #23: the same command and seed trained to different epochs (the initial weights were
+    # drawn before the seed was set); two caches, two trainings, one model
+    from conftest import TINY
+
+    rows = []
+    for cache in ("a", "b"):
+        cfg = compose_config(f"cache_dir={tmp_path / cache}", *TINY, "recipe=none")
+        rows.append(run(cfg, tmp_path / f"run_{cache}").row("none.tflite"))
+    assert rows[0]["baseline_cache"] == rows[1]["baseline_cache"] == "miss"
+    assert rows[0]["sha256"] == rows[1]["sha256"] and rows[0]["accuracy"] == rows[1]["accuracy"]
