@@ -56,9 +56,14 @@ def get_or_train(
     from filelock import FileLock, Timeout
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     key = cache_key(spec)
     entry = root / key
+    # entries are renamed into place whole, so a valid one is read without the lock: a
+    # read-only (shared) cache serves its entries
+    loaded = _load_entry(entry) if (entry / META_FILE).is_file() else None
+    if loaded is not None:
+        return _hit(entry, *loaded)
+    root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(root / f"{key}.lock"))
     try:
         lock.acquire(timeout=0)
@@ -73,15 +78,7 @@ def get_or_train(
         if entry.exists():
             loaded = _load_entry(entry)
             if loaded is not None:
-                model, meta = loaded
-                log.info("baseline cache hit: %s (trained in %.1fs)", entry, meta["train_seconds"])
-                return CacheResult(
-                    model,
-                    "hit",
-                    entry / MODEL_FILE,
-                    float(meta["train_seconds"]),
-                    meta.get("history", {}),
-                )
+                return _hit(entry, *loaded)
             shutil.rmtree(entry, ignore_errors=True)
         log.info("baseline cache miss: training %s", key)
         result = train_fn()
@@ -91,6 +88,13 @@ def get_or_train(
         )
     finally:
         lock.release()
+
+
+def _hit(entry: Path, model: Any, meta: dict[str, Any]) -> CacheResult:
+    log.info("baseline cache hit: %s (trained in %.1fs)", entry, meta["train_seconds"])
+    return CacheResult(
+        model, "hit", entry / MODEL_FILE, float(meta["train_seconds"]), meta.get("history", {})
+    )
 
 
 def _load_entry(entry: Path):

@@ -116,3 +116,18 @@ def test_conversions_are_keyed_by_the_converter_versions(tmp_path, monkeypatch):
     upgraded = {**cache.converter_versions(), "tensorflow": "9.99"}
     monkeypatch.setattr(cache, "converter_versions", lambda: upgraded)
     assert store.get("none", {"a": 1}) is None  # an upgrade never reuses an old flatbuffer
+
+
+def test_a_valid_entry_is_served_without_its_lock(tmp_path, monkeypatch):
+    # issue #23, case 4: a read-only cache with a valid entry failed on its lock file
+    import filelock
+
+    trainer = Trainer()
+    get_or_train(tmp_path, SPEC, trainer)
+
+    def no_lock(*_a, **_k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.lock"))
+
+    monkeypatch.setattr(filelock, "FileLock", no_lock)  # what a read-only folder does
+    again = get_or_train(tmp_path, SPEC, trainer)
+    assert again.status == "hit" and trainer.calls == 1
