@@ -211,7 +211,7 @@ def test_raw_features_normalized_inside_the_model_lose_in_int8_and_auto_int8_win
     """The benchmark's hard case, small: features from ~0.001 to ~4,000 normalized by the
     model's first layer. Full-integer int8 gives the raw input one scale (step ~16), so the small
     features become 0; auto_int8 keeps that one layer (two ops) float and loses nothing."""
-    from benchmarks.__main__ import make_tabular_case
+    from benchmarks.hard import make_tabular_case
 
     model, data = make_tabular_case(tmp_path / "case")
     common = [

@@ -231,15 +231,14 @@ def test_ctrl_c_in_a_sweep_stops_with_one_line_and_the_finished_jobs_table(tmp_p
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "runner", "-m", *TINY, f"cache_dir={tmp_path / 'cache'}"]
-    args += [f"hydra.sweep.dir={sweep_dir}", "recipe=none,float16,dynamic_range,full_integer"]
+    # jobs 1 and 2 fine-tune for a while: the interrupt lands inside one of them
+    args += [f"hydra.sweep.dir={sweep_dir}", "recipe=none,qat,qat_mixed"]
     p = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    first = sweep_dir / "0" / "results.json"
     deadline = time.time() + 300
-    while time.time() < deadline and not (
-        first.exists() and json.loads(first.read_text())["status"] == "ok"
-    ):
+    while time.time() < deadline and not (sweep_dir / "1").is_dir():
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)  # while a later job runs
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
     assert "Traceback" not in err
@@ -250,4 +249,4 @@ def test_ctrl_c_in_a_sweep_stops_with_one_line_and_the_finished_jobs_table(tmp_p
     # a job stopped mid-way is a failed row saying so; one that had not started is not listed
     for r in rows:
         assert r["status"] == "ok" or "incomplete" in r["error"] or "no results" in r["error"]
-    assert len({r["job"] for r in rows}) < 4
+    assert len({r["job"] for r in rows}) < 3  # the job after the interrupted one never started

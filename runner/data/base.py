@@ -238,21 +238,27 @@ def check_dataset(data: Dataset) -> list[str]:
             "a classifier needs at least two"
         )
     few = [int(c) for c in present if counts[c] < MIN_TRAIN_PER_CLASS]
-    if few:
+    if len(few) == len(present):
         raise RunnerError(
-            f"class(es) {_names(data, few)} of {data.name} have fewer than "
-            f"{MIN_TRAIN_PER_CLASS} training samples: add samples, or lower the test share "
+            f"every class of {data.name} has fewer than {MIN_TRAIN_PER_CLASS} training samples: "
+            "nothing can be fitted and validated; add samples, or lower the test share "
             "(dataset.test_fraction)"
         )
+    out = []
+    if few:  # a small seeded subset of many classes: told, not refused
+        out.append(
+            f"{len(few)} class(es) of {data.name} have a single training sample "
+            f"({_names(data, few[:5])}{' ...' if len(few) > 5 else ''}): their scores mean little"
+        )
     empty = [int(c) for c in np.flatnonzero(counts == 0)]
-    if not empty:
-        return []
-    hint = " (labels start at 1: are they 1-based?)" if empty == [0] else ""
-    return [
-        f"{len(empty)} of {data.num_classes} classes of {data.name} have no training samples "
-        f"({_names(data, empty[:5])}{' ...' if len(empty) > 5 else ''}){hint}; the model still "
-        "gets an output for each"
-    ]
+    if empty:
+        hint = " (labels start at 1: are they 1-based?)" if empty == [0] else ""
+        out.append(
+            f"{len(empty)} of {data.num_classes} classes of {data.name} have no training samples "
+            f"({_names(data, empty[:5])}{' ...' if len(empty) > 5 else ''}){hint}; the model "
+            "still gets an output for each"
+        )
+    return out
 
 
 def _names(data: Dataset, ids: Any) -> str:
