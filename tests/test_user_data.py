@@ -360,3 +360,22 @@ def test_a_npy_file_or_a_lying_header_is_one_line(tmp_path):
         load_arrays(path=str(tmp_path / "renamed.npz"))
     with pytest.raises(RunnerError, match=r"array 'x' cannot be read.*header claims more values"):
         load_arrays(path=str(tmp_path / "huge.npz"))
+
+
+def test_symlinks_are_followed_once_and_never_count_an_image_twice(tmp_path, caplog):
+    # issue #23, case 5: a symlink loop inflated 40 files to 840 and mixed train with test
+    root = folder(tmp_path / "imgs", 3)
+    os.symlink(root / "train" / "blue", root / "train" / "blue" / "loop")  # a loop
+    os.symlink(tmp_path / "nowhere.png", root / "train" / "red" / "dangling.png")
+    data = load(root, tmp_path / "cache")
+    assert len(data.train) == 6 and len(data.test) == 6  # each real image once
+    assert "a symlink to nothing" in caplog.text
+    # an image linked into the test split as well: refused by name
+    os.symlink(root / "train" / "red" / "0.png", root / "test" / "red" / "leak.png")
+    with pytest.raises(RunnerError, match="are the same file.*one class and one split"):
+        load(root, tmp_path / "cache")
+    # a class folder that is a link to another class
+    one = folder(tmp_path / "one", 3, layout="one")
+    os.symlink(one / "blue", one / "teal")
+    with pytest.raises(RunnerError, match="class folders 'blue' and 'teal' are the same folder"):
+        load(one, tmp_path / "cache")

@@ -72,6 +72,12 @@ def list_images(root: Path, test_fraction: float, split_seed: int) -> Listing:
         order = np.concatenate([tr, te])
         files = [all_files[i] for i in order]
         labels, n_train, layout = all_labels[order], len(tr), "one tree"
+    dup = _duplicates(root, files)
+    if dup:
+        raise RunnerError(
+            f"{root}: {dup[0]} and {dup[1]} are the same file (a symlink); an image may be in one "
+            "class and one split only, or the test score counts images the model trained on"
+        )
     stats = []
     for f in files:
         st = os.stat(root / f)
@@ -92,16 +98,17 @@ def _class_files(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
             + ": put each class's images in a subfolder named after the class, "
             "e.g. DIR/cat/1.jpg, DIR/dog/2.jpg"
         )
+    same = _same_folders(folder, classes)
+    if same:
+        raise RunnerError(
+            f"{folder}: class folders {same[0]!r} and {same[1]!r} are the same folder (a "
+            "symlink): each class needs its own images"
+        )
     files: list[str] = []
     labels: list[int] = []
     empty = []
     for label, cls in enumerate(classes):
-        found = sorted(
-            os.path.relpath(os.path.join(d, f), folder)
-            for d, dirs, names in os.walk(folder / cls, followlinks=True)
-            for f in names
-            if _is_image(f) and not f.startswith(".")
-        )
+        found = sorted(_images_under(folder, cls))
         if not found:
             empty.append(cls)
         files += found
@@ -112,6 +119,48 @@ def _class_files(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
             f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder(s)"
         )
     return classes, [f.replace(os.sep, "/") for f in files], np.asarray(labels, np.int64)
+
+
+def _same_folders(folder: Path, classes: list[str]) -> tuple[str, str] | None:
+    seen: dict[str, str] = {}
+    for cls in classes:
+        real = os.path.realpath(folder / cls)
+        if real in seen:
+            return seen[real], cls
+        seen[real] = cls
+    return None
+
+
+def _images_under(folder: Path, cls: str) -> list[str]:
+    """Image files under ``folder/cls`` (relative to ``folder``), following symlinked folders
+    once each (a link loop is not walked again) and skipping links that point nowhere."""
+    out, seen_dirs = [], set()
+    for d, dirs, names in os.walk(folder / cls, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen_dirs:
+            dirs[:] = []  # a symlink loop, or a folder reached twice: walked once
+            continue
+        seen_dirs.add(real)
+        for f in names:
+            path = os.path.join(d, f)
+            if not _is_image(f) or f.startswith("."):
+                continue
+            if not os.path.exists(path):
+                log.warning("skipping %s: a symlink to nothing", path)
+                continue
+            out.append(os.path.relpath(path, folder))
+    return out
+
+
+def _duplicates(root: Path, files: list[str]) -> tuple[str, str] | None:
+    """Two listed names of one real file (linked into two classes, or into train and test)."""
+    seen: dict[str, str] = {}
+    for f in files:
+        real = os.path.realpath(root / f)
+        if real in seen:
+            return seen[real], f
+        seen[real] = f
+    return None
 
 
 def _is_image(name: str) -> bool:
