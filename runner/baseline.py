@@ -96,7 +96,7 @@ def baseline_spec(cfg: DictConfig, data: Dataset | None = None) -> dict[str, Any
 @dataclass
 class Baseline:
     model: Any  # what recipes convert (tf_keras model, Keras 3 twin, or a SavedModel source)
-    path: Path
+    path: Path | None  # None: trained but not cached (the cache could not be written)
     cache: str  # hit, miss or pretrained
     train_seconds: float
     key: str  # the cache key (or the pretrained file): rows of one baseline share it

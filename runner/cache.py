@@ -39,8 +39,8 @@ def cache_key(spec: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class CacheResult:
     model: Any
-    status: str  # "hit" or "miss"
-    path: Path
+    status: str  # "hit", "miss", or "uncached" (the cache could not be written)
+    path: Path | None  # None when uncached
     train_seconds: float
     history: dict[str, Any]
 
@@ -63,13 +63,15 @@ def get_or_train(
     loaded = _load_entry(entry) if (entry / META_FILE).is_file() else None
     if loaded is not None:
         return _hit(entry, *loaded)
-    root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(root / f"{key}.lock"))
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f"{key}.lock"))
         lock.acquire(timeout=0)
     except Timeout:
         log.info("baseline %s is being trained by another job; waiting for it", key)
         lock.acquire()
+    except OSError as e:  # a full or read-only disk: train, but keep nothing
+        return _uncached(root, e, train_fn)
     try:
         # only the lock holder builds this entry: any temp folder of it is a killed run's
         for stale in root.glob(f".tmp-{key}-*"):
@@ -82,12 +84,33 @@ def get_or_train(
             shutil.rmtree(entry, ignore_errors=True)
         log.info("baseline cache miss: training %s", key)
         result = train_fn()
-        _store_entry(root, entry, spec, result)
+        try:
+            _store_entry(root, entry, spec, result)
+        except OSError as e:  # the finished training is never thrown away for the cache
+            return _uncached(root, e, lambda: result)
         return CacheResult(
             result.model, "miss", entry / MODEL_FILE, float(result.seconds), result.history
         )
     finally:
         lock.release()
+
+
+def _uncached(root: Path, e: OSError, train_fn: Callable[[], Any]) -> CacheResult:
+    import shutil as sh
+
+    free = (
+        sh.disk_usage(root if root.is_dir() else root.parent).free / 2**20
+        if root.parent.exists()
+        else 0
+    )
+    log.warning(
+        "cannot keep the baseline in %s (%s; %.0f MB free): the run goes on without caching it",
+        root,
+        e.strerror or e,
+        free,
+    )
+    result = train_fn()
+    return CacheResult(result.model, "uncached", None, float(result.seconds), result.history)
 
 
 def _hit(entry: Path, model: Any, meta: dict[str, Any]) -> CacheResult:

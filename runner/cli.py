@@ -107,6 +107,11 @@ def _job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
         result = run(cfg, out)
     except RunnerError as e:
         exit_with(USAGE, [str(e)])
+    except OSError as e:
+        why = disk_problem(e)
+        if why is None:
+            raise
+        exit_with(USAGE, [why])
     _track(cfg, result.rows, out, overrides, None)
     print(report.to_markdown(result.rows))
     if result.worst_layers:
@@ -118,6 +123,22 @@ def _job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
     if not result.ok:
         failed = ", ".join(r["artifact"] for r in result.rows if r["status"] != "ok")
         exit_with(FAILED, [f"failed: {failed} (see the error column)"])
+
+
+def disk_problem(e: OSError) -> str | None:
+    """One line for a full or read-only disk (the folder, the free space), else None."""
+    import errno
+    import shutil
+
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return None
+    where = Path(e.filename or ".").expanduser()
+    folder = next((p for p in (where, *where.parents) if p.is_dir()), Path("."))
+    free = shutil.disk_usage(folder).free / 2**20
+    return (
+        f"cannot write {where}: {e.strerror} ({free:.0f} MB free in {folder}); free some space "
+        "or give a writable folder (hydra.run.dir=..., cache_dir=...)"
+    )
 
 
 def _track(cfg: DictConfig, rows: list, out: Path, overrides: list[str], parent: str | None):

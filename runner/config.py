@@ -135,7 +135,22 @@ def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
             out.append(str(e))
             continue
         out += schema_problems(node, schema, group)
-    return out + _model_file_problems(raw.get("model")) + _data_path_problems(cfg)
+    return (
+        out
+        + _model_file_problems(raw.get("model"))
+        + _data_path_problems(cfg)
+        + _cache_dir_problems(cfg)
+    )
+
+
+def _cache_dir_problems(cfg: Any) -> list[str]:
+    try:
+        path = OmegaConf.select(cfg, "cache_dir") if isinstance(cfg, DictConfig) else None
+    except Exception:  # noqa: BLE001 - an unresolvable value is reported by its schema
+        return []
+    if isinstance(path, str) and Path(path).expanduser().exists() and not Path(path).is_dir():
+        return [f"cache_dir={path}: is a file; expected a folder (created when missing)"]
+    return []
 
 
 def _data_path_problems(cfg: Any) -> list[str]:

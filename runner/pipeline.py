@@ -26,7 +26,7 @@ from runner.config import plugin, validate
 from runner.data import Dataset
 from runner.errors import summarize_error
 from runner.evaluate import EvalConfig
-from runner.files import atomic_copy, atomic_write_text
+from runner.files import atomic_copy, atomic_write_text, atomic_write_with
 from runner.recipes.base import Artifact, Recipe, RecipeContext
 from runner.recipes.debugger import REPORT_COLUMNS, summary, write_rows
 from runner.results import ResultsTable, RunResult, write_job_failure
@@ -65,7 +65,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         base = get_baseline(cfg, data, scaling)
     table = open_table(cfg, out, data, scaling, base, timings)
     # 1. the float Keras model: the reference for accuracy_delta, agreement and output fidelity
-    entry = None if base.cache == "pretrained" else base.path.parent  # the baseline's cache entry
+    entry = base.path.parent if base.cache in ("hit", "miss") else None  # its cache entry
     scorer = Scorer(data, scaling, EvalConfig.from_mapping(cfg.evaluation), memo_dir=entry)
     score_float_model(base, out, scorer, table)
     # 2. the reference recipe (every size is compared with it), then 3. the run's recipe
@@ -123,13 +123,16 @@ def open_table(
 
 def score_float_model(base: Baseline, out: Path, scorer: Scorer, table: ResultsTable) -> None:
     """The float model's row (``float.h5``, or the user's own file)."""
-    keras_path = (
-        base.path
-        if base.cache == "pretrained"
-        else atomic_copy(base.path, out / "models" / "float.h5")
-    )
+    if base.cache == "pretrained":
+        keras_path = base.path
+    elif base.path is None:  # trained but not cached: saved here directly
+        keras_path = atomic_write_with(
+            out / "models" / "float.h5", lambda tmp: base.model.save(tmp, include_optimizer=False)
+        )
+    else:
+        keras_path = atomic_copy(base.path, out / "models" / "float.h5")
     with _timed(table.timings, "evaluate_seconds"):
-        m = scorer.score_float_model(base.reference, base.path)
+        m = scorer.score_float_model(base.reference, keras_path)
     art = Artifact(
         keras_path.name,
         "float",

@@ -259,3 +259,40 @@ def test_the_same_seed_trains_the_same_baseline_twice(tmp_path):
         rows.append(run(cfg, tmp_path / f"run_{cache}").row("none.tflite"))
     assert rows[0]["baseline_cache"] == rows[1]["baseline_cache"] == "miss"
     assert rows[0]["sha256"] == rows[1]["sha256"] and rows[0]["accuracy"] == rows[1]["accuracy"]
+
+
+def test_a_full_cache_disk_keeps_the_training_and_the_run_goes_on(
+    tiny_cfg, tmp_path, monkeypatch, caplog
+):
+    # issue #23, case 3: a full cache disk ended in a traceback and threw the training away
+    import errno
+
+    from runner import cache
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c"))
+
+    monkeypatch.setattr(cache, "_store_entry", full)
+    cfg = tiny_cfg("recipe=dynamic_range", f"cache_dir={tmp_path / 'c'}")
+    result = run(cfg, tmp_path / "run")
+    assert result.ok and result.row("float.h5")["baseline_cache"] == "uncached"
+    assert (tmp_path / "run" / "models" / "float.h5").is_file()
+    assert "the run goes on without caching it" in caplog.text and "MB free" in caplog.text
+
+
+def test_disk_problems_are_one_line_with_the_free_space(tmp_path):
+    import errno
+
+    from runner.cli import disk_problem
+    from runner.config import problems
+
+    line = disk_problem(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.csv")))
+    assert (
+        line.startswith(f"cannot write {tmp_path / 'x.csv'}: No space left") and "MB free" in line
+    )
+    assert disk_problem(OSError(errno.ENOENT, "nope")) is None
+    (tmp_path / "file").write_text("")
+    (bad,) = problems(compose_config(f"cache_dir={tmp_path / 'file'}"))
+    assert (
+        bad == f"cache_dir={tmp_path / 'file'}: is a file; expected a folder (created when missing)"
+    )
