@@ -9,6 +9,7 @@ A file lock per key makes concurrent jobs of a sweep wait for the first trainer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.errors import summarize_error
 from runner.files import atomic_write_json, sha256_file, temp_dir
 
 log = logging.getLogger(__name__)
@@ -86,8 +88,8 @@ def get_or_train(
         result = train_fn()
         try:
             _store_entry(root, entry, spec, result)
-        except OSError as e:  # the finished training is never thrown away for the cache
-            return _uncached(root, e, lambda: result)
+        except (OSError, RuntimeError) as e:  # h5py raises RuntimeError on a full disk
+            return _uncached(root, e, lambda: result)  # the training is never thrown away
         return CacheResult(
             result.model, "miss", entry / MODEL_FILE, float(result.seconds), result.history
         )
@@ -95,7 +97,7 @@ def get_or_train(
         lock.release()
 
 
-def _uncached(root: Path, e: OSError, train_fn: Callable[[], Any]) -> CacheResult:
+def _uncached(root: Path, e: Exception, train_fn: Callable[[], Any]) -> CacheResult:
     import shutil as sh
 
     free = (
@@ -106,7 +108,7 @@ def _uncached(root: Path, e: OSError, train_fn: Callable[[], Any]) -> CacheResul
     log.warning(
         "cannot keep the baseline in %s (%s; %.0f MB free): the run goes on without caching it",
         root,
-        e.strerror or e,
+        getattr(e, "strerror", None) or summarize_error(e),
         free,
     )
     result = train_fn()
@@ -136,7 +138,19 @@ def _load_entry(entry: Path):
         return None
 
 
+# Beyond the weights' own bytes, what an HDF5 model file and its metadata take (a small CNN's
+# file is ~60 KB over its weights).
+ENTRY_OVERHEAD = 512 * 1024
+
+
 def _store_entry(root: Path, entry: Path, spec: dict[str, Any], result: Any) -> None:
+    # HDF5 cannot be trusted to fail cleanly on a full disk (a later segfault): check first
+    needed = sum(w.nbytes for w in result.model.get_weights()) + ENTRY_OVERHEAD
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC, f"No space left: the entry needs ~{needed / 2**20:.1f} MB", str(root)
+        )
     tmp = temp_dir(f".tmp-{entry.name}-", root)
     try:
         with warnings.catch_warnings():  # HDF5 is chosen on purpose (see MODEL_FILE)
