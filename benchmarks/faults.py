@@ -317,6 +317,21 @@ def _(tmp: Path) -> str | None:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+@case("a read-only run folder is one line")
+def _(tmp: Path) -> str | None:
+    mnt = tmp / "ro"
+    mnt.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True
+    ).returncode:
+        return "SKIP: this machine does not allow mounting a tmpfs"
+    try:
+        p = cli(*TINY, "recipe=none", f"cache_dir={tmp}/c", f"hydra.run.dir={mnt}/run")
+        return one_line_exit_2(p, "cannot write in", tmp / "nothing")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__)
     ap.add_argument("-k", default="", help="only cases whose name contains this")

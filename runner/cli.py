@@ -169,16 +169,33 @@ class ValidateConfigCallback(_callback_base()):
 
     def on_run_start(self, config: DictConfig, **_: Any) -> None:
         self._check(config)
+        _writable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **_: Any) -> None:
         # a swept key is null or its default here: each job checks its own value
         self._check(config, swept_keys(list(config.hydra.overrides.task)))
+        _writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
 
     @staticmethod
     def _check(config: DictConfig, skip: frozenset[str] = frozenset()) -> None:
         bad = [line for line in problems(config) if _key_of(line) not in skip]
         if bad:
             exit_with(USAGE, bad, "error: bad config value: ")
+
+
+def _writable(folder: Path, key: str) -> None:
+    """The run folder can be created and written (else one line before Hydra's traceback)."""
+    import tempfile
+
+    base = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    try:
+        with tempfile.TemporaryFile(dir=base if base.is_dir() else base.parent):
+            pass
+    except OSError as e:
+        exit_with(
+            USAGE,
+            [f"{key}={folder}: cannot write in {base} ({e.strerror}); give a writable folder"],
+        )
 
 
 def swept_keys(overrides: list[str]) -> frozenset[str]:

@@ -141,3 +141,21 @@ def test_a_run_starts_quietly_and_verbose_shows_what_was_hidden(tmp_path):
     assert not [ln for ln in quiet.stderr.splitlines() if NOISE.search(ln)], quiet.stderr[:2000]
     assert not re.search(r"Warning|warn\(", quiet.stderr), quiet.stderr[:2000]
     assert "| none.tflite |" in quiet.stdout
+
+
+def test_a_read_only_run_folder_is_one_line_before_hydras_traceback(tmp_path):
+    # issue #23, case 4 (needs a read-only mount: skipped where the machine allows none)
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a read-only tmpfs")
+    try:
+        p = run_cli("recipe=none", f"hydra.run.dir={mnt / 'run'}", f"cache_dir={tmp_path / 'c'}")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == (
+        f"error: hydra.run.dir={mnt / 'run'}: cannot write in {mnt} (Read-only file system); "
+        "give a writable folder"
+    )
