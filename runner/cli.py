@@ -56,6 +56,7 @@ _where: dict[str, Path] = {}
 def guarded(main: Callable[[], None]) -> None:
     """Run Hydra's ``main`` so that Ctrl-C stops with one line (exit 130), not a traceback; a
     sweep first writes the table of its finished jobs, the interrupted one marked failed."""
+    console.catch_interrupts()
     try:
         main()
     except KeyboardInterrupt:

@@ -30,6 +30,28 @@ NOISE = re.compile(
 FILE_ONLY_LOGGERS = ("py.warnings", "tensorflow", "absl", "h5py")
 
 _verbose = False
+_interrupted = False
+
+
+def catch_interrupts() -> None:
+    """Ctrl-C is remembered as well as raised: Keras' fit runs its Sequence through tf.data,
+    where the KeyboardInterrupt is swallowed and training runs on; :func:`check_interrupt`
+    (called between training steps and between stages) raises it again."""
+    import signal
+
+    def on_sigint(signum, frame):
+        global _interrupted
+        _interrupted = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def check_interrupt(*_: object) -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came since :func:`catch_interrupts` (any arguments
+    are ignored, so a Keras callback can call it)."""
+    if _interrupted:
+        raise KeyboardInterrupt
 
 
 def configure(verbose: bool) -> None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from runner import cache
 from runner.baseline import Baseline, get_baseline, load_dataset, scaling_from
 from runner.config import plugin, validate
+from runner.console import check_interrupt
 from runner.data import Dataset
 from runner.errors import summarize_error
 from runner.evaluate import EvalConfig
@@ -83,8 +84,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         pretrained=base.cache == "pretrained",
     )
     produce_and_score(cfg.reference, ctx, scorer, table, is_reference=True)
+    check_interrupt()  # a Ctrl-C that a converter swallowed into a failed row
     if cfg.recipe != cfg.reference:
         produce_and_score(cfg.recipe, ctx, scorer, table, layer_report=cfg.evaluation.layer_report)
+    check_interrupt()
     return table.finish()
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from runner.console import check_interrupt
 from runner.data import Dataset, Rows, Scaling, Split
 from runner.errors import RunnerError
 from runner.schema import Options
@@ -141,7 +142,7 @@ def train(model, data: Dataset, cfg: TrainConfig, scaling: Scaling) -> TrainResu
         loss=loss_for(model),
         metrics=["accuracy"],
     )
-    callbacks = []
+    callbacks = [keras.callbacks.LambdaCallback(on_train_batch_end=check_interrupt)]
     if val_split is not None and cfg.early_stopping_patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(

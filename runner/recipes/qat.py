@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from runner.console import check_interrupt
 from runner.errors import RunnerError
 from runner.models.qat_scope import load_scope
 from runner.recipes.base import Artifact, RecipeBase, RecipeContext, RecipeMeta
@@ -156,7 +157,8 @@ class QATRecipe(RecipeBase):
         callbacks = [
             keras.callbacks.LambdaCallback(
                 on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
-            )
+            ),
+            keras.callbacks.LambdaCallback(on_train_batch_end=check_interrupt),  # Ctrl-C
         ]
         self.flatbuffer, self.kept = None, None
         if judge is not None:
