@@ -332,6 +332,55 @@ def _(tmp: Path) -> str | None:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+@case("image folder: a symlink loop and a dangling link")
+def _(tmp: Path) -> str | None:
+    from PIL import Image
+
+    root = tmp / "imgs"
+    for cls, value in (("dark", 30), ("light", 220)):
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.new("L", (8, 8), value + i).save(root / cls / f"{i}.png")
+    os.symlink(root / "dark", root / "dark" / "loop")
+    os.symlink(tmp / "nowhere.png", root / "light" / "gone.png")
+    run_dir = tmp / "run"
+    p = cli(
+        *TINY[1:],
+        "dataset=image_folder",
+        f"dataset.path={root}",
+        "dataset.image_size=8",
+        "dataset.color_mode=grayscale",
+        "recipe=none",
+        f"cache_dir={tmp}/c",
+        f"hydra.run.dir={run_dir}",
+    )
+    if p.returncode:
+        return p.stderr[-300:]
+    import re
+
+    found = re.search(r"(\d+) train / (\d+) test", p.stdout + p.stderr)
+    n = int(found[1]) + int(found[2]) if found else -1
+    ok = n == 24 and "symlink to nothing" in p.stdout + p.stderr
+    return None if ok else f"{n} images listed (24 real ones)"
+
+
+@case("labels 1..3: a warning, the run still ok")
+def _(tmp: Path) -> str | None:
+    x = _rng.integers(0, 256, (90, 8, 8, 1)).astype(np.uint8)
+    path = _npz(tmp, x, 1 + np.arange(90) % 3)
+    run_dir = tmp / "run"
+    p = cli(
+        *TINY[1:],
+        "dataset=arrays",
+        f"dataset.path={path}",
+        "recipe=none",
+        f"cache_dir={tmp}/c",
+        f"hydra.run.dir={run_dir}",
+    )
+    ok = p.returncode == 0 and "1-based" in p.stderr
+    return None if ok else f"exit {p.returncode}: {p.stderr[-300:]}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__)
     ap.add_argument("-k", default="", help="only cases whose name contains this")
