@@ -8,6 +8,7 @@ README promises: a clear one-line error with exit 2 and nothing written, or a co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -286,50 +287,49 @@ def _(tmp: Path) -> str | None:
     return None if modes <= {"0o664", "0o775"} else f"modes {modes}"
 
 
+@contextlib.contextmanager
+def tmpfs(where: Path, options: str):
+    """A tmpfs mounted at ``where`` for the block; None where the machine allows no mount."""
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        yield None
+        return
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
+NO_MOUNT = "SKIP: this machine does not allow mounting a tmpfs"
+
+
 @case("a full disk (tmpfs) keeps the training")
 def _(tmp: Path) -> str | None:
-    mnt = tmp / "full"
-    mnt.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
-    ).returncode:
-        return "SKIP: this machine does not allow mounting a tmpfs"
-    try:
+    with tmpfs(tmp / "full", "size=64k") as mnt:
+        if mnt is None:
+            return NO_MOUNT
         p = cli(*TINY, "recipe=none", f"cache_dir={mnt}/c", f"hydra.run.dir={tmp}/run")
         ok = p.returncode == 0 and rows(tmp / "run")[0]["baseline_cache"] == "uncached"
         return None if ok else p.stderr[-300:]
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 @case("a full run folder (tmpfs) is one line with the free space")
 def _(tmp: Path) -> str | None:
-    mnt = tmp / "full"
-    mnt.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True
-    ).returncode:
-        return "SKIP: this machine does not allow mounting a tmpfs"
-    try:
+    with tmpfs(tmp / "full", "size=96k") as mnt:
+        if mnt is None:
+            return NO_MOUNT
         p = cli(*TINY, "recipe=none", f"cache_dir={tmp}/c", f"hydra.run.dir={mnt}/run")
         return one_line_exit_2(p, "MB free", tmp / "nothing")
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 @case("a read-only run folder is one line")
 def _(tmp: Path) -> str | None:
-    mnt = tmp / "ro"
-    mnt.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True
-    ).returncode:
-        return "SKIP: this machine does not allow mounting a tmpfs"
-    try:
+    with tmpfs(tmp / "ro", "ro,size=64k") as mnt:
+        if mnt is None:
+            return NO_MOUNT
         p = cli(*TINY, "recipe=none", f"cache_dir={tmp}/c", f"hydra.run.dir={mnt}/run")
         return one_line_exit_2(p, "cannot write in", tmp / "nothing")
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 @case("image folder: a symlink loop and a dangling link")

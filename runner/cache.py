@@ -18,13 +18,13 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.errors import summarize_error
-from runner.files import atomic_write_json, sha256_file, temp_dir
+from runner.files import atomic_write_json, free_mb, sha256_file, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +98,11 @@ def get_or_train(
 
 
 def _uncached(root: Path, e: Exception, train_fn: Callable[[], Any]) -> CacheResult:
-    import shutil as sh
-
-    free = (
-        sh.disk_usage(root if root.is_dir() else root.parent).free / 2**20
-        if root.parent.exists()
-        else 0
-    )
     log.warning(
         "cannot keep the baseline in %s (%s; %.0f MB free): the run goes on without caching it",
         root,
         getattr(e, "strerror", None) or summarize_error(e),
-        free,
+        free_mb(root),
     )
     result = train_fn()
     return CacheResult(result.model, "uncached", None, float(result.seconds), result.history)
@@ -184,18 +177,24 @@ CONVERTER_LIBRARIES = (
 )
 
 
-@functools.cache
-def converter_versions() -> dict[str, str]:
-    """The versions of what makes and runs a flatbuffer (part of every conversion's key)."""
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """{distribution: installed version or "not installed"} (what results.json records, and
+    part of every conversion's key)."""
     from importlib import metadata
 
     out = {}
-    for name in CONVERTER_LIBRARIES:
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+@functools.cache
+def converter_versions() -> dict[str, str]:
+    """The versions of what makes and runs a flatbuffer (part of every conversion's key)."""
+    return package_versions(CONVERTER_LIBRARIES)
 
 
 class ConversionCache:

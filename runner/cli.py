@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from runner import console, report, tracking
 from runner.config import problems
 from runner.errors import RunnerError, summarize_error
+from runner.files import existing_ancestor, free_mb
 
 log = logging.getLogger("runner")
 
@@ -129,15 +130,13 @@ def _job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
 def disk_problem(e: OSError) -> str | None:
     """One line for a full or read-only disk (the folder, the free space), else None."""
     import errno
-    import shutil
 
     if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
         return None
     where = Path(e.filename or ".").expanduser()
-    folder = next((p for p in (where, *where.parents) if p.is_dir()), Path("."))
-    free = shutil.disk_usage(folder).free / 2**20
+    folder = existing_ancestor(where)
     return (
-        f"cannot write {where}: {e.strerror} ({free:.0f} MB free in {folder}); free some space "
+        f"cannot write {where}: {e.strerror} ({free_mb(folder):.0f} MB free in {folder}); free some space "
         "or give a writable folder (hydra.run.dir=..., cache_dir=...)"
     )
 
@@ -188,9 +187,9 @@ def _writable(folder: Path, key: str) -> None:
     """The run folder can be created and written (else one line before Hydra's traceback)."""
     import tempfile
 
-    base = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    base = existing_ancestor(folder)
     try:
-        with tempfile.TemporaryFile(dir=base if base.is_dir() else base.parent):
+        with tempfile.TemporaryFile(dir=base):
             pass
     except OSError as e:
         exit_with(

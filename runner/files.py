@@ -63,6 +63,18 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], object]) 
     return path
 
 
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """``path`` itself or its nearest folder that exists (where a write would land)."""
+    p = Path(path).expanduser()
+    found = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    return found if found.is_dir() else found.parent
+
+
+def free_mb(path: str | os.PathLike) -> float:
+    """Free space, in MB, where ``path`` is (or would be created)."""
+    return shutil.disk_usage(existing_ancestor(path)).free / 2**20
+
+
 def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import platform
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from runner import report
+from runner.cache import package_versions
 from runner.data import Scaling
 from runner.evaluate import Metrics
 from runner.files import atomic_write_json, sha256_file
@@ -48,13 +48,7 @@ class RunResult:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return {"python": platform.python_version(), **package_versions(VERSIONED)}
 
 
 class ResultsTable:

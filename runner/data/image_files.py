@@ -72,7 +72,7 @@ def list_images(root: Path, test_fraction: float, split_seed: int) -> Listing:
         order = np.concatenate([tr, te])
         files = [all_files[i] for i in order]
         labels, n_train, layout = all_labels[order], len(tr), "one tree"
-    dup = _duplicates(root, files)
+    dup = _first_repeat(root, files)
     if dup:
         raise RunnerError(
             f"{root}: {dup[0]} and {dup[1]} are the same file (a symlink); an image may be in one "
@@ -98,7 +98,7 @@ def _class_files(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
             + ": put each class's images in a subfolder named after the class, "
             "e.g. DIR/cat/1.jpg, DIR/dog/2.jpg"
         )
-    same = _same_folders(folder, classes)
+    same = _first_repeat(folder, classes)
     if same:
         raise RunnerError(
             f"{folder}: class folders {same[0]!r} and {same[1]!r} are the same folder (a "
@@ -121,13 +121,14 @@ def _class_files(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
     return classes, [f.replace(os.sep, "/") for f in files], np.asarray(labels, np.int64)
 
 
-def _same_folders(folder: Path, classes: list[str]) -> tuple[str, str] | None:
+def _first_repeat(root: Path, names: list[str]) -> tuple[str, str] | None:
+    """The first two of ``names`` (relative to ``root``) that are one real file or folder."""
     seen: dict[str, str] = {}
-    for cls in classes:
-        real = os.path.realpath(folder / cls)
+    for name in names:
+        real = os.path.realpath(root / name)
         if real in seen:
-            return seen[real], cls
-        seen[real] = cls
+            return seen[real], name
+        seen[real] = name
     return None
 
 
@@ -150,17 +151,6 @@ def _images_under(folder: Path, cls: str) -> list[str]:
                 continue
             out.append(os.path.relpath(path, folder))
     return out
-
-
-def _duplicates(root: Path, files: list[str]) -> tuple[str, str] | None:
-    """Two listed names of one real file (linked into two classes, or into train and test)."""
-    seen: dict[str, str] = {}
-    for f in files:
-        real = os.path.realpath(root / f)
-        if real in seen:
-            return seen[real], f
-        seen[real] = f
-    return None
 
 
 def _is_image(name: str) -> bool:
