@@ -79,7 +79,8 @@ def quantize_model(
     """
     from runner.models.loading import load_model
 
-    rec = _recipe(recipe, options)
+    cfg = _compose(recipe)  # once: the recipe's node and the train settings QAT reads
+    rec = _recipe(cfg.recipe, options)
     model = load_model(model_path, safe_mode=safe_mode)
     needed = rec.data_needed()
     if needed and calibration is None:
@@ -94,7 +95,7 @@ def quantize_model(
             dataset=data,
             scaling=Scaling("none"),
             models_dir=Path(tmp) / "models",
-            train_cfg=_compose(recipe).train,
+            train_cfg=cfg.train,
             recurrent=recurrent,
             output_dir=Path(tmp),
             pretrained=True,
@@ -119,13 +120,13 @@ def _compose(recipe: str) -> Any:
         raise RunnerError(f"bad recipe {recipe!r}: {summarize_error(e)}") from None
 
 
-def _recipe(name: str, options: dict[str, Any]) -> Recipe:
-    """The recipe ``conf/recipe/<name>.yaml`` with ``options`` over it, checked by its schema."""
+def _recipe(recipe_node: Any, options: dict[str, Any]) -> Recipe:
+    """The recipe of a composed ``recipe`` node with ``options`` over it, checked by its schema."""
     from runner.config import schema_of
     from runner.pipeline import build_recipe
     from runner.schema import problems
 
-    node = OmegaConf.to_container(_compose(name).recipe, resolve=True)
+    node = OmegaConf.to_container(recipe_node, resolve=True)
     node = OmegaConf.to_container(OmegaConf.merge(node, options), resolve=True)
     bad = problems(node, schema_of("recipe", node), "recipe")
     if bad:
@@ -159,7 +160,7 @@ def _produce(rec: Recipe, ctx: RecipeContext, recipe: str, model_path: Any) -> A
 
     try:
         if rec.needs_reference:
-            (ref,) = _recipe("none", {}).produce(ctx)
+            (ref,) = _recipe(_compose("none").recipe, {}).produce(ctx)
             ctx.reference_path = ref.path
         artifacts = rec.produce(ctx)
     except RunnerError:
