@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import core, data, hard, int4, routes
+from benchmarks import core, data, families, hard, int4, routes
 from benchmarks.common import ROOT, WEIBO, machine
 
 # name -> (module, what it measures, runs in the full run when)
@@ -25,6 +25,7 @@ SECTIONS = {
     "int4": (int4, "the ai-edge-quantizer recipes"),
     "hard": (hard, "where int8 loses, and QAT over seeds"),
     "data": (data, "decoding and memory of user image folders"),
+    "families": (families, "keras.applications families: full int8 vs QAT vs auto_int8"),
     "routes": (routes, "both conversion routes of the Weibo LSTM (needs the Weibo set)"),
 }
 

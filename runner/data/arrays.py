@@ -97,9 +97,14 @@ def load_arrays(
             f"{p} holds {sorted(arrays) or 'no arrays'}; expected x_train, y_train, x_test, "
             "y_test (or x and y, split by dataset.test_fraction)"
         )
+    x_va, y_va = _validation(arrays, x_tr.shape[1:], p)
     num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     names = _class_names(arrays.get("class_names"), num_classes, p)
-    x_tr, x_te, kind, scaling = _inputs(x_tr, x_te, p, input_scaling)
+    n_tr = len(x_tr)
+    x_tr, x_te, kind, scaling = _inputs(
+        x_tr if x_va is None else np.concatenate([x_tr, x_va]), x_te, p, input_scaling
+    )
+    x_tr, x_va = x_tr[:n_tr], (None if x_va is None else x_tr[n_tr:])
     model_kwargs = {"vocab_size": int(max(x_tr.max(), x_te.max())) + 1} if kind == "tokens" else {}
     return Dataset(
         name=name,
@@ -111,7 +116,26 @@ def load_arrays(
         source_key=_stat_key(p),
         info={"path": str(p.resolve()), "layout": layout, "inputs": kind},
         default_scaling=scaling,
+        validation=None if x_va is None else Split(x_va, y_va),
     )
+
+
+def _validation(
+    arrays: dict[str, np.ndarray], shape: tuple, p: Path
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The optional ``x_val``/``y_val`` pair: data the model was not trained on, which
+    ``auto_int8`` holds out for a pretrained model."""
+    if "x_val" not in arrays and "y_val" not in arrays:
+        return None, None
+    if "x_val" not in arrays or "y_val" not in arrays:
+        raise RunnerError(f"{p}: x_val and y_val come together; the file has only one of them")
+    x, y = arrays["x_val"], _labels(arrays["y_val"], "y_val", p)
+    if len(x) != len(y) or x.shape[1:] != shape:
+        raise RunnerError(
+            f"{p}: x_val holds {len(x)} samples of shape {x.shape[1:]} and y_val {len(y)} labels; "
+            f"expected as many labels as samples, of shape {shape} like x_train"
+        )
+    return x, y
 
 
 def _read(p: Path) -> dict[str, np.ndarray]:

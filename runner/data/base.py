@@ -91,6 +91,9 @@ class Dataset:
     default_scaling: str = "unit"
     # What the user should hear of at the end of the run (e.g. skipped unreadable files).
     warnings: tuple[str, ...] = ()
+    # A validation split the data set ships (arrays' x_val/y_val): held out from training and
+    # from the test score, so auto_int8 can judge a pretrained model on data it never saw.
+    validation: Split | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -37,69 +37,321 @@ def load(path: Path, safe_mode: bool = True) -> Any:
 def translate(model: Any) -> Any:
     """An equal tf_keras model: the same layers (by class and config), wiring and weights.
 
+    Nested Sequential/Functional sub-models are flattened into one graph (tensorflow-model-
+    optimization cannot quantize a model inside a model); Keras 3 operations recorded as graph
+    nodes (``x + 3.0``, ``x * y``) become tf_keras layers; activations tf_keras lacks or computes
+    differently (``hard_silu``, ``hard_sigmoid``) are spelled out in layers; the Keras 3
+    applications' ``LayerScale`` becomes a depthwise 1x1 convolution.
+
     Raises:
         RunnerError: a layer with no tf_keras twin, or an option tf_keras does not have,
             named with its class (one line).
     """
+    return _rebuild(model, model.get_config())
+
+
+def flatten_tf_keras(model: Any) -> Any:
+    """A tf_keras model with what tensorflow-model-optimization refuses rewritten, or the model
+    itself when it has none: sub-models flattened, ``TFOpLambda`` arithmetic (``x + 3.0``,
+    ``x * y``: tf_keras's MobileNetV3, ConvNeXt) as layers, ConvNeXt's ``LayerScale`` as a
+    depthwise 1x1 convolution. The caller checks the outputs match on real inputs.
+
+    Raises:
+        RunnerError: an operation with no layer twin, named (one line).
+    """
+    cfg = model.get_config()
+    if not any(
+        e["class_name"] in (*_NESTED, "TFOpLambda", "LayerScale") for e in cfg.get("layers", [])
+    ):
+        return model
+    return _rebuild(model, _from_tf_keras_model(cfg))
+
+
+def _rebuild(model: Any, cfg: dict) -> Any:
     import tf_keras as tk
 
-    cfg = model.get_config()
-    if type(model).__name__ == "Sequential":
-        twin = _sequential(cfg, tk)
-    elif "input_layers" in cfg and "layers" in cfg:
-        twin = _functional(cfg, tk)
-    else:
+    if type(model).__name__ not in ("Sequential", "Functional", "Model") or "layers" not in cfg:
         raise RunnerError(
             f"model {model.name!r} is a subclassed Keras 3 model ({type(model).__name__}), which "
             "has no layer graph to translate; rebuild it with the functional API or "
             "keras.Sequential, or pass the SavedModel from model.export(path) (post-training "
             "recipes only)"
         )
-    _copy_weights(model, twin)
+    t = _Translator(tk)
+    if type(model).__name__ == "Sequential":
+        inp = t.sequential_input(cfg)
+        out = t.sequential(cfg, inp, ())
+    else:
+        ins, outs = _refs(cfg["input_layers"]), _refs(cfg["output_layers"])
+        if len(ins) != 1 or len(outs) != 1:
+            raise RunnerError(
+                f"the model has {len(ins)} inputs and {len(outs)} outputs; the runner takes "
+                "models with one input and one classification output"
+            )
+        entry = next(e for e in cfg["layers"] if _name(e) == ins[0][0])
+        inp = t.input(entry["config"], ins[0][0])
+        out = t.functional(cfg, [inp], ())[0]
+    twin = tk.Model(inp, out, name=cfg.get("name"))
+    t.copy_weights(model)
     return twin
 
 
-def _sequential(cfg: dict, tk: Any) -> Any:
-    layers = list(cfg["layers"])
-    if layers and layers[0]["class_name"] == "InputLayer":
-        first = layers.pop(0)["config"]
-        shape, dtype = first.get("batch_shape"), first.get("dtype", "float32")
-    else:
-        shape, dtype = cfg.get("build_input_shape"), "float32"
-    if shape is None:
-        raise RunnerError(
-            "the Keras 3 Sequential model was never built (no input shape); call it once or add "
-            "keras.Input(shape) before saving"
-        )
-    inp = tk.Input(batch_shape=tuple(shape), dtype=dtype, name="input")
-    return tk.Sequential([inp, *(_layer(e, tk) for e in layers)], name=cfg.get("name"))
+def _name(entry: dict) -> str:
+    return str(entry.get("name") or entry["config"]["name"])
 
 
-def _functional(cfg: dict, tk: Any) -> Any:
-    ins, outs = _refs(cfg["input_layers"]), _refs(cfg["output_layers"])
-    if len(ins) != 1 or len(outs) != 1:
-        raise RunnerError(
-            f"the model has {len(ins)} inputs and {len(outs)} outputs; the runner takes models "
-            "with one input and one classification output"
+_NESTED = ("Sequential", "Functional", "Model")
+# Keras 3 operations saved as graph nodes, by arity: two tensors -> a merge layer; a tensor and
+# a number -> Rescaling(scale, offset)
+_MERGE = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply"}
+_AFFINE = {
+    "Add": lambda c: (1.0, c),
+    "Subtract": lambda c: (1.0, -c),
+    "Multiply": lambda c: (c, 0.0),
+    "Divide": lambda c: (1.0 / c, 0.0),
+    "TrueDivide": lambda c: (1.0 / c, 0.0),
+}
+# activations tf_keras lacks (hard_silu) or computes differently (hard_sigmoid: 0.2x + 0.5 there,
+# relu6(x + 3) / 6 in Keras 3), spelled out in layers tf_keras and TFLite both have
+_SPELLED = {"hard_sigmoid", "hard_silu", "hard_swish"}
+
+
+class _Translator:
+    """Builds the tf_keras graph, keeping which Keras 3 layer each twin takes its weights from."""
+
+    def __init__(self, tk: Any) -> None:
+        self.tk = tk
+        self.built: dict[tuple, Any] = {}  # (scope, Keras 3 name) -> tf_keras layer
+        self.names: set[str] = set()
+        self.weights: list[tuple[tuple, Any, Any]] = []  # (Keras 3 path, twin, adapter)
+
+    # ---------------------------------------------------------------- graphs
+    def input(self, c: dict, name: str) -> Any:
+        shape = c.get("batch_shape") or c.get("batch_input_shape")
+        return self.tk.Input(
+            batch_shape=tuple(shape), dtype=c.get("dtype", "float32"), name=self.unique(name)
         )
-    tensors: dict[tuple[str, int, int], Any] = {}
-    for entry in cfg["layers"]:
-        name = entry.get("name") or entry["config"]["name"]
-        if entry["class_name"] == "InputLayer":
-            c = entry["config"]
-            t = tk.Input(
-                batch_shape=tuple(c["batch_shape"]), dtype=c.get("dtype", "float32"), name=name
+
+    def sequential_input(self, cfg: dict) -> Any:
+        layers = cfg["layers"]
+        if layers and layers[0]["class_name"] == "InputLayer":
+            return self.input(layers[0]["config"], "input")
+        shape = cfg.get("build_input_shape")
+        if shape is None:
+            raise RunnerError(
+                "the Keras 3 Sequential model was never built (no input shape); call it once or "
+                "add keras.Input(shape) before saving"
             )
-            tensors[(name, 0, 0)] = t
-            continue
-        layer = _layer(entry, tk)
-        for node_index, node in enumerate(entry.get("inbound_nodes", [])):
-            args = _substitute(node.get("args", []), tensors)
-            kwargs = _substitute(node.get("kwargs", {}), tensors)
-            out = layer(*args, **kwargs)
-            for i, o in enumerate(out if isinstance(out, (list, tuple)) else [out]):
-                tensors[(name, node_index, i)] = o
-    return tk.Model(tensors[ins[0]], tensors[outs[0]], name=cfg.get("name"))
+        return self.tk.Input(batch_shape=tuple(shape), name=self.unique("input"))
+
+    def sequential(self, cfg: dict, x: Any, scope: tuple) -> Any:
+        for entry in cfg["layers"]:
+            if entry["class_name"] != "InputLayer":
+                x = self.call(entry, [x], {}, scope)
+        return x
+
+    def functional(self, cfg: dict, inputs: list, scope: tuple) -> list:
+        ins = _refs(cfg["input_layers"])
+        tensors: dict[tuple[str, int, int], Any] = dict(zip(ins, inputs, strict=False))
+        for entry in cfg["layers"]:
+            name = _name(entry)
+            if entry["class_name"] == "InputLayer":
+                continue
+            offset = int(entry.get("node_offset", 0))
+            for node_index, node in enumerate(entry.get("inbound_nodes", []), start=offset):
+                args = _substitute(node.get("args", []), tensors)
+                kwargs = _substitute(node.get("kwargs", {}), tensors)
+                out = self.call(entry, args, kwargs, scope)
+                for i, o in enumerate(out if isinstance(out, (list, tuple)) else [out]):
+                    tensors[(name, node_index, i)] = o
+        return [tensors[ref] for ref in _refs(cfg["output_layers"])]
+
+    # ---------------------------------------------------------------- one node
+    def call(self, entry: dict, args: list, kwargs: dict, scope: tuple) -> Any:
+        cls, name = entry["class_name"], _name(entry)
+        module = str(entry.get("module") or "")
+        if cls in _NESTED and module in ("keras", "keras.models", "keras.src.models"):
+            inner, path = entry["config"], (*scope, name)
+            if cls == "Sequential":
+                return self.sequential(inner, args[0], path)
+            return self.functional(inner, list(args), path)[0]
+        if module.startswith("keras.src.ops"):
+            return self.operation(cls, name, args, scope)
+        if cls == "LayerScale" and module.startswith("keras.src.applications"):
+            return self.layer_scale(entry, args[0], scope)
+        key = (scope, name)
+        if key not in self.built:
+            self.built[key] = self.layer(entry, scope)
+        layer, after = self.built[key]
+        out = layer(*args, **kwargs)
+        return after(out) if after else out
+
+    def layer(self, entry: dict, scope: tuple) -> tuple[Any, Any]:
+        """The twin layer, and the spelled-out activation that follows it (or None)."""
+        config = dict(entry["config"])
+        name = config.get("name", _name(entry))
+        act = _activation_name(config.get("activation"))
+        after = None
+        if act in _SPELLED:
+            if entry["class_name"] == "Activation":
+                return _Identity(), self.spelled(act, self.unique(name))
+            config["activation"] = "linear"
+            after = self.spelled(act, self.unique(f"{name}_{act}"))
+        config["name"] = self.unique(name)
+        twin = _layer({**entry, "config": config}, self.tk)
+        self.weights.append(((*scope, name), twin, None))
+        return twin, after
+
+    def spelled(self, act: str, name: str) -> Any:
+        """hard_sigmoid(x) = relu6(x + 3) / 6; hard_silu(x) = x * hard_sigmoid(x)."""
+        L = self.tk.layers  # noqa: N806
+        sig = name if act == "hard_sigmoid" else f"{name}_sigmoid"
+        shift = L.Rescaling(1.0, 3.0, name=f"{sig}_shift")
+        relu6 = L.ReLU(6.0, name=f"{sig}_relu6")
+        scale = L.Rescaling(1.0 / 6.0, name=sig)
+        if act == "hard_sigmoid":
+            return lambda x: scale(relu6(shift(x)))
+        mul = L.Multiply(name=name)
+        return lambda x: mul([x, scale(relu6(shift(x)))])
+
+    def operation(self, cls: str, name: str, args: list, scope: tuple) -> Any:
+        L = self.tk.layers  # noqa: N806
+        tensors = [a for a in args if not isinstance(a, (int, float))]
+        numbers = [float(a) for a in args if isinstance(a, (int, float))]
+        twin_name = self.unique(name if not scope else f"{scope[-1]}_{name}")
+        if len(tensors) == 2 and not numbers and cls in _MERGE:
+            return getattr(L, _MERGE[cls])(name=twin_name)(tensors)
+        if len(tensors) == 1 and len(numbers) == 1 and cls in _AFFINE:
+            if cls in ("Subtract", "Divide", "TrueDivide") and isinstance(args[0], (int, float)):
+                pass  # a number minus/over a tensor is not affine in the tensor's scale alone
+            else:
+                scale, offset = _AFFINE[cls](numbers[0])
+                return L.Rescaling(scale, offset, name=twin_name)(tensors[0])
+        raise RunnerError(
+            f"operation {name!r} (keras.ops.{cls.lower()} on {len(tensors)} tensor(s) and "
+            f"{len(numbers)} number(s)) has no tf_keras layer twin; write it as a Keras layer "
+            "(keras.layers.Add, Multiply, Rescaling) to quantization-aware-train this model"
+        )
+
+    def layer_scale(self, entry: dict, x: Any, scope: tuple) -> Any:
+        """``x * gamma`` per channel: a depthwise 1x1 convolution (quantizable, int8 in TFLite)."""
+        import numpy as np
+
+        name = _name(entry)
+        if len(x.shape) != 4:
+            raise RunnerError(
+                f"layer {name!r} (LayerScale) scales a rank-{len(x.shape)} tensor; only the "
+                "image models' rank-4 LayerScale has a tf_keras twin"
+            )
+        twin = self.tk.layers.DepthwiseConv2D(1, use_bias=False, name=self.unique(name))
+        self.weights.append(
+            ((*scope, name), twin, lambda w: [np.asarray(w[0]).reshape(1, 1, -1, 1)])
+        )
+        return twin(x)
+
+    def unique(self, name: str) -> str:
+        out, i = name, 1
+        while out in self.names:
+            out, i = f"{name}_{i}", i + 1
+        self.names.add(out)
+        return out
+
+    # ---------------------------------------------------------------- weights
+    def copy_weights(self, model: Any) -> None:
+        for path, twin, adapt in self.weights:
+            layer = model
+            for part in path:
+                layer = layer.get_layer(part)
+            weights = layer.get_weights()
+            if adapt is not None:
+                weights = adapt(weights)
+            mine = twin.get_weights()
+            if [w.shape for w in mine] != [w.shape for w in weights]:
+                raise RunnerError(
+                    f"layer {path[-1]!r} ({type(layer).__name__}) holds weights of shapes "
+                    f"{[w.shape for w in weights]}, but its tf_keras twin "
+                    f"{[w.shape for w in mine]}; the model cannot be translated to tf_keras"
+                )
+            if weights:
+                twin.set_weights(weights)
+
+
+# tf_keras's TFOpLambda functions that are arithmetic, as the Keras 3 operation they equal
+_TF_OPS = {
+    "__operators__.add": "Add",
+    "math.add": "Add",
+    "math.subtract": "Subtract",
+    "__operators__.sub": "Subtract",
+    "math.multiply": "Multiply",
+    "__operators__.mul": "Multiply",
+    "math.truediv": "TrueDivide",
+    "math.divide": "TrueDivide",
+}
+
+
+def _from_tf_keras_model(cfg: dict) -> dict:
+    """A tf_keras model config in the Keras 3 layout the translator reads."""
+    out = {**cfg, "layers": [_from_tf_keras(e) for e in cfg["layers"]]}
+    return out
+
+
+def _from_tf_keras(entry: dict) -> dict:
+    cls, config = entry["class_name"], entry.get("config", {})
+    out = {**entry, "module": "keras.layers"}
+    if cls in _NESTED:
+        inner = _from_tf_keras_model(config)
+        first = (config.get("layers") or [{}])[0].get("class_name")
+        # tf_keras counts a nested model's own construction as its node 0
+        out.update(
+            module="keras",
+            config=inner,
+            node_offset=int(cls != "Sequential" or first == "InputLayer"),
+        )
+    elif cls == "TFOpLambda":
+        fn = config.get("function")
+        if fn not in _TF_OPS:
+            raise RunnerError(
+                f"layer {entry['name']!r} (TFOpLambda: tf.{fn}) has no layer twin; write it as a "
+                "Keras layer to quantization-aware-train this model"
+            )
+        out.update(module="keras.src.ops.numpy", class_name=_TF_OPS[fn])
+    elif cls == "LayerScale":
+        out["module"] = "keras.src.applications.convnext"
+    if cls == "InputLayer":
+        return out
+    out["inbound_nodes"] = [
+        _tf_keras_node(node, cls == "TFOpLambda") for node in entry.get("inbound_nodes", [])
+    ]
+    return out
+
+
+def _tf_keras_ref(ref: Any) -> Any:
+    """``[layer, node, tensor]`` (a tf_keras inbound reference) as a Keras 3 tensor dict."""
+    if isinstance(ref, list) and len(ref) >= 3 and isinstance(ref[0], str):
+        return {"class_name": _TENSOR, "config": {"keras_history": list(ref[:3])}}
+    return ref
+
+
+def _tf_keras_node(node: list, op: bool) -> dict:
+    if node and isinstance(node[0], str):  # a TFOpLambda's node is its one reference
+        node = [node]
+    refs = [_tf_keras_ref(r) for r in node]
+    kwargs = dict(node[0][3]) if node and len(node[0]) > 3 and isinstance(node[0][3], dict) else {}
+    kwargs = {k: _tf_keras_ref(v) for k, v in kwargs.items() if k != "name"}
+    if op:  # TFOpLambda: x is the inbound tensor, y a tensor or a number
+        return {"args": [refs[0], kwargs.pop("y", None)], "kwargs": {}}
+    return {"args": [refs[0]] if len(refs) == 1 else [refs], "kwargs": kwargs}
+
+
+class _Identity:
+    def __call__(self, x: Any) -> Any:
+        return x
+
+
+def _activation_name(act: Any) -> str | None:
+    if isinstance(act, dict):  # a serialized function: {"class_name": "function", "config": "gelu"}
+        act = act.get("config")
+    return act if isinstance(act, str) else None
 
 
 def _refs(spec: Any) -> list[tuple[str, int, int]]:
@@ -153,6 +405,11 @@ def _layer(entry: dict, tk: Any) -> Any:
                 f"layer {name!r} ({cls_name}) sets {key}={config[key]!r}, which tf_keras's "
                 f"{cls_name} does not have; the model cannot be translated to tf_keras"
             )
+    if cls_name == "MultiHeadAttention":  # tf_keras builds from the shapes it was built with
+        shapes = (entry.get("build_config") or {}).get("shapes_dict") or {}
+        query, value = shapes.get("query_shape"), shapes.get("value_shape")
+        config["query_shape"], config["value_shape"] = query, value
+        config["key_shape"] = shapes.get("key_shape") or value
     try:
         return twin_cls.from_config(config)
     except Exception as e:  # noqa: BLE001
@@ -201,20 +458,3 @@ def _defaults(entry: dict) -> dict[str, Any]:
                 if p.default is not p.empty:
                     out[p.name] = p.default
     return out
-
-
-def _copy_weights(model: Any, twin: Any) -> None:
-    twins = {layer.name: layer for layer in twin.layers}
-    for layer in model.layers:
-        weights = layer.get_weights()
-        if not weights:
-            continue
-        target = twins.get(layer.name)
-        mine = target.get_weights() if target is not None else []
-        if target is None or [w.shape for w in mine] != [w.shape for w in weights]:
-            raise RunnerError(
-                f"layer {layer.name!r} ({type(layer).__name__}) holds weights of shapes "
-                f"{[w.shape for w in weights]}, but its tf_keras twin "
-                f"{[w.shape for w in mine]}; the model cannot be translated to tf_keras"
-            )
-        target.set_weights(weights)

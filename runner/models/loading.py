@@ -186,18 +186,30 @@ def open_model(
         if kind == "keras3":
             return _open_keras3(p, safe_mode, version, sample)
         keras = _keras()
+        kw = {**_safe_kw(p, safe_mode), "custom_objects": _application_layers(layers)}
         if any(cls.startswith("Quantize") for cls, _ in layers):
             from runner.models.qat_scope import load_scope
 
             with load_scope():
-                model = keras.models.load_model(p, compile=False, **_safe_kw(p, safe_mode))
+                model = keras.models.load_model(p, compile=False, **kw)
         else:
-            model = keras.models.load_model(p, compile=False, **_safe_kw(p, safe_mode))
+            model = keras.models.load_model(p, compile=False, **kw)
         return LoadedModel(model, model, kind)
     except RunnerError:
         raise
     except Exception as e:  # noqa: BLE001 - any load failure is reported as a bad file
         raise RunnerError(_load_error(p, e, custom_objects)) from None
+
+
+def _application_layers(layers: list[tuple[str, str]]) -> dict[str, Any]:
+    """The layer classes tf_keras's own ``applications`` define without registering them
+    (ConvNeXt's ``LayerScale``, ``StochasticDepth``): a ConvNeXt saved by tf_keras loads as is."""
+    used = {cls for cls, _ in layers}
+    if not used & {"LayerScale", "StochasticDepth"}:
+        return {}
+    from tf_keras.src.applications import convnext
+
+    return {n: getattr(convnext, n) for n in ("LayerScale", "StochasticDepth") if n in used}
 
 
 def _open_keras3(p: Path, safe_mode: bool, version: str | None, sample: Any) -> LoadedModel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,9 @@ TRACE_COLUMNS = [
     "holdout_accuracy",
     "accuracy_drop",
     "agreement",
+    "gain_over_int8",
+    "noise_bound",
+    "beyond_noise",
     "budget",
     "samples",
     "meets_budget",
@@ -148,6 +152,53 @@ class SelectiveRecipe(_DebuggerRecipe):
         ]
 
 
+# A sign test on the samples two candidates label differently: a gain is beyond the holdout's
+# noise when so many more flips go one way that a fair coin would do it less than 2.5% of the time.
+SIGN_TEST_ALPHA = 0.025
+
+
+def paired_gain(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """``other``'s gain over ``base`` (the share of samples it gets right that base does not,
+    minus the reverse) and the noise bound: the least gain a one-sided exact sign test at
+    :data:`SIGN_TEST_ALPHA` would call real, given how many samples changed."""
+    import math
+
+    won, lost = int(np.sum(other & ~base)), int(np.sum(base & ~other))
+    changed, n = won + lost, max(1, len(base))
+    # the fewest wins out of `changed` a fair coin reaches with probability < alpha
+    tail, need = 0.0, changed + 1
+    for w in range(changed, -1, -1):
+        tail += math.comb(changed, w) / 2.0**changed
+        if tail >= SIGN_TEST_ALPHA:
+            break
+        need = w
+    bound = (2 * need - changed) / n if need <= changed else (changed + 1) / n
+    return (won - lost) / n, bound
+
+
+@dataclass
+class _Step:
+    """One auto_int8 candidate: ``k`` float layers, scored on the holdout."""
+
+    k: int
+    flatbuffer: bytes
+    kept: list
+    right: np.ndarray  # per holdout sample: right by the budget's measure
+    gain: float  # over full int8, same samples
+    bound: float  # the noise bound for that gain
+    meets: bool = False
+
+    @property
+    def real(self) -> bool:
+        return self.k > 0 and self.gain >= self.bound > 0
+
+    def summary(self, n: int) -> str:
+        return (
+            f"holdout score {float(np.mean(self.right)):.4f}, gain over full int8 "
+            f"{self.gain:+.4f} with noise bound {self.bound:.4f} on {n} samples"
+        )
+
+
 class AutoInt8Recipe(_DebuggerRecipe):
     """The fewest float layers (worst first) whose int8 model meets a budget.
 
@@ -184,10 +235,14 @@ class AutoInt8Recipe(_DebuggerRecipe):
         self.trace: list[dict[str, Any]] = []
 
     def holdout(self, ctx: RecipeContext):
-        """The baseline's validation split (never fitted on), capped at ``holdout_samples``."""
+        """The data set's own validation split when it ships one (never trained on, even by a
+        pretrained model), else the baseline's validation split (never fitted on by the runner's
+        baseline), capped at ``holdout_samples``."""
         from runner.data import subset
         from runner.train import TrainConfig, split_validation
 
+        if ctx.dataset.validation is not None and len(ctx.dataset.validation):
+            return subset(ctx.dataset.validation, self.holdout_samples, self.holdout_seed)
         cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
         _, val = split_validation(ctx.dataset.train, cfg.validation_split, cfg.seed)
         if val is None:
@@ -198,30 +253,62 @@ class AutoInt8Recipe(_DebuggerRecipe):
         return subset(val, self.holdout_samples, self.holdout_seed)
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
-        import tempfile
-
-        from runner.evaluate import TFLiteModel, labels_from_outputs, predict_keras
+        from runner.evaluate import labels_from_outputs, predict_keras
 
         t0 = time.perf_counter()
         dbg = self.debugger(ctx)
-        hold = self.holdout(ctx)
+        hold, where = self.holdout(ctx), self.holdout_text(ctx)
         float_labels = labels_from_outputs(predict_keras(ctx.model, hold.x, ctx.scaling))
-        float_acc = float(np.mean(float_labels == hold.y))
-        budget = (
-            self.budget
-            if self.budget != "auto"
-            else ("agreement" if ctx.pretrained else "accuracy")
-        )
-        budget_text = (
-            f"agreement >= {self.min_agreement:g}"
-            if budget == "agreement"
-            else f"accuracy drop <= {self.max_accuracy_drop:g}"
-        )
+        budget = self.budget_kind(ctx)
+        # what a sample counts as right: the float model's label, or the true one
+        target = float_labels if budget == "agreement" else hold.y
         warnings = self.resolution_warnings(budget, len(hold))
         for w in warnings:
             log.warning("%s", w)
-        self.trace = []
-        best: tuple[float, int, bytes, list] | None = None
+        steps = self.search(ctx, dbg, hold, float_labels, target, budget)
+        write_rows(ctx.run_dir / "fallback_trace.csv", self.trace, TRACE_COLUMNS)
+        chosen, note = self.choose(steps, budget, len(hold))
+        return [
+            self.artifact(
+                ctx,
+                chosen.flatbuffer,
+                chosen.kept,
+                time.perf_counter() - t0,
+                worst_layer=dbg.rows[0]["layer"],
+                note=f"{note}; holdout: {len(hold)} samples of {where}",
+                warnings=tuple(warnings),
+            )
+        ]
+
+    def holdout_text(self, ctx: RecipeContext) -> str:
+        if ctx.dataset.validation is not None and len(ctx.dataset.validation):
+            return "the data set's validation split (disjoint from training and test)"
+        if ctx.pretrained:
+            return (
+                "the training split's validation part, which a pretrained model may have "
+                "trained on (ship x_val/y_val with dataset=arrays for data it never saw)"
+            )
+        return "the baseline's validation split (never fitted on)"
+
+    def budget_kind(self, ctx: RecipeContext) -> str:
+        if self.budget != "auto":
+            return self.budget
+        return "agreement" if ctx.pretrained else "accuracy"
+
+    def budget_text(self, budget: str) -> str:
+        if budget == "agreement":
+            return f"agreement >= {self.min_agreement:g}"
+        return f"accuracy drop <= {self.max_accuracy_drop:g}"
+
+    def search(self, ctx, dbg: Debugger, hold, float_labels, target, budget: str) -> list[_Step]:
+        """Score full int8, then one more float layer (worst first) per step, in LiteRT; stop at
+        the first step that meets the budget with a gain over full int8 beyond the noise."""
+        import tempfile
+
+        from runner.evaluate import TFLiteModel, labels_from_outputs
+
+        float_acc = float(np.mean(float_labels == hold.y))
+        self.trace, steps = [], []
         limit = min(self.max_float_layers, len(dbg.layers))
         with tempfile.TemporaryDirectory(prefix="auto_int8-") as tmp:
             for k in range(limit + 1):
@@ -229,16 +316,20 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 flatbuffer = dbg.quantize([r["tensor_name"] for r in kept])
                 path = Path(tmp) / f"step{k}.tflite"
                 path.write_bytes(flatbuffer)
-                out = TFLiteModel(path).predict(hold.x, ctx.scaling, 128)
-                labels = labels_from_outputs(out)
-                acc = float(np.mean(labels == hold.y))
-                agreement = float(np.mean(labels == float_labels))
-                drop = float_acc - acc
-                ok = (
+                labels = labels_from_outputs(TFLiteModel(path).predict(hold.x, ctx.scaling, 128))
+                right = labels == target
+                gain, bound = paired_gain(steps[0].right, right) if steps else (0.0, 0.0)
+                step = _Step(k, flatbuffer, kept, right, gain, bound)
+                acc, agreement = (
+                    float(np.mean(labels == hold.y)),
+                    float(np.mean(labels == float_labels)),
+                )
+                step.meets = (
                     agreement >= self.min_agreement
                     if budget == "agreement"
-                    else drop <= self.max_accuracy_drop
+                    else float_acc - acc <= self.max_accuracy_drop
                 )
+                steps.append(step)
                 self.trace.append(
                     {
                         "step": k,
@@ -246,50 +337,50 @@ class AutoInt8Recipe(_DebuggerRecipe):
                         "layers": " ".join(dict.fromkeys(r["layer"] for r in kept)),
                         "size_bytes": len(flatbuffer),
                         "holdout_accuracy": acc,
-                        "accuracy_drop": drop,
+                        "accuracy_drop": float_acc - acc,
                         "agreement": agreement,
-                        "budget": budget_text,
+                        "gain_over_int8": gain,
+                        "noise_bound": bound,
+                        "beyond_noise": step.real,
+                        "budget": self.budget_text(budget),
                         "samples": len(hold),
-                        "meets_budget": ok,
+                        "meets_budget": step.meets,
                     }
                 )
                 log.info(
                     "auto_int8: %d float layer(s), holdout accuracy %.4f (drop %.4f), "
-                    "agreement %.4f",
+                    "agreement %.4f, gain over int8 %+.4f (noise bound %.4f)",
                     k,
                     acc,
-                    drop,
+                    float_acc - acc,
                     agreement,
+                    gain,
+                    bound,
                 )
-                score = agreement if budget == "agreement" else acc
-                if best is None or score > best[0] or ok:  # the first point in budget wins
-                    best = (score, k, flatbuffer, kept, acc, agreement)
-                if ok:
+                if step.meets and (k == 0 or step.real):
                     break
-        write_rows(ctx.run_dir / "fallback_trace.csv", self.trace, TRACE_COLUMNS)
-        assert best is not None
-        _, k, flatbuffer, kept, acc, agreement = best
-        met = self.trace[-1]["meets_budget"]
-        reached = (
-            f"holdout drop {float_acc - acc:.4f}, agreement {agreement:.4f} on {len(hold)} samples"
+        return steps
+
+    def choose(self, steps: list[_Step], budget: str, n: int) -> tuple[_Step, str]:
+        """The first step in budget whose gain is real; else the best real gain; else full
+        int8 (the smallest candidate, and none is shown to beat it)."""
+        text, last = self.budget_text(budget), steps[-1]
+        if last.meets and (last.k == 0 or last.real):
+            return last, f"budget {text} met with {last.k} float layer(s) ({last.summary(n)})"
+        real = [s for s in steps[1:] if s.real]
+        chosen = max(real, key=lambda s: (s.gain, -s.k)) if real else steps[0]
+        why = (
+            f"kept {chosen.k} float layer(s), the largest gain over full int8 beyond the "
+            f"holdout's noise ({chosen.summary(n)})"
+            if real
+            else "no float layer gained more than the holdout's noise over full int8, so this "
+            f"is full int8 ({steps[0].summary(n)})"
         )
-        note = (
-            f"budget {budget_text} met with {k} float layer(s) ({reached})"
-            if met
-            else f"no point within {limit} float layer(s) meets the budget {budget_text}; "
-            f"kept the best found: {k} float layer(s) ({reached})"
+        return chosen, (
+            f"no point within {last.k} float layer(s) meets the budget {text}; {why}. Next: "
+            "recipe=int16x8 (16-bit activations), recipe=qat (fine-tunes for int8), a larger "
+            "recipe.calibration_samples, or recipe=float16"
         )
-        return [
-            self.artifact(
-                ctx,
-                flatbuffer,
-                kept,
-                time.perf_counter() - t0,
-                worst_layer=dbg.rows[0]["layer"],
-                note=note,
-                warnings=tuple(warnings),
-            )
-        ]
 
     def resolution_warnings(self, budget: str, n: int) -> list[str]:
         """A budget worth fewer than :data:`MIN_SAMPLES_IN_BUDGET` holdout samples is noise."""

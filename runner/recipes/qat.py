@@ -23,7 +23,7 @@ from runner.errors import RunnerError
 from runner.models.qat_scope import load_scope
 from runner.recipes.base import Artifact, RecipeBase, RecipeContext, RecipeMeta
 from runner.recipes.conversion import ConverterSettings, convert
-from runner.recipes.qat_wrap import calibrate_ranges, quantize_aware
+from runner.recipes.qat_wrap import calibrate_ranges, qat_ready, quantize_aware
 from runner.schema import Options
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class QATRecipe(RecipeBase):
         self.calibration_seed = int(calibration_seed)
         self.options = (converter or ConverterSettings()).to_options()
         self.steps_run = 0
+        self.left_float: list[tuple[str, str]] = []
 
     def data_needed(self) -> str | None:
         return "fine-tunes on labelled training samples"
@@ -124,10 +125,11 @@ class QATRecipe(RecipeBase):
         )
 
         train_cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
-        qat_model, _ = quantize_aware(
+        calib = self.calibration(ctx) if calibration is None else calibration
+        model = qat_ready(model, calib)
+        qat_model, self.left_float = quantize_aware(
             model, self.skip_layers, self.fallback, self.freeze_batch_norm
         )
-        calib = self.calibration(ctx) if calibration is None else calibration
         calibrate_ranges(qat_model, model, calib)
         # The baseline's own validation split (same fraction and seed): fitted on by neither.
         fit_split, val_split = (
@@ -214,6 +216,8 @@ class QATRecipe(RecipeBase):
         flatbuffer = self.flatbuffer or self.to_tflite(qat_model, ctx, calib)
         convert_seconds = time.perf_counter() - t0
         note = kept_note(self.kept) if self.kept else f"kept epoch {self.epochs} (the last)"
+        if self.left_float:
+            note += "; " + left_float_note(self.left_float)
         tfl = self.write_tflite(ctx, flatbuffer, convert_seconds, train_seconds=seconds, note=note)
 
         def save(tmp: str) -> None:
@@ -291,6 +295,16 @@ class _EpochJudge:
         assert self.best is not None and self.best_weights is not None
         qat_model.set_weights(self.best_weights)
         return {**self.best, "start": self.scores[0], "epochs": len(self.scores) - 1}
+
+
+def left_float_note(floats: list[tuple[str, str]], show: int = 6) -> str:
+    """The layers QAT fine-tuned without fake quantization (the export calibrates them)."""
+    named = ", ".join(f"{n} ({c})" for n, c in floats[:show])
+    more = f" and {len(floats) - show} more" if len(floats) > show else ""
+    return (
+        f"{len(floats)} layer(s) fine-tuned without fake quantization, calibrated at export: "
+        f"{named}{more}"
+    )
 
 
 def kept_note(kept: dict[str, Any]) -> str:

@@ -16,6 +16,25 @@ log = logging.getLogger(__name__)
 
 # BatchNormalization folds into the conv/dense before it (tfmot's transforms); elsewhere it cannot.
 _BN_FOLDS_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
+# Layers tfmot's 8-bit registry leaves out whose int8 TFLite kernels are elementwise or affine
+# (MUL, SUB, MAXIMUM, MUL+ADD, a standalone BatchNorm's scale and shift, LayerNorm's normalized
+# output): the int8 file quantizes their output, so their fake quantizer is an output one.
+_OUTPUT_ONLY = (
+    "Multiply",
+    "Subtract",
+    "Maximum",
+    "Minimum",
+    "Average",
+    "Rescaling",
+    "Normalization",
+    "LayerNormalization",
+    "BatchNormalization",
+)
+# TFLite's int8 average pooling keeps its input's scale: a fake quantizer of its own on the output
+# (tfmot's default) makes the converter refuse the file ("violate the same scale constraint")
+_SAME_SCALE = ("AveragePooling1D", "AveragePooling2D")
+# activations tfmot's Activation config knows (others raise inside tfmot)
+_TFMOT_ACTIVATIONS = ("relu", "swish", "gelu", "relu6", "linear", "softmax", "sigmoid", "tanh")
 
 
 def _inbound_classes(layer) -> list[str]:
@@ -65,18 +84,35 @@ def plan_annotation(
             )
         if layer.name in skip_layers:
             floats.append((layer.name, cls))
-        elif cls == "BatchNormalization":
-            if any(c in _BN_FOLDS_INTO for c in _inbound_classes(layer)):
-                plan[layer.name] = None
-            else:
-                floats.append((layer.name, cls))
+        elif cls == "BatchNormalization" and any(
+            c in _BN_FOLDS_INTO for c in _inbound_classes(layer)
+        ):
+            plan[layer.name] = None
         elif cls == "Conv1D":
             plan[layer.name] = conv1d()
+        elif cls in _OUTPUT_ONLY or (cls == "Activation" and not _tfmot_activation(layer)):
+            plan[layer.name] = output_only_config()
+        elif cls in _SAME_SCALE:
+            plan[layer.name] = output_only_config(quantize_output=False)
         elif registry.supports(layer):
             plan[layer.name] = None
         else:
             floats.append((layer.name, cls))
     return plan, floats
+
+
+def _tfmot_activation(layer) -> bool:
+    return getattr(layer.activation, "__name__", None) in _TFMOT_ACTIVATIONS
+
+
+def output_only_config(quantize_output: bool = True):
+    """tfmot's own 8-bit config with no weight or activation quantizer, only the output's (or
+    none); it saves and loads inside ``quantize_scope``."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    return default_8bit_quantize_registry.Default8BitQuantizeConfig([], [], quantize_output)
 
 
 def quantize_aware(
@@ -136,6 +172,41 @@ def quantize_aware(
             ) from None
 
 
+def qat_ready(model, x):
+    """``model`` in layers tfmot can wrap: nested sub-models flattened, ``TFOpLambda``
+    arithmetic and ConvNeXt's ``LayerScale`` as layers (the model itself when it has none),
+    checked to give the same outputs on ``x`` (model-ready calibration inputs).
+
+    Raises:
+        RunnerError: an operation with no layer twin, or a rebuilt model that does not match.
+    """
+    import numpy as np
+
+    from runner.models.keras3 import flatten_tf_keras
+
+    flat = flatten_tf_keras(model)
+    if flat is model:
+        return model
+    probe = np.asarray(x[:64])
+    want = np.asarray(model.predict(probe, verbose=0))
+    diff = float(np.max(np.abs(want - np.asarray(flat.predict(probe, verbose=0)))))
+    if diff > 1e-5 * max(1.0, float(np.max(np.abs(want)))):
+        raise RunnerError(
+            f"the model rebuilt for QAT (sub-models flattened, operations as layers) differs "
+            f"from it by {diff:.3g} on {len(probe)} calibration inputs; keep it float with "
+            "recipe=full_integer, or build it without nested models and tf.* operations"
+        )
+    log.info(
+        "QAT: %d layers rebuilt as %d (sub-models flattened, operations as layers), "
+        "max |diff| %.2g on %d inputs",
+        len(model.layers),
+        len(flat.layers),
+        diff,
+        len(probe),
+    )
+    return flat
+
+
 def config_with_state(layer) -> dict[str, Any]:
     """``layer.get_config()``, plus the state a clone would lose: an adapted Normalization keeps
     its mean and variance outside its config (a clone of it normalizes with nothing)."""
@@ -176,7 +247,6 @@ def calibrate_ranges(qat_model, float_model, x) -> int:
     BatchNorm reaches +-36) clipped, and the fine-tuned model worse than PTQ. Returns how many
     ranges were set.
     """
-    import numpy as np
     import tf_keras as keras
 
     floats = {layer.name: layer for layer in float_model.layers}
@@ -187,14 +257,15 @@ def calibrate_ranges(qat_model, float_model, x) -> int:
     ]
     if not pairs or x is None or not len(x):
         return 0
-    probe = keras.Model(float_model.inputs, [t for _, f in pairs for t in (f.input, f.output)])
-    got = probe.predict(x, batch_size=64, verbose=0)
+    # each layer's output; a Dense layer's input too (tfmot quantizes the logits before softmax)
+    tensors = [t for _, f in pairs for t in (f.output, *_dense_input(f))]
+    got = iter(probe_outputs(keras.Model(float_model.inputs, tensors), x))
     done = 0
-    for i, (wrapper, layer) in enumerate(pairs):
-        inp, out = np.asarray(got[2 * i]), np.asarray(got[2 * i + 1])
+    for wrapper, layer in pairs:
+        out = next(got)
         ranges = {"post_activation": out, "output": out}
-        if type(layer).__name__ == "Dense":  # tfmot quantizes the logits before softmax
-            ranges["pre_activation"] = inp @ layer.kernel.numpy() + (
+        if _dense_input(layer):
+            ranges["pre_activation"] = next(got) @ layer.kernel.numpy() + (
                 layer.bias.numpy() if layer.use_bias else 0.0
             )
         for var in wrapper.weights:
@@ -207,6 +278,18 @@ def calibrate_ranges(qat_model, float_model, x) -> int:
     done += _start_weight_and_input_ranges(qat_model, x)
     log.info("QAT: %d quantizer ranges calibrated on %d samples", done, len(x))
     return done
+
+
+def _dense_input(layer) -> list:
+    return [layer.input] if type(layer).__name__ == "Dense" else []
+
+
+def probe_outputs(probe, x) -> list:
+    """The probe model's outputs on ``x`` as arrays, one per tensor (a single output too)."""
+    import numpy as np
+
+    got = probe.predict(x, batch_size=64, verbose=0)
+    return [np.asarray(g) for g in (got if isinstance(got, list) else [got])]
 
 
 def _start_weight_and_input_ranges(qat_model, x) -> int:

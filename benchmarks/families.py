@@ -1,0 +1,135 @@
+"""Section families: the keras.applications families through full int8, QAT and auto_int8.
+
+Each family is built (its generic builder at its smallest: tests/applications_fixtures.py), fitted
+3 epochs on digits upscaled to 32x32 RGB by Keras 3 or tf_keras in a subprocess, saved, and run
+through the runner as a user's pretrained file: ``full_integer``, ``qat`` and ``auto_int8``
+(holdout: the data set's own validation split). Agreement with the float model and size come
+from the ``.tflite`` files in LiteRT. ``--quick`` runs the test suite's subset of families.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT, load_rows, sh
+
+RECIPES = ["full_integer", "qat", "auto_int8"]
+
+
+def _fixtures():
+    sys.path.insert(0, str(ROOT / "tests"))
+    import applications_fixtures  # noqa: PLC0415 - the tests' generator, not a package
+
+    return applications_fixtures
+
+
+def _data(folder: Path) -> Path:
+    from runner.data.digits import load_digits
+
+    def up(x):
+        return np.repeat(np.repeat(np.repeat(x, 4, 1), 4, 2), 3, 3)
+
+    d = load_digits()
+    path = folder / "digits32.npz"
+    np.savez(
+        path,
+        x_train=up(d.train.x[:1100]),
+        y_train=d.train.y[:1100],
+        x_val=up(d.train.x[1100:]),
+        y_val=d.train.y[1100:],
+        x_test=up(d.test.x),
+        y_test=d.test.y,
+    )
+    return path
+
+
+def measure(tmp: Path, quick: bool) -> dict:
+    af = _fixtures()
+    cases = (
+        [("3", "mobilenet_v3_small"), ("3", "convnext_tiny"), ("3", "vit"), ("2", "densenet121")]
+        if quick
+        else [(k, f) for k in ("3", "2") for f in af.FAMILIES]
+    )
+    data = _data(tmp)
+    out: dict[str, dict] = {}
+    for keras in ("3", "2"):
+        families = [f for k, f in cases if k == keras]
+        if not families:
+            continue
+        folder = tmp / f"keras{keras}"
+        folder.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "applications_fixtures.py"),
+                str(folder),
+                str(data),
+                "--keras",
+                keras,
+                "--families",
+                ",".join(families),
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        for family in families:
+            path = folder / f"{family}.{'keras' if keras == '3' else 'h5'}"
+            run_dir = tmp / f"{family}-k{keras}"
+            _, p = sh(
+                [
+                    "-m",
+                    f"recipe={','.join(RECIPES)}",
+                    "model=pretrained",
+                    f"model.path={path}",
+                    f"model.input_scaling={af.input_scaling(family)}",
+                    "dataset=arrays",
+                    f"dataset.path={data}",
+                    "evaluation.latency_samples=20",
+                    "evaluation.progress=false",
+                    f"hydra.sweep.dir={run_dir}",
+                ],
+                timeout=3600,
+            )
+            rows = {r["artifact"]: r for r in load_rows(run_dir)}
+            key = f"{family} (Keras {keras if keras == '3' else '2: tf_keras'})"
+            entry: dict[str, dict] = {}
+            float_row = rows.get(path.name, {})
+            entry["float"] = {"accuracy": float_row.get("accuracy")}
+            for recipe in RECIPES:
+                r = rows.get(f"{recipe}.tflite", {})
+                entry[recipe] = {
+                    "status": r.get("status", "missing"),
+                    "agreement": r.get("agreement"),
+                    "accuracy": r.get("accuracy"),
+                    "size_mb": (r.get("size_bytes") or 0) / 1e6,
+                    "float_layers": r.get("float_layers"),
+                    "note": (r.get("note") or r.get("error") or "")[:300],
+                }
+            out[key] = entry
+    return {"families": out}
+
+
+def render(r: dict) -> None:
+    print(
+        "\nfamilies | float acc | full int8 agr / MB | qat agr / MB | auto_int8 agr / MB "
+        "(float layers) |"
+    )
+    print("|---|---|---|---|---|")
+    for family, e in r.get("families", {}).items():
+        cells = []
+        for recipe in RECIPES:
+            v = e[recipe]
+            if v["status"] != "ok":
+                cells.append(f"{v['status']}: {v['note'][:50]}")
+                continue
+            extra = f" ({v['float_layers']})" if recipe == "auto_int8" else ""
+            cells.append(f"{v['agreement']:.3f} / {v['size_mb']:.3f}{extra}")
+        acc = e["float"]["accuracy"]
+        print(f"| {family} | {acc if acc is None else f'{acc:.3f}'} | " + " | ".join(cells) + " |")
