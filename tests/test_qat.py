@@ -37,10 +37,11 @@ def test_qat_keras_artifact_round_trips_with_identical_predictions(tmp_path):
     )
 
 
-def _with_layer_norm():
+def _with_layer_norm(norm=keras.layers.UnitNormalization):
+    """A layer tfmot has no config for and this runner gives none (L2 normalization)."""
     inp = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, name="conv")(inp)
-    x = keras.layers.LayerNormalization(name="odd_norm")(x)
+    x = norm(name="odd_norm")(x)
     x = keras.layers.Flatten()(x)
     return keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="head")(x))
 
@@ -49,34 +50,42 @@ def test_unsupported_layer_without_fallback_names_layer_class_and_fix():
     with pytest.raises(RunnerError) as e:
         quantize_aware(_with_layer_norm(), fallback=False)
     msg = str(e.value)
-    assert "'odd_norm' (LayerNormalization)" in msg and "recipe.skip_layers=[odd_norm]" in msg
+    assert "'odd_norm' (UnitNormalization)" in msg and "recipe.skip_layers=[odd_norm]" in msg
+
+
+def test_layers_with_an_elementwise_int8_kernel_get_an_output_quantizer():
+    # LayerNormalization is not in tfmot's registry; its int8 file quantizes its output
+    qat, floats = quantize_aware(_with_layer_norm(keras.layers.LayerNormalization), fallback=False)
+    wrapped = {layer.name for layer in qat.layers if type(layer).__name__ == "QuantizeWrapperV2"}
+    assert floats == [] and "quant_odd_norm" in wrapped
 
 
 def test_unsupported_layer_falls_back_to_float_and_still_converts(tmp_path):
     model = _with_layer_norm()
     qat, floats = quantize_aware(model, fallback=True)
-    assert floats == [("odd_norm", "LayerNormalization")]
+    assert floats == [("odd_norm", "UnitNormalization")]
     wrapped = {layer.name for layer in qat.layers if type(layer).__name__ == "QuantizeWrapperV2"}
     assert {"quant_conv", "quant_head"} <= wrapped and not any(
         "odd_norm" in n and n.startswith("quant_") for n in wrapped
     )
     # skipping by hand does the same without the fallback; an unknown name is refused
     assert quantize_aware(model, skip_layers=["odd_norm"], fallback=False)[1] == [
-        ("odd_norm", "LayerNormalization")
+        ("odd_norm", "UnitNormalization")
     ]
     with pytest.raises(RunnerError, match="does not have"):
         quantize_aware(model, skip_layers=["nope"])
 
 
-def test_batchnorm_after_an_activation_stays_float_not_a_crash():
+def test_batchnorm_after_an_activation_gets_an_output_quantizer_not_a_crash():
     inp = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
     x = keras.layers.Activation("relu", name="act")(x)
     x = keras.layers.BatchNormalization(name="late_bn")(x)
     x = keras.layers.Flatten()(x)
     model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(x))
-    _, floats = quantize_aware(model)
-    assert ("late_bn", "BatchNormalization") in floats
+    qat, floats = quantize_aware(model, fallback=False)
+    # tfmot cannot fold it into a conv; its int8 file is a per-channel MUL and ADD on the output
+    assert floats == [] and "quant_late_bn" in {layer.name for layer in qat.layers}
 
 
 def test_fine_tuning_runs_the_requested_steps_on_a_tiny_dataset(tmp_path):
