@@ -51,7 +51,7 @@ def _data(folder: Path) -> Path:
 def measure(tmp: Path, quick: bool) -> dict:
     af = _fixtures()
     cases = (
-        [("3", "mobilenet_v3_small"), ("3", "convnext_tiny"), ("3", "vit"), ("2", "densenet121")]
+        [("3", "vit"), ("3", "convnext_tiny"), ("2", "densenet121")]
         if quick
         else [(k, f) for k in ("3", "2") for f in af.FAMILIES]
     )

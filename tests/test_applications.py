@@ -30,12 +30,12 @@ from runner.pipeline import run
 
 # (Keras, family) pairs the default suite runs the recipes on: between them every construct the
 # translation and QAT rebuild handle (see the module docstring)
+# (MobileNetV3's hard-swish and squeeze-excite are checked by the exact-load test here; its
+# recipes take 6 min, so they run with RUNNER_ALL_FAMILIES=1 and in the benchmark)
 CI_SUBSET = [
-    ("3", "mobilenet_v3_small"),
-    ("3", "convnext_tiny"),
     ("3", "vit"),
+    ("3", "convnext_tiny"),
     ("2", "densenet121"),
-    ("2", "convnext_tiny"),
 ]
 ALL = os.environ.get("RUNNER_ALL_FAMILIES") == "1"
 RECIPE_CASES = [(k, f) for k in ("3", "2") for f in FAMILIES] if ALL else CI_SUBSET
@@ -210,8 +210,9 @@ def test_auto_int8_on_a_family_reports_its_noise_bound_and_never_hides_a_worse_f
     if kept_float:  # a float layer is kept only for a gain beyond the noise, and it says so
         step = trace[int(row["float_layers"].split(":")[0])]
         assert step["beyond_noise"] == "True", step
-    else:  # no real gain: the file is full int8 itself (same size)
-        assert row["size_bytes"] == int8["size_bytes"]
+    else:  # no real gain: the file is the search's full int8 step (float I/O, so not byte-equal
+        # to full_integer.tflite's int8 I/O)
+        assert row["size_bytes"] == int(trace[0]["size_bytes"])
     larger_and_worse = (
         row["size_bytes"] > int8["size_bytes"] and row["agreement"] < int8["agreement"]
     )
