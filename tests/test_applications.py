@@ -24,8 +24,8 @@ from applications_fixtures import FAMILIES, input_scaling
 from conftest import ROOT, compose_config
 
 from runner.data.digits import load_digits
-from runner.models.keras3 import flatten_tf_keras
 from runner.models.loading import open_model
+from runner.models.tf_keras_graph import flatten_tf_keras
 from runner.pipeline import run
 
 # (Keras, family) pairs the default suite runs the recipes on: between them every construct the

@@ -182,7 +182,7 @@ def qat_ready(model, x):
     """
     import numpy as np
 
-    from runner.models.keras3 import flatten_tf_keras
+    from runner.models.tf_keras_graph import flatten_tf_keras
 
     flat = flatten_tf_keras(model)
     if flat is model:
