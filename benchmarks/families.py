@@ -9,12 +9,8 @@ from the ``.tflite`` files in LiteRT. ``--quick`` runs the test suite's subset o
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from benchmarks.common import ROOT, load_rows, sh
 
@@ -28,26 +24,6 @@ def _fixtures():
     return applications_fixtures
 
 
-def _data(folder: Path) -> Path:
-    from runner.data.digits import load_digits
-
-    def up(x):
-        return np.repeat(np.repeat(np.repeat(x, 4, 1), 4, 2), 3, 3)
-
-    d = load_digits()
-    path = folder / "digits32.npz"
-    np.savez(
-        path,
-        x_train=up(d.train.x[:1100]),
-        y_train=d.train.y[:1100],
-        x_val=up(d.train.x[1100:]),
-        y_val=d.train.y[1100:],
-        x_test=up(d.test.x),
-        y_test=d.test.y,
-    )
-    return path
-
-
 def measure(tmp: Path, quick: bool) -> dict:
     af = _fixtures()
     cases = (
@@ -55,30 +31,13 @@ def measure(tmp: Path, quick: bool) -> dict:
         if quick
         else [(k, f) for k in ("3", "2") for f in af.FAMILIES]
     )
-    data = _data(tmp)
+    data = af.write_digits32(tmp / "digits32.npz", n_train=1100, n_val=297)
     out: dict[str, dict] = {}
     for keras in ("3", "2"):
         families = [f for k, f in cases if k == keras]
         if not families:
             continue
-        folder = tmp / f"keras{keras}"
-        folder.mkdir()
-        env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "tests" / "applications_fixtures.py"),
-                str(folder),
-                str(data),
-                "--keras",
-                keras,
-                "--families",
-                ",".join(families),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        folder = af.make(tmp / f"keras{keras}", data, keras, families)
         for family in families:
             path = folder / f"{family}.{'keras' if keras == '3' else 'h5'}"
             run_dir = tmp / f"{family}-k{keras}"

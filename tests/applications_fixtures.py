@@ -47,6 +47,51 @@ def input_scaling(family: str) -> str:
     return "none" if family in RAW_PIXELS else "unit"
 
 
+def upscaled(x):
+    """8x8 grey digits as 32x32 RGB (the families' smallest input)."""
+    import numpy as np
+
+    return np.repeat(np.repeat(np.repeat(x, 4, 1), 4, 2), 3, 3)
+
+
+def write_digits32(path, n_train: int, n_val: int, n_test: int | None = None):
+    """scikit-learn's digits at 32x32 RGB in a ``dataset=arrays`` file, with a validation split
+    (``x_val``: what auto_int8 holds out) cut from the training split."""
+    import numpy as np
+
+    from runner.data.digits import load_digits
+
+    d = load_digits()
+    end = n_train + n_val
+    np.savez(
+        path,
+        x_train=upscaled(d.train.x[:n_train]),
+        y_train=d.train.y[:n_train],
+        x_val=upscaled(d.train.x[n_train:end]),
+        y_val=d.train.y[n_train:end],
+        x_test=upscaled(d.test.x[:n_test]),
+        y_test=d.test.y[:n_test],
+    )
+    return path
+
+
+def make(folder, data, keras: str, families, epochs: int = 3, samples: int = 0):
+    """Run this script in a subprocess (the Keras it names, never the caller's tf_keras);
+    returns ``folder``. Raises ``RuntimeError`` with the script's stderr when it fails."""
+    import subprocess
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    args = [sys.executable, __file__, str(folder), str(data), "--keras", keras]
+    args += ["--families", ",".join(families), "--epochs", str(epochs), "--samples", str(samples)]
+    p = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-3000:])
+    return folder
+
+
 def _kw(k3: bool, name: str) -> dict:
     """The generic builders name their model by ``name`` in Keras 3, ``model_name`` in tf_keras."""
     return {"name" if k3 else "model_name": name}

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from applications_fixtures import FAMILIES, input_scaling
-from conftest import ROOT, compose_config
+from applications_fixtures import FAMILIES, input_scaling, make, write_digits32
+from conftest import compose_config
 
-from runner.data.digits import load_digits
 from runner.models.loading import open_model
 from runner.models.tf_keras_graph import flatten_tf_keras
 from runner.pipeline import run
@@ -41,53 +38,15 @@ ALL = os.environ.get("RUNNER_ALL_FAMILIES") == "1"
 RECIPE_CASES = [(k, f) for k in ("3", "2") for f in FAMILIES] if ALL else CI_SUBSET
 
 
-def _upscaled(x: np.ndarray) -> np.ndarray:
-    """8x8 grey digits as 32x32 RGB (the families' smallest input)."""
-    return np.repeat(np.repeat(np.repeat(x, 4, 1), 4, 2), 3, 3)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Digits at 32x32 RGB with a validation split (x_val: what auto_int8 holds out)."""
-    d = load_digits()
     path = tmp_path_factory.mktemp("families") / "digits32.npz"
-    np.savez(
-        path,
-        x_train=_upscaled(d.train.x[:1000]),
-        y_train=d.train.y[:1000],
-        x_val=_upscaled(d.train.x[1000:1200]),
-        y_val=d.train.y[1000:1200],
-        x_test=_upscaled(d.test.x[:200]),
-        y_test=d.test.y[:200],
-    )
-    return path
+    return write_digits32(path, n_train=1000, n_val=200, n_test=200)
 
 
 def _make(folder: Path, data: Path, keras: str, families: list[str], epochs: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "applications_fixtures.py"),
-            str(folder),
-            str(data),
-            "--keras",
-            keras,
-            "--families",
-            ",".join(families),
-            "--epochs",
-            str(epochs),
-            "--samples",
-            "600",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    return folder
+    return make(folder, data, keras, families, epochs=epochs, samples=600)
 
 
 def _path(folder: Path, keras: str, family: str) -> Path:

@@ -85,15 +85,8 @@ def _name(entry: dict) -> str:
 
 _NESTED = ("Sequential", "Functional", "Model")
 # Keras 3 operations saved as graph nodes, by arity: two tensors -> a merge layer; a tensor and
-# a number -> Rescaling(scale, offset)
+# a number -> Rescaling(scale, offset) (see _affine)
 _MERGE = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply"}
-_AFFINE = {
-    "Add": lambda c: (1.0, c),
-    "Subtract": lambda c: (1.0, -c),
-    "Multiply": lambda c: (c, 0.0),
-    "Divide": lambda c: (1.0 / c, 0.0),
-    "TrueDivide": lambda c: (1.0 / c, 0.0),
-}
 # activations tf_keras lacks (hard_silu) or computes differently (hard_sigmoid: 0.2x + 0.5 there,
 # relu6(x + 3) / 6 in Keras 3), spelled out in layers tf_keras and TFLite both have
 _SPELLED = {"hard_sigmoid", "hard_silu", "hard_swish"}
@@ -177,7 +170,7 @@ class _Translator:
         after = None
         if act in _SPELLED:
             if entry["class_name"] == "Activation":
-                return _Identity(), self.spelled(act, self.unique(name))
+                return (lambda x: x), self.spelled(act, self.unique(name))
             config["activation"] = "linear"
             after = self.spelled(act, self.unique(f"{name}_{act}"))
         config["name"] = self.unique(name)
@@ -204,12 +197,13 @@ class _Translator:
         twin_name = self.unique(name if not scope else f"{scope[-1]}_{name}")
         if len(tensors) == 2 and not numbers and cls in _MERGE:
             return getattr(L, _MERGE[cls])(name=twin_name)(tensors)
-        if len(tensors) == 1 and len(numbers) == 1 and cls in _AFFINE:
-            if cls in ("Subtract", "Divide", "TrueDivide") and isinstance(args[0], (int, float)):
-                pass  # a number minus/over a tensor is not affine in the tensor's scale alone
-            else:
-                scale, offset = _AFFINE[cls](numbers[0])
-                return L.Rescaling(scale, offset, name=twin_name)(tensors[0])
+        affine = (
+            _affine(cls, numbers[0], isinstance(args[0], (int, float)))
+            if len(tensors) == 1 and len(numbers) == 1
+            else None
+        )
+        if affine is not None:
+            return L.Rescaling(*affine, name=twin_name)(tensors[0])
         raise RunnerError(
             f"operation {name!r} (keras.ops.{cls.lower()} on {len(tensors)} tensor(s) and "
             f"{len(numbers)} number(s)) has no tf_keras layer twin; write it as a Keras layer "
@@ -259,9 +253,17 @@ class _Translator:
                 twin.set_weights(weights)
 
 
-class _Identity:
-    def __call__(self, x: Any) -> Any:
-        return x
+def _affine(cls: str, c: float, number_first: bool) -> tuple[float, float] | None:
+    """``(scale, offset)`` of ``x op c`` (or ``c op x``), or None where it is not affine."""
+    if cls == "Add":
+        return 1.0, c
+    if cls == "Multiply":
+        return c, 0.0
+    if cls == "Subtract":
+        return (-1.0, c) if number_first else (1.0, -c)
+    if cls in ("Divide", "TrueDivide") and not number_first and c != 0:
+        return 1.0 / c, 0.0
+    return None
 
 
 def _activation_name(act: Any) -> str | None:

@@ -185,12 +185,12 @@ class _Step:
     kept: list
     right: np.ndarray  # per holdout sample: right by the budget's measure
     gain: float  # over full int8, same samples
-    bound: float  # the noise bound for that gain
-    meets: bool = False
+    bound: float  # the noise bound for that gain (at least one sample's worth when k > 0)
+    meets: bool  # within the budget
 
     @property
     def real(self) -> bool:
-        return self.k > 0 and self.gain >= self.bound > 0
+        return self.k > 0 and self.gain >= self.bound
 
     def summary(self, n: int) -> str:
         return (
@@ -235,29 +235,37 @@ class AutoInt8Recipe(_DebuggerRecipe):
         self.trace: list[dict[str, Any]] = []
 
     def holdout(self, ctx: RecipeContext):
-        """The data set's own validation split when it ships one (never trained on, even by a
-        pretrained model), else the baseline's validation split (never fitted on by the runner's
-        baseline), capped at ``holdout_samples``."""
+        """(samples, what they are): the data set's own validation split when it ships one
+        (never trained on, even by a pretrained model), else the baseline's validation split
+        (never fitted on by the runner's baseline), capped at ``holdout_samples``."""
         from runner.data import subset
         from runner.train import TrainConfig, split_validation
 
         if ctx.dataset.validation is not None and len(ctx.dataset.validation):
-            return subset(ctx.dataset.validation, self.holdout_samples, self.holdout_seed)
-        cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
-        _, val = split_validation(ctx.dataset.train, cfg.validation_split, cfg.seed)
-        if val is None:
-            log.warning(
-                "auto_int8: train.validation_split is 0, so the budget is checked on training samples"
+            val = ctx.dataset.validation
+            where = "the data set's validation split (disjoint from training and test)"
+        else:
+            cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
+            _, val = split_validation(ctx.dataset.train, cfg.validation_split, cfg.seed)
+            where = (
+                "the training split's validation part, which a pretrained model may have "
+                "trained on (ship x_val/y_val with dataset=arrays for data it never saw)"
+                if ctx.pretrained
+                else "the baseline's validation split (never fitted on)"
             )
-            val = ctx.dataset.train
-        return subset(val, self.holdout_samples, self.holdout_seed)
+            if val is None:
+                log.warning(
+                    "auto_int8: train.validation_split is 0, so the budget is checked on training samples"
+                )
+                val, where = ctx.dataset.train, "the training split (train.validation_split is 0)"
+        return subset(val, self.holdout_samples, self.holdout_seed), where
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         from runner.evaluate import labels_from_outputs, predict_keras
 
         t0 = time.perf_counter()
         dbg = self.debugger(ctx)
-        hold, where = self.holdout(ctx), self.holdout_text(ctx)
+        hold, where = self.holdout(ctx)
         float_labels = labels_from_outputs(predict_keras(ctx.model, hold.x, ctx.scaling))
         budget = self.budget_kind(ctx)
         # what a sample counts as right: the float model's label, or the true one
@@ -279,16 +287,6 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 warnings=tuple(warnings),
             )
         ]
-
-    def holdout_text(self, ctx: RecipeContext) -> str:
-        if ctx.dataset.validation is not None and len(ctx.dataset.validation):
-            return "the data set's validation split (disjoint from training and test)"
-        if ctx.pretrained:
-            return (
-                "the training split's validation part, which a pretrained model may have "
-                "trained on (ship x_val/y_val with dataset=arrays for data it never saw)"
-            )
-        return "the baseline's validation split (never fitted on)"
 
     def budget_kind(self, ctx: RecipeContext) -> str:
         if self.budget != "auto":
@@ -319,16 +317,16 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 labels = labels_from_outputs(TFLiteModel(path).predict(hold.x, ctx.scaling, 128))
                 right = labels == target
                 gain, bound = paired_gain(steps[0].right, right) if steps else (0.0, 0.0)
-                step = _Step(k, flatbuffer, kept, right, gain, bound)
                 acc, agreement = (
                     float(np.mean(labels == hold.y)),
                     float(np.mean(labels == float_labels)),
                 )
-                step.meets = (
+                meets = (
                     agreement >= self.min_agreement
                     if budget == "agreement"
                     else float_acc - acc <= self.max_accuracy_drop
                 )
+                step = _Step(k, flatbuffer, kept, right, gain, bound, meets)
                 steps.append(step)
                 self.trace.append(
                     {

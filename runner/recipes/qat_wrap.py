@@ -174,17 +174,26 @@ def quantize_aware(
 
 def qat_ready(model, x):
     """``model`` in layers tfmot can wrap: nested sub-models flattened, ``TFOpLambda``
-    arithmetic and ConvNeXt's ``LayerScale`` as layers (the model itself when it has none),
-    checked to give the same outputs on ``x`` (model-ready calibration inputs).
+    arithmetic and ConvNeXt's ``LayerScale`` as layers (the model itself when it has none, or
+    when an operation has no layer twin and nothing is nested: tfmot leaves it float), checked
+    to give the same outputs on ``x`` (model-ready calibration inputs).
 
     Raises:
-        RunnerError: an operation with no layer twin, or a rebuilt model that does not match.
+        RunnerError: a nested model holding an operation with no layer twin, or a rebuilt model
+            that does not match.
     """
     import numpy as np
 
     from runner.models.tf_keras_graph import flatten_tf_keras
 
-    flat = flatten_tf_keras(model)
+    try:
+        flat = flatten_tf_keras(model)
+    except RunnerError as e:
+        if any(hasattr(layer, "layers") for layer in model.layers):
+            raise  # a nested model tfmot cannot wrap either way: the operation is named
+        # an operation with no layer twin stays a TFOpLambda, which tfmot leaves float
+        log.info("QAT: the model is wrapped as it is (%s)", e)
+        return model
     if flat is model:
         return model
     probe = np.asarray(x[:64])
