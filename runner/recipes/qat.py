@@ -114,15 +114,7 @@ class QATRecipe(RecipeBase):
         ends below where it started. ``self.kept`` says which epoch, with its scores, and
         ``self.flatbuffer`` is its int8 file.
         """
-        from runner.data import Split
-        from runner.evaluate import predict_keras
-        from runner.train import (
-            TrainConfig,
-            batch_sequence,
-            loss_for,
-            make_optimizer,
-            split_validation,
-        )
+        from runner.train import TrainConfig, split_validation
 
         train_cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
         calib = self.calibration(ctx) if calibration is None else calibration
@@ -137,45 +129,10 @@ class QATRecipe(RecipeBase):
             if self.restore_best
             else (ctx.dataset.train, None)
         )
-        batch = int(self.batch_size or train_cfg.batch_size)
-        steps = int(self.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
-        lr = train_cfg.learning_rate * self.learning_rate_scale
-        loss, metrics = loss_for(qat_model), ["accuracy"]
-        if self.distill:
-            # targets are the float model's own outputs: the QAT copy learns to agree with it
-            fit_split = Split(fit_split.x, predict_keras(model, fit_split.x, ctx.scaling))
-            loss = loss.replace("sparse_", "")
-            metrics = []
-        qat_model.compile(
-            optimizer=make_optimizer(train_cfg.optimizer, lr), loss=loss, metrics=metrics
-        )
-        # The sequence wraps around, so epochs x steps batches are always there (seed 000's
-        # "Your input ran out of data" cannot happen).
-        seq = batch_sequence(fit_split, batch, ctx.scaling, True, train_cfg.seed, steps=steps)
-        import tf_keras as keras
-
-        keras.utils.set_random_seed(train_cfg.seed)
+        seq, steps, lr = self._compile(qat_model, model, ctx, train_cfg, fit_split)
         judge = _EpochJudge(self, model, ctx, calib, val_split) if val_split is not None else None
-        callbacks = [
-            keras.callbacks.LambdaCallback(
-                on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
-            ),
-            keras.callbacks.LambdaCallback(on_train_batch_end=check_interrupt),  # Ctrl-C
-        ]
         self.flatbuffer, self.kept = None, None
-        if judge is not None:
-            judge.score(qat_model, 0)  # epoch 0: before any fine-tuning step
-            callbacks.append(
-                keras.callbacks.LambdaCallback(
-                    on_epoch_end=lambda epoch, logs: judge.score(qat_model, epoch + 1)
-                )
-            )
-        self.steps_run = 0
-        t0 = time.perf_counter()
-        qat_model.fit(
-            seq, epochs=self.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks
-        )
-        seconds = time.perf_counter() - t0
+        seconds = self._fit(qat_model, seq, steps, judge, train_cfg.seed)
         if judge is not None:
             self.kept = judge.restore(qat_model)
             self.flatbuffer = judge.best_flatbuffer
@@ -192,6 +149,55 @@ class QATRecipe(RecipeBase):
             f": {kept_note(self.kept)}" if self.kept else "",
         )
         return qat_model, seconds
+
+    def _compile(self, qat_model, model, ctx: RecipeContext, train_cfg, fit_split):
+        """Compile ``qat_model`` for fine-tuning; returns (batch sequence, steps, learning rate).
+        With ``distill`` the targets are the float model's own outputs: the QAT copy learns to
+        agree with it."""
+        from runner.data import Split
+        from runner.evaluate import predict_keras
+        from runner.train import batch_sequence, loss_for, make_optimizer
+
+        batch = int(self.batch_size or train_cfg.batch_size)
+        steps = int(self.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
+        lr = train_cfg.learning_rate * self.learning_rate_scale
+        loss, metrics = loss_for(qat_model), ["accuracy"]
+        if self.distill:
+            fit_split = Split(fit_split.x, predict_keras(model, fit_split.x, ctx.scaling))
+            loss = loss.replace("sparse_", "")
+            metrics = []
+        qat_model.compile(
+            optimizer=make_optimizer(train_cfg.optimizer, lr), loss=loss, metrics=metrics
+        )
+        # The sequence wraps around, so epochs x steps batches are always there (seed 000's
+        # "Your input ran out of data" cannot happen).
+        seq = batch_sequence(fit_split, batch, ctx.scaling, True, train_cfg.seed, steps=steps)
+        return seq, steps, lr
+
+    def _fit(self, qat_model, seq, steps: int, judge, seed: int) -> float:
+        """Fine-tune (Ctrl-C stops between batches); the judge scores epoch 0, before any
+        step, and every epoch's end. Returns the seconds spent."""
+        import tf_keras as keras
+
+        keras.utils.set_random_seed(seed)
+        count = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
+        )
+        stop = keras.callbacks.LambdaCallback(on_train_batch_end=check_interrupt)
+        callbacks = [count, stop]
+        if judge is not None:
+            judge.score(qat_model, 0)  # epoch 0: before any fine-tuning step
+            callbacks.append(
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda epoch, logs: judge.score(qat_model, epoch + 1)
+                )
+            )
+        self.steps_run = 0
+        t0 = time.perf_counter()
+        qat_model.fit(
+            seq, epochs=self.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks
+        )
+        return time.perf_counter() - t0
 
     def to_tflite(self, qat_model, ctx: RecipeContext, calib) -> bytes:
         return convert(
