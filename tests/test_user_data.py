@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import compose_config, run_cli
 
-from runner.data import Rows, Split
+from runner.data import Rows, Split, image_decode
 from runner.data import images as images_mod
 from runner.data.arrays import load_arrays
 from runner.data.images import load_image_folder
@@ -81,7 +81,7 @@ def test_a_cache_hit_never_decodes_and_a_changed_file_decodes_again(tmp_path, mo
     def refuse(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(images_mod, "_decode_chunk", refuse)
+    monkeypatch.setattr(image_decode, "decode_chunk", refuse)
     again = load(root, cache)
     np.testing.assert_array_equal(np.asarray(first.train.x), np.asarray(again.train.x))
     assert again.source_key == first.source_key
@@ -124,9 +124,9 @@ def test_parallel_decode_equals_in_process(tmp_path, monkeypatch):
     monkeypatch.setattr(images_mod, "POOL_WORTH_SECONDS", 0.0)
     monkeypatch.setattr(images_mod, "CHUNK", 3)
     started = []
-    real_popen = images_mod.subprocess.Popen
+    real_popen = image_decode.subprocess.Popen
     monkeypatch.setattr(
-        images_mod.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k)
+        image_decode.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k)
     )
     parallel = load(root, tmp_path / "c2", workers=2)
     assert len(started) == 2  # two worker processes shared the chunks after the first

@@ -67,6 +67,33 @@ def load_arrays(
         raise RunnerError("dataset=arrays needs dataset.path=/path/to/data.npz")
     p = Path(path).expanduser()
     arrays = _read(p)
+    x_tr, y_tr, x_te, y_te, layout = _splits(arrays, p, test_fraction, split_seed)
+    x_va, y_va = _validation(arrays, x_tr.shape[1:], p)
+    num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    names = _class_names(arrays.get("class_names"), num_classes, p)
+    n_tr = len(x_tr)
+    x_tr, x_te, kind, scaling = _inputs(
+        x_tr if x_va is None else np.concatenate([x_tr, x_va]), x_te, p, input_scaling
+    )
+    x_tr, x_va = x_tr[:n_tr], (None if x_va is None else x_tr[n_tr:])
+    model_kwargs = {"vocab_size": int(max(x_tr.max(), x_te.max())) + 1} if kind == "tokens" else {}
+    return Dataset(
+        name=name,
+        train=subset(Split(x_tr, y_tr), train_size, split_seed),
+        test=subset(Split(x_te, y_te), test_size, split_seed),
+        num_classes=max(num_classes, 2),
+        class_names=names,
+        model_kwargs=model_kwargs,
+        source_key=_stat_key(p),
+        info={"path": str(p.resolve()), "layout": layout, "inputs": kind},
+        default_scaling=scaling,
+        validation=None if x_va is None else Split(x_va, y_va),
+    )
+
+
+def _splits(arrays: dict[str, np.ndarray], p: Path, test_fraction: float, seed: int):
+    """(x_train, y_train, x_test, y_test, layout): the file's own splits, or x/y split by
+    ``test_fraction``."""
     if all(k in arrays for k in SPLIT_KEYS):
         x_tr, x_te = arrays["x_train"], arrays["x_test"]
         y_tr = _labels(arrays["y_train"], "y_train", p)
@@ -89,7 +116,7 @@ def load_arrays(
             raise RunnerError(
                 f"{p}: x has {len(x)} samples but y has {len(y)} labels; they must be the same length"
             )
-        tr, te = stratified_split(y, test_fraction, split_seed)
+        tr, te = stratified_split(y, test_fraction, seed)
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
         layout = "x/y split by test_fraction"
     else:
@@ -97,27 +124,7 @@ def load_arrays(
             f"{p} holds {sorted(arrays) or 'no arrays'}; expected x_train, y_train, x_test, "
             "y_test (or x and y, split by dataset.test_fraction)"
         )
-    x_va, y_va = _validation(arrays, x_tr.shape[1:], p)
-    num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    names = _class_names(arrays.get("class_names"), num_classes, p)
-    n_tr = len(x_tr)
-    x_tr, x_te, kind, scaling = _inputs(
-        x_tr if x_va is None else np.concatenate([x_tr, x_va]), x_te, p, input_scaling
-    )
-    x_tr, x_va = x_tr[:n_tr], (None if x_va is None else x_tr[n_tr:])
-    model_kwargs = {"vocab_size": int(max(x_tr.max(), x_te.max())) + 1} if kind == "tokens" else {}
-    return Dataset(
-        name=name,
-        train=subset(Split(x_tr, y_tr), train_size, split_seed),
-        test=subset(Split(x_te, y_te), test_size, split_seed),
-        num_classes=max(num_classes, 2),
-        class_names=names,
-        model_kwargs=model_kwargs,
-        source_key=_stat_key(p),
-        info={"path": str(p.resolve()), "layout": layout, "inputs": kind},
-        default_scaling=scaling,
-        validation=None if x_va is None else Split(x_va, y_va),
-    )
+    return x_tr, y_tr, x_te, y_te, layout
 
 
 def _validation(

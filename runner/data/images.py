@@ -17,9 +17,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +26,9 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import Field
 
+from runner.data import image_decode
 from runner.data.base import Dataset, Split, SplitOptions, subset
+from runner.data.image_decode import COLOR_MODES
 from runner.data.image_files import DECODE_VERSION, Listing, decode_key, list_images
 from runner.errors import RunnerError
 from runner.files import temp_dir
@@ -37,13 +36,12 @@ from runner.schema import Described, options
 
 log = logging.getLogger(__name__)
 
-COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}  # ColorMode -> PIL mode, channels
 ARRAY_FILE, LABELS_FILE, META_FILE = "images.npy", "labels.npy", "meta.json"
-CHUNK = 256  # images per task of a decode worker
 # Workers are started when decoding the rest in-process would take longer than this (a worker
 # costs ~0.3 s to start; small PNGs decode at ~20,000/s in one process).
 POOL_WORTH_SECONDS = 1.0
 SHOW_BAD = 5  # bad files named in a message
+CHUNK = 256  # images per task of a decode worker
 
 
 ColorMode = Literal[tuple(COLOR_MODES)]  # type: ignore[valid-type]
@@ -91,42 +89,13 @@ def load_image_folder(
         RunnerError: no such folder, an empty folder or class folder, train and test with other
             classes, no ``image_size``, or an unreadable image with ``on_bad_file=error``.
     """
-    if not path:
-        raise RunnerError(
-            "dataset=image_folder needs dataset.path=/path/to/images (one folder per class)"
-        )
-    if image_size is None:
-        raise RunnerError(
-            "dataset.image_size is not set: give the size images are resized to, e.g. "
-            "dataset.image_size=[32,32] (with model=pretrained it defaults to the model's input)"
-        )
-    size = _hw(image_size)
-    mode = color_mode or "rgb"
-    if mode not in COLOR_MODES:
-        raise RunnerError(f"dataset.color_mode must be rgb or grayscale, got {color_mode!r}")
-    if on_bad_file not in get_args(OnBadFile):
-        raise RunnerError(f"dataset.on_bad_file must be skip or error, got {on_bad_file!r}")
+    size, mode = _checked(path, image_size, color_mode, on_bad_file)
     listing = list_images(Path(path).expanduser(), test_fraction, split_seed)
     key = decode_key(listing, size, mode, test_fraction, split_seed)
     root = Path(cache_dir or Path(path).expanduser() / ".runner-cache")
     job = DecodeJob(listing, key, root / key, size, mode, workers, on_bad_file)
     x, y, n_train, bad = decoded(job)
-    info: dict[str, Any] = {
-        "path": str(listing.root),
-        "layout": listing.layout,
-        "image_size": list(size),
-        "color_mode": mode,
-        "decode_cache": str(root / key),
-        "skipped_files": len(bad),
-        "skipped_examples": [f"{p}: {why}" for p, why in bad[:SHOW_BAD]],
-    }
-    warnings = ()
-    if bad:
-        warnings = (
-            f"skipped {len(bad)} unreadable image(s) under {listing.root}: {_examples(bad)} "
-            "(dataset.on_bad_file=error makes this fatal)",
-        )
-        log.warning("%s", warnings[0])
+    info, warnings = _summary(listing, size, mode, root / key, bad)
     train, test = Split(x[:n_train], y[:n_train]), Split(x[n_train:], y[n_train:])
     if not len(train) or not len(test):
         raise RunnerError(
@@ -143,6 +112,47 @@ def load_image_folder(
         info=info,
         warnings=warnings,
     )
+
+
+def _checked(path, image_size, color_mode, on_bad_file) -> tuple[tuple[int, int], str]:
+    """(height, width) and the color mode, or the one line that says what is missing."""
+    if not path:
+        raise RunnerError(
+            "dataset=image_folder needs dataset.path=/path/to/images (one folder per class)"
+        )
+    if image_size is None:
+        raise RunnerError(
+            "dataset.image_size is not set: give the size images are resized to, e.g. "
+            "dataset.image_size=[32,32] (with model=pretrained it defaults to the model's input)"
+        )
+    size = _hw(image_size)
+    mode = color_mode or "rgb"
+    if mode not in COLOR_MODES:
+        raise RunnerError(f"dataset.color_mode must be rgb or grayscale, got {color_mode!r}")
+    if on_bad_file not in get_args(OnBadFile):
+        raise RunnerError(f"dataset.on_bad_file must be skip or error, got {on_bad_file!r}")
+    return size, mode
+
+
+def _summary(listing: Listing, size, mode: str, cache: Path, bad: list[tuple[str, str]]):
+    """The data set's ``info`` and its warnings (the unreadable files skipped)."""
+    info: dict[str, Any] = {
+        "path": str(listing.root),
+        "layout": listing.layout,
+        "image_size": list(size),
+        "color_mode": mode,
+        "decode_cache": str(cache),
+        "skipped_files": len(bad),
+        "skipped_examples": [f"{p}: {why}" for p, why in bad[:SHOW_BAD]],
+    }
+    warnings = ()
+    if bad:
+        warnings = (
+            f"skipped {len(bad)} unreadable image(s) under {listing.root}: {_examples(bad)} "
+            "(dataset.on_bad_file=error makes this fatal)",
+        )
+        log.warning("%s", warnings[0])
+    return info, warnings
 
 
 def _hw(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -277,7 +287,7 @@ def _decode_all(job: DecodeJob, raw: Path) -> dict[int, str]:
 
     The first chunk is decoded here and timed; when the rest would take longer than
     :data:`POOL_WORTH_SECONDS`, it is shared among worker processes (``python -m
-    runner.data.images``: fresh interpreters, never forked from one running TensorFlow, and
+    runner.data.image_decode``: fresh interpreters, never forked from one running TensorFlow, and
     started the same way from a script, a Hydra job or a daemonic worker).
     """
     from tqdm import tqdm
@@ -290,112 +300,23 @@ def _decode_all(job: DecodeJob, raw: Path) -> dict[int, str]:
     bad: dict[int, str] = {}
     with tqdm(total=n, unit="img", desc="decoding images", disable=None, leave=False) as bar:
         t0 = time.perf_counter()
-        bad |= _decode_chunk(str(raw), 0, paths[:CHUNK], size, mode)
+        bad |= image_decode.decode_chunk(str(raw), 0, paths[:CHUNK], size, mode)
         bar.update(min(CHUNK, n))
         rest = starts[1:]
         per_chunk = time.perf_counter() - t0
         if rest and n_workers > 1 and per_chunk * len(rest) > POOL_WORTH_SECONDS:
-            done, more_bad = _decode_in_workers(paths, rest, raw, size, mode, n_workers, bar)
+            done, more_bad = image_decode.decode_in_workers(
+                paths, rest, raw, size, mode, n_workers, bar, CHUNK
+            )
             bad |= more_bad
             rest = [s for s in rest if s not in done]
             if rest:
                 log.warning("decoding %d chunk(s) in-process: a decode worker failed", len(rest))
         for start in rest:
-            bad |= _decode_chunk(str(raw), start, paths[start : start + CHUNK], size, mode)
+            bad |= image_decode.decode_chunk(
+                str(raw), start, paths[start : start + CHUNK], size, mode
+            )
             bar.update(len(paths[start : start + CHUNK]))
-    return bad
-
-
-def _decode_in_workers(
-    paths: list[str],
-    starts: list[int],
-    raw: Path,
-    size: tuple[int, int],
-    mode: str,
-    n_workers: int,
-    bar: Any,
-) -> tuple[set[int], dict[int, str]]:
-    """Chunks ``starts`` decoded by ``n_workers`` processes: (chunks done, bad files)."""
-    job = raw.with_name("decode-job.json")
-    job.write_text(
-        json.dumps(
-            {"raw": str(raw), "size": list(size), "mode": mode, "paths": paths, "chunk": CHUNK}
-        )
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "runner.data.images", str(job)]
-            + [str(s) for s in starts[k::n_workers]],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for k in range(n_workers)
-    ]
-    done: set[int] = set()
-    bad: dict[int, str] = {}
-    lock = threading.Lock()
-
-    def read(proc: subprocess.Popen) -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            kind, _, rest = line.rstrip("\n").partition("\t")
-            with lock:
-                if kind == "done":
-                    start = int(rest)
-                    done.add(start)
-                    bar.update(len(paths[start : start + CHUNK]))
-                elif kind == "bad":
-                    i, _, why = rest.partition("\t")
-                    bad[int(i)] = why
-
-    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p in procs]
-    for t in readers:
-        t.start()
-    for p, t in zip(procs, readers, strict=True):
-        t.join()
-        err = p.stderr.read() if p.stderr else ""  # type: ignore[union-attr]
-        if p.wait() != 0:
-            log.warning("decode worker exited with %d: %s", p.returncode, err.strip()[-300:])
-    job.unlink(missing_ok=True)
-    return done, bad
-
-
-def _worker_main(argv: list[str]) -> None:
-    """``python -m runner.data.images JOB START...``: decode those chunks, report each."""
-    job = json.loads(Path(argv[0]).read_text())
-    paths, size, chunk = job["paths"], tuple(job["size"]), int(job["chunk"])
-    for start in map(int, argv[1:]):
-        part = paths[start : start + chunk]
-        for i, why in _decode_chunk(job["raw"], start, part, size, job["mode"]).items():
-            print(f"bad\t{i}\t{why}", flush=True)
-        print(f"done\t{start}", flush=True)
-
-
-def _decode_chunk(
-    raw: str, start: int, paths: list[str], size: tuple[int, int], mode: str
-) -> dict[int, str]:
-    """Decode ``paths`` into rows ``start…`` of the array file; {index: why} of the bad ones."""
-    from PIL import Image
-
-    h, w = size
-    pil_mode = COLOR_MODES[mode][0]
-    arr = np.load(raw, mmap_mode="r+")
-    bad = {}
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as im:
-                im.draft(pil_mode, (w, h))  # JPEG: decode at a reduced scale when it can
-                img = im.convert(pil_mode)
-                if img.size != (w, h):
-                    img = img.resize((w, h), Image.Resampling.BILINEAR)
-                px = np.asarray(img, np.uint8)
-            arr[start + i] = px.reshape(h, w, -1)
-        except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is a bad file
-            bad[start + i] = " ".join(f"{type(e).__name__}: {e}".split())[:160].replace("\t", " ")
-    arr.flush()
-    del arr
     return bad
 
 
@@ -409,7 +330,3 @@ def _unreadable(listing: Listing, bad: list[tuple[str, str]]) -> RunnerError:
 def _examples(bad: list[tuple[str, str]]) -> str:
     shown = "; ".join(f"{p} ({why})" for p, why in bad[:SHOW_BAD])
     return shown + (f"; and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else "")
-
-
-if __name__ == "__main__":
-    _worker_main(sys.argv[1:])

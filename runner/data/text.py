@@ -74,38 +74,11 @@ def load_text_classification(
     from runner.data.vocabulary import Vocabulary
     from runner.data.vocabulary import segment as cut
 
-    if not path:
-        raise RunnerError(
-            f"dataset={name} needs dataset.path=/path/to/file.csv (or .tsv/.jsonl) with '{text_column}' and '{label_column}' columns"
-        )
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise RunnerError(f"dataset.path={p} does not exist")
-    reader = _READERS.get(p.suffix.lower())
-    if reader is None:
-        raise RunnerError(
-            f"dataset.path={p}: unknown file type {p.suffix!r}; use one of {sorted(_READERS)}"
-        )
-    try:
-        df = reader(p)
-    except Exception as e:  # noqa: BLE001
-        raise RunnerError(f"could not read {p}: {e}") from None
-    missing = [c for c in (text_column, label_column) if c not in df.columns]
-    if missing:
-        raise RunnerError(
-            f"{p} has no column(s) {missing}; its columns are {list(df.columns)} (set dataset.text_column / dataset.label_column)"
-        )
-    df = df.dropna(subset=[text_column, label_column])
+    df = _read_table(name, path, text_column, label_column)
     texts = cut(df[text_column].astype(str).tolist(), segment)
     classes = sorted(df[label_column].unique().tolist())
     y = np.searchsorted(np.asarray(classes), df[label_column].to_numpy()).astype(np.int64)
-    if split_column and split_column in df.columns:
-        kind = df[split_column].astype(str).str.lower().to_numpy()
-        tr_idx, te_idx = np.flatnonzero(kind == "train"), np.flatnonzero(kind == "test")
-        if not len(tr_idx) or not len(te_idx):
-            raise RunnerError(f"{p}: column '{split_column}' must mark rows 'train' and 'test'")
-    else:
-        tr_idx, te_idx = stratified_split(y, test_fraction, split_seed)
+    tr_idx, te_idx = _split(df, y, split_column, test_fraction, split_seed, path)
     vocab = (
         Vocabulary.load(word_index, num_words)
         if word_index
@@ -128,3 +101,40 @@ def load_text_classification(
         model_kwargs={"vocab_size": vocab.size},
         files={"word_index.json": vocab.to_json()},
     )
+
+
+def _read_table(name: str, path: str | None, text_column: str, label_column: str):
+    """The file as a data frame with both columns, rows missing either dropped."""
+    if not path:
+        raise RunnerError(
+            f"dataset={name} needs dataset.path=/path/to/file.csv (or .tsv/.jsonl) with '{text_column}' and '{label_column}' columns"
+        )
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise RunnerError(f"dataset.path={p} does not exist")
+    reader = _READERS.get(p.suffix.lower())
+    if reader is None:
+        raise RunnerError(
+            f"dataset.path={p}: unknown file type {p.suffix!r}; use one of {sorted(_READERS)}"
+        )
+    try:
+        df = reader(p)
+    except Exception as e:  # noqa: BLE001
+        raise RunnerError(f"could not read {p}: {e}") from None
+    missing = [c for c in (text_column, label_column) if c not in df.columns]
+    if missing:
+        raise RunnerError(
+            f"{p} has no column(s) {missing}; its columns are {list(df.columns)} (set dataset.text_column / dataset.label_column)"
+        )
+    return df.dropna(subset=[text_column, label_column])
+
+
+def _split(df, y, split_column: str | None, test_fraction: float, seed: int, path):
+    """Train and test row indices: the file's own split column, else a seeded stratified one."""
+    if split_column and split_column in df.columns:
+        kind = df[split_column].astype(str).str.lower().to_numpy()
+        tr_idx, te_idx = np.flatnonzero(kind == "train"), np.flatnonzero(kind == "test")
+        if not len(tr_idx) or not len(te_idx):
+            raise RunnerError(f"{path}: column '{split_column}' must mark rows 'train' and 'test'")
+        return tr_idx, te_idx
+    return stratified_split(y, test_fraction, seed)
