@@ -56,7 +56,7 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     if not cfg.model.get("needs_training", True) and (
         node.get("image_size", 0) is None or node.get("color_mode", "") is None
     ):
-        from runner.models.loading import model_input_shape
+        from runner.models.model_file import model_input_shape
 
         shape = model_input_shape(cfg.model.path)
         node = node.copy()

@@ -20,7 +20,8 @@ from runner.data import Scaling
 from runner.data.digits import load_digits
 from runner.data.text import load_text_classification
 from runner.errors import RunnerError
-from runner.models.loading import file_format, open_model
+from runner.models.loading import open_model
+from runner.models.model_file import file_format
 from runner.pipeline import run
 
 TINY = ["evaluation.latency_samples=2", "evaluation.progress=false"]

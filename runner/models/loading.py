@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from runner.errors import RunnerError
+from runner.models.model_file import configs, file_format, layer_name, objects, one_line
 from runner.schema import Options, options
 
 log = logging.getLogger(__name__)
@@ -159,24 +158,7 @@ def open_model(
             f"model file {p} does not exist; expected a .keras/.h5 file or a SavedModel folder"
         )
     kind, version = file_format(p)
-    # the file's config, read once as JSON (nothing deserialized): every check below walks it
-    objects = list(_objects(_configs(p))) if kind != "saved_model" else []
-    layers = [(o["class_name"], _name(o)) for o in objects]
-    lambdas = [name for cls, name in layers if cls == "Lambda"]
-    if lambdas and safe_mode:
-        raise RunnerError(
-            f"{p} contains Lambda layer(s) {', '.join(map(repr, lambdas))}, which run arbitrary code when "
-            "loaded; refusing. If you trust this file, set model.safe_mode=false"
-        )
-    _import_custom_objects(custom_objects)
-    missing = _missing_custom_classes(objects, kind)
-    if missing:
-        raise RunnerError(
-            f"{p} uses the custom class(es) {', '.join(map(repr, missing))}, which are not "
-            "registered: set model.custom_objects=<module> to a module that defines them with "
-            "@keras.saving.register_keras_serializable()"
-            + (f" (model.custom_objects={custom_objects} does not)" if custom_objects else "")
-        )
+    layers = _checked_layers(p, kind, safe_mode, custom_objects)
     try:
         if kind == "saved_model":
             from runner.models.saved_model import SavedModelSource
@@ -199,6 +181,31 @@ def open_model(
         raise
     except Exception as e:  # noqa: BLE001 - any load failure is reported as a bad file
         raise RunnerError(_load_error(p, e, custom_objects)) from None
+
+
+def _checked_layers(
+    p: Path, kind: str, safe_mode: bool, custom_objects: str | None
+) -> list[tuple[str, str]]:
+    """The file's (class, name) layer list, read as JSON (nothing deserialized), after refusing
+    ``Lambda`` layers (unless ``safe_mode`` is off) and custom classes nobody registered."""
+    found = list(objects(configs(p))) if kind != "saved_model" else []
+    layers = [(o["class_name"], layer_name(o)) for o in found]
+    lambdas = [name for cls, name in layers if cls == "Lambda"]
+    if lambdas and safe_mode:
+        raise RunnerError(
+            f"{p} contains Lambda layer(s) {', '.join(map(repr, lambdas))}, which run arbitrary code when "
+            "loaded; refusing. If you trust this file, set model.safe_mode=false"
+        )
+    _import_custom_objects(custom_objects)
+    missing = _missing_custom_classes(found, kind)
+    if missing:
+        raise RunnerError(
+            f"{p} uses the custom class(es) {', '.join(map(repr, missing))}, which are not "
+            "registered: set model.custom_objects=<module> to a module that defines them with "
+            "@keras.saving.register_keras_serializable()"
+            + (f" (model.custom_objects={custom_objects} does not)" if custom_objects else "")
+        )
+    return layers
 
 
 def _application_layers(layers: list[tuple[str, str]]) -> dict[str, Any]:
@@ -235,75 +242,6 @@ def _open_keras3(p: Path, safe_mode: bool, version: str | None, sample: Any) -> 
     return LoadedModel(twin, original, "keras3", note)
 
 
-def model_input_shape(path: str | Path) -> tuple[int | None, ...] | None:
-    """A model file's input shape without its batch axis, read from its config (nothing is
-    deserialized; a bare SavedModel's from its signature); None when the file does not say."""
-    p = Path(path).expanduser()
-    kind, _ = file_format(p)
-    if kind == "saved_model":
-        from runner.models.saved_model import signature_input_shape
-
-        return signature_input_shape(p)  # not loaded: load_pretrained loads it once, after
-    for obj in _objects(_configs(p)):
-        cfg = obj.get("config")
-        if not isinstance(cfg, dict):
-            continue
-        shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
-        if isinstance(shape, list) and len(shape) >= 2:
-            return tuple(None if d is None else int(d) for d in shape[1:])
-    return None
-
-
-def file_format(p: Path) -> tuple[str, str | None]:
-    """(kind, Keras version) of a model file, read from its own metadata.
-
-    Raises:
-        RunnerError: a TFLite file, a weights-only HDF5 file, or something that is no model.
-    """
-    if p.is_dir():
-        if not (p / "saved_model.pb").exists():
-            raise RunnerError(
-                f"{p} is a folder without saved_model.pb; expected a SavedModel folder"
-            )
-        return ("tf_keras", None) if (p / "keras_metadata.pb").exists() else ("saved_model", None)
-    with open(p, "rb") as f:
-        head = f.read(8)
-    if head[4:8] == b"TFL3":
-        raise RunnerError(
-            f"{p} is a TensorFlow Lite flatbuffer (already converted): model.path takes the float "
-            "model it came from (.keras, .h5 or a SavedModel folder); a .tflite file is run with "
-            "runner.api.prediction_label or runner.evaluate.TFLiteModel"
-        )
-    if zipfile.is_zipfile(p):
-        try:
-            with zipfile.ZipFile(p) as z:
-                meta = (
-                    json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
-                )
-        except (zipfile.BadZipFile, ValueError, KeyError) as e:
-            raise RunnerError(f"{p} is not a readable .keras archive ({e})") from None
-        version = str(meta.get("keras_version") or "")
-        return ("keras3" if version.startswith("3") else "tf_keras"), version or None
-    try:
-        import h5py
-
-        with h5py.File(p, "r") as f:
-            version = f.attrs.get("keras_version")
-            version = version.decode() if isinstance(version, bytes) else version
-            has_model = f.attrs.get("model_config") is not None
-    except OSError:
-        raise RunnerError(
-            f"{p} is not a Keras model file (neither a .keras zip, an HDF5 .h5, nor a SavedModel folder)"
-        ) from None
-    if not has_model:
-        raise RunnerError(
-            f"{p} holds weights only (saved with save_weights), no architecture: save the whole "
-            "model with model.save('model.keras') (or .h5) and pass that file"
-        )
-    version = str(version or "")
-    return ("keras3" if version.startswith("3") else "tf_keras"), version or None
-
-
 def _missing_custom_classes(objects: list[dict], kind: str) -> list[str]:
     """Registered (custom) class names the file uses that the loading Keras does not know."""
     if not objects:
@@ -320,26 +258,6 @@ def _missing_custom_classes(objects: list[dict], kind: str) -> list[str]:
         if isinstance(name, str) and ">" in name and known(name) is None:
             missing.append(name)
     return sorted(set(missing))
-
-
-def _objects(obj: Any) -> Iterator[dict]:
-    """Every serialized object (a dict with a string ``class_name``) in a config, depth first."""
-    if isinstance(obj, dict):
-        if isinstance(obj.get("class_name"), str):
-            yield obj
-        for v in obj.values():
-            yield from _objects(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _objects(v)
-
-
-def _name(obj: dict) -> str:
-    """The layer name of a serialized object (its config's, else its own)."""
-    cfg = obj.get("config")
-    if isinstance(cfg, dict):
-        return str(cfg.get("name", obj.get("name", "?")))
-    return str(obj.get("name", "?"))
 
 
 def _import_custom_objects(module: str | None) -> None:
@@ -361,7 +279,7 @@ def _import_custom_objects(module: str | None) -> None:
 def _load_error(p: Path, e: BaseException, custom_objects: str | None) -> str:
     import re
 
-    text = _one_line(e)
+    text = one_line(e)
     m = re.search(r"(?:Could not locate class|Unknown layer:?) '?([A-Za-z_][\w.]*)'?", text)
     if m:
         return (
@@ -375,45 +293,3 @@ def _load_error(p: Path, e: BaseException, custom_objects: str | None) -> str:
 
 def _safe_kw(p: Path, safe_mode: bool) -> dict[str, Any]:
     return {"safe_mode": safe_mode} if p.suffix == ".keras" else {}
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
-def _configs(p: Path) -> list[Any]:
-    """The model config(s) a file holds, read as JSON (nothing is deserialized)."""
-    try:
-        if p.is_dir():
-            return _saved_model_configs(p)
-        if p.suffix == ".keras" or zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as z:
-                return [json.loads(z.read("config.json"))]
-        import h5py
-
-        with h5py.File(p, "r") as f:
-            raw = f.attrs.get("model_config")
-            if raw is None:
-                raise ValueError("no 'model_config' attribute (a weights-only file?)")
-            return [json.loads(raw.decode() if isinstance(raw, bytes) else raw)]
-    except RunnerError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise RunnerError(
-            f"{p} is not a readable Keras model ({type(e).__name__}: {_one_line(e)}); expected a .keras "
-            "zip, an HDF5 .h5 saved with model.save(), or a SavedModel folder"
-        ) from None
-
-
-def _saved_model_configs(p: Path) -> list[dict]:
-    meta = p / "keras_metadata.pb"
-    if not (p / "saved_model.pb").exists():
-        raise ValueError("folder has no saved_model.pb")
-    if not meta.exists():
-        return []
-    from tf_keras.protobuf import saved_metadata_pb2
-
-    proto = saved_metadata_pb2.SavedMetadata()
-    proto.ParseFromString(meta.read_bytes())
-    return [json.loads(node.metadata) for node in proto.nodes if node.metadata]
