@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+MB = 1 << 20  # sizes in MB are MiB, as `ls -lh` shows them
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temp file in the target folder, then rename it over ``path``."""
@@ -72,7 +74,7 @@ def existing_ancestor(path: str | os.PathLike) -> Path:
 
 def free_mb(path: str | os.PathLike) -> float:
     """Free space, in MB, where ``path`` is (or would be created)."""
-    return shutil.disk_usage(existing_ancestor(path)).free / 2**20
+    return shutil.disk_usage(existing_ancestor(path)).free / MB
 
 
 def umask() -> int:

@@ -15,7 +15,7 @@ from runner import report
 from runner.cache import package_versions
 from runner.data import Scaling
 from runner.evaluate import Metrics
-from runner.files import atomic_write_json, sha256_file
+from runner.files import MB, atomic_write_json, sha256_file
 from runner.recipes.base import Artifact
 from runner.scoring import fidelity_warnings
 
@@ -114,7 +114,7 @@ class ResultsTable:
                 artifact=art.name,
                 format=art.format,
                 size_bytes=size,
-                size_mb=size / report.MB,
+                size_mb=size / MB,
                 compression=(self._reference_size / size)
                 if self._reference_size and size
                 else None,

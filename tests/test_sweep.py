@@ -10,7 +10,8 @@ import sys
 import pytest
 from conftest import ROOT, TINY, run_cli
 
-from runner.report import aggregate, pareto_front, write_sweep_report
+from runner.plot import pareto_front
+from runner.report import aggregate, write_sweep_report
 
 FILES = ("comparison.csv", "comparison.md", "comparison.json")
 
