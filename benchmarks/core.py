@@ -37,40 +37,14 @@ def measure(tmp: Path, quick: bool) -> dict:
     result["naive_over_cached"] = sc["naive_over_cached"]
     result["sweep_cost"] = sc
     step("evaluation overhead")
-    from runner.data.digits import load_digits
-
-    # the test split tiled to 2,048 images (16 full batches): long enough to time
-    x = np.resize(load_digits().test.x, (2048, 8, 8, 1))
-    ev = {}
-    for m in sorted((tmp / "cached").glob("*/models")):
-        ev.update(eval_overhead(m, x, 128, 3 if quick else 7))
-    result["evaluation"] = ev
-    result["eval_over_raw_invoke"] = {
-        k: v["eval_per_s"] / v["raw_invoke_per_s"] for k, v in ev.items()
-    }
-    result["eval_over_seed_loop"] = {
-        k: v["eval_per_s"] / v["seed_loop_per_s"] for k, v in ev.items()
-    }
+    result.update(evaluation_overhead(tmp, quick))
     step(
         "model quality on the default data"
         + (", then the Weibo set" if WEIBO.exists() and not quick else "")
     )
     q = {"digits": quality(digits_rows)}
     if WEIBO.exists() and not quick:
-        folder = tmp / "weibo"
-        sh(
-            [
-                "-m",
-                "dataset=fake_news",
-                f"dataset.path={WEIBO}",
-                f"recipe={','.join([*RECIPES, 'auto_int8'])}",
-                "evaluation.latency_samples=200",
-                "evaluation.progress=false",
-                f"cache_dir={tmp / 'cache_w'}",
-                f"hydra.sweep.dir={folder}",
-            ]
-        )
-        weibo_rows = load_rows(folder)
+        weibo_rows = weibo_sweep(tmp)
         q["weibo"] = quality(weibo_rows)
         result["fallback"] = {"weibo_text_cnn": fallback(weibo_rows)}
     step("compression on a CIFAR-shaped ResNet-20 (> 1 MB)")
@@ -91,6 +65,41 @@ def measure(tmp: Path, quick: bool) -> dict:
     step("peak memory of a CIFAR-100-shaped run")
     result["peak_rss_gb"] = peak_memory(tmp, quick)
     return result
+
+
+def evaluation_overhead(tmp: Path, quick: bool) -> dict:
+    """The evaluator's images/s over a raw interpreter loop and a seed-style loop, per file of
+    the cached sweep."""
+    from runner.data.digits import load_digits
+
+    # the test split tiled to 2,048 images (16 full batches): long enough to time
+    x = np.resize(load_digits().test.x, (2048, 8, 8, 1))
+    ev = {}
+    for m in sorted((tmp / "cached").glob("*/models")):
+        ev.update(eval_overhead(m, x, 128, 3 if quick else 7))
+    return {
+        "evaluation": ev,
+        "eval_over_raw_invoke": {k: v["eval_per_s"] / v["raw_invoke_per_s"] for k, v in ev.items()},
+        "eval_over_seed_loop": {k: v["eval_per_s"] / v["seed_loop_per_s"] for k, v in ev.items()},
+    }
+
+
+def weibo_sweep(tmp: Path) -> list[dict]:
+    """Every recipe and auto_int8 on the Weibo rumour set: the sweep's rows."""
+    folder = tmp / "weibo"
+    sh(
+        [
+            "-m",
+            "dataset=fake_news",
+            f"dataset.path={WEIBO}",
+            f"recipe={','.join([*RECIPES, 'auto_int8'])}",
+            "evaluation.latency_samples=200",
+            "evaluation.progress=false",
+            f"cache_dir={tmp / 'cache_w'}",
+            f"hydra.sweep.dir={folder}",
+        ]
+    )
+    return load_rows(folder)
 
 
 def step(what: str) -> None:
