@@ -61,13 +61,15 @@ def measure(tmp: Path, quick: bool) -> dict:
             entry: dict[str, dict] = {}
             float_row = rows.get(path.name, {})
             entry["float"] = {"accuracy": float_row.get("accuracy")}
+            none = rows.get("none.tflite", {})  # the reference: float32, every job's first row
+            entry["none"] = {"agreement": none.get("agreement"), "size_mb": _mb(none)}
             for recipe in RECIPES:
                 r = rows.get(f"{recipe}.tflite", {})
                 entry[recipe] = {
                     "status": r.get("status", "missing"),
                     "agreement": r.get("agreement"),
                     "accuracy": r.get("accuracy"),
-                    "size_mb": (r.get("size_bytes") or 0) / 1e6,
+                    "size_mb": _mb(r),
                     "float_layers": r.get("float_layers"),
                     "note": (r.get("note") or r.get("error") or "")[:300],
                 }
@@ -75,12 +77,16 @@ def measure(tmp: Path, quick: bool) -> dict:
     return {"families": out}
 
 
+def _mb(row: dict) -> float:
+    return (row.get("size_bytes") or 0) / 1e6
+
+
 def render(r: dict) -> None:
     print(
-        "\nfamilies | float acc | full int8 agr / MB | qat agr / MB | auto_int8 agr / MB "
-        "(float layers) |"
+        "\nfamilies | float acc | float32 agr / MB | full int8 agr / MB | qat agr / MB | "
+        "auto_int8 agr / MB (float layers) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for family, e in r.get("families", {}).items():
         cells = []
         for recipe in RECIPES:
@@ -90,5 +96,9 @@ def render(r: dict) -> None:
                 continue
             extra = f" ({v['float_layers']})" if recipe == "auto_int8" else ""
             cells.append(f"{v['agreement']:.3f} / {v['size_mb']:.3f}{extra}")
-        acc = e["float"]["accuracy"]
+        acc, none = e["float"]["accuracy"], e.get("none", {})
+        if none.get("agreement") is not None:
+            cells.insert(0, f"{none['agreement']:.3f} / {none['size_mb']:.3f}")
+        else:
+            cells.insert(0, "-")
         print(f"| {family} | {acc if acc is None else f'{acc:.3f}'} | " + " | ".join(cells) + " |")
