@@ -126,6 +126,8 @@ def test_family_through_the_first_recipes(trained, data, tmp_path, keras, family
         k: r["error"] for k, r in rows.items() if r["status"] != "ok"
     }
     assert rows["none.tflite"]["agreement"] >= 0.999
+    # QAT picks its epoch on the data set's own validation split (x_val), as auto_int8 does
+    assert "200 samples of the data set's validation split" in rows["qat.tflite"]["note"]
     assert rows["float16.tflite"]["agreement"] >= 0.99
     float_acc = rows[path.name]["accuracy"]
     assert float_acc > 0.5, f"the fixture did not learn: {float_acc}"

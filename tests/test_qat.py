@@ -176,6 +176,37 @@ def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
     assert kept_note(kept).startswith("kept epoch 0 of 2 (int8 validation accuracy")
 
 
+def test_the_epoch_judge_and_auto_int8_hold_out_the_data_sets_validation_split_when_it_has_one(
+    tmp_path,
+):
+    # setup: 50 training samples; the same data with a 20-sample validation split of its own
+    from runner.data import Split
+
+    d = load_digits()
+    train_50, val = Split(d.train.x[:50], d.train.y[:50]), Split(d.test.x[:20], d.test.y[:20])
+    without = Dataset("digits", train_50, d.test, 10)
+    shipped = Dataset("digits", train_50, d.test, 10, validation=val)
+    cfg = {"validation_split": 0.2, "seed": 0}
+    # execute
+    fit_a, val_a, where_a = RecipeContext(None, without, Scaling("unit"), tmp_path, cfg).held_out()
+    fit_p, _, where_p = RecipeContext(
+        None, without, Scaling("unit"), tmp_path, cfg, pretrained=True
+    ).held_out()
+    fit_b, val_b, where_b = RecipeContext(None, shipped, Scaling("unit"), tmp_path, cfg).held_out()
+    # assert: without one, 20 % of train is held out (never fitted on) and a pretrained model is
+    # warned about; with one, all of train is fitted on and the shipped split is judged on
+    assert (len(fit_a), len(val_a)) == (40, 10) and "never fitted on" in where_a
+    assert len(fit_p) == 40 and "may have trained on" in where_p
+    assert len(fit_b) == 50 and val_b is val and "data set's validation split" in where_b
+    from runner.recipes.qat import kept_note
+
+    score = {"epoch": 0, "accuracy": 0.5, "agreement": 0.9, "samples": 20}
+    kept = {**score, "start": score, "epochs": 1, "where": where_b}
+    assert kept_note(kept).endswith(
+        "20 samples of the data set's validation split (disjoint from training and test))"
+    )
+
+
 def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):
     result = run(tiny_cfg("recipe=qat", "recipe.calibration_samples=50"), tmp_path)
     rows = {r["artifact"]: r for r in result.rows}

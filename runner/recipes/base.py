@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import Field
 
-from runner.data import Dataset, Scaling, calibration_sample
+from runner.data import Dataset, Scaling, Split, calibration_sample
 from runner.errors import RunnerError
 from runner.schema import Options
 
@@ -96,6 +96,30 @@ class RecipeContext:
     @property
     def run_dir(self) -> Path:
         return self.output_dir or self.models_dir.parent
+
+    def held_out(self) -> tuple[Split, Split | None, str]:
+        """(samples to fit on, samples to judge on, what the judged samples are).
+
+        The data set's own validation split when it ships one (``x_val``/``y_val``: never
+        trained on, even by a pretrained model; all of train is fitted on), else the baseline's
+        validation split of train (``train.validation_split``, same seed: never fitted on by the
+        runner's baseline, but a pretrained model may have trained on it). None to judge on when
+        ``train.validation_split`` is 0.
+        """
+        from runner.train import TrainConfig, split_validation
+
+        if self.dataset.validation is not None and len(self.dataset.validation):
+            where = "the data set's validation split (disjoint from training and test)"
+            return self.dataset.train, self.dataset.validation, where
+        cfg = TrainConfig.from_mapping(self.train_cfg or {})
+        fit, val = split_validation(self.dataset.train, cfg.validation_split, cfg.seed)
+        where = (
+            "the training split's validation part, which a pretrained model may have trained "
+            "on (ship x_val/y_val with dataset=arrays for data it never saw)"
+            if self.pretrained
+            else "the baseline's validation split (never fitted on)"
+        )
+        return fit, val, where
 
 
 class Recipe(Protocol):

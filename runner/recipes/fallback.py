@@ -239,25 +239,13 @@ class AutoInt8Recipe(_DebuggerRecipe):
         (never trained on, even by a pretrained model), else the baseline's validation split
         (never fitted on by the runner's baseline), capped at ``holdout_samples``."""
         from runner.data import subset
-        from runner.train import TrainConfig, split_validation
 
-        if ctx.dataset.validation is not None and len(ctx.dataset.validation):
-            val = ctx.dataset.validation
-            where = "the data set's validation split (disjoint from training and test)"
-        else:
-            cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
-            _, val = split_validation(ctx.dataset.train, cfg.validation_split, cfg.seed)
-            where = (
-                "the training split's validation part, which a pretrained model may have "
-                "trained on (ship x_val/y_val with dataset=arrays for data it never saw)"
-                if ctx.pretrained
-                else "the baseline's validation split (never fitted on)"
+        _, val, where = ctx.held_out()
+        if val is None:
+            log.warning(
+                "auto_int8: train.validation_split is 0, so the budget is checked on training samples"
             )
-            if val is None:
-                log.warning(
-                    "auto_int8: train.validation_split is 0, so the budget is checked on training samples"
-                )
-                val, where = ctx.dataset.train, "the training split (train.validation_split is 0)"
+            val, where = ctx.dataset.train, "the training split (train.validation_split is 0)"
         return subset(val, self.holdout_samples, self.holdout_seed), where
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:

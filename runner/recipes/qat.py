@@ -114,7 +114,7 @@ class QATRecipe(RecipeBase):
         ends below where it started. ``self.kept`` says which epoch, with its scores, and
         ``self.flatbuffer`` is its int8 file.
         """
-        from runner.train import TrainConfig, split_validation
+        from runner.train import TrainConfig
 
         train_cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
         calib = self.calibration(ctx) if calibration is None else calibration
@@ -123,14 +123,16 @@ class QATRecipe(RecipeBase):
             model, self.skip_layers, self.fallback, self.freeze_batch_norm
         )
         calibrate_ranges(qat_model, model, calib)
-        # The baseline's own validation split (same fraction and seed): fitted on by neither.
-        fit_split, val_split = (
-            split_validation(ctx.dataset.train, train_cfg.validation_split, train_cfg.seed)
-            if self.restore_best
-            else (ctx.dataset.train, None)
+        # The data set's validation split, else the baseline's (same fraction and seed)
+        fit_split, val_split, where = (
+            ctx.held_out() if self.restore_best else (ctx.dataset.train, None, "")
         )
         seq, steps, lr = self._compile(qat_model, model, ctx, train_cfg, fit_split)
-        judge = _EpochJudge(self, model, ctx, calib, val_split) if val_split is not None else None
+        judge = (
+            _EpochJudge(self, model, ctx, calib, val_split, where)
+            if val_split is not None
+            else None
+        )
         self.flatbuffer, self.kept = None, None
         seconds = self._fit(qat_model, seq, steps, judge, train_cfg.seed)
         if judge is not None:
@@ -256,11 +258,13 @@ class _EpochJudge:
     """Scores each epoch's real int8 file on the validation split; keeps the best epoch's
     weights and file (see :meth:`QATRecipe.fine_tune`)."""
 
-    def __init__(self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val) -> None:
+    def __init__(
+        self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val, where: str
+    ) -> None:
         from runner.data import subset
         from runner.evaluate import labels_from_outputs, predict_keras
 
-        self.recipe, self.ctx, self.calib = recipe, ctx, calib
+        self.recipe, self.ctx, self.calib, self.where = recipe, ctx, calib, where
         self.val = subset(val, JUDGE_SAMPLES, recipe.calibration_seed)
         self.float_labels = labels_from_outputs(predict_keras(float_model, self.val.x, ctx.scaling))
         self.scores: list[dict[str, Any]] = []
@@ -300,7 +304,12 @@ class _EpochJudge:
     def restore(self, qat_model) -> dict[str, Any]:
         assert self.best is not None and self.best_weights is not None
         qat_model.set_weights(self.best_weights)
-        return {**self.best, "start": self.scores[0], "epochs": len(self.scores) - 1}
+        return {
+            **self.best,
+            "start": self.scores[0],
+            "epochs": len(self.scores) - 1,
+            "where": self.where,
+        }
 
 
 def left_float_note(floats: list[tuple[str, str]], show: int = 6) -> str:
@@ -319,5 +328,6 @@ def kept_note(kept: dict[str, Any]) -> str:
     return (
         f"kept epoch {kept['epoch']} of {kept['epochs']} (int8 validation accuracy "
         f"{start['accuracy']:.4f} at epoch 0 -> {kept['accuracy']:.4f}, agreement "
-        f"{start['agreement']:.4f} -> {kept['agreement']:.4f}, {kept['samples']} samples)"
+        f"{start['agreement']:.4f} -> {kept['agreement']:.4f}, {kept['samples']} samples of "
+        f"{kept.get('where') or 'the validation split'})"
     )
