@@ -84,6 +84,8 @@ def _name(entry: dict) -> str:
 
 
 _NESTED = ("Sequential", "Functional", "Model")
+# The module tag runner.models.tf_keras_graph gives a SeparableConv2D it wants split in two
+SPLIT = "runner.split"
 # Keras 3 operations saved as graph nodes, by arity: two tensors -> a merge layer; a tensor and
 # a number -> Rescaling(scale, offset) (see _affine)
 _MERGE = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply"}
@@ -155,6 +157,8 @@ class _Translator:
             return self.operation(cls, name, args, scope)
         if cls == "LayerScale" and module.startswith("keras.src.applications"):
             return self.layer_scale(entry, args[0], scope)
+        if cls == "SeparableConv2D" and module == SPLIT:
+            return self.separable(entry, args[0], scope)
         key = (scope, name)
         if key not in self.built:
             self.built[key] = self.layer(entry, scope)
@@ -225,6 +229,38 @@ class _Translator:
             ((*scope, name), twin, lambda w: [np.asarray(w[0]).reshape(1, 1, -1, 1)])
         )
         return twin(x)
+
+    def separable(self, entry: dict, x: Any, scope: tuple) -> Any:
+        """A separable convolution as its two halves, a depthwise convolution then a 1x1 one
+        (what the converter writes, and what tfmot quantizes): each half is a layer of its own
+        whose output range is calibrated; the 1x1 half keeps the name, so a BatchNorm after it
+        still folds."""
+        c, name = entry["config"], _name(entry)
+        L = self.tk.layers  # noqa: N806
+        act = _activation_name(c.get("activation")) or "linear"
+        depthwise = L.DepthwiseConv2D(
+            c["kernel_size"],
+            strides=c["strides"],
+            padding=c["padding"],
+            depth_multiplier=c["depth_multiplier"],
+            data_format=c.get("data_format"),
+            dilation_rate=c["dilation_rate"],
+            use_bias=False,
+            name=self.unique(f"{name}_depthwise"),
+        )
+        pointwise = L.Conv2D(
+            c["filters"],
+            1,
+            data_format=c.get("data_format"),
+            activation="linear" if act in _SPELLED else act,
+            use_bias=c["use_bias"],
+            name=self.unique(name),
+        )
+        path = (*scope, name)
+        self.weights.append((path, depthwise, lambda w: [w[0]]))
+        self.weights.append((path, pointwise, lambda w: list(w[1:])))
+        out = pointwise(depthwise(x))
+        return self.spelled(act, self.unique(f"{name}_{act}"))(out) if act in _SPELLED else out
 
     def unique(self, name: str) -> str:
         out, i = name, 1

@@ -8,22 +8,24 @@ from __future__ import annotations
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.models.keras3 import _NESTED, _TENSOR, _rebuild
+from runner.models.keras3 import _NESTED, _TENSOR, SPLIT, _rebuild
+
+# What the rebuild rewrites; a model with none of them is returned as it is
+_REWRITTEN = (*_NESTED, "TFOpLambda", "LayerScale", "SeparableConv2D")
 
 
 def flatten_tf_keras(model: Any) -> Any:
     """A tf_keras model with what tensorflow-model-optimization refuses rewritten, or the model
     itself when it has none: sub-models flattened, ``TFOpLambda`` arithmetic (``x + 3.0``,
     ``x * y``: tf_keras's MobileNetV3, ConvNeXt) as layers, ConvNeXt's ``LayerScale`` as a
-    depthwise 1x1 convolution. The caller checks the outputs match on real inputs.
+    depthwise 1x1 convolution, a ``SeparableConv2D`` (NASNet, Xception) as its depthwise and 1x1
+    halves. The caller checks the outputs match on real inputs.
 
     Raises:
         RunnerError: an operation with no layer twin, named (one line).
     """
     cfg = model.get_config()
-    if not any(
-        e["class_name"] in (*_NESTED, "TFOpLambda", "LayerScale") for e in cfg.get("layers", [])
-    ):
+    if not any(e["class_name"] in _REWRITTEN for e in cfg.get("layers", [])):
         return model
     return _rebuild(model, _from_tf_keras_model(cfg))
 
@@ -69,6 +71,8 @@ def _from_tf_keras(entry: dict) -> dict:
         out.update(module="keras.src.ops.numpy", class_name=_TF_OPS[fn])
     elif cls == "LayerScale":
         out["module"] = "keras.src.applications.convnext"
+    elif cls == "SeparableConv2D":
+        out["module"] = SPLIT
     if cls == "InputLayer":
         return out
     out["inbound_nodes"] = [
