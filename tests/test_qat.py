@@ -207,6 +207,33 @@ def test_the_epoch_judge_and_auto_int8_hold_out_the_data_sets_validation_split_w
     )
 
 
+def test_the_epoch_judge_keeps_a_later_epoch_only_for_a_gain_beyond_noise():
+    from runner.recipes.qat import _EpochJudge
+
+    judge = object.__new__(_EpochJudge)  # the rule alone: no model, no conversion
+    n = 297
+    right, agrees = np.ones(n, bool), np.ones(n, bool)
+    right[:40] = False  # epoch 0: 257 of 297 right, every label the float model's
+    judge.best_hits = (right, agrees)
+
+    def later(fixed: int, broken: int, disagree: int) -> bool:
+        r, a = right.copy(), agrees.copy()
+        r[:fixed] = True
+        r[40 : 40 + broken] = False
+        a[:disagree] = False
+        return judge.beats_best(r, a)
+
+    # +6 right bought with 60 labels away from the float model (seen on MobileNetV2): noise
+    assert not later(fixed=30, broken=24, disagree=60)
+    # +20 right, nothing lost: real
+    assert later(fixed=20, broken=0, disagree=20)
+    # the same accuracy, agreement back from a worse best: real
+    judge.best_hits = (right, np.r_[np.zeros(30, bool), np.ones(n - 30, bool)])
+    assert later(fixed=0, broken=0, disagree=0)
+    # ... but not at a lower accuracy
+    assert not later(fixed=0, broken=1, disagree=0)
+
+
 def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):
     result = run(tiny_cfg("recipe=qat", "recipe.calibration_samples=50"), tmp_path)
     rows = {r["artifact"]: r for r in result.rows}

@@ -24,6 +24,7 @@ from runner.recipes.base import (
     float_layers_text,
 )
 from runner.recipes.debugger import REPORT_COLUMNS, Debugger, summary, write_rows
+from runner.recipes.noise import paired_gain
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
 
 log = logging.getLogger(__name__)
@@ -150,30 +151,6 @@ class SelectiveRecipe(_DebuggerRecipe):
                 ctx, flatbuffer, kept, time.perf_counter() - t0, worst_layer=dbg.rows[0]["layer"]
             )
         ]
-
-
-# A sign test on the samples two candidates label differently: a gain is beyond the holdout's
-# noise when so many more flips go one way that a fair coin would do it less than 2.5% of the time.
-SIGN_TEST_ALPHA = 0.025
-
-
-def paired_gain(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """``other``'s gain over ``base`` (the share of samples it gets right that base does not,
-    minus the reverse) and the noise bound: the least gain a one-sided exact sign test at
-    :data:`SIGN_TEST_ALPHA` would call real, given how many samples changed."""
-    import math
-
-    won, lost = int(np.sum(other & ~base)), int(np.sum(base & ~other))
-    changed, n = won + lost, max(1, len(base))
-    # the fewest wins out of `changed` a fair coin reaches with probability < alpha
-    tail, need = 0.0, changed + 1
-    for w in range(changed, -1, -1):
-        tail += math.comb(changed, w) / 2.0**changed
-        if tail >= SIGN_TEST_ALPHA:
-            break
-        need = w
-    bound = (2 * need - changed) / n if need <= changed else (changed + 1) / n
-    return (won - lost) / n, bound
 
 
 @dataclass

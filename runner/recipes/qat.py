@@ -23,6 +23,7 @@ from runner.errors import RunnerError
 from runner.models.qat_scope import load_scope
 from runner.recipes.base import Artifact, RecipeBase, RecipeContext, RecipeMeta
 from runner.recipes.conversion import ConverterSettings, convert
+from runner.recipes.noise import paired_gain
 from runner.recipes.qat_wrap import calibrate_ranges, qat_ready, quantize_aware
 from runner.schema import Options
 
@@ -108,10 +109,11 @@ class QATRecipe(RecipeBase):
 
         With ``restore_best`` (the default), the int8 file of every epoch, epoch 0 (the
         calibrated QAT model before any step: post-training quantization with QAT's own
-        quantizers) included, is converted and run in LiteRT on the baseline's validation split
-        (never fitted on, never the test split); the epoch with the best accuracy (then
-        agreement with the float model) is kept, the earliest on a tie. So fine-tuning never
-        ends below where it started. ``self.kept`` says which epoch, with its scores, and
+        quantizers) included, is converted and run in LiteRT on held-out samples
+        (:meth:`RecipeContext.held_out`, never the test split); a later epoch replaces the best
+        so far only when it gains accuracy beyond the samples' noise, or agreement with the
+        float model beyond it at no lower accuracy (:func:`runner.recipes.noise.paired_gain`).
+        So fine-tuning never ends below where it started. ``self.kept`` says which epoch, with its scores, and
         ``self.flatbuffer`` is its int8 file.
         """
         from runner.train import TrainConfig
@@ -271,6 +273,7 @@ class _EpochJudge:
         self.best: dict[str, Any] | None = None
         self.best_weights: list | None = None
         self.best_flatbuffer: bytes | None = None
+        self.best_hits: tuple = ()  # the best epoch's per-sample (right, agrees with float)
 
     def score(self, qat_model, epoch: int) -> None:
         import numpy as np
@@ -280,10 +283,11 @@ class _EpochJudge:
         flatbuffer = self.recipe.to_tflite(qat_model, self.ctx, self.calib)
         out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
         labels = labels_from_outputs(out)
+        right, agrees = labels == self.val.y, labels == self.float_labels
         s = {
             "epoch": epoch,
-            "accuracy": float(np.mean(labels == self.val.y)),
-            "agreement": float(np.mean(labels == self.float_labels)),
+            "accuracy": float(np.mean(right)),
+            "agreement": float(np.mean(agrees)),
             "samples": len(self.val),
         }
         self.scores.append(s)
@@ -294,12 +298,21 @@ class _EpochJudge:
             s["agreement"],
             s["samples"],
         )
-        if self.best is None or (s["accuracy"], s["agreement"]) > (
-            self.best["accuracy"],
-            self.best["agreement"],
-        ):
-            self.best, self.best_flatbuffer = s, flatbuffer
+        if self.best is None or self.beats_best(right, agrees):
+            self.best, self.best_flatbuffer, self.best_hits = s, flatbuffer, (right, agrees)
             self.best_weights = qat_model.get_weights()  # copies already
+
+    def beats_best(self, right, agrees) -> bool:
+        """A later epoch replaces the best so far only for a gain beyond the validation split's
+        noise (the sign test auto_int8 uses): in accuracy, or in agreement with the float model
+        at an accuracy no lower. A few samples' worth of accuracy bought with many flipped
+        labels is noise, and the earlier file is kept."""
+        best_right, best_agrees = self.best_hits
+        acc, acc_bound = paired_gain(best_right, right)
+        if acc > 0 and acc >= acc_bound:
+            return True
+        agr, agr_bound = paired_gain(best_agrees, agrees)
+        return acc >= 0 and agr > 0 and agr >= agr_bound
 
     def restore(self, qat_model) -> dict[str, Any]:
         assert self.best is not None and self.best_weights is not None
