@@ -174,9 +174,10 @@ def quantize_aware(
 
 def qat_ready(model, x):
     """``model`` in layers tfmot can wrap: nested sub-models flattened, ``TFOpLambda``
-    arithmetic and ConvNeXt's ``LayerScale`` as layers (the model itself when it has none, or
-    when an operation has no layer twin and nothing is nested: tfmot leaves it float), checked
-    to give the same outputs on ``x`` (model-ready calibration inputs).
+    arithmetic and ConvNeXt's ``LayerScale`` as layers, separable convolutions split (the model
+    itself when it has none, or when an operation has no layer twin and nothing is nested:
+    tfmot leaves it float), checked to give the same outputs on ``x`` (model-ready calibration
+    inputs).
 
     Raises:
         RunnerError: a nested model holding an operation with no layer twin, or a rebuilt model
@@ -201,12 +202,14 @@ def qat_ready(model, x):
     diff = float(np.max(np.abs(want - np.asarray(flat.predict(probe, verbose=0)))))
     if diff > 1e-5 * max(1.0, float(np.max(np.abs(want)))):
         raise RunnerError(
-            f"the model rebuilt for QAT (sub-models flattened, operations as layers) differs "
+            f"the model rebuilt for QAT (sub-models flattened, operations as layers, separable "
+            f"convolutions split) differs "
             f"from it by {diff:.3g} on {len(probe)} calibration inputs; keep it float with "
             "recipe=full_integer, or build it without nested models and tf.* operations"
         )
     log.info(
-        "QAT: %d layers rebuilt as %d (sub-models flattened, operations as layers), "
+        "QAT: %d layers rebuilt as %d (sub-models flattened, operations as layers, separable "
+        "convolutions split), "
         "max |diff| %.2g on %d inputs",
         len(model.layers),
         len(flat.layers),
