@@ -107,7 +107,8 @@ def text_cfg(tmp_path, csv, model, recipe, *extra):
         f"dataset.path={csv}",
         f"model={model}",
         f"recipe={recipe}",
-        f"cache_dir={tmp_path / 'cache'}",
+        # one cache beside the module's data: tests of the same model share its baseline
+        f"cache_dir={csv.parent / 'cache'}",
         "train.epochs=8",
         "train.learning_rate=0.01",
         "train.early_stopping_patience=0",

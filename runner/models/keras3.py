@@ -50,7 +50,7 @@ def translate(model: Any) -> Any:
     return _rebuild(model, model.get_config())
 
 
-def _rebuild(model: Any, cfg: dict) -> Any:
+def _rebuild(model: Any, cfg: dict, translator: type | None = None) -> Any:
     import tf_keras as tk
 
     if type(model).__name__ not in ("Sequential", "Functional", "Model") or "layers" not in cfg:
@@ -60,7 +60,7 @@ def _rebuild(model: Any, cfg: dict) -> Any:
             "keras.Sequential, or pass the SavedModel from model.export(path) (post-training "
             "recipes only)"
         )
-    t = _Translator(tk)
+    t = (translator or _Translator)(tk)
     if type(model).__name__ == "Sequential":
         inp = t.sequential_input(cfg)
         out = t.sequential(cfg, inp, ())
@@ -84,8 +84,6 @@ def _name(entry: dict) -> str:
 
 
 _NESTED = ("Sequential", "Functional", "Model")
-# The module tag runner.models.tf_keras_graph gives a SeparableConv2D it wants split in two
-SPLIT = "runner.split"
 # Keras 3 operations saved as graph nodes, by arity: two tensors -> a merge layer; a tensor and
 # a number -> Rescaling(scale, offset) (see _affine)
 _MERGE = {"Add": "Add", "Subtract": "Subtract", "Multiply": "Multiply"}
@@ -157,8 +155,6 @@ class _Translator:
             return self.operation(cls, name, args, scope)
         if cls == "LayerScale" and module.startswith("keras.src.applications"):
             return self.layer_scale(entry, args[0], scope)
-        if cls == "SeparableConv2D" and module == SPLIT:
-            return self.separable(entry, args[0], scope)
         key = (scope, name)
         if key not in self.built:
             self.built[key] = self.layer(entry, scope)
@@ -229,38 +225,6 @@ class _Translator:
             ((*scope, name), twin, lambda w: [np.asarray(w[0]).reshape(1, 1, -1, 1)])
         )
         return twin(x)
-
-    def separable(self, entry: dict, x: Any, scope: tuple) -> Any:
-        """A separable convolution as its two halves, a depthwise convolution then a 1x1 one
-        (what the converter writes, and what tfmot quantizes): each half is a layer of its own
-        whose output range is calibrated; the 1x1 half keeps the name, so a BatchNorm after it
-        still folds."""
-        c, name = entry["config"], _name(entry)
-        L = self.tk.layers  # noqa: N806
-        act = _activation_name(c.get("activation")) or "linear"
-        depthwise = L.DepthwiseConv2D(
-            c["kernel_size"],
-            strides=c["strides"],
-            padding=c["padding"],
-            depth_multiplier=c["depth_multiplier"],
-            data_format=c.get("data_format"),
-            dilation_rate=c["dilation_rate"],
-            use_bias=False,
-            name=self.unique(f"{name}_depthwise"),
-        )
-        pointwise = L.Conv2D(
-            c["filters"],
-            1,
-            data_format=c.get("data_format"),
-            activation="linear" if act in _SPELLED else act,
-            use_bias=c["use_bias"],
-            name=self.unique(name),
-        )
-        path = (*scope, name)
-        self.weights.append((path, depthwise, lambda w: [w[0]]))
-        self.weights.append((path, pointwise, lambda w: list(w[1:])))
-        out = pointwise(depthwise(x))
-        return self.spelled(act, self.unique(f"{name}_{act}"))(out) if act in _SPELLED else out
 
     def unique(self, name: str) -> str:
         out, i = name, 1

@@ -8,7 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.models.keras3 import _NESTED, _TENSOR, SPLIT, _rebuild
+from runner.models.keras3 import (
+    _NESTED,
+    _SPELLED,
+    _TENSOR,
+    _activation_name,
+    _name,
+    _rebuild,
+    _Translator,
+)
 
 # What the rebuild rewrites; a model with none of them is returned as it is
 _REWRITTEN = (*_NESTED, "TFOpLambda", "LayerScale", "SeparableConv2D")
@@ -27,7 +35,48 @@ def flatten_tf_keras(model: Any) -> Any:
     cfg = model.get_config()
     if not any(e["class_name"] in _REWRITTEN for e in cfg.get("layers", [])):
         return model
-    return _rebuild(model, _from_tf_keras_model(cfg))
+    return _rebuild(model, _from_tf_keras_model(cfg), _QATTranslator)
+
+
+class _QATTranslator(_Translator):
+    """The walker, with separable convolutions split in two for QAT."""
+
+    def call(self, entry: dict, args: list, kwargs: dict, scope: tuple) -> Any:
+        if entry["class_name"] == "SeparableConv2D":
+            return self.separable(entry, args[0], scope)
+        return super().call(entry, args, kwargs, scope)
+
+    def separable(self, entry: dict, x: Any, scope: tuple) -> Any:
+        """A separable convolution as its two halves, a depthwise convolution then a 1x1 one
+        (what the converter writes, and what tfmot quantizes): each half is a layer of its own
+        whose output range is calibrated; the 1x1 half keeps the name, so a BatchNorm after it
+        still folds."""
+        c, name = entry["config"], _name(entry)
+        L = self.tk.layers  # noqa: N806
+        act = _activation_name(c.get("activation")) or "linear"
+        depthwise = L.DepthwiseConv2D(
+            c["kernel_size"],
+            strides=c["strides"],
+            padding=c["padding"],
+            depth_multiplier=c["depth_multiplier"],
+            data_format=c.get("data_format"),
+            dilation_rate=c["dilation_rate"],
+            use_bias=False,
+            name=self.unique(f"{name}_depthwise"),
+        )
+        pointwise = L.Conv2D(
+            c["filters"],
+            1,
+            data_format=c.get("data_format"),
+            activation="linear" if act in _SPELLED else act,
+            use_bias=c["use_bias"],
+            name=self.unique(name),
+        )
+        path = (*scope, name)
+        self.weights.append((path, depthwise, lambda w: [w[0]]))
+        self.weights.append((path, pointwise, lambda w: list(w[1:])))
+        out = pointwise(depthwise(x))
+        return self.spelled(act, self.unique(f"{name}_{act}"))(out) if act in _SPELLED else out
 
 
 # tf_keras's TFOpLambda functions that are arithmetic, as the Keras 3 operation they equal
@@ -71,8 +120,6 @@ def _from_tf_keras(entry: dict) -> dict:
         out.update(module="keras.src.ops.numpy", class_name=_TF_OPS[fn])
     elif cls == "LayerScale":
         out["module"] = "keras.src.applications.convnext"
-    elif cls == "SeparableConv2D":
-        out["module"] = SPLIT
     if cls == "InputLayer":
         return out
     out["inbound_nodes"] = [
