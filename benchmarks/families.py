@@ -27,7 +27,7 @@ def _fixtures():
 def measure(tmp: Path, quick: bool) -> dict:
     af = _fixtures()
     cases = (
-        [("3", "vit"), ("3", "convnext_tiny"), ("2", "densenet121")]
+        [("3", "vit"), ("2", "densenet121")]
         if quick
         else [(k, f) for k in ("3", "2") for f in af.FAMILIES]
     )
