@@ -36,12 +36,6 @@ TINY = [
 ]
 
 
-def pytest_xdist_auto_num_workers(config) -> int:
-    """``-n auto``: one worker more than the cores (at most 4): a worker waits on subprocesses and
-    single-threaded conversions often enough that two workers leave a third of 2 cores idle."""
-    return min(4, (os.cpu_count() or 1) + 1)
-
-
 def compose_config(*overrides: str) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
