@@ -90,6 +90,10 @@ def plan_annotation(
             plan[layer.name] = None
         elif cls == "Conv1D":
             plan[layer.name] = conv1d()
+        elif cls in _OUTPUT_ONLY and "InputLayer" in _inbound_classes(layer):
+            # it reads the raw model input (features of very different scales): quantizing it
+            # would put an int8 quantizer on that input; it stays float (qat_mixed keeps it so)
+            floats.append((layer.name, cls))
         elif cls in _OUTPUT_ONLY or (cls == "Activation" and not _tfmot_activation(layer)):
             plan[layer.name] = output_only_config()
         elif cls in _SAME_SCALE:
@@ -135,7 +139,10 @@ def quantize_aware(
 
     tfmot = tfmot_module()
     plan, floats = plan_annotation(model, skip_layers)
-    unexpected = [(n, c) for n, c in floats if n not in skip_layers and c not in ("Embedding",)]
+    # an Embedding, and a normalization reading the raw input, stay float by design
+    unexpected = [
+        (n, c) for n, c in floats if n not in skip_layers and c not in ("Embedding", *_OUTPUT_ONLY)
+    ]
     if unexpected and not fallback:
         name, cls = unexpected[0]
         raise RunnerError(
