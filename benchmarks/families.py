@@ -26,11 +26,7 @@ def _fixtures():
 
 def measure(tmp: Path, quick: bool) -> dict:
     af = _fixtures()
-    cases = (
-        [("3", "vit"), ("2", "densenet121")]
-        if quick
-        else [(k, f) for k in ("3", "2") for f in af.FAMILIES]
-    )
+    cases = af.CI_SUBSET if quick else [(k, f) for k in ("3", "2") for f in af.FAMILIES]
     data = af.write_digits32(tmp / "digits32.npz", n_train=1100, n_val=297)
     out: dict[str, dict] = {}
     for keras in ("3", "2"):

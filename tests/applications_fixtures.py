@@ -40,6 +40,12 @@ FAMILIES = [
 ]
 # families that scale their own pixels (a Rescaling/Normalization first): they take 0..255, the
 # rest take pixels / 255 (the runner's model.input_scaling none / unit)
+# (Keras, family) pairs the default suite (tests/test_applications.py) and `--quick` benchmark run
+# the recipes on: attention, LayerNorm and Keras 3 operations (vit); BatchNorm after a
+# concatenation and average pooling (densenet). The other constructs (nested models, LayerScale,
+# hard-swish, separable convolutions) are checked by the exact-load test, and through every recipe
+# by RUNNER_ALL_FAMILIES=1 and the full benchmark.
+CI_SUBSET = [("3", "vit"), ("2", "densenet121")]
 RAW_PIXELS = {"mobilenet_v3_small", "efficientnet_b0", "efficientnet_v2_b0", "convnext_tiny"}
 
 

@@ -16,23 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from applications_fixtures import FAMILIES, input_scaling, make, write_digits32
+from applications_fixtures import CI_SUBSET, FAMILIES, input_scaling, make, write_digits32
 from conftest import compose_config
 
 from runner.models.loading import open_model
 from runner.models.tf_keras_graph import flatten_tf_keras
 from runner.pipeline import run
 
-# (Keras, family) pairs the default suite runs the recipes on: attention, LayerNorm and Keras 3
-# operations (vit); BatchNorm after a concatenation and average pooling (densenet). The other
-# constructs (nested models, LayerScale, hard-swish, separable convolutions) are checked by the
-# exact-load test here, and through every recipe by RUNNER_ALL_FAMILIES=1 and the benchmark
-# (MobileNetV3's hard-swish and squeeze-excite are checked by the exact-load test here; its
-# recipes take 6 min, so they run with RUNNER_ALL_FAMILIES=1 and in the benchmark)
-CI_SUBSET = [
-    ("3", "vit"),
-    ("2", "densenet121"),
-]
 ALL = os.environ.get("RUNNER_ALL_FAMILIES") == "1"
 RECIPE_CASES = [(k, f) for k in ("3", "2") for f in FAMILIES] if ALL else CI_SUBSET
 
