@@ -101,6 +101,13 @@ def test_a_normalization_reading_the_raw_input_stays_float():
     assert floats == [("norm", "Normalization")]
     names = {layer.name for layer in qat.layers}
     assert "quant_norm" not in names and "quant_hidden" in names
+    # the row's note says what became of it: calibrated by qat's export, float in qat_mixed's
+    from runner.recipes.qat import left_float_note
+
+    assert left_float_note(floats).endswith("calibrated at export: norm (Normalization)")
+    assert left_float_note(floats, calibrated=False).endswith(
+        "float in the file: norm (Normalization)"
+    )
 
 
 def test_fine_tuning_runs_the_requested_steps_on_a_tiny_dataset(tmp_path):

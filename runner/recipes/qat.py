@@ -113,8 +113,8 @@ class QATRecipe(RecipeBase):
         (:meth:`RecipeContext.held_out`, never the test split); a later epoch replaces the best
         so far only when it gains accuracy beyond the samples' noise, or agreement with the
         float model beyond it at no lower accuracy (:func:`runner.recipes.noise.paired_gain`).
-        So fine-tuning never ends below where it started. ``self.kept`` says which epoch, with its scores, and
-        ``self.flatbuffer`` is its int8 file.
+        So fine-tuning never ends below where it started. ``self.kept`` says which epoch, with
+        its scores, and ``self.flatbuffer`` is its int8 file.
         """
         from runner.train import TrainConfig
 
@@ -227,7 +227,7 @@ class QATRecipe(RecipeBase):
         convert_seconds = time.perf_counter() - t0
         note = kept_note(self.kept) if self.kept else f"kept epoch {self.epochs} (the last)"
         if self.left_float:
-            note += "; " + left_float_note(self.left_float)
+            note += "; " + left_float_note(self.left_float, self.options.representative_dataset)
         tfl = self.write_tflite(ctx, flatbuffer, convert_seconds, train_seconds=seconds, note=note)
 
         def save(tmp: str) -> None:
@@ -325,14 +325,13 @@ class _EpochJudge:
         }
 
 
-def left_float_note(floats: list[tuple[str, str]], show: int = 6) -> str:
-    """The layers QAT fine-tuned without fake quantization (the export calibrates them)."""
+def left_float_note(floats: list[tuple[str, str]], calibrated: bool = True, show: int = 6) -> str:
+    """The layers QAT fine-tuned without fake quantization: the export calibrates them
+    (``qat``), or, with no calibration data (``qat_mixed``), they stay float in the file."""
     named = ", ".join(f"{n} ({c})" for n, c in floats[:show])
     more = f" and {len(floats) - show} more" if len(floats) > show else ""
-    return (
-        f"{len(floats)} layer(s) fine-tuned without fake quantization, calibrated at export: "
-        f"{named}{more}"
-    )
+    fate = "calibrated at export" if calibrated else "float in the file"
+    return f"{len(floats)} layer(s) fine-tuned without fake quantization, {fate}: {named}{more}"
 
 
 def kept_note(kept: dict[str, Any]) -> str:
