@@ -46,6 +46,13 @@ def seed_model(tmp_path_factory):
     return folder, csv, list(test.text), model
 
 
+@pytest.fixture(scope="module")
+def float16_file(seed_model, tmp_path_factory):
+    """The seed task's file: quantize_model's default recipe (float16) on the seed model."""
+    folder = seed_model[0]
+    return quantize_model(folder / "model.h5", tmp_path_factory.mktemp("f16") / "q.tflite")
+
+
 def keras_labels(model, texts, folder):
     vocab = Vocabulary.load(folder / "word_index.json")
     return (
@@ -55,9 +62,9 @@ def keras_labels(model, texts, folder):
     )
 
 
-def test_api_float16_under_4mb_and_predictions_equal_keras(seed_model, tmp_path, monkeypatch):
+def test_api_float16_under_4mb_and_predictions_equal_keras(seed_model, float16_file, monkeypatch):
     folder, _, test_texts, model = seed_model
-    out = quantize_model(folder / "model.h5", tmp_path / "q.tflite")
+    out = float16_file
     assert out.stat().st_size < 4 * 1024 * 1024
     assert TFLiteModel(out).input_dtype == np.float32  # the seed model's own input type is kept
     # the seed's two-argument call: word_index.json from the working directory
@@ -70,9 +77,10 @@ def test_api_float16_under_4mb_and_predictions_equal_keras(seed_model, tmp_path,
     assert predict_labels(test_texts[:3], out, folder / "word_index.json") == got[:3]
 
 
-def test_api_raw_chinese_is_segmented_like_the_training_text(seed_model, tmp_path):
+def test_api_raw_chinese_is_segmented_like_the_training_text(seed_model, float16_file, tmp_path):
     folder, _, test_texts, _ = seed_model
-    out = quantize_model(folder / "model.h5", tmp_path / "q.tflite")
+    out = tmp_path / "q.tflite"  # beside its own word_index.json (the seed's two-argument call)
+    out.write_bytes(float16_file.read_bytes())
     (tmp_path / "word_index.json").write_text((folder / "word_index.json").read_text())
     raw = test_texts[0].replace(" ", "")
     assert prediction_label(raw, out) == prediction_label(test_texts[0], out)
@@ -92,9 +100,9 @@ def test_api_full_integer_with_calibration_runs_and_agrees(seed_model, tmp_path)
         quantize_model(folder / "model.h5", tmp_path / "x.tflite", recipe="full_integer")
 
 
-def test_api_errors_are_clear(seed_model, tmp_path):
+def test_api_errors_are_clear(seed_model, float16_file, tmp_path):
     folder, _, _, _ = seed_model
-    out = quantize_model(folder / "model.h5", tmp_path / "q.tflite", recipe="dynamic_range")
+    out = float16_file
     with pytest.raises(RunnerError, match="does not exist"):
         quantize_model(tmp_path / "missing.h5", tmp_path / "x.tflite")
     with pytest.raises(RunnerError, match="empty"):

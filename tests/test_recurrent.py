@@ -7,8 +7,6 @@ Keras (the unrolled graph does not).
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -19,7 +17,6 @@ from runner.data import Scaling
 from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
 from runner.evaluate import TFLiteModel, labels_from_outputs, output_fidelity
-from runner.pipeline import run
 from runner.recipes.conversion import ConverterOptions, convert_checked
 from runner.recipes.recurrent import unrolled
 
@@ -164,35 +161,7 @@ def test_quantize_model_refuses_to_write_a_drifting_float_file(seed_style, tmp_p
 
 
 # --------------------------------------------------------------------------- the runner
-def test_runner_records_the_route_and_scores_output_fidelity(tmp_path):
-    # setup: the runner's own text LSTM on the keyword fixture
-    csv = write_text_csv(tmp_path / "news.csv", n=300)
-    cfg = compose_config(
-        "dataset=fake_news",
-        f"dataset.path={csv}",
-        "model=text_lstm",
-        "model.units=16",
-        "recipe=float16",
-        f"cache_dir={tmp_path / 'cache'}",
-        "train.epochs=4",
-        "evaluation.latency_samples=2",
-        "evaluation.progress=false",
-    )
-    # execute
-    result = run(cfg, tmp_path / "run")
-    # assert
-    rows = {r["artifact"]: r for r in result.rows}
-    assert result.ok, rows
-    for name in ("none.tflite", "float16.tflite"):
-        assert rows[name]["route"] in ("fused", "unrolled")
-        assert rows[name]["agreement"] >= 0.995
-    assert rows["none.tflite"]["output_sqnr_db"] > rows["float16.tflite"]["output_sqnr_db"] > 30
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    route = saved["conversion_routes"]["float16.tflite"]
-    assert route["route"] == rows["float16.tflite"]["route"] and route["reason"]
-    assert all(t["output_sqnr_db"] is not None for t in route["trials"])
-
-
+# (a run records the route and scores output fidelity: tests/test_text.py, text_lstm float16)
 def test_the_route_is_a_conversion_choice_not_a_new_baseline():
     from runner.baseline import baseline_spec
     from runner.cache import cache_key

@@ -79,12 +79,12 @@ def test_parallel_launchers_share_one_baseline_training(tmp_path, launcher):
     extra = (
         ["hydra.launcher.n_jobs=2"] if "joblib" in launcher else ["hydra.launcher.timeout_min=15"]
     )
-    p, sweep_dir = sweep(tmp_path, launcher, *extra, "recipe=dynamic_range,float16,full_integer")
+    p, sweep_dir = sweep(tmp_path, launcher, *extra, "recipe=dynamic_range,float16")
     assert p.returncode == 0, p.stderr[-3000:]
     rows = table(sweep_dir)
-    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
-    # concurrent jobs waited on the cache lock: exactly one of them trained
-    assert sorted(r["baseline_cache"] for r in recipe_rows(rows)) == ["hit", "hit", "miss"]
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    # two concurrent jobs waited on the cache lock: exactly one of them trained
+    assert sorted(r["baseline_cache"] for r in recipe_rows(rows)) == ["hit", "miss"]
 
 
 @pytest.mark.slow
