@@ -374,6 +374,11 @@ def test_symlinks_are_followed_once_and_never_count_an_image_twice(tmp_path, cap
     os.symlink(root / "train" / "red" / "0.png", root / "test" / "red" / "leak.png")
     with pytest.raises(RunnerError, match="are the same file.*one class and one split"):
         load(root, tmp_path / "cache")
+    # the same with a hard link (one inode under two names)
+    os.remove(root / "test" / "red" / "leak.png")
+    os.link(root / "train" / "red" / "0.png", root / "test" / "red" / "leak.png")
+    with pytest.raises(RunnerError, match=r"train/red/0.png and test/red/leak.png are the same"):
+        load(root, tmp_path / "cache")
     # a class folder that is a link to another class
     one = folder(tmp_path / "one", 3, layout="one")
     os.symlink(one / "blue", one / "teal")
