@@ -72,17 +72,15 @@ def list_images(root: Path, test_fraction: float, split_seed: int) -> Listing:
         order = np.concatenate([tr, te])
         files = [all_files[i] for i in order]
         labels, n_train, layout = all_labels[order], len(tr), "one tree"
-    stats, seen = [], {}
-    for f in files:
-        st = os.stat(root / f)
-        stats.append((st.st_size, st.st_mtime_ns))
-        first = seen.setdefault((st.st_dev, st.st_ino), f)  # one file under two names
-        if first != f:
-            raise RunnerError(
-                f"{root}: {first} and {f} are the same file (a symlink or hard link); an image "
-                "may be in one class and one split only, or the test score counts images the "
-                "model trained on"
-            )
+    file_stats = [os.stat(root / f) for f in files]
+    dup = _first_repeat(files, file_stats)
+    if dup:
+        raise RunnerError(
+            f"{root}: {dup[0]} and {dup[1]} are the same file (a symlink or hard link); an image "
+            "may be in one class and one split only, or the test score counts images the model "
+            "trained on"
+        )
+    stats = [(st.st_size, st.st_mtime_ns) for st in file_stats]
     return Listing(root.resolve(), files, labels, n_train, tuple(names), layout, stats)
 
 
@@ -99,11 +97,11 @@ def _class_files(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
             + ": put each class's images in a subfolder named after the class, "
             "e.g. DIR/cat/1.jpg, DIR/dog/2.jpg"
         )
-    same = _first_repeat(folder, classes)
+    same = _first_repeat(classes, [os.stat(folder / c) for c in classes])
     if same:
         raise RunnerError(
             f"{folder}: class folders {same[0]!r} and {same[1]!r} are the same folder (a "
-            "symlink): each class needs its own images"
+            "symlink or bind mount): each class needs its own images"
         )
     files: list[str] = []
     labels: list[int] = []
@@ -122,15 +120,20 @@ def _class_files(folder: Path) -> tuple[list[str], list[str], np.ndarray]:
     return classes, files, np.asarray(labels, np.int64)
 
 
-def _first_repeat(root: Path, names: list[str]) -> tuple[str, str] | None:
-    """The first two of ``names`` (relative to ``root``) that are one real file or folder."""
-    seen: dict[str, str] = {}
-    for name in names:
-        real = os.path.realpath(root / name)
-        if real in seen:
-            return seen[real], name
-        seen[real] = name
+def _first_repeat(names: list[str], stats: list[os.stat_result]) -> tuple[str, str] | None:
+    """The first two of ``names`` that are one file or folder (same device and inode: a symlink,
+    a hard link or a bind mount), by the ``os.stat`` of each."""
+    seen: dict[tuple[int, int], str] = {}
+    for name, st in zip(names, stats, strict=True):
+        first = seen.setdefault(_identity(st), name)
+        if first != name:
+            return first, name
     return None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """What makes two paths one file or folder."""
+    return st.st_dev, st.st_ino
 
 
 def _images_under(folder: Path, cls: str) -> list[str]:
@@ -140,18 +143,19 @@ def _images_under(folder: Path, cls: str) -> list[str]:
     One ``scandir`` per folder; only a symlink costs a ``stat`` (a 10,000-image listing is most
     of a decode-cache hit)."""
     out: list[str] = []
-    seen_dirs: set[str] = set()
+    seen: set[tuple[int, int]] = set()
     stack = [(os.path.join(folder, cls), cls)]
     while stack:
         path, rel = stack.pop()
-        real = os.path.realpath(path)
-        if real in seen_dirs:
-            continue  # a symlink loop, or a folder reached twice: walked once
-        seen_dirs.add(real)
         try:
+            folder_id = _identity(os.stat(path))
+            if folder_id in seen:
+                continue  # a symlink loop, or a folder reached twice: walked once
+            seen.add(folder_id)
             entries = list(os.scandir(path))
-        except OSError:
-            continue  # unreadable folder: skipped, as os.walk does
+        except OSError as e:
+            log.warning("skipping %s: it cannot be read (%s)", path, e.strerror)
+            continue
         for e in entries:
             if e.is_dir():  # follows a symlinked folder
                 stack.append((e.path, f"{rel}/{e.name}"))
