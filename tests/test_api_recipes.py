@@ -81,9 +81,8 @@ def test_the_api_writes_the_runners_file_byte_for_byte(runner_rows, recipe, tmp_
 
 
 def test_every_recipe_in_conf_works_from_python(runner_rows, tmp_path):
-    # setup: the float model's accuracy and the float32 file's size are the references
+    # setup: the float32 file's accuracy and size (recipe none) are the references
     r = runner_rows
-    float_acc = _accuracy(r["float"].parent / "none.tflite", r["test_x"], r["test_y"])
     sizes, accs, kinds = {}, {}, {}
     # execute: every recipe the command line has, with the QAT runs kept short (a deterministic
     # recipe's API file is the runner's, byte for byte: the test above; it is not written twice)
@@ -98,7 +97,10 @@ def test_every_recipe_in_conf_works_from_python(runner_rows, tmp_path):
         accs[recipe] = _accuracy(out, r["test_x"], r["test_y"])
         kinds[recipe] = TFLiteModel(out).input_dtype
     # assert: each file is what its recipe is, and none lost the model
-    none = sizes["none"]  # ~42 KB, of which ~10 KB is not weights: ratios below the ideal
+    float_acc, none = (
+        accs["none"],
+        sizes["none"],
+    )  # ~42 KB, of which ~10 KB is not weights: ratios below the ideal
     assert 1.6 < none / sizes["float16"] < 2.1, sizes
     assert none / sizes["dynamic_range"] > 2.2 and none / sizes["full_integer"] > 2.2, sizes
     assert sizes["int4_weight_only"] < sizes["int8_weight_only"] < none
@@ -114,9 +116,7 @@ def test_every_recipe_in_conf_works_from_python(runner_rows, tmp_path):
 
 def test_qat_from_python_fine_tunes_and_is_not_plain_ptq(runner_rows, tmp_path):
     r = runner_rows
-    ptq = quantize_model(
-        r["float"], tmp_path / "ptq.tflite", "full_integer", calibration=r["x"], labels=r["y"]
-    )
+    ptq = r["files"]["full_integer"]  # the API's full_integer file, byte for byte (test above)
     qat = quantize_model(
         r["float"],
         tmp_path / "qat.tflite",
@@ -127,7 +127,7 @@ def test_qat_from_python_fine_tunes_and_is_not_plain_ptq(runner_rows, tmp_path):
         steps_per_epoch=5,
         restore_best=False,  # the fine-tuned epoch, not epoch 0 (which may equal PTQ)
     )
-    assert qat.read_bytes() != ptq.read_bytes()
+    assert qat.read_bytes() != ptq
     assert TFLiteModel(qat).input_dtype == np.int8
 
 
