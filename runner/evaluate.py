@@ -19,6 +19,7 @@ from pydantic import Field
 
 from runner.data import Scaling
 from runner.errors import RunnerError
+from runner.fidelity import MAX_SQNR_DB, labels_from_outputs, output_fidelity  # noqa: F401
 from runner.schema import Options
 
 log = logging.getLogger(__name__)
@@ -68,36 +69,6 @@ class Metrics:
 
 
 # --------------------------------------------------------------------------- scoring
-def labels_from_outputs(out: np.ndarray) -> np.ndarray:
-    """Predicted labels from a sigmoid (one unit, threshold 0.5) or softmax/logit head."""
-    out = np.asarray(out)
-    if out.ndim == 1 or out.shape[-1] == 1:
-        return (out.reshape(-1) > 0.5).astype(np.int64)
-    return np.argmax(out, axis=-1).astype(np.int64)
-
-
-# SQNR is capped here: no measurable noise (a bit-exact file) reads as this many dB.
-MAX_SQNR_DB = 150.0
-
-
-def output_fidelity(reference: np.ndarray, out: np.ndarray) -> tuple[float, float]:
-    """(SQNR in dB, max |difference|) of ``out`` against ``reference`` outputs.
-
-    SQNR = 10 log10(sum(ref^2) / sum((ref - out)^2)), over every output value: float32
-    conversions sit near 100 dB, float16 near 60-80 dB, int8 near 20-40 dB; a drifting
-    conversion falls far below its kind.
-    """
-    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
-    got = np.asarray(out, np.float64).reshape(len(out), -1)
-    if ref.shape != got.shape:
-        raise ValueError(f"output shape {got.shape} differs from the float model's {ref.shape}")
-    noise = float(np.sum((ref - got) ** 2))
-    signal = float(np.sum(ref**2))
-    floor = signal * 10 ** (-MAX_SQNR_DB / 10)
-    sqnr = MAX_SQNR_DB if noise <= floor else 10 * np.log10(signal / noise)
-    return float(min(sqnr, MAX_SQNR_DB)), float(np.max(np.abs(ref - got))) if ref.size else 0.0
-
-
 def top_k_accuracy(out: np.ndarray, y: np.ndarray, k: int) -> float:
     top = np.argpartition(-out, kth=min(k, out.shape[-1]) - 1, axis=-1)[:, :k]
     return float(np.mean(np.any(top == y[:, None], axis=1)))

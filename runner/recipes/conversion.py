@@ -16,17 +16,13 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import Field
 
+from runner import fidelity
 from runner.errors import RunnerError, summarize_error
 from runner.models.meta import ROUTES
 from runner.recipes.recurrent import has_recurrent, unrolled, with_fixed_batch
 from runner.schema import Options
 
 log = logging.getLogger(__name__)
-
-# A float (unquantized) file below this output SQNR against Keras is not faithful (warned about;
-# quantize_model refuses to write it): float32 conversions measure 90-130 dB and float16 80-85 dB
-# on trained models here (42 dB on the saturated x5 test fixture); drifting fused LSTMs 0-25 dB.
-FLOAT_FIDELITY_DB = 30.0
 
 DType = Literal["float32", "float16", "int8", "uint8", "int16"]
 _TYPES = get_args(DType)
@@ -199,6 +195,7 @@ class RouteTrial:
     output_sqnr_db: float | None = None
     output_max_abs_error: float | None = None
     agreement: float | None = None
+    faithful: bool | None = None  # the float-conversion rule (runner.fidelity), when measured
     error: str | None = None
 
     def describe(self) -> str:
@@ -233,13 +230,14 @@ def measure_fidelity(
     """Run ``flatbuffer`` in LiteRT on model-ready ``probe`` inputs and compare with Keras
     (``reference``: the Keras model's outputs on ``probe``, when already computed)."""
     from runner.data import Scaling
-    from runner.evaluate import TFLiteModel, labels_from_outputs, output_fidelity
+    from runner.evaluate import TFLiteModel
 
     ref = np.asarray(model(probe, training=False)) if reference is None else reference
     out = TFLiteModel(content=flatbuffer).predict(probe, Scaling("none"), batch_size=len(probe))
-    sqnr, max_err = output_fidelity(ref, out)
-    agreement = float(np.mean(labels_from_outputs(ref) == labels_from_outputs(out)))
-    return RouteTrial("", len(flatbuffer), sqnr, max_err, agreement)
+    f = fidelity.compare(ref, out)
+    return RouteTrial(
+        "", len(flatbuffer), f.output_sqnr_db, f.output_max_abs_error, f.agreement, f.faithful
+    )
 
 
 def convert_checked(
@@ -299,7 +297,7 @@ def convert_checked(
         raise first_error
     chosen, why = _choose(recurrent, trials, files, len(probe) if probe is not None else 0)
     reason = f"{chosen.route}: {why} ({'; '.join(t.describe() for t in trials)})"
-    if not quantized and chosen.output_sqnr_db is not None and not _faithful(chosen):
+    if not quantized and chosen.faithful is False:
         log.warning("no conversion route is faithful to the Keras model: %s", reason)
     log.info("recurrent route %s", reason)
     return Conversion(files[chosen.route], chosen.route, reason, tuple(trials))
@@ -329,14 +327,6 @@ def _choose(
     return (
         fused,
         f"as faithful as the unrolled graph on {n} real inputs (within {ROUTE_MARGIN_DB:g} dB), and smaller",
-    )
-
-
-def _faithful(trial: RouteTrial) -> bool:
-    return (
-        trial.output_sqnr_db is not None
-        and trial.output_sqnr_db >= FLOAT_FIDELITY_DB
-        and (trial.agreement or 0.0) >= 0.995
     )
 
 
