@@ -20,5 +20,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     from runner.cli import guarded
+    from runner.config import register_bases
 
+    register_bases()  # the schemas' nodes that conf/*.yaml extend (Hydra carries them to jobs)
     guarded(main)

@@ -14,16 +14,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner import cache
-from runner.config import plugin
+from runner.config import plugin, schema_of
 from runner.data import Dataset, Scaling, check_dataset
-from runner.schema import call
+from runner.schema import call, tagged
 
 log = logging.getLogger(__name__)
 
-# Dataset keys that do not change the trained model, left out of the baseline cache key.
-NOT_IN_CACHE_KEY = ("test_size",)
-# Model keys that only change how the trained model is converted, likewise.
-MODEL_NOT_IN_CACHE_KEY = ("recurrent", "convert_batch_size")
 # Part of every baseline cache key: bumped when a loader yields other data for the same config
 # (2: the runner's own stratified split replaced scikit-learn's), so stale entries are not reused.
 DATA_VERSION = 2
@@ -50,43 +46,35 @@ def build_model(node: DictConfig | Mapping[str, Any]) -> Callable[..., Any]:
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
-    """The data set of ``cfg.dataset``. With ``model=pretrained``, a loader's unset
-    ``image_size`` / ``color_mode`` are taken from the model's input shape."""
-    node = cfg.dataset
-    if not cfg.model.get("needs_training", True) and (
-        node.get("image_size", 0) is None or node.get("color_mode", "") is None
-    ):
+    """The data set of ``cfg.dataset``. With ``model=pretrained``, a loader that names a
+    ``model_input_shape`` parameter receives the model file's input shape (an image folder
+    takes its unset image size and colour mode from it)."""
+    runtime: dict[str, Any] = {}
+    if not cfg.model.get("needs_training", True):
         from runner.models.model_file import model_input_shape
 
-        shape = model_input_shape(cfg.model.path)
-        node = node.copy()
-        if shape is not None and len(shape) == 3:  # (height, width, channels)
-            if node.get("image_size", 0) is None and None not in shape[:2]:
-                node.image_size = [int(shape[0]), int(shape[1])]
-            if node.get("color_mode", "") is None:
-                node.color_mode = "grayscale" if shape[2] == 1 else "rgb"
-    p = plugin("dataset", node)
-    data = call(p.target, p.options, name=p.meta.name)
+        runtime["model_input_shape"] = model_input_shape(cfg.model.path)
+    p = plugin("dataset", cfg.dataset)
+    data = call(p.target, p.options, name=p.meta.name, **runtime)
     odd = check_dataset(data)  # raises on data no table can be made from
     return dataclasses.replace(data, warnings=(*data.warnings, *odd)) if odd else data
+
+
+def _trained_by(group: str, node: DictConfig) -> dict[str, Any]:
+    """``node``'s keys that change the trained model (its schema tags the others
+    ``trains=False``: a test subset, how the model is converted)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    keep = set(tagged(schema_of(group, values), "trains"))
+    return {k: v for k, v in values.items() if k in keep or k.startswith("_")}
 
 
 def baseline_spec(cfg: DictConfig, data: Dataset | None = None) -> dict[str, Any]:
     """What a trained baseline depends on: the configs, the seed, and (for a user's folder or
     file) the data's own content key, so changed files are never served an old model."""
     spec: dict[str, Any] = {"data_source": data.source_key} if data and data.source_key else {}
-    dataset = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
-        if k not in NOT_IN_CACHE_KEY
-    }
     return spec | {
-        "dataset": dataset,
-        "model": {
-            k: v
-            for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-            if k not in MODEL_NOT_IN_CACHE_KEY
-        },
+        "dataset": _trained_by("dataset", cfg.dataset),
+        "model": _trained_by("model", cfg.model),
         "train": OmegaConf.to_container(cfg.train, resolve=True),
         "seed": cfg.seed,
         "data_version": DATA_VERSION,

@@ -15,6 +15,7 @@ module keeps its TensorFlow imports inside its functions).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,7 +28,7 @@ from runner.errors import RunnerError
 from runner.evaluate import EvalConfig
 from runner.models.meta import ModelMeta
 from runner.recipes.base import RecipeMeta
-from runner.schema import Options, combined, options_of, parse, resolve
+from runner.schema import Options, combined, config_node, options_of, parse, resolve
 from runner.schema import problems as schema_problems
 from runner.tracking import LoggerOptions
 from runner.train import TrainConfig
@@ -44,6 +45,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_bases()
     gh = GlobalHydra.instance()
     saved = gh.hydra if gh.is_initialized() else None
     gh.clear()
@@ -110,6 +112,48 @@ def schema_of(group: str, node: Mapping[str, Any]) -> type[Options]:
     if not isinstance(target, str) or not target:
         raise RunnerError(f"{group}._target_={target}: expected package.module.name")
     return combined(GROUP_META[group], options_of(resolve(target), target))
+
+
+# --------------------------------------------------------------------------- one source per option
+# A YAML file extends its schema's node: ``defaults: [/base/<_target_>@_here_, _self_]`` (or
+# ``/base/train@_here_`` for a group without a ``_target_``), and sets only what differs.
+BASE = "base"
+_BASE_ENTRY = re.compile(r"^\s*-\s*/" + BASE + r"/([\w.]+)@", re.M)
+
+
+def base_node(group: str, name: str) -> dict[str, Any]:
+    """The config node a YAML file of ``group`` extends: its schema's defaults (``???`` where a
+    value is required); ``name`` is a ``_target_``, or the group itself for a fixed group."""
+    if name in FIXED:
+        return config_node(FIXED[name])
+    if name == "run":
+        return config_node(RunOptions)
+    schema = combined(GROUP_META[group], options_of(resolve(name), name))
+    return {"_target_": name, **config_node(schema)}
+
+
+def base_entries(conf_dir: Path = CONF_DIR) -> dict[str, str]:
+    """``{base name: group}`` for every ``/base/...`` entry of the YAML files under ``conf_dir``."""
+    found: dict[str, str] = {}
+    for f in sorted(conf_dir.rglob("*.yaml")):
+        group = f.parent.name if f.parent != conf_dir else ""
+        for name in _BASE_ENTRY.findall(f.read_text(encoding="utf-8")):
+            found.setdefault(name, group)
+    return found
+
+
+def register_bases(conf_dir: Path = CONF_DIR) -> None:
+    """Put every schema node the YAML files under ``conf_dir`` extend into Hydra's ConfigStore.
+
+    ``python -m runner`` and :func:`compose` call it before Hydra composes anything; a config
+    folder of your own (``--config-dir``) that extends a plugin's schema calls it with its
+    folder (``runner.config.register_bases(Path("my_conf"))``) before composing.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, group in base_entries(conf_dir).items():
+        store.store(group=BASE, name=name, node=base_node(group, name), provider="runner")
 
 
 # --------------------------------------------------------------------------- checking

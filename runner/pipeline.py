@@ -29,7 +29,6 @@ from runner.errors import summarize_error
 from runner.evaluate import EvalConfig
 from runner.files import atomic_copy, atomic_write_text, atomic_write_with
 from runner.recipes.base import Artifact, Recipe, RecipeContext
-from runner.recipes.debugger import REPORT_COLUMNS, summary, write_rows
 from runner.results import ResultsTable, RunResult, write_job_failure
 from runner.schema import call
 from runner.scoring import Scorer
@@ -198,20 +197,19 @@ def _with_layer_report(
 ) -> list[Artifact]:
     """The recipe's per-layer int8 error, worst first, and its worst layer on every row.
 
-    ``selective`` and ``auto_int8`` make the report while producing; any other quantized recipe
-    gets one when ``requested`` (``evaluation.layer_report=true``). A report that cannot be made
-    is a warning: the artifact's row still counts.
+    ``selective`` and ``auto_int8`` make the report while producing (it is on their artifact);
+    any other quantized recipe gets one when ``requested`` (``evaluation.layer_report=true``). A
+    report that cannot be made is a warning: the artifact's row still counts.
     """
+    rows = next((a.layer_rows for a in artifacts if a.layer_rows), None)
     try:
-        rows = recipe.layer_report(ctx, requested)
+        rows = rows or recipe.layer_report(ctx, requested)
     except Exception as e:  # noqa: BLE001
         table.warn(f"no layer report for recipe {recipe.name}: {summarize_error(e)}")
         return artifacts
     if not rows:
         return artifacts
-    write_rows(table.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
-    log.info("layer report: worst int8 layers: %s", summary(rows))
-    table.worst_layers = [r["layer"] for r in rows[:3]]
+    table.layer_report(rows)
     return [
         dataclasses.replace(a, worst_layer=a.worst_layer or rows[0]["layer"]) for a in artifacts
     ]

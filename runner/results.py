@@ -14,9 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from runner import report
 from runner.cache import package_versions
 from runner.data import Scaling
+from runner.errors import RunnerError
 from runner.evaluate import Metrics
 from runner.files import MB, atomic_write_json, sha256_file
 from runner.recipes.base import Artifact
+from runner.schema import tagged
 from runner.scoring import fidelity_warnings
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,14 @@ class ResultsTable:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    def layer_report(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``layer_report.csv`` (per-layer int8 error, worst first) and name the worst."""
+        from runner.recipes.debugger import REPORT_COLUMNS, summary, write_rows
+
+        write_rows(self.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
+        log.info("layer report: worst int8 layers: %s", summary(rows))
+        self.worst_layers = [r["layer"] for r in rows[:3]]
 
     def add(
         self, art: Artifact, m: Metrics, use_case: str, memo: str = "off", role: str = "recipe"
@@ -173,12 +183,7 @@ class ResultsTable:
                 "rows": self.rows,
                 "warnings": self.warnings,
                 "config": OmegaConf.to_container(cfg, resolve=True),
-                "seeds": {
-                    "seed": cfg.seed,
-                    "train": cfg.train.get("seed"),
-                    "split": cfg.dataset.get("split_seed", cfg.dataset.get("subset_seed")),
-                    "calibration": cfg.recipe.get("calibration_seed"),
-                },
+                "seeds": seeds(cfg),
                 "input_scaling": self.scaling.as_dict(),
                 "data": self.data,
                 "num_threads": int(cfg.evaluation.num_threads),
@@ -200,6 +205,22 @@ class ResultsTable:
             log.warning("%s", w)
         self.write()
         return RunResult(self.output_dir, self.rows, self.warnings, self.worst_layers)
+
+
+def seeds(cfg: DictConfig) -> dict[str, Any]:
+    """Every seed of the run: ``seed``, and each key a group's schema tags as a seed
+    (``train.seed``, ``dataset.split_seed``, ``recipe.calibration_seed`` ...)."""
+    from runner.config import schema_of
+
+    out: dict[str, Any] = {"seed": cfg.seed}
+    for group in ("dataset", "model", "train", "recipe"):
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        try:
+            keys = tagged(schema_of(group, node), "seed", True)
+        except RunnerError:
+            continue
+        out |= {f"{group}.{k}": node[k] for k in keys if k in node}
+    return out
 
 
 def _size(path: Path) -> int:

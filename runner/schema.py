@@ -21,6 +21,7 @@ plugin module keeps its heavy imports inside its functions.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 import types
@@ -44,13 +45,89 @@ class Options(BaseModel):
 
 
 def options(schema: type[Options]) -> Callable[[Callable], Callable]:
-    """Declare ``schema`` as a function plugin's options (a class sets ``Options`` itself)."""
+    """Declare ``schema`` as a function plugin's options (a class sets ``Options`` itself).
+
+    The schema is the one place an option's default lives: the function declares its options
+    as keyword-only parameters *without* defaults, and a call from Python that leaves one out
+    gets the schema's default.
+    """
 
     def attach(fn: Callable) -> Callable:
-        fn.Options = schema  # type: ignore[attr-defined]
-        return fn
+        params = inspect.signature(fn).parameters
+
+        @functools.wraps(fn)
+        def with_defaults(*args: Any, **kwargs: Any) -> Any:
+            given = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
+            fill = {k: v for k, v in defaults(schema).items() if k in params and k not in given}
+            return fn(*args, **kwargs, **fill)
+
+        with_defaults.Options = schema  # type: ignore[attr-defined]
+        return with_defaults
 
     return attach
+
+
+def defaults(schema: type[BaseModel]) -> dict[str, Any]:
+    """Every optional field's default, as plain values (nested schemas as mappings)."""
+    out: dict[str, Any] = {}
+    for name, field in schema.model_fields.items():
+        if field.is_required():
+            continue
+        value = field.get_default(call_default_factory=True)
+        out[name] = value.model_dump() if isinstance(value, BaseModel) else value
+    return out
+
+
+def tags(*, follows: str | None = None, seed: bool = False, trains: bool = True) -> dict[str, Any]:
+    """What the core must know of a plugin's key, declared on its field:
+    ``Field(0, ge=0, **tags(follows="seed", seed=True))``.
+
+    Args:
+        follows: in a config the default is this key's value (``${seed}``); from Python, the
+            plain default.
+        seed: the key seeds a random draw (``results.json`` lists it under ``seeds``).
+        trains: false for a key that does not change the trained model (left out of the
+            baseline cache key: a test subset, how a model is converted).
+    """
+    return {"json_schema_extra": {"follows": follows, "seed": seed, "trains": trains}}
+
+
+def follows(key: str) -> dict[str, Any]:
+    """``Field(0, **follows("seed"))``: see :func:`tags`."""
+    return tags(follows=key)
+
+
+def tagged(schema: type[BaseModel], tag: str, value: Any = True) -> list[str]:
+    """The keys of ``schema`` whose :func:`tags` say ``tag=value`` (``trains`` defaults to
+    true, the others to false)."""
+    default = {"trains": True}.get(tag)
+    out = []
+    for name, field in schema.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get(tag, default) == value:
+            out.append(name)
+    return out
+
+
+def config_default(field: FieldInfo) -> Any:
+    """A field's default as a config node shows it: ``???`` where one is required,
+    ``${key}`` where it follows another key, else the plain default."""
+    if field.is_required():
+        return "???"
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and extra.get("follows"):
+        return "${" + str(extra["follows"]) + "}"
+    value = field.get_default(call_default_factory=True)
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+def config_node(schema: type[BaseModel]) -> dict[str, Any]:
+    """``schema`` as a config node: every key with its :func:`config_default`.
+
+    Registered in Hydra's ConfigStore (``runner.config.register_bases``) and extended by the
+    YAML files, which then hold only what differs from the schema.
+    """
+    return {name: config_default(field) for name, field in schema.model_fields.items()}
 
 
 # --------------------------------------------------------------------------- resolving plugins
@@ -289,58 +366,14 @@ class Described:
 def call(plugin: Callable, opts: Options, **runtime: Any) -> Any:
     """Call a plugin with its options and the runtime values it declares parameters for.
 
-    Runtime values are what the runner offers every plugin of a group (a model builder:
-    ``input_shape``, ``num_classes``, ``vocab_size`` ...); a plugin takes the ones it names.
+    A plugin that has an ``opts`` parameter (a recipe class) receives the validated options
+    object itself; any other gets one keyword argument per option. Runtime values are what the
+    runner offers every plugin of a group (a model builder: ``input_shape``, ``num_classes``,
+    ``vocab_size`` ...; a recipe: ``meta``); a plugin takes the ones it names.
     """
     params = inspect.signature(plugin).parameters
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     given = {k: v for k, v in runtime.items() if takes_all or k in params}
+    if "opts" in params:
+        return plugin(**given, opts=opts)
     return plugin(**given, **{k: getattr(opts, k) for k in type(opts).model_fields})
-
-
-def markdown(schema: type[BaseModel], prefix: str) -> str:
-    """The option table of one schema: key, default, what is allowed, what it does (a nested
-    schema, or a list of one, is expanded key by key)."""
-    lines = ["| key | default | allowed | what it does |", "|---|---|---|---|"]
-    return "\n".join(lines + _rows(schema, prefix))
-
-
-def _rows(schema: type[BaseModel], prefix: str) -> list[str]:
-    out = []
-    for name, field in schema.model_fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        base, _ = _unwrap(_field_annotation(field))
-        base = _non_null(base)
-        nested = base if isinstance(base, type) and issubclass(base, BaseModel) else None
-        item = _item(base) if typing.get_origin(base) is list else None
-        if nested is not None:
-            out += _rows(nested, key)
-            continue
-        default = (
-            "required"
-            if field.is_required()
-            else _plain_default(field.get_default(call_default_factory=True))
-        )
-        allowed = describe(_field_annotation(field)).replace("|", "\\|")
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            allowed = "a list of {" + ", ".join(item.model_fields) + "}, below"
-        out.append(
-            f"| `{key}` | `{default}` | {allowed} | {(field.description or '').replace('|', '/')} |"
-        )
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            out += _rows(item, f"{key}[]")
-    return out
-
-
-def _plain_default(v: Any) -> str:
-    if isinstance(v, BaseModel):
-        return "{…}"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if v is None:
-        return "null"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_plain_default(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_plain_default(x) for x in v) + "]"
-    return str(v)

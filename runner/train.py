@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from runner.console import check_interrupt
 from runner.data import Dataset, Rows, Scaling, Split
 from runner.errors import RunnerError
-from runner.schema import Options
+from runner.schema import Options, tags
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,25 @@ class TrainConfig(Options):
     """``conf/train/*.yaml``: how the float baseline is fitted."""
 
     epochs: int = Field(
-        30, ge=1, description="at most this many epochs (early stopping ends sooner)"
+        40, ge=1, description="at most this many epochs (early stopping ends sooner)"
     )
     batch_size: int = Field(32, ge=1, description="samples per step")
     optimizer: Optimizer = Field("adam", description="a Keras optimizer (any case)")
     learning_rate: float = Field(3e-3, gt=0, description="the optimizer's learning rate")
-    seed: int = Field(0, ge=0, description="weights, shuffles and the validation split")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="weights, shuffles and the validation split",
+        **tags(follows="seed", seed=True),
+    )
     validation_split: float = Field(
         0.1, ge=0, lt=1, description="training share held out for early stopping"
     )
     early_stopping_patience: int = Field(
-        5, ge=0, description="epochs without improvement before stopping (0: never stop early)"
+        8,
+        ge=0,
+        description="epochs without val_loss improvement before stopping; the best weights are "
+        "restored (0: never stop early)",
     )
     verbose: int = Field(0, ge=0, le=2, description="Keras fit verbosity")
 

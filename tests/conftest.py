@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 import runner  # noqa: F401 - sets TF_USE_LEGACY_KERAS before TensorFlow is imported
+from runner.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -37,9 +36,8 @@ TINY = [
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    """The real conf/ composed with Hydra's compose API (runner.config.compose)."""
+    return compose(overrides)
 
 
 @pytest.fixture(scope="session")

@@ -127,9 +127,9 @@ def _split(ids, half):
 
 def test_rules_are_checked_with_one_line_each():
     with pytest.raises(RunnerError, match=r"recipe.rules\[0\].bits=3: expected one of 4, 8"):
-        aeq.AEQRecipe("x", rules=[{"bits": 3}])
+        aeq.AEQRecipe.with_options("x", rules=[{"bits": 3}])
     with pytest.raises(RunnerError, match=r"recipe.rules\[0\].bitz: unknown key; did you mean"):
-        aeq.AEQRecipe("x", rules=[{"bitz": 4}])
+        aeq.AEQRecipe.with_options("x", rules=[{"bitz": 4}])
     from runner.config import problems
 
     bad = problems(compose_config("recipe=int4_weight_only", "recipe.rules=[{mode: fast}]"))
@@ -174,7 +174,7 @@ def test_an_aeq_row_in_a_run_is_scored_and_cached_with_the_baseline(
 
 def test_a_result_with_custom_ops_litert_cannot_run_is_refused(dense_ctx):
     ctx, _ = dense_ctx
-    rec = aeq.AEQRecipe(
+    rec = aeq.AEQRecipe.with_options(
         "hadamard", rules=[{"mode": "weight_only", "bits": 4, "algorithm": "hadamard_rotation"}]
     )
     with pytest.raises(

@@ -65,7 +65,7 @@ def _accuracy(path, data):
 def test_the_fragile_layer_is_ranked_worst(fragile, tmp_path):
     model, data = fragile
     rec = build(compose_config("recipe=full_integer").recipe)
-    rows = Debugger.build(model, rec.options, UNIT(data.train.x[:100])).rows
+    rows = Debugger.build(model, rec.converter, UNIT(data.train.x[:100])).rows
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     assert rows[0]["layer"] == "fragile" and rows[0]["op"] == "FULLY_CONNECTED"
     rel = [r["relative_rmse"] for r in rows]
@@ -88,8 +88,8 @@ def test_selective_keeps_the_worst_layer_float_and_recovers_the_loss(fragile, tm
     assert sel.float_layers == "1: fragile" and sel.worst_layer == "fragile"
     # what it cost: the float32 kernel of 64 x 32 weights instead of int8 (~6 KB)
     assert 4000 < sel.path.stat().st_size - full.path.stat().st_size < 12000
-    report = list(csv.DictReader((tmp_path / "layer_report.csv").read_text().splitlines()))
-    assert report[0]["layer"] == "fragile" and report[0]["rank"] == "1"
+    report = sel.layer_rows  # made while producing; the results layer writes layer_report.csv
+    assert report[0]["layer"] == "fragile" and report[0]["rank"] == 1
     # by name: the same result; an unknown name is refused with the known ones
     _, by_name = _produce("selective", ctx, "recipe.denylist=[fragile]")
     assert by_name.float_layers == "1: fragile"
@@ -137,7 +137,8 @@ def test_auto_int8_without_a_point_in_budget_says_so_and_keeps_the_best(fragile,
     model, data = fragile
     ctx = _ctx(model, data, tmp_path)
     rec, art = _produce("auto_int8", ctx, "recipe.max_float_layers=0")
-    assert len(rec.trace) == 1 and rec.trace[0]["meets_budget"] is False
+    trace = list(csv.DictReader((tmp_path / "fallback_trace.csv").read_text().splitlines()))
+    assert len(trace) == 1 and trace[0]["meets_budget"] == "False"
     assert "no point within 0 float layer(s) meets the budget" in art.note
     assert art.float_layers == "0"
     # a budget or count that cannot be meant is refused by name

@@ -72,7 +72,12 @@ def test_results_json_makes_every_row_traceable(tiny_cfg, tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["status"] == "ok" and len(data["rows"]) == len(result.rows) == 3
     assert data["config"]["recipe"]["calibration_samples"] == 50
-    assert data["seeds"] == {"seed": 0, "train": 0, "split": 0, "calibration": 0}
+    assert data["seeds"] == {
+        "seed": 0,
+        "dataset.split_seed": 0,
+        "train.seed": 0,
+        "recipe.calibration_seed": 0,
+    }
     assert data["input_scaling"]["kind"] == "unit" and data["num_threads"] == 1
     assert {
         "python",

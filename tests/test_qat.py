@@ -123,12 +123,10 @@ def test_fine_tuning_runs_the_requested_steps_on_a_tiny_dataset(tmp_path):
         train_cfg={"batch_size": 32},
     )
     # (restore_best=False: no int8 file per epoch to judge; the step count is the point here)
-    recipe = QATRecipe(epochs=3, steps_per_epoch=5, restore_best=False)
-    recipe.fine_tune(model, ctx)
-    assert recipe.steps_run == 15
-    derived = QATRecipe(epochs=2, restore_best=False)
-    derived.fine_tune(model, ctx)
-    assert derived.steps_run == 2  # one step per epoch: ceil(10 / 32)
+    recipe = QATRecipe.with_options(epochs=3, steps_per_epoch=5, restore_best=False)
+    assert recipe.fine_tune(model, ctx).steps == 15
+    derived = QATRecipe.with_options(epochs=2, restore_best=False)
+    assert derived.fine_tune(model, ctx).steps == 2  # one step per epoch: ceil(10 / 32)
 
 
 def _tiny_ctx(tmp_path, n=60):
@@ -150,10 +148,12 @@ def _bn(model):
 
 def test_frozen_batch_norm_keeps_the_float_models_moving_statistics(tmp_path):
     model, ctx = _tiny_ctx(tmp_path)
-    frozen, _ = QATRecipe(epochs=1, freeze_batch_norm=True).fine_tune(model, ctx)
+    frozen = QATRecipe.with_options(epochs=1, freeze_batch_norm=True).fine_tune(model, ctx).model
     np.testing.assert_array_equal(_bn(frozen), _bn(model))
-    moving, _ = QATRecipe(epochs=1, freeze_batch_norm=False, restore_best=False).fine_tune(
-        model, ctx
+    moving = (
+        QATRecipe.with_options(epochs=1, freeze_batch_norm=False, restore_best=False)
+        .fine_tune(model, ctx)
+        .model
     )
     assert np.abs(_bn(moving) - _bn(model)).max() > 1e-3
 
@@ -168,13 +168,13 @@ def test_distillation_fits_the_float_models_outputs(tmp_path, monkeypatch):
         return real_fit(self, seq, *a, **kw)
 
     monkeypatch.setattr(keras.Model, "fit", spy)
-    recipe = QATRecipe(epochs=2, distill=True)
+    recipe = QATRecipe.with_options(epochs=2, distill=True)
     recipe.fine_tune(model, ctx)
     # soft targets: one probability row per sample (the float model's), summing to 1
     assert seen["y"].shape[1:] == (10,) and np.allclose(seen["y"].sum(axis=1), 1, atol=1e-5)
     assert seen["loss"] == "categorical_crossentropy"
     assert seen["n"] == 6  # 48 of the 60 samples (the 12 of the validation split are held out)
-    QATRecipe(epochs=1, distill=False).fine_tune(model, ctx)
+    QATRecipe.with_options(epochs=1, distill=False).fine_tune(model, ctx)
     assert seen["y"].ndim == 1 and seen["loss"] == "sparse_categorical_crossentropy"
 
 
@@ -186,13 +186,13 @@ def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
     model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
     train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
     ctx = RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1})
-    harmful = QATRecipe(epochs=2, learning_rate_scale=300.0, steps_per_epoch=20)
-    harmful.fine_tune(model, ctx)
-    kept, start = harmful.kept, harmful.kept["start"]
+    harmful = QATRecipe.with_options(epochs=2, learning_rate_scale=300.0, steps_per_epoch=20)
+    done = harmful.fine_tune(model, ctx)
+    kept, start = done.kept, done.kept["start"]
     # epoch 0 is post-training int8 with QAT's own ranges: near the float model, not chance
     assert start["epoch"] == 0 and start["samples"] == 144 and start["agreement"] > 0.9
     assert kept["accuracy"] >= start["accuracy"] and kept["epoch"] == 0
-    assert harmful.flatbuffer is not None and harmful.best_epoch == 0
+    assert done.flatbuffer is not None and done.epoch == 0
     # the row says which epoch was kept, and what it was worth against epoch 0
     from runner.recipes.qat import kept_note
 

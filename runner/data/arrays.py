@@ -46,12 +46,13 @@ class ArraysOptions(SplitOptions):
 @options(ArraysOptions)
 def load_arrays(
     name: str = "arrays",
-    path: str | None = None,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    input_scaling: str = "auto",
+    *,
+    path: str | None,
+    test_fraction: float,
+    split_seed: int,
+    train_size: int | None,
+    test_size: int | None,
+    input_scaling: str,
 ) -> Dataset:
     """A data set from a ``.npz`` file (see the module for the keys and kinds of ``x``).
 

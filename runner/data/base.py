@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.schema import Options
+from runner.schema import Options, tags
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,18 @@ class SubsetOptions(Options):
     """Seeded subsets of the splits, for quick runs."""
 
     train_size: int | None = Field(None, ge=1, description="a seeded training subset (null: all)")
-    test_size: int | None = Field(None, ge=1, description="a seeded test subset (null: all)")
+    test_size: int | None = Field(
+        None, ge=1, description="a seeded test subset (null: all)", **tags(trains=False)
+    )
 
 
 class SplitOptions(SubsetOptions):
     """A stratified hold-out of data that comes without a test split."""
 
     test_fraction: float = Field(0.2, gt=0, lt=1, description="the stratified test share")
-    split_seed: int = Field(0, ge=0, description="the split (and subsets) are reproducible from it")
+    split_seed: int = Field(
+        0, ge=0, description="the split (and subsets) are reproducible from it", **tags(seed=True)
+    )
 
 
 @dataclass(frozen=True)

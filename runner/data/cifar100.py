@@ -17,7 +17,7 @@ from pydantic import Field
 from runner.data.base import Dataset, Split, SubsetOptions, subset
 from runner.errors import RunnerError
 from runner.files import temp_dir
-from runner.schema import options
+from runner.schema import options, tags
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,24 @@ class Cifar100Options(SubsetOptions):
         None, min_length=1, description="the .tar.gz or its folder (null: Keras's cache)"
     )
     label_mode: LabelMode = Field("fine", description="fine: 100 classes; coarse: 20 superclasses")
-    subset_seed: int = Field(0, ge=0, description="which samples the subsets take")
+    subset_seed: int = Field(
+        0, ge=0, description="which samples the subsets take", **tags(seed=True)
+    )
     extract_dir: str | None = Field(
-        None, min_length=1, description="where an archive is extracted once"
+        None, min_length=1, description="where an archive is extracted once", **tags(trains=False)
     )
 
 
 @options(Cifar100Options)
 def load_cifar100(
     name: str = "cifar100",
-    path: str | None = None,
-    label_mode: str = "fine",
-    train_size: int | None = None,
-    test_size: int | None = None,
-    subset_seed: int = 0,
-    extract_dir: str | None = None,
+    *,
+    path: str | None,
+    label_mode: str,
+    train_size: int | None,
+    test_size: int | None,
+    subset_seed: int,
+    extract_dir: str | None,
 ) -> Dataset:
     """CIFAR-100 from a local ``cifar-100-python.tar.gz``, its extracted folder, or Keras's cache.
 

@@ -23,10 +23,11 @@ def _sklearn_data_file(name: str) -> Path:
 @options(SplitOptions)
 def load_digits(
     name: str = "digits",
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-    train_size: int | None = None,
-    test_size: int | None = None,
+    *,
+    test_fraction: float,
+    split_seed: int,
+    train_size: int | None,
+    test_size: int | None,
 ) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, shipped with the package).
 

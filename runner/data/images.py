@@ -32,7 +32,7 @@ from runner.data.image_decode import COLOR_MODES
 from runner.data.image_files import DECODE_VERSION, Listing, decode_key, list_images
 from runner.errors import RunnerError
 from runner.files import temp_dir
-from runner.schema import Described, options
+from runner.schema import Described, options, tags
 
 log = logging.getLogger(__name__)
 
@@ -63,32 +63,48 @@ class ImageFolderOptions(SplitOptions):
     on_bad_file: OnBadFile = Field(
         "skip", description="an unreadable image: skip (counted and named) or error"
     )
-    workers: int | None = Field(None, ge=1, description="decode processes (null: every core)")
+    workers: int | None = Field(
+        None, ge=1, description="decode processes (null: every core)", **tags(trains=False)
+    )
     cache_dir: str | None = Field(
-        None, min_length=1, description="where the decoded arrays are kept (null: no cache)"
+        None,
+        min_length=1,
+        description="where the decoded arrays are kept (null: no cache)",
+        **tags(trains=False),
     )
 
 
 @options(ImageFolderOptions)
 def load_image_folder(
     name: str = "image_folder",
-    path: str | None = None,
-    image_size: int | Sequence[int] | None = None,
-    color_mode: str | None = None,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    on_bad_file: str = "skip",
-    workers: int | None = None,
-    cache_dir: str | None = None,
+    model_input_shape: Sequence[int | None] | None = None,
+    *,
+    path: str | None,
+    image_size: int | Sequence[int] | None,
+    color_mode: str | None,
+    test_fraction: float,
+    split_seed: int,
+    train_size: int | None,
+    test_size: int | None,
+    on_bad_file: str,
+    workers: int | None,
+    cache_dir: str | None,
 ) -> Dataset:
     """Images in one folder per class, decoded once to a cached uint8 array (see the module).
 
     Raises:
         RunnerError: no such folder, an empty folder or class folder, train and test with other
             classes, no ``image_size``, or an unreadable image with ``on_bad_file=error``.
+
+    ``model_input_shape``: a pretrained model's (height, width, channels), given by the
+    runner: an unset ``image_size`` / ``color_mode`` is taken from it.
     """
+    if model_input_shape is not None and len(model_input_shape) == 3:
+        h, w, channels = model_input_shape
+        if image_size is None and h is not None and w is not None:
+            image_size = [int(h), int(w)]
+        if color_mode is None and channels is not None:
+            color_mode = "grayscale" if channels == 1 else "rgb"
     size, mode = _checked(path, image_size, color_mode, on_bad_file)
     listing = list_images(Path(path).expanduser(), test_fraction, split_seed)
     key = decode_key(listing, size, mode, test_fraction, split_seed)

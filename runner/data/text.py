@@ -51,18 +51,19 @@ class TextOptions(SplitOptions):
 @options(TextOptions)
 def load_text_classification(
     name: str = "fake_news",
-    path: str | None = None,
-    text_column: str = "text",
-    label_column: str = "label",
-    split_column: str | None = "split",
-    segment: str = "auto",
-    word_index: str | None = None,
-    num_words: int | None = 20000,
-    maxlen: int = 100,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-    train_size: int | None = None,
-    test_size: int | None = None,
+    *,
+    path: str | None,
+    text_column: str,
+    label_column: str,
+    split_column: str | None,
+    segment: str,
+    word_index: str | None,
+    num_words: int | None,
+    maxlen: int,
+    test_fraction: float,
+    split_seed: int,
+    train_size: int | None,
+    test_size: int | None,
 ) -> Dataset:
     """A labelled text file (CSV, TSV or JSON Lines) as padded token-id sequences.
 

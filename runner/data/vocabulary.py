@@ -1,4 +1,4 @@
-"""Text to token ids, the way the seed's Keras ``Tokenizer`` + ``pad_sequences`` do it.
+"""Text to token ids, the way Keras's ``Tokenizer`` + ``pad_sequences`` do it.
 
 Reimplemented in plain Python (no TensorFlow import) and tested against tf-keras's own
 ``Tokenizer``, so a ``word_index.json`` made by either works with the other.

@@ -1,8 +1,9 @@
 """Model builders that take their input shape and class count from the data.
 
-Builders are referenced from ``conf/model/*.yaml`` by ``_target_`` with ``_partial_: true``; the
-pipeline finishes them with ``input_shape`` and ``num_classes``, so one architecture config
-serves every data set. All models are tf-keras (Keras 2) models: tensorflow-model-optimization
+Each builder's options, defaults included, are its schema (``SmallCNNOptions`` ...): the
+signature names them without defaults, ``conf/model/*.yaml`` holds only what differs. The
+pipeline calls a builder with ``input_shape`` and ``num_classes`` from the data, so one
+architecture config serves every data set. All models are tf-keras (Keras 2) models: tensorflow-model-optimization
 cannot quantize Keras 3 models.
 """
 
@@ -25,7 +26,7 @@ Activation = Literal["relu", "relu6"]
 
 
 class SmallCNNOptions(Options):
-    filters: Counts = Field([16, 32], description="one Conv-BN-ReLU block per entry")
+    filters: Counts = Field([32, 64], description="one Conv-BN-ReLU block per entry")
     dense_units: int = Field(64, ge=0, description="the Dense layer before the head (0: none)")
     dropout: Dropout = Field(0.2, description="dropout before the head")
     bn_momentum: BNMomentum = Field(0.9, description="BatchNorm moving-statistics momentum")
@@ -125,10 +126,11 @@ def _conv_bn_relu(x, filters: int, name: str, bn_momentum: float, strides: int =
 def small_cnn(
     input_shape: Sequence[int],
     num_classes: int,
-    filters: Sequence[int] = (16, 32),
-    dense_units: int = 64,
-    dropout: float = 0.2,
-    bn_momentum: float = 0.9,
+    *,
+    filters: Sequence[int],
+    dense_units: int,
+    dropout: float,
+    bn_momentum: float,
 ):
     """A small CNN of Conv->BN->ReLU blocks; each block after the first halves the resolution
     while it is still larger than 4x4."""
@@ -155,8 +157,9 @@ def small_cnn(
 def mlp(
     input_shape: Sequence[int],
     num_classes: int,
-    units: Sequence[int] = (64, 32),
-    dropout: float = 0.0,
+    *,
+    units: Sequence[int],
+    dropout: float,
 ):
     """Dense-ReLU layers on flattened inputs: for feature vectors (``dataset=arrays``)."""
     keras = _keras()
@@ -173,12 +176,13 @@ def mlp(
 def mobilenet(
     input_shape: Sequence[int],
     num_classes: int,
-    blocks: Sequence[Sequence[int]] = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1)),
-    width: int = 16,
-    activation: str = "relu6",
-    batch_norm: bool = True,
-    dropout: float = 0.2,
-    bn_momentum: float = 0.9,
+    *,
+    blocks: Sequence[Sequence[int]],
+    width: int,
+    activation: str,
+    batch_norm: bool,
+    dropout: float,
+    bn_momentum: float,
 ):
     """A MobileNet-v1-style CNN: a Conv-BN stem, then depthwise-separable blocks (3x3
     DepthwiseConv-BN-act, 1x1 Conv-BN-act), global pooling and a softmax head.
@@ -223,9 +227,10 @@ def mobilenet(
 def resnet(
     input_shape: Sequence[int],
     num_classes: int,
-    depth: int = 20,
-    width: int = 16,
-    bn_momentum: float = 0.9,
+    *,
+    depth: int,
+    width: int,
+    bn_momentum: float,
 ):
     """A CIFAR-style ResNet (He et al. 2016, section 4.2): 3 stages of (depth-2)/6 basic blocks
     with widths w, 2w, 4w; depth 20 has 0.27 M parameters at width 16."""
@@ -290,11 +295,12 @@ def text_cnn(
     input_shape: Sequence[int],
     num_classes: int,
     vocab_size: int | None = None,
-    embedding_dim: int = 64,
-    filters: int = 128,
-    kernel_size: int = 5,
-    dense_units: int = 64,
-    dropout: float = 0.5,
+    *,
+    embedding_dim: int,
+    filters: int,
+    kernel_size: int,
+    dense_units: int,
+    dropout: float,
 ):
     """Embedding -> Conv1D -> GlobalMaxPool -> Dense: fast, and every op has an int8 kernel."""
     keras = _keras()
@@ -314,12 +320,13 @@ def text_lstm(
     input_shape: Sequence[int],
     num_classes: int,
     vocab_size: int | None = None,
-    embedding_dim: int = 64,
-    units: int = 64,
-    bidirectional: bool = False,
-    dropout: float = 0.3,
+    *,
+    embedding_dim: int,
+    units: int,
+    bidirectional: bool,
+    dropout: float,
 ):
-    """Embedding -> LSTM (optionally bidirectional) -> Dense, like the seed's classifier."""
+    """Embedding -> LSTM (optionally bidirectional) -> Dense: the classic text classifier."""
     keras = _keras()
     inputs = _token_input(input_shape, vocab_size, "text_lstm")
     x = keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding")(inputs)

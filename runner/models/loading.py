@@ -54,13 +54,14 @@ class PretrainedOptions(Options):
 
 @options(PretrainedOptions)
 def load_pretrained(
-    path: str,
+    path: str | None,
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
-    safe_mode: bool = True,
     vocab_size: int | None = None,
-    custom_objects: str | None = None,
     sample: Any = None,
+    *,
+    safe_mode: bool,
+    custom_objects: str | None,
 ) -> LoadedModel:
     """Load a user's trained model instead of building one, and check it fits the data.
 

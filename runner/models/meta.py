@@ -7,7 +7,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field
 
 from runner.data.base import InputScaling
-from runner.schema import Options
+from runner.schema import Options, follows, tags
 
 # How recurrent layers convert: auto (the faithful one, measured) | fused kernel | unrolled graph
 Route = Literal["auto", "fused", "unrolled"]
@@ -22,7 +22,10 @@ class ModelMeta(Options):
         True, description="false: the file at model.path is the baseline (no training, no cache)"
     )
     input_scaling: InputScaling = Field(
-        "unit", description="unit / symmetric / standardize (input_mean, input_std) / none / auto"
+        "unit",
+        description="unit / symmetric / standardize (input_mean, input_std) / none / auto; "
+        "in a config, the data set's",
+        **follows("dataset.input_scaling"),
     )
     input_mean: Annotated[list[float], Field(min_length=1)] = Field(
         [0.0], description="per-channel mean for input_scaling=standardize"
@@ -31,8 +34,13 @@ class ModelMeta(Options):
         [1.0], description="per-channel std for input_scaling=standardize"
     )
     recurrent: Route = Field(
-        "auto", description="LSTM/GRU models: auto measures the fused kernel, unrolls on drift"
+        "auto",
+        description="LSTM/GRU models: auto measures the fused kernel, unrolls on drift",
+        **tags(trains=False),
     )
     convert_batch_size: int | None = Field(
-        None, ge=1, description="recurrent models: the batch the TFLite file is converted at"
+        None,
+        ge=1,
+        description="recurrent models: the batch the TFLite file is converted at",
+        **tags(trains=False),
     )

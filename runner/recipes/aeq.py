@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -33,13 +32,13 @@ from runner import tflite
 from runner.errors import RunnerError
 from runner.recipes.base import (
     Artifact,
+    CalibrationOptions,
     LayerRows,
     RecipeBase,
     RecipeContext,
-    RecipeMeta,
     float_layers_text,
 )
-from runner.schema import Options, parse
+from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +78,13 @@ class Rule(Options):
         return scope
 
 
-class AEQOptions(Options):
-    """An ai-edge-quantizer recipe's options (``conf/recipe/int4_weight_only.yaml`` ...)."""
+class AEQOptions(CalibrationOptions):
+    """An ai-edge-quantizer recipe's options (``conf/recipe/int4_weight_only.yaml`` ...);
+    the calibration draw is used by ``mode: static`` rules only."""
 
     rules: Annotated[list[Rule], Field(min_length=1)] = Field(
-        description="scopes and their quantization, later rules win (see README)"
+        description="scopes and their quantization, later rules win (see the recipes page)"
     )
-    calibration_samples: int = Field(
-        200, ge=1, description="mode=static: samples that calibrate activations"
-    )
-    calibration_seed: int = Field(0, ge=0, description="which samples are drawn")
     validation_samples: int = Field(32, ge=1, description="samples of the per-tensor report")
     embedding_lookup: bool = Field(
         True, description="weight-only/dynamic: quantize Embedding tables (as EMBEDDING_LOOKUP)"
@@ -118,27 +114,16 @@ class AEQRecipe(RecipeBase):
     Options = AEQOptions
     needs_reference = True
 
-    def __init__(
-        self,
-        meta: RecipeMeta | str | None = None,
-        rules: Sequence[Rule | Mapping[str, Any]] = (),
-        calibration_samples: int = 200,
-        calibration_seed: int = 0,
-        validation_samples: int = 32,
-        embedding_lookup: bool = True,
-    ) -> None:
-        super().__init__(meta)
-        if not rules:
-            raise RunnerError(f"recipe {self.name}: recipe.rules is empty; give at least one rule")
-        self.rules = [
-            r if isinstance(r, Rule) else parse(r, Rule, f"recipe.rules[{i}]", strict=True)
-            for i, r in enumerate(rules)
-        ]
-        self.calibration_samples = int(calibration_samples)
-        self.calibration_seed = int(calibration_seed)
-        self.validation_samples = int(validation_samples)
-        # weight-only / dynamic rules: Embedding GATHERs become EMBEDDING_LOOKUPs AEQ quantizes
-        self.embedding_lookup = bool(embedding_lookup) and not self.static
+    opts: AEQOptions
+
+    @property
+    def rules(self) -> list[Rule]:
+        return self.opts.rules
+
+    @property
+    def embedding_lookup(self) -> bool:
+        """Weight-only / dynamic rules: Embedding GATHERs become EMBEDDING_LOOKUPs AEQ quantizes."""
+        return self.opts.embedding_lookup and not self.static
 
     def data_needed(self) -> str | None:
         if self.static:
@@ -171,9 +156,7 @@ class AEQRecipe(RecipeBase):
             "reference": _sha(reference),
             "rules": [r.model_dump() for r in self.rules],
             "embedding_lookup": self.embedding_lookup,
-            "calibration": [self.calibration_samples, self.calibration_seed]
-            if self.static
-            else None,
+            "calibration": self.opts.draw_key if self.static else None,
         }
         t0 = time.perf_counter()
         stored = ctx.store.get(self.name, spec) if ctx.store is not None else None
@@ -224,7 +207,8 @@ class AEQRecipe(RecipeBase):
             calibration = None
             if q.need_calibration:
                 calibration = q.calibrate(
-                    self._signature_data(reference, ctx, self.calibration_samples), num_threads=1
+                    self._signature_data(reference, ctx, self.opts.calibration_samples),
+                    num_threads=1,
                 )
             result = q.quantize(calibration, enable_progress_report=False)
         except RunnerError:
@@ -256,7 +240,7 @@ class AEQRecipe(RecipeBase):
         from ai_edge_quantizer.utils import validation_utils
 
         result = q.validate(
-            self._signature_data(reference, ctx, self.validation_samples),
+            self._signature_data(reference, ctx, self.opts.validation_samples),
             error_metrics=[
                 validation_utils.ValidationErrorMetric.MSE,
                 validation_utils.ValidationErrorMetric.SNR,
@@ -296,7 +280,7 @@ class AEQRecipe(RecipeBase):
         (input_name,) = sig["inputs"]
         runner = interp.get_signature_runner(key)
         dtype = runner.get_input_details()[input_name]["dtype"]
-        raw = calibration_sample(ctx.dataset.train, n, self.calibration_seed)
+        raw = calibration_sample(ctx.dataset.train, n, self.opts.calibration_seed)
         x = np.asarray(ctx.scaling(raw)).astype(dtype)
         return {key: [{input_name: x[i : i + 1]} for i in range(len(x))]}
 

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from runner.data import Dataset, Scaling, Split, calibration_sample
 from runner.errors import RunnerError
-from runner.schema import Options
+from runner.schema import Options, tags
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Artifact:
     note: str | None = None  # what the recipe wants the reader of the row to know
     conversion: dict[str, Any] | None = None  # recurrent models: the route chosen, why, trials
     warnings: tuple[str, ...] = ()  # told to the user at the end of the run, and in results.json
+    layer_rows: LayerRows | None = None  # a per-layer int8 report made while producing
 
     @property
     def route(self) -> str | None:
@@ -150,20 +151,74 @@ class Recipe(Protocol):
         """
 
 
-class RecipeBase:
-    """Defaults for a recipe family: names from the YAML, and no layer report."""
+class CalibrationOptions(Options):
+    """The options of every recipe that draws training samples to calibrate on (one mixin)."""
 
+    calibration_samples: int = Field(
+        200, ge=1, description="training samples drawn to calibrate ranges (sweepable)"
+    )
+    calibration_seed: int = Field(
+        0,
+        ge=0,
+        description="which samples are drawn (sweepable)",
+        **tags(follows="seed", seed=True),
+    )
+
+    def draw(self, ctx: RecipeContext) -> np.ndarray:
+        """Model-ready calibration inputs: ``calibration_samples`` training samples drawn with
+        ``calibration_seed`` (all of them when the split is smaller)."""
+        raw = calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
+        return ctx.scaling(raw)
+
+    @property
+    def draw_key(self) -> list[int]:
+        """What identifies the draw in a cache key."""
+        return [self.calibration_samples, self.calibration_seed]
+
+
+class RecipeBase:
+    """A recipe family: its runner keys (``meta``) and its validated options (``opts``).
+
+    The options object is the recipe's only configuration: no option is copied onto the
+    object, and no default is restated outside its schema. A recipe keeps no state between
+    calls of :meth:`produce` (what one run learns is in the artifacts it returns), so one
+    object can serve many runs.
+    """
+
+    Options: type[Options] = Options
     needs_reference = False
 
-    def __init__(self, meta: RecipeMeta | str | None = None) -> None:
-        """``meta``: the runner's keys of the recipe (from Python, a name is enough)."""
+    def __init__(self, meta: RecipeMeta | str | None = None, opts: Options | None = None) -> None:
+        """``meta``: the runner's keys of the recipe (from Python, a name is enough);
+        ``opts``: its options (None: every default of its schema)."""
         if not isinstance(meta, RecipeMeta):
             meta = RecipeMeta(name=meta or type(self).__name__)
         self.meta = meta
-        self.name = meta.name
-        self.description = meta.description
-        self.use_case = meta.use_case
-        self.quantized = meta.quantized
+        self.opts = opts if opts is not None else type(self).Options()
+
+    @classmethod
+    def with_options(cls, name: str | None = None, **values: Any) -> RecipeBase:
+        """A recipe from Python: ``QATRecipe.with_options(epochs=1)`` (checked by its schema)."""
+        from runner.schema import parse
+
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return cls(name, parse(plain, cls.Options, "recipe", strict=True))
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def description(self) -> str:
+        return self.meta.description
+
+    @property
+    def use_case(self) -> str:
+        return self.meta.use_case
+
+    @property
+    def quantized(self) -> bool:
+        return self.meta.quantized
 
     def data_needed(self) -> str | None:
         return None

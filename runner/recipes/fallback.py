@@ -16,14 +16,9 @@ import numpy as np
 from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.recipes.base import (
-    Artifact,
-    LayerRows,
-    RecipeContext,
-    RecipeMeta,
-    float_layers_text,
-)
-from runner.recipes.debugger import REPORT_COLUMNS, Debugger, summary, write_rows
+from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
+from runner.recipes.conversion import ConverterSettings
+from runner.recipes.debugger import Debugger, summary, write_rows
 from runner.recipes.noise import paired_gain
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
 
@@ -49,7 +44,27 @@ TRACE_COLUMNS = [
 MIN_SAMPLES_IN_BUDGET = 2
 
 
-class SelectiveOptions(PTQOptions):
+def _full_int8() -> ConverterSettings:
+    """The converter settings of ``full_integer``, which the debugger starts from."""
+    return ConverterSettings(
+        optimizations=["DEFAULT"],
+        supported_ops=["TFLITE_BUILTINS_INT8"],
+        inference_input_type="int8",
+        inference_output_type="int8",
+        representative_dataset=True,
+    )
+
+
+class DebuggerOptions(PTQOptions):
+    """What ``selective`` and ``auto_int8`` share: full-integer conversion, calibrated."""
+
+    converter: ConverterSettings = Field(
+        default_factory=_full_int8,
+        description="full-integer settings the quantization debugger starts from",
+    )
+
+
+class SelectiveOptions(DebuggerOptions):
     """``recipe=selective``: full int8 but a few ops in float."""
 
     keep_float: int = Field(1, ge=0, description="how many of the worst int8 ops stay float")
@@ -58,7 +73,7 @@ class SelectiveOptions(PTQOptions):
     )
 
 
-class AutoInt8Options(PTQOptions):
+class AutoInt8Options(DebuggerOptions):
     """``recipe=auto_int8``: the fewest float ops that meet a held-out budget."""
 
     budget: Literal["auto", "accuracy", "agreement"] = Field(
@@ -76,29 +91,27 @@ class AutoInt8Options(PTQOptions):
 
 
 class _DebuggerRecipe(ConverterRecipe):
-    """Shared by ``selective`` and ``auto_int8``: full-int8 converter settings plus the debugger."""
+    """Shared by ``selective`` and ``auto_int8``: full-int8 converter settings plus the debugger.
 
-    def __init__(self, meta: RecipeMeta | str | None = None, **ptq: Any) -> None:
-        super().__init__(meta, **ptq)
-        self.report_rows: LayerRows = []
+    Their layer report is made while producing and travels on the artifact
+    (:attr:`Artifact.layer_rows`); the results layer writes it.
+    """
 
     def data_needed(self) -> str | None:
         return "calibrates activations and finds the worst int8 ops on sample inputs (with labels)"
 
     def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
-        """The report made while producing (always part of this recipe's output)."""
-        return self.report_rows
+        """None: the report made while producing is on the artifact."""
+        return None
 
     def debugger(self, ctx: RecipeContext) -> Debugger:
         dbg = Debugger.build(
             ctx.model,
-            self.options,
+            self.converter,
             self.calibration(ctx),
             ctx.dataset.is_text,
             ctx.convert_batch_size,
         )
-        self.report_rows = dbg.rows
-        write_rows(ctx.run_dir / "layer_report.csv", dbg.rows, REPORT_COLUMNS)
         log.info("%s: worst int8 layers: %s", self.name, summary(dbg.rows))
         return dbg
 
@@ -120,35 +133,32 @@ class SelectiveRecipe(_DebuggerRecipe):
     """Full int8 but the ``keep_float`` most error-prone ops (or ``denylist`` by name) in float."""
 
     Options = SelectiveOptions
-
-    def __init__(
-        self,
-        meta: RecipeMeta | str | None = None,
-        keep_float: int = 1,
-        denylist: Sequence[str] = (),
-        **ptq: Any,
-    ) -> None:
-        super().__init__(meta, **ptq)
-        self.keep_float = int(keep_float)
-        self.denylist = tuple(denylist or ())
+    opts: SelectiveOptions
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         t0 = time.perf_counter()
         dbg = self.debugger(ctx)
-        if self.denylist:
+        denylist = self.opts.denylist
+        if denylist:
             known = {r["layer"] for r in dbg.rows}
-            unknown = sorted(set(self.denylist) - known)
+            unknown = sorted(set(denylist) - known)
             if unknown:
                 raise RunnerError(
                     f"recipe.denylist names {unknown}, which have no quantized op; layers in the report: {sorted(known)}"
                 )
-            kept = [r for r in dbg.rows if r["layer"] in self.denylist]
+            kept = [r for r in dbg.rows if r["layer"] in denylist]
         else:
-            kept = dbg.worst(self.keep_float)
+            kept = dbg.worst(self.opts.keep_float)
         flatbuffer = dbg.quantize([r["tensor_name"] for r in kept])
+        seconds = time.perf_counter() - t0
         return [
             self.artifact(
-                ctx, flatbuffer, kept, time.perf_counter() - t0, worst_layer=dbg.rows[0]["layer"]
+                ctx,
+                flatbuffer,
+                kept,
+                seconds,
+                worst_layer=dbg.rows[0]["layer"],
+                layer_rows=dbg.rows,
             )
         ]
 
@@ -190,26 +200,7 @@ class AutoInt8Recipe(_DebuggerRecipe):
     """
 
     Options = AutoInt8Options
-
-    def __init__(
-        self,
-        meta: RecipeMeta | str | None = None,
-        max_accuracy_drop: float = 0.005,
-        max_float_layers: int = 8,
-        holdout_samples: int = 1000,
-        holdout_seed: int = 1,
-        budget: str = "auto",
-        min_agreement: float = 0.99,
-        **ptq: Any,
-    ) -> None:
-        super().__init__(meta, **ptq)
-        self.budget = budget
-        self.min_agreement = float(min_agreement)
-        self.max_accuracy_drop = float(max_accuracy_drop)
-        self.max_float_layers = int(max_float_layers)
-        self.holdout_samples = int(holdout_samples)
-        self.holdout_seed = int(holdout_seed)
-        self.trace: list[dict[str, Any]] = []
+    opts: AutoInt8Options
 
     def holdout(self, ctx: RecipeContext):
         """(samples, what they are): the data set's own validation split when it ships one
@@ -223,7 +214,7 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 "auto_int8: train.validation_split is 0, so the budget is checked on training samples"
             )
             val, where = ctx.dataset.train, "the training split (train.validation_split is 0)"
-        return subset(val, self.holdout_samples, self.holdout_seed), where
+        return subset(val, self.opts.holdout_samples, self.opts.holdout_seed), where
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         from runner.evaluate import labels_from_outputs, predict_keras
@@ -238,8 +229,8 @@ class AutoInt8Recipe(_DebuggerRecipe):
         warnings = self.resolution_warnings(budget, len(hold))
         for w in warnings:
             log.warning("%s", w)
-        steps = self.search(ctx, dbg, hold, float_labels, target, budget)
-        write_rows(ctx.run_dir / "fallback_trace.csv", self.trace, TRACE_COLUMNS)
+        steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget)
+        write_rows(ctx.run_dir / "fallback_trace.csv", trace, TRACE_COLUMNS)
         chosen, note = self.choose(steps, budget, len(hold))
         return [
             self.artifact(
@@ -250,29 +241,34 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 worst_layer=dbg.rows[0]["layer"],
                 note=f"{note}; holdout: {len(hold)} samples of {where}",
                 warnings=tuple(warnings),
+                layer_rows=dbg.rows,
             )
         ]
 
     def budget_kind(self, ctx: RecipeContext) -> str:
-        if self.budget != "auto":
-            return self.budget
+        if self.opts.budget != "auto":
+            return self.opts.budget
         return "agreement" if ctx.pretrained else "accuracy"
 
     def budget_text(self, budget: str) -> str:
         if budget == "agreement":
-            return f"agreement >= {self.min_agreement:g}"
-        return f"accuracy drop <= {self.max_accuracy_drop:g}"
+            return f"agreement >= {self.opts.min_agreement:g}"
+        return f"accuracy drop <= {self.opts.max_accuracy_drop:g}"
 
-    def search(self, ctx, dbg: Debugger, hold, float_labels, target, budget: str) -> list[_Step]:
+    def search(
+        self, ctx, dbg: Debugger, hold, float_labels, target, budget: str
+    ) -> tuple[list[_Step], list[dict[str, Any]]]:
         """Score full int8, then one more float layer (worst first) per step, in LiteRT; stop at
-        the first step that meets the budget with a gain over full int8 beyond the noise."""
+        the first step that meets the budget with a gain over full int8 beyond the noise.
+        Returns the steps and their trace rows (``fallback_trace.csv``)."""
         import tempfile
 
         from runner.evaluate import TFLiteModel, labels_from_outputs
 
         float_acc = float(np.mean(float_labels == hold.y))
-        self.trace, steps = [], []
-        limit = min(self.max_float_layers, len(dbg.layers))
+        trace: list[dict[str, Any]] = []
+        steps: list[_Step] = []
+        limit = min(self.opts.max_float_layers, len(dbg.layers))
         with tempfile.TemporaryDirectory(prefix="auto_int8-") as tmp:
             for k in range(limit + 1):
                 kept = dbg.worst(k)  # every op of the k worst layers
@@ -287,13 +283,13 @@ class AutoInt8Recipe(_DebuggerRecipe):
                     float(np.mean(labels == float_labels)),
                 )
                 meets = (
-                    agreement >= self.min_agreement
+                    agreement >= self.opts.min_agreement
                     if budget == "agreement"
-                    else float_acc - acc <= self.max_accuracy_drop
+                    else float_acc - acc <= self.opts.max_accuracy_drop
                 )
                 step = _Step(k, flatbuffer, kept, right, gain, bound, meets)
                 steps.append(step)
-                self.trace.append(
+                trace.append(
                     {
                         "step": k,
                         "float_layers": k,
@@ -313,16 +309,11 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 log.info(
                     "auto_int8: %d float layer(s), holdout accuracy %.4f (drop %.4f), "
                     "agreement %.4f, gain over int8 %+.4f (noise bound %.4f)",
-                    k,
-                    acc,
-                    float_acc - acc,
-                    agreement,
-                    gain,
-                    bound,
+                    *(k, acc, float_acc - acc, agreement, gain, bound),
                 )
                 if step.meets and (k == 0 or step.real):
                     break
-        return steps
+        return steps, trace
 
     def choose(self, steps: list[_Step], budget: str, n: int) -> tuple[_Step, str]:
         """The first step in budget whose gain is real; else the best real gain; else full
@@ -347,13 +338,15 @@ class AutoInt8Recipe(_DebuggerRecipe):
 
     def resolution_warnings(self, budget: str, n: int) -> list[str]:
         """A budget worth fewer than :data:`MIN_SAMPLES_IN_BUDGET` holdout samples is noise."""
-        share = (1 - self.min_agreement) if budget == "agreement" else self.max_accuracy_drop
+        share = (
+            (1 - self.opts.min_agreement) if budget == "agreement" else self.opts.max_accuracy_drop
+        )
         if share * n >= MIN_SAMPLES_IN_BUDGET:
             return []
         what = (
-            f"min_agreement={self.min_agreement:g}"
+            f"min_agreement={self.opts.min_agreement:g}"
             if budget == "agreement"
-            else f"max_accuracy_drop={self.max_accuracy_drop:g}"
+            else f"max_accuracy_drop={self.opts.max_accuracy_drop:g}"
         )
         return [
             f"auto_int8: the holdout has {n} samples, so the budget {what} is {share * n:.1f} "

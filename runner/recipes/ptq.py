@@ -13,54 +13,42 @@ import time
 import numpy as np
 from pydantic import Field
 
-from runner.data import calibration_sample
 from runner.recipes.base import (
     PROBE_SAMPLES,
     Artifact,
+    CalibrationOptions,
     LayerRows,
     RecipeBase,
     RecipeContext,
-    RecipeMeta,
 )
-from runner.recipes.conversion import ConverterSettings, convert_checked
+from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert_checked
 from runner.recipes.debugger import Debugger
 from runner.recipes.recurrent import has_recurrent
-from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
 
-class PTQOptions(Options):
+class PTQOptions(CalibrationOptions):
     """A post-training recipe's options (``conf/recipe/dynamic_range.yaml`` ...)."""
 
     converter: ConverterSettings = Field(
         default_factory=ConverterSettings, description="the TFLite converter's settings"
     )
-    calibration_samples: int = Field(
-        200, ge=1, description="training samples that calibrate activation ranges (sweepable)"
-    )
-    calibration_seed: int = Field(0, ge=0, description="which samples are drawn (sweepable)")
 
 
 class ConverterRecipe(RecipeBase):
     """A post-training recipe: one TFLite converter call with the recipe's ``converter`` settings."""
 
     Options = PTQOptions
+    opts: PTQOptions
 
-    def __init__(
-        self,
-        meta: RecipeMeta | str | None = None,
-        converter: ConverterSettings | None = None,
-        calibration_samples: int = 200,
-        calibration_seed: int = 0,
-    ) -> None:
-        super().__init__(meta)
-        self.options = (converter or ConverterSettings()).to_options()
-        self.calibration_samples = int(calibration_samples)
-        self.calibration_seed = int(calibration_seed)
+    @property
+    def converter(self) -> ConverterOptions:
+        """The converter settings as the conversion code takes them."""
+        return self.opts.converter.to_options()
 
     def data_needed(self) -> str | None:
-        if self.options.representative_dataset:
+        if self.converter.representative_dataset:
             return "calibrates activations on sample inputs"
         return None
 
@@ -70,24 +58,22 @@ class ConverterRecipe(RecipeBase):
             return None
         return Debugger.build(
             ctx.model,
-            self.options,
+            self.converter,
             self.calibration(ctx),
             ctx.dataset.is_text,
             ctx.convert_batch_size,
         ).rows
 
     def calibration(self, ctx: RecipeContext) -> np.ndarray | None:
-        if not self.options.representative_dataset:
-            return None
-        raw = calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
-        return ctx.scaling(raw)
+        """The representative data, when the converter settings ask for it."""
+        return self.opts.draw(ctx) if self.converter.representative_dataset else None
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         """Convert (or reuse this baseline's earlier conversion with the same settings) and write."""
         recurrent = has_recurrent(ctx.model)
         spec = {
-            "options": dataclasses.asdict(self.options),
-            "calibration": [self.calibration_samples, self.calibration_seed],
+            "options": dataclasses.asdict(self.converter),
+            "calibration": self.opts.draw_key,
             "batch": ctx.convert_batch_size,
         } | ({"recurrent": ctx.recurrent, "probe": PROBE_SAMPLES} if recurrent else {})
         t0 = time.perf_counter()
@@ -99,7 +85,7 @@ class ConverterRecipe(RecipeBase):
         else:
             done = convert_checked(
                 ctx.model,
-                self.options,
+                self.converter,
                 self.calibration(ctx),
                 token_ids=ctx.dataset.is_text,
                 batch_size=ctx.convert_batch_size,

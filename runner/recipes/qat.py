@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -21,17 +21,20 @@ from pydantic import Field
 from runner.console import check_interrupt
 from runner.errors import RunnerError
 from runner.models.qat_scope import load_scope
-from runner.recipes.base import Artifact, RecipeBase, RecipeContext, RecipeMeta
-from runner.recipes.conversion import ConverterSettings, convert
+from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
+from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
 from runner.recipes.noise import paired_gain
 from runner.recipes.qat_wrap import calibrate_ranges, qat_ready, quantize_aware
-from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
 
-class QATOptions(Options):
-    """``recipe=qat`` / ``qat_mixed``: fine-tuning with fake quantization, then the export."""
+class QATOptions(CalibrationOptions):
+    """``recipe=qat`` / ``qat_mixed``: fine-tuning with fake quantization, then the export.
+
+    ``calibration_samples``: training samples that start the quantizers' ranges and are the
+    export's representative data.
+    """
 
     epochs: int = Field(2, ge=1, description="fine-tuning epochs (the best one is kept)")
     learning_rate_scale: float = Field(
@@ -42,70 +45,51 @@ class QATOptions(Options):
     skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="layer names left unannotated (float)"
     )
-    fallback: bool = Field(True, description="leave layers tfmot cannot annotate float")
-    freeze_batch_norm: bool = Field(True, description="BatchNorm statistics stay as trained")
-    distill: bool = Field(True, description="fit the float model's outputs, not only the labels")
-    restore_best: bool = Field(True, description="keep the best epoch's int8 file (validation)")
-    calibration_samples: int = Field(
-        200, ge=1, description="training samples that start the quantizers' ranges"
+    fallback: bool = Field(
+        True, description="leave layers tfmot cannot annotate float (false: stop, naming them)"
     )
-    calibration_seed: int = Field(0, ge=0, description="which samples are drawn")
+    freeze_batch_norm: bool = Field(
+        True, description="BatchNorm moving statistics stay the float model's while fine-tuning"
+    )
+    distill: bool = Field(
+        True, description="targets are the float model's outputs (keeps QAT faithful to it)"
+    )
+    restore_best: bool = Field(
+        True, description="score every epoch's int8 file on held-out data; keep the best"
+    )
     converter: ConverterSettings = Field(
         default_factory=ConverterSettings, description="the export's TFLite converter settings"
     )
+
+
+@dataclass
+class FineTuned:
+    """What one fine-tuning produced (the recipe object itself keeps no run state)."""
+
+    model: Any  # the QAT Keras model, at the kept epoch's weights
+    seconds: float
+    steps: int  # training steps run
+    epoch: int  # the kept epoch (0: before any step)
+    kept: dict[str, Any] | None = None  # its validation scores against epoch 0 (restore_best)
+    flatbuffer: bytes | None = None  # the kept epoch's int8 file, when the judge made it
+    left_float: list[tuple[str, str]] = field(default_factory=list)  # (layer, class) unwrapped
 
 
 class QATRecipe(RecipeBase):
     """Fine-tune the baseline with fake quantization; export int8 TFLite and a Keras model."""
 
     Options = QATOptions
+    opts: QATOptions
 
-    def __init__(
-        self,
-        meta: RecipeMeta | str | None = None,
-        epochs: int = 2,
-        learning_rate_scale: float = 0.1,
-        batch_size: int | None = None,
-        steps_per_epoch: int | None = None,
-        skip_layers: Sequence[str] = (),
-        fallback: bool = True,
-        freeze_batch_norm: bool = True,
-        restore_best: bool = True,
-        distill: bool = True,
-        calibration_samples: int = 200,
-        calibration_seed: int = 0,
-        converter: ConverterSettings | None = None,
-    ) -> None:
-        super().__init__(meta)
-        self.epochs = int(epochs)
-        self.learning_rate_scale = float(learning_rate_scale)
-        self.batch_size = batch_size
-        self.steps_per_epoch = steps_per_epoch
-        self.skip_layers = tuple(skip_layers or ())
-        self.fallback = bool(fallback)
-        self.freeze_batch_norm = bool(freeze_batch_norm)
-        self.restore_best = bool(restore_best)
-        self.distill = bool(distill)
-        self.best_epoch: int | None = None
-        self.calibration_samples = int(calibration_samples)
-        self.calibration_seed = int(calibration_seed)
-        self.options = (converter or ConverterSettings()).to_options()
-        self.steps_run = 0
-        self.left_float: list[tuple[str, str]] = []
+    @property
+    def converter(self) -> ConverterOptions:
+        return self.opts.converter.to_options()
 
     def data_needed(self) -> str | None:
         return "fine-tunes on labelled training samples"
 
-    def calibration(self, ctx: RecipeContext):
-        """Model-ready training samples: the quantizers' starting ranges and the export's
-        representative data."""
-        from runner.data import calibration_sample
-
-        raw = calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
-        return ctx.scaling(raw)
-
-    def fine_tune(self, model, ctx: RecipeContext, calibration=None):
-        """Wrap and fine-tune; returns (qat model, seconds). Never touches ``model`` itself.
+    def fine_tune(self, model, ctx: RecipeContext, calibration=None) -> FineTuned:
+        """Wrap and fine-tune; never touches ``model`` itself.
 
         With ``restore_best`` (the default), the int8 file of every epoch, epoch 0 (the
         calibrated QAT model before any step: post-training quantization with QAT's own
@@ -113,21 +97,22 @@ class QATRecipe(RecipeBase):
         (:meth:`RecipeContext.held_out`, never the test split); a later epoch replaces the best
         so far only when it gains accuracy beyond the samples' noise, or agreement with the
         float model beyond it at no lower accuracy (:func:`runner.recipes.noise.paired_gain`).
-        So fine-tuning never ends below where it started. ``self.kept`` says which epoch, with
-        its scores, and ``self.flatbuffer`` is its int8 file.
+        So fine-tuning never ends below where it started. The result says which epoch was
+        kept, with its scores, and holds its int8 file.
         """
         from runner.train import TrainConfig
 
+        o = self.opts
         train_cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
-        calib = self.calibration(ctx) if calibration is None else calibration
+        calib = o.draw(ctx) if calibration is None else calibration
         model = qat_ready(model, calib)
-        qat_model, self.left_float = quantize_aware(
-            model, self.skip_layers, self.fallback, self.freeze_batch_norm
+        qat_model, left_float = quantize_aware(
+            model, tuple(o.skip_layers), o.fallback, o.freeze_batch_norm
         )
         calibrate_ranges(qat_model, model, calib)
         # The data set's validation split, else the baseline's (same fraction and seed)
         fit_split, val_split, where = (
-            ctx.held_out() if self.restore_best else (ctx.dataset.train, None, "")
+            ctx.held_out() if o.restore_best else (ctx.dataset.train, None, "")
         )
         seq, steps, lr = self._compile(qat_model, model, ctx, train_cfg, fit_split)
         judge = (
@@ -135,24 +120,18 @@ class QATRecipe(RecipeBase):
             if val_split is not None
             else None
         )
-        self.flatbuffer, self.kept = None, None
-        seconds = self._fit(qat_model, seq, steps, judge, train_cfg.seed)
+        seconds, steps_run = self._fit(qat_model, seq, steps, judge, train_cfg.seed)
+        done = FineTuned(qat_model, seconds, steps_run, o.epochs, left_float=left_float)
         if judge is not None:
-            self.kept = judge.restore(qat_model)
-            self.flatbuffer = judge.best_flatbuffer
-            self.best_epoch = self.kept["epoch"]
-        else:
-            self.best_epoch = self.epochs
+            done.kept = judge.restore(qat_model)
+            done.flatbuffer = judge.best_flatbuffer
+            done.epoch = done.kept["epoch"]
         log.info(
             "QAT fine-tuned %d epochs x %d steps at lr %.2g in %.1fs (kept epoch %d%s)",
-            self.epochs,
-            steps,
-            lr,
-            seconds,
-            self.best_epoch,
-            f": {kept_note(self.kept)}" if self.kept else "",
+            *(o.epochs, steps, lr, seconds, done.epoch),
+            f": {kept_note(done.kept)}" if done.kept else "",
         )
-        return qat_model, seconds
+        return done
 
     def _compile(self, qat_model, model, ctx: RecipeContext, train_cfg, fit_split):
         """Compile ``qat_model`` for fine-tuning; returns (batch sequence, steps, learning rate).
@@ -162,30 +141,32 @@ class QATRecipe(RecipeBase):
         from runner.evaluate import predict_keras
         from runner.train import batch_sequence, loss_for, make_optimizer
 
-        batch = int(self.batch_size or train_cfg.batch_size)
-        steps = int(self.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
-        lr = train_cfg.learning_rate * self.learning_rate_scale
+        o = self.opts
+        batch = int(o.batch_size or train_cfg.batch_size)
+        steps = int(o.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
+        lr = train_cfg.learning_rate * o.learning_rate_scale
         loss, metrics = loss_for(qat_model), ["accuracy"]
-        if self.distill:
+        if o.distill:
             fit_split = Split(fit_split.x, predict_keras(model, fit_split.x, ctx.scaling))
             loss = loss.replace("sparse_", "")
             metrics = []
         qat_model.compile(
             optimizer=make_optimizer(train_cfg.optimizer, lr), loss=loss, metrics=metrics
         )
-        # The sequence wraps around, so epochs x steps batches are always there (seed 000's
-        # "Your input ran out of data" cannot happen).
+        # The sequence wraps around, so epochs x steps batches are always there (a small data
+        # set never ends a fit with "Your input ran out of data").
         seq = batch_sequence(fit_split, batch, ctx.scaling, True, train_cfg.seed, steps=steps)
         return seq, steps, lr
 
-    def _fit(self, qat_model, seq, steps: int, judge, seed: int) -> float:
+    def _fit(self, qat_model, seq, steps: int, judge, seed: int) -> tuple[float, int]:
         """Fine-tune (Ctrl-C stops between batches); the judge scores epoch 0, before any
-        step, and every epoch's end. Returns the seconds spent."""
+        step, and every epoch's end. Returns (seconds spent, steps run)."""
         import tf_keras as keras
 
         keras.utils.set_random_seed(seed)
+        steps_run = [0]
         count = keras.callbacks.LambdaCallback(
-            on_train_batch_end=lambda *_: setattr(self, "steps_run", self.steps_run + 1)
+            on_train_batch_end=lambda *_: steps_run.__setitem__(0, steps_run[0] + 1)
         )
         stop = keras.callbacks.LambdaCallback(on_train_batch_end=check_interrupt)
         callbacks = [count, stop]
@@ -196,17 +177,16 @@ class QATRecipe(RecipeBase):
                     on_epoch_end=lambda epoch, logs: judge.score(qat_model, epoch + 1)
                 )
             )
-        self.steps_run = 0
         t0 = time.perf_counter()
         qat_model.fit(
-            seq, epochs=self.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks
+            seq, epochs=self.opts.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks
         )
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, steps_run[0]
 
     def to_tflite(self, qat_model, ctx: RecipeContext, calib) -> bytes:
         return convert(
             qat_model,
-            self.options,
+            self.converter,
             calib,
             token_ids=ctx.dataset.is_text,
             batch_size=ctx.convert_batch_size,
@@ -220,14 +200,15 @@ class QATRecipe(RecipeBase):
         from runner.files import atomic_write_with
         from runner.models.loading import load_model
 
-        calib = self.calibration(ctx)  # the quantizers' starting ranges and the export's data
-        qat_model, seconds = self.fine_tune(ctx.model, ctx, calib)
+        calib = self.opts.draw(ctx)  # the quantizers' starting ranges and the export's data
+        done = self.fine_tune(ctx.model, ctx, calib)
+        qat_model, seconds = done.model, done.seconds
         t0 = time.perf_counter()
-        flatbuffer = self.flatbuffer or self.to_tflite(qat_model, ctx, calib)
+        flatbuffer = done.flatbuffer or self.to_tflite(qat_model, ctx, calib)
         convert_seconds = time.perf_counter() - t0
-        note = kept_note(self.kept) if self.kept else f"kept epoch {self.epochs} (the last)"
-        if self.left_float:
-            note += "; " + left_float_note(self.left_float, self.options.representative_dataset)
+        note = kept_note(done.kept) if done.kept else f"kept epoch {done.epoch} (the last)"
+        if done.left_float:
+            note += "; " + left_float_note(done.left_float, self.converter.representative_dataset)
         tfl = self.write_tflite(ctx, flatbuffer, convert_seconds, train_seconds=seconds, note=note)
 
         def save(tmp: str) -> None:
@@ -267,7 +248,7 @@ class _EpochJudge:
         from runner.evaluate import labels_from_outputs, predict_keras
 
         self.recipe, self.ctx, self.calib, self.where = recipe, ctx, calib, where
-        self.val = subset(val, JUDGE_SAMPLES, recipe.calibration_seed)
+        self.val = subset(val, JUDGE_SAMPLES, recipe.opts.calibration_seed)
         self.float_labels = labels_from_outputs(predict_keras(float_model, self.val.x, ctx.scaling))
         self.scores: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
