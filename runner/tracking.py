@@ -4,7 +4,7 @@ run with one child per job.
 A job's run holds the composed config flattened (params) and its overrides, one metric per
 artifact and column (``float16.tflite/accuracy``), tags (recipe, dataset, model, baseline key,
 status) and its files (comparison table, results.json, layer report; the ``.tflite`` files with
-``logger.log_models=true``). Install with ``pip install -e ".[mlflow]"`` (mlflow-skinny).
+``logger.log_models=true``). Install with ``pip install -e ".[tracking]"`` (MLflow and its UI).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def mlflow_module():
         import mlflow
     except ImportError:
         raise RunnerError(
-            'logger=mlflow needs MLflow: pip install -e ".[mlflow]" (or pip install mlflow-skinny)'
+            'logger=mlflow needs MLflow: pip install -e ".[tracking]" (or pip install mlflow)'
         ) from None
     return mlflow
 

@@ -53,6 +53,7 @@ def accuracy(path, data) -> float:
     return float(np.mean(labels_from_outputs(out) == data.test.y))
 
 
+@pytest.mark.slow
 def test_int4_is_half_of_int8_and_an_eighth_of_float32_on_a_weight_dominated_model(dense_ctx):
     ctx, _ = dense_ctx
     ref = ctx.reference_path.stat().st_size
@@ -70,6 +71,7 @@ def test_int4_is_half_of_int8_and_an_eighth_of_float32_on_a_weight_dominated_mod
     assert int4.float_layers == "0" and "ai-edge-quantizer" in int4.note
 
 
+@pytest.mark.slow
 def test_mixed_keeps_the_first_and_last_layers_int8(dense_ctx):
     ctx, _ = dense_ctx
     _, int4 = produce("int4_weight_only", ctx)
@@ -144,6 +146,7 @@ def test_rules_are_checked_with_one_line_each():
     ]
 
 
+@pytest.mark.slow
 def test_without_the_extra_the_row_fails_saying_what_to_install(tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(aeq, "_aeq", lambda: None)
     result = run(tiny_cfg("recipe=int4_weight_only"), tmp_path)

@@ -62,6 +62,7 @@ def keras_labels(model, texts, folder):
     )
 
 
+@pytest.mark.slow
 def test_api_float16_under_4mb_and_predictions_equal_keras(seed_model, float16_file, monkeypatch):
     folder, _, test_texts, model = seed_model
     out = float16_file
@@ -77,6 +78,7 @@ def test_api_float16_under_4mb_and_predictions_equal_keras(seed_model, float16_f
     assert predict_labels(test_texts[:3], out, folder / "word_index.json") == got[:3]
 
 
+@pytest.mark.slow
 def test_api_raw_chinese_is_segmented_like_the_training_text(seed_model, float16_file, tmp_path):
     folder, _, test_texts, _ = seed_model
     out = tmp_path / "q.tflite"  # beside its own word_index.json (the seed's two-argument call)
@@ -86,6 +88,7 @@ def test_api_raw_chinese_is_segmented_like_the_training_text(seed_model, float16
     assert prediction_label(raw, out) == prediction_label(test_texts[0], out)
 
 
+@pytest.mark.slow
 def test_api_full_integer_with_calibration_runs_and_agrees(seed_model, tmp_path):
     folder, _, test_texts, model = seed_model
     vocab = Vocabulary.load(folder / "word_index.json")
@@ -118,6 +121,7 @@ def test_api_errors_are_clear(seed_model, float16_file, tmp_path):
     assert not (tmp_path / "x.tflite").exists()
 
 
+@pytest.mark.slow
 def test_cli_pretrained_seed_task_needs_no_training(seed_model, tmp_path):
     folder, csv, _, _ = seed_model
     p = run_cli(
@@ -144,6 +148,7 @@ def test_cli_pretrained_seed_task_needs_no_training(seed_model, tmp_path):
     assert rows["none.tflite"]["agreement"] == 1.0
 
 
+@pytest.mark.slow
 def test_cli_pretrained_with_a_foreign_vocabulary_is_refused(seed_model, tmp_path):
     folder, csv, _, _ = seed_model
     big = {f"词{i}": i + 1 for i in range(5000)}  # more words than the model's embedding has rows

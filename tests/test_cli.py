@@ -21,6 +21,7 @@ def test_help_and_config_errors_answer_without_tensorflow():
     assert out.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_default_run_prints_the_table_and_writes_it(tmp_path, shared_cache):
     run_dir = tmp_path / "run"
     p = run_cli(*TINY, f"cache_dir={shared_cache}", f"hydra.run.dir={run_dir}")
@@ -46,6 +47,7 @@ def test_unknown_key_or_option_is_hydras_error_and_writes_nothing(tmp_path, over
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_cifar_offline_names_both_ways_without_a_traceback(tmp_path):
     env_home = tmp_path / "home"
     p = subprocess.run(
@@ -79,6 +81,7 @@ def test_pretrained_missing_file_names_the_path(tmp_path):
     assert not (tmp_path / "run").exists()  # caught by the config check, before any data loads
 
 
+@pytest.mark.slow
 def test_pretrained_with_lambda_is_refused_naming_the_layer(tmp_path):
     inp = keras.Input((8, 8, 1))
     x = keras.layers.Lambda(lambda t: t * 1.0, name="sneaky")(inp)
@@ -90,6 +93,7 @@ def test_pretrained_with_lambda_is_refused_naming_the_layer(tmp_path):
     assert p.returncode == 2 and "'sneaky'" in p.stderr and "model.safe_mode=false" in p.stderr
 
 
+@pytest.mark.slow
 def test_pretrained_model_runs_without_training(tmp_path, shared_cache):
     from runner.models.builders import small_cnn
 
@@ -109,6 +113,7 @@ def test_pretrained_model_runs_without_training(tmp_path, shared_cache):
     )
 
 
+@pytest.mark.slow
 def test_failing_recipe_exits_non_zero_with_the_table_written(tmp_path, shared_cache):
     run_dir = tmp_path / "run"
     p = run_cli(
@@ -124,6 +129,7 @@ def test_failing_recipe_exits_non_zero_with_the_table_written(tmp_path, shared_c
     assert len(table) == 4 and table[-1].count(",failed,") == 1
 
 
+@pytest.mark.slow
 def test_a_run_starts_quietly_and_verbose_shows_what_was_hidden(tmp_path):
     import re
 

@@ -85,6 +85,7 @@ def test_the_walk_covers_the_keys_the_issue_found_unchecked():
     assert len(NUMERIC) >= 40  # 41 when written
 
 
+@pytest.mark.slow
 def test_every_plugin_in_conf_declares_described_options():
     # setup: every _target_ of every shipped option, and the fixed groups
     schemas = {}
@@ -135,6 +136,7 @@ def test_validating_a_config_imports_no_tensorflow():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_the_shipped_configs_are_valid():
     for overrides in compositions():
         assert problems(compose_config(*overrides)) == [], overrides
@@ -210,6 +212,7 @@ def test_the_pipeline_checks_at_its_door_before_loading_anything(tmp_path):
     assert not any(Path(tmp_path).iterdir())
 
 
+@pytest.mark.slow
 def test_a_swept_model_path_is_checked_per_job_not_as_null(tmp_path):
     # setup: two model files a sweep names, neither existing (issue #23, case 10)
     sweep = tmp_path / "sweep"

@@ -62,6 +62,7 @@ def _accuracy(path, data):
     return float(np.mean(labels_from_outputs(out) == data.test.y))
 
 
+@pytest.mark.slow
 def test_the_fragile_layer_is_ranked_worst(fragile, tmp_path):
     model, data = fragile
     rec = build(compose_config("recipe=full_integer").recipe)
@@ -74,6 +75,7 @@ def test_the_fragile_layer_is_ranked_worst(fragile, tmp_path):
     assert rows[0]["error_ratio"] > 10 and rows[1]["error_ratio"] < 1
 
 
+@pytest.mark.slow
 def test_selective_keeps_the_worst_layer_float_and_recovers_the_loss(fragile, tmp_path):
     model, data = fragile
     ctx = _ctx(model, data, tmp_path)
@@ -112,6 +114,7 @@ def test_auto_int8_stops_at_the_first_point_within_budget(fragile, tmp_path):
     assert _accuracy(art.path, data) > 0.85
 
 
+@pytest.mark.slow
 def test_auto_int8_budgets_agreement_for_a_pretrained_model_and_warns_when_too_coarse(
     fragile, tmp_path
 ):
@@ -147,6 +150,7 @@ def test_auto_int8_without_a_point_in_budget_says_so_and_keeps_the_best(fragile,
             _produce("auto_int8", ctx, bad)
 
 
+@pytest.mark.slow
 def test_layer_report_in_a_run_and_a_debugger_failure_is_a_failed_row(
     tiny_cfg, tmp_path, monkeypatch
 ):
@@ -170,6 +174,7 @@ def test_layer_report_in_a_run_and_a_debugger_failure_is_a_failed_row(
     assert result.row("none.tflite")["status"] == "ok"  # the rest of the table is kept
 
 
+@pytest.mark.slow
 def test_a_layer_report_that_cannot_be_made_is_a_warning_not_a_lost_row(
     tiny_cfg, tmp_path, monkeypatch
 ):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from runner.docs import OPTIONS, tables
 
 
+@pytest.mark.slow
 def test_the_option_page_matches_the_schemas_and_the_yaml_files():
     page = OPTIONS.read_text(encoding="utf-8")
     assert page == tables(), "docs/options.md is stale: run python -m runner.docs"

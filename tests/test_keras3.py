@@ -76,6 +76,7 @@ def pretrained(path: Path, *extra: str, text_csv: Path | None = None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sequential", "residual", "text"])
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_keras3_files_are_recognised_and_translated_exactly(k3, name, suffix):
@@ -160,6 +161,7 @@ def test_h5_and_savedmodel_through_post_training_recipes(k3, tmp_path, name):
         assert rows["none.tflite"]["size_bytes"] / rows["full_integer.tflite"]["size_bytes"] > 2.5
 
 
+@pytest.mark.slow
 def test_a_bare_savedmodel_says_qat_needs_a_keras_graph(k3, tmp_path):
     folder, _ = k3
     result = run(pretrained(folder / "sequential_savedmodel", "recipe=qat"), tmp_path)
@@ -169,6 +171,7 @@ def test_a_bare_savedmodel_says_qat_needs_a_keras_graph(k3, tmp_path):
     assert result.row("none.tflite")["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_the_seed_api_takes_keras3_text_models(k3, tmp_path):
     from runner.api import prediction_label, quantize_model
 
@@ -189,6 +192,7 @@ def test_the_seed_api_takes_keras3_text_models(k3, tmp_path):
 
 
 # --------------------------------------------------------------------------- bad input, one line
+@pytest.mark.slow
 def test_bad_model_files_get_one_line_each(tmp_path, k3):
     folder, _ = k3
     # a weights-only .h5 (tf_keras save_weights)
@@ -211,6 +215,7 @@ def test_bad_model_files_get_one_line_each(tmp_path, k3):
         load_pretrained(str(tmp_path / "two.h5"))
 
 
+@pytest.mark.slow
 def test_a_missing_custom_class_is_named_with_the_key_and_the_key_fixes_it(tmp_path, monkeypatch):
     # setup: a tf_keras model with a registered custom layer, saved; its module on the path
     module = tmp_path / "my_layers.py"
@@ -239,6 +244,7 @@ def test_a_missing_custom_class_is_named_with_the_key_and_the_key_fixes_it(tmp_p
     assert loaded.model.predict(np.ones((1, 4), np.float32), verbose=0).shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_keras3_lambda_is_refused_like_any_other(tmp_path):
     script = (
         "import os; os.environ.pop('TF_USE_LEGACY_KERAS', None)\n"

@@ -39,6 +39,7 @@ EXPECTED_COLUMNS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", POST_TRAINING)
 def test_each_recipe_gives_a_scored_row_near_the_float_model(tiny_cfg, tmp_path, recipe):
     # setup
@@ -67,6 +68,7 @@ def test_each_recipe_gives_a_scored_row_near_the_float_model(tiny_cfg, tmp_path,
     assert md.count("\n") == len(expected) + 2 and art["artifact"] in md
 
 
+@pytest.mark.slow
 def test_results_json_makes_every_row_traceable(tiny_cfg, tmp_path):
     result = run(tiny_cfg("recipe=full_integer", "recipe.calibration_samples=50"), tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
@@ -93,6 +95,7 @@ def test_results_json_makes_every_row_traceable(tiny_cfg, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_baseline_is_trained_once_then_loaded(tmp_path):
     from conftest import TINY
 
@@ -159,6 +162,7 @@ def test_default_run_meets_the_accuracy_bar(tmp_path):
         assert r["status"] == "ok" and abs(r["accuracy_delta"]) <= 0.01, r
 
 
+@pytest.mark.slow
 def test_cifar100_run_from_a_fixture_archive_reports_top5(tmp_path):
     from conftest import write_cifar_tarball
 
@@ -181,6 +185,7 @@ def test_cifar100_run_from_a_fixture_archive_reports_top5(tmp_path):
     assert "top5" in header
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_conversions_cached_with_its_baseline(tmp_path):
     from conftest import TINY
 
@@ -253,6 +258,7 @@ def test_an_interrupted_job_never_looks_complete(tiny_cfg, tmp_path, monkeypatch
     assert json.loads((tmp_path / "done" / "results.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_the_same_seed_trains_the_same_baseline_twice(tmp_path):
     # issue #23: the same command and seed trained to different epochs (the initial weights were
     # drawn before the seed was set); two caches, two trainings, one model
@@ -266,6 +272,7 @@ def test_the_same_seed_trains_the_same_baseline_twice(tmp_path):
     assert rows[0]["sha256"] == rows[1]["sha256"] and rows[0]["accuracy"] == rows[1]["accuracy"]
 
 
+@pytest.mark.slow
 def test_a_full_cache_disk_keeps_the_training_and_the_run_goes_on(
     tiny_cfg, tmp_path, monkeypatch, caplog
 ):

@@ -19,6 +19,7 @@ from runner.recipes.qat_wrap import quantize_aware
 from runner.train import TrainConfig, train
 
 
+@pytest.mark.slow
 def test_qat_keras_artifact_round_trips_with_identical_predictions(tmp_path):
     # setup
     model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
@@ -110,6 +111,7 @@ def test_a_normalization_reading_the_raw_input_stays_float():
     )
 
 
+@pytest.mark.slow
 def test_fine_tuning_runs_the_requested_steps_on_a_tiny_dataset(tmp_path):
     # 10 samples, batch 32: less than one batch, yet 3 epochs x 5 steps must all run
     d = load_digits(train_size=10, test_size=10)
@@ -146,6 +148,7 @@ def _bn(model):
     return next(w.numpy() for w in model.weights if "block1_bn/moving_mean" in w.name)
 
 
+@pytest.mark.slow
 def test_frozen_batch_norm_keeps_the_float_models_moving_statistics(tmp_path):
     model, ctx = _tiny_ctx(tmp_path)
     frozen = QATRecipe.with_options(epochs=1, freeze_batch_norm=True).fine_tune(model, ctx).model
@@ -158,6 +161,7 @@ def test_frozen_batch_norm_keeps_the_float_models_moving_statistics(tmp_path):
     assert np.abs(_bn(moving) - _bn(model)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_distillation_fits_the_float_models_outputs(tmp_path, monkeypatch):
     model, ctx = _tiny_ctx(tmp_path)
     seen = {}
@@ -178,6 +182,7 @@ def test_distillation_fits_the_float_models_outputs(tmp_path, monkeypatch):
     assert seen["y"].ndim == 1 and seen["loss"] == "sparse_categorical_crossentropy"
 
 
+@pytest.mark.slow
 def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
     """Each epoch's real int8 file is scored on the validation split, epoch 0 (before any step)
     included; fine-tuning that only harms (a learning rate 300x too high) keeps epoch 0."""
@@ -257,6 +262,7 @@ def test_the_epoch_judge_keeps_a_later_epoch_only_for_a_gain_beyond_noise():
     assert not later(fixed=0, broken=1, disagree=0)
 
 
+@pytest.mark.slow
 def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):
     result = run(tiny_cfg("recipe=qat", "recipe.calibration_samples=50"), tmp_path)
     rows = {r["artifact"]: r for r in result.rows}
@@ -273,6 +279,7 @@ def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):
     assert rows["float.h5"]["train_seconds"] > 0  # the baseline's own training time is kept
 
 
+@pytest.mark.slow
 def test_qat_on_an_lstm_is_a_failed_row_with_the_reason(tmp_path):
     from conftest import compose_config, write_text_csv
 

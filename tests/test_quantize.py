@@ -41,6 +41,7 @@ RATIOS = {
 }
 
 
+@pytest.mark.slow
 def test_every_recipe_shrinks_by_its_ratio(weight_heavy, tmp_path):
     model, data = weight_heavy
     ref = produce("none", model, data, tmp_path).path.stat().st_size
@@ -58,6 +59,7 @@ def test_every_recipe_shrinks_by_its_ratio(weight_heavy, tmp_path):
         assert art.name == f"{recipe}.tflite" and art.path.parent == tmp_path
 
 
+@pytest.mark.slow
 def test_per_tensor_recipe_drops_the_per_channel_scales(weight_heavy, tmp_path):
     model, data = weight_heavy
     per_channel = produce(
@@ -78,6 +80,7 @@ def test_per_tensor_recipe_drops_the_per_channel_scales(weight_heavy, tmp_path):
     assert per_tensor.name == "full_integer_per_tensor.tflite"
 
 
+@pytest.mark.slow
 def test_full_integer_has_int8_io_and_int16x8_keeps_float_io(weight_heavy, tmp_path):
     model, data = weight_heavy
     fi = TFLiteModel(
@@ -95,6 +98,7 @@ def test_full_integer_has_int8_io_and_int16x8_keeps_float_io(weight_heavy, tmp_p
     assert np.dtype(np.int16) in types and np.dtype(np.int8) in types
 
 
+@pytest.mark.slow
 def test_calibration_draw_follows_its_seed(weight_heavy, tmp_path):
     model, data = weight_heavy
     a = produce(

@@ -48,6 +48,7 @@ def ids(n: int, vocab: int = 300, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, (n, LENGTH)).astype(np.int32)
 
 
+@pytest.mark.slow
 def test_the_saturated_fixture_reproduces_the_fused_drift_and_auto_unrolls():
     # setup
     model, probe, test = saturated("lstm"), ids(64), ids(200, seed=2)
@@ -67,6 +68,7 @@ def test_the_saturated_fixture_reproduces_the_fused_drift_and_auto_unrolls():
     assert trials["fused"].output_sqnr_db < 20 < 80 < trials["unrolled"].output_sqnr_db
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gru", "bidirectional", "stacked", "sequences"])
 def test_auto_route_is_faithful_for_every_recurrent_shape(kind):
     model, probe = saturated(kind), ids(48)
@@ -79,6 +81,7 @@ def test_auto_route_is_faithful_for_every_recurrent_shape(kind):
     assert done.route == ("fused" if kind == "gru" else "unrolled"), done.reason
 
 
+@pytest.mark.slow
 def test_quantized_recipes_measure_both_routes_and_keep_the_more_faithful():
     model, probe = saturated("lstm"), ids(48)
     dynamic = ConverterOptions(optimizations=("DEFAULT",))
@@ -129,6 +132,7 @@ def seed_style(tmp_path_factory):
     return folder, texts, x, labels
 
 
+@pytest.mark.slow
 def test_quantize_model_writes_a_file_that_gives_keras_labels_everywhere(seed_style, tmp_path):
     folder, texts, x, labels = seed_style
     assert 0.05 < np.mean(labels) < 0.95  # both labels occur
@@ -150,6 +154,7 @@ def test_quantize_model_writes_a_file_that_gives_keras_labels_everywhere(seed_st
     assert seed_labels == labels
 
 
+@pytest.mark.slow
 def test_quantize_model_refuses_to_write_a_drifting_float_file(seed_style, tmp_path):
     folder, _, x, _ = seed_style
     target = tmp_path / "fused.tflite"

@@ -124,6 +124,7 @@ def text_csv(tmp_path_factory):
     return write_text_csv(tmp_path_factory.mktemp("text") / "news.csv", n=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "recipe"),
     [
@@ -169,6 +170,7 @@ def test_text_models_convert_faithfully_and_keep_token_ids(tmp_path, text_csv, m
         assert all(t["output_sqnr_db"] is not None for t in route["trials"])
 
 
+@pytest.mark.slow
 def test_lstm_int16x8_works_through_the_unrolled_route(tmp_path, text_csv):
     # setup / execute: the fused LSTM kernel has no 16x8 version; auto tries both routes
     result = run(text_cfg(tmp_path, text_csv, "text_lstm", "int16x8", "model.units=8"), tmp_path)
@@ -181,6 +183,7 @@ def test_lstm_int16x8_works_through_the_unrolled_route(tmp_path, text_csv):
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in fused["error"]
 
 
+@pytest.mark.slow
 def test_lstm_int16x8_forced_onto_the_fused_route_is_a_failed_row(tmp_path, text_csv):
     cfg = text_cfg(
         tmp_path, text_csv, "text_lstm", "int16x8", "model.units=8", "model.recurrent=fused"

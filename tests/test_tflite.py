@@ -36,6 +36,7 @@ def files():
     }
 
 
+@pytest.mark.slow
 def test_ops_and_weights_are_read_by_their_real_names(files):
     fb = files["float32"]
     layers = ["block1_conv (CONV_2D)", "block2_conv (CONV_2D)"]
@@ -51,6 +52,7 @@ def test_ops_and_weights_are_read_by_their_real_names(files):
     assert len(tflite.float_weight_ops(files["dynamic"])) < 4
 
 
+@pytest.mark.slow
 def test_a_float32_reference_is_told_from_a_quantized_or_float16_file(files):
     assert tflite.all_float32(files["float32"])
     assert not tflite.all_float32(files["float16"])

@@ -19,6 +19,7 @@ def runs(uri):
     return client, client.search_runs([exp.experiment_id])
 
 
+@pytest.mark.slow
 def test_a_multirun_is_a_parent_run_with_one_child_per_job(tmp_path):
     # setup / execute: a 2-job sweep logged to a local store
     uri, sweep = tmp_path / "mlruns", tmp_path / "sweep"
@@ -69,6 +70,6 @@ def test_without_mlflow_one_line_says_what_to_install(tmp_path):
     # assert
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == (
-        'error: logger=mlflow needs MLflow: pip install -e ".[mlflow]" (or pip install mlflow-skinny)'
+        'error: logger=mlflow needs MLflow: pip install -e ".[tracking]" (or pip install mlflow)'
     )
     assert not (tmp_path / "run").exists()

@@ -273,6 +273,7 @@ def test_config_checks_data_path_and_image_keys_before_anything_runs(tmp_path):
     assert any(line.startswith("dataset.color_mode=") for line in bad)
 
 
+@pytest.mark.slow
 def test_a_pretrained_model_sets_the_image_size_and_its_class_count_is_checked(tmp_path):
     import tf_keras as keras
 
