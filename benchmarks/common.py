@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.config import sweep_values
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIBO = ROOT.parent / "shared" / "data" / "weibo_rumor" / "weibo_rumor.csv"
-RECIPES = ["none", "dynamic_range", "float16", "full_integer", "int16x8", "qat"]
+# the recipes of the main job (+experiment=all_recipes), less the ai-edge-quantizer one (its
+# own section: --only int4)
+RECIPES = [r for r in sweep_values("all_recipes") if r != "int4_weight_only"]
 
 
 def sh(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
@@ -47,7 +51,7 @@ def machine() -> dict:
         cpu = next(
             (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
         )
-    from runner.results import versions  # what every results.json records
+    from runner.report.results import versions  # what every results.json records
 
     return {
         "cores": os.cpu_count(),

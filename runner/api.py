@@ -64,8 +64,9 @@ def quantize_model(
             them); without them the float model's own predictions stand in.
         safe_mode: refuse ``Lambda`` layers (arbitrary code) in the model file.
         recurrent: ``auto`` | ``fused`` | ``unrolled``: how LSTM/GRU layers are converted.
-        check: refuse to write a float (unquantized) file whose outputs drift from the Keras
-            model's (output SQNR below 30 dB or a changed label); quantized recipes only warn.
+        check: refuse to write a float (unquantized) file that is not faithful to the Keras
+            model (:mod:`runner.evaluation.fidelity`: output SQNR below 30 dB, or a label
+            changed on a sample that was no near tie); quantized recipes are only reported.
         **options: the recipe's options, e.g. ``calibration_samples=100`` (checked like
             ``recipe.<key>=`` on the command line: a typo names the closest key).
 
@@ -138,7 +139,7 @@ def _api_dataset(model, calibration: np.ndarray | None, labels: np.ndarray | Non
     """The data a recipe sees: the caller's inputs (else domain inputs, for the fidelity probe
     of data-free recipes) with their labels (else the float model's predicted labels)."""
     from runner.data import Split
-    from runner.evaluate import labels_from_outputs
+    from runner.evaluation.metrics import labels_from_outputs
 
     token_ids = takes_token_ids(model)
     x = np.asarray(calibration) if calibration is not None else domain_inputs(model, 256, token_ids)
@@ -177,11 +178,11 @@ def _produce(rec: Recipe, ctx: RecipeContext, recipe: str, model_path: Any) -> A
 
 def _check_fidelity(model, flatbuffer, data, rec, recipe, model_path, check, real) -> None:
     """Refuse (``check``) or warn about a float file that is not faithful to the Keras model
-    (:mod:`runner.fidelity`: SQNR, and changed labels only on near ties); quantized files are
+    (:mod:`runner.evaluation.fidelity`: SQNR, and changed labels only on near ties); quantized files are
     reported, never refused."""
     from runner.data import Scaling
-    from runner.evaluate import TFLiteModel
-    from runner.fidelity import compare
+    from runner.evaluation.fidelity import compare
+    from runner.evaluation.metrics import TFLiteModel
     from runner.recipes.recurrent import has_recurrent
 
     probe = data.train.x[:256]
@@ -251,7 +252,7 @@ def predict_labels(
     """:func:`prediction_label` for many sentences: one vocabulary load, one batched inference."""
     from runner.data import Scaling
     from runner.data.vocabulary import Vocabulary, segment
-    from runner.evaluate import labels_from_outputs
+    from runner.evaluation.metrics import labels_from_outputs
 
     sentences = list(sentences)
     if not sentences or any(not isinstance(s, str) or not s.strip() for s in sentences):
@@ -303,7 +304,7 @@ _MODELS: dict[tuple[str, float], Any] = {}
 
 def _tflite_cache(path: Path):
     """One interpreter per model file (reloaded when the file changes)."""
-    from runner.evaluate import TFLiteModel
+    from runner.evaluation.metrics import TFLiteModel
 
     key = (str(path.resolve()), path.stat().st_mtime)
     if key not in _MODELS:

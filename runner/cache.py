@@ -271,7 +271,7 @@ def memo_metrics(folder: Path | None, spec: dict[str, Any], compute: Callable[[]
     """
     import numpy as np
 
-    from runner.evaluate import Metrics
+    from runner.evaluation.metrics import Metrics
     from runner.files import atomic_write_with
 
     if folder is None:

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from runner.data.base import DatasetMeta
 from runner.errors import RunnerError
-from runner.evaluate import EvalConfig
+from runner.evaluation.metrics import EvalConfig
 from runner.models.meta import ModelMeta
 from runner.recipes.base import RecipeMeta
 from runner.schema import Options, combined, config_node, options_of, parse, resolve
@@ -154,6 +154,52 @@ def register_bases(conf_dir: Path = CONF_DIR) -> None:
     store = ConfigStore.instance()
     for name, group in base_entries(conf_dir).items():
         store.store(group=BASE, name=name, node=base_node(group, name), provider="runner")
+    store.store(group="hydra/help", name="runner", node=help_node(conf_dir), provider="runner")
+
+
+HELP = """tfq-runner: which TFLite file should I ship?
+
+Trains (or loads) a float Keras model, converts it with a quantization recipe, runs every
+.tflite in the LiteRT interpreter and writes a size / accuracy / fidelity / latency table
+(outputs/runs/...), or one table for a whole sweep (-m).
+
+Examples:
+  python -m runner recipe=full_integer                      one recipe on the bundled digits
+  python -m runner model=pretrained model.path=cnn.keras dataset=image_folder \\
+      dataset.path=/data/images recipe=float16              your model and your images
+  python -m runner -m recipe=none,float16,full_integer,qat  a sweep: one table for all jobs
+
+Config groups (group=option):
+{groups}
+
+Any key can be set (recipe.calibration_samples=100) or swept (train.seed=0,1,2); every key,
+its default and what it does: docs/options.md. The composed config: python -m runner --cfg job.
+Hydra's own flags: python -m runner --hydra-help.
+"""
+
+
+def help_node(conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """``python -m runner --help``: what the tool does, examples, the groups and their options."""
+    groups = []
+    for folder in sorted(p for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"):
+        names = sorted(f.stem for f in folder.glob("*.yaml"))
+        groups.append(f"  {folder.name}: {', '.join(names)}")
+    return {
+        "app_name": "tfq-runner",
+        "header": "",
+        "footer": "",
+        "template": HELP.format(groups="\n".join(groups)).replace("$", "$$"),
+    }
+
+
+def sweep_values(experiment: str, key: str = "recipe") -> list[str]:
+    """The values ``conf/experiment/<experiment>.yaml`` sweeps ``key`` over: the one list of
+    recipes that the main job, the tests and the benchmark share."""
+    node = OmegaConf.load(CONF_DIR / "experiment" / f"{experiment}.yaml")
+    value = OmegaConf.select(node, f"hydra.sweeper.params.{key}")
+    if value is None:
+        raise RunnerError(f"+experiment={experiment} does not sweep {key}")
+    return [v.strip() for v in str(value).split(",")]
 
 
 # --------------------------------------------------------------------------- checking

@@ -25,6 +25,8 @@ NOISE = re.compile(
     r"|computation placer|This TensorFlow binary is optimized|rebuild TensorFlow with"
     r"|port\.cc:\d+\]|cpu_feature_guard|Created TensorFlow Lite XNNPACK delegate"
     r"|fully_quantize: \d|Estimated count of arithmetic ops|^\s*$"
+    # ai-edge-quantizer's progress: a calibration bar and an INFO line on the root logger
+    r"|Running Calibration:|Serializing model\.\.\."
 )
 # Python loggers whose records belong in the run's log file, not on the terminal.
 FILE_ONLY_LOGGERS = ("py.warnings", "tensorflow", "absl", "h5py")
@@ -56,11 +58,24 @@ def check_interrupt(*_: object) -> None:
 
 def configure(verbose: bool) -> None:
     """``verbose``: show everything (no filtering, warnings on the terminal); else keep Python
-    warnings and TensorFlow's Python logging in the run's log file only."""
+    warnings and TensorFlow's Python logging in the run's log file only, and drop the noise
+    libraries log on the root logger itself (ai-edge-quantizer's "Serializing model...")."""
     global _verbose
     _verbose = bool(verbose)
+    root = logging.getLogger()
+    for f in [f for f in root.filters if isinstance(f, _RootNoise)]:
+        root.removeFilter(f)
     if not verbose:
         _warnings_to_log_file()
+        root.addFilter(_RootNoise())
+
+
+class _RootNoise(logging.Filter):
+    """On the root logger, a filter sees only records logged on it directly (libraries calling
+    ``logging.info``), never the runner's own, which propagate from named loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not NOISE.search(record.getMessage())
 
 
 def verbose() -> bool:

@@ -2,8 +2,8 @@
 
 :func:`run` takes a composed config and an output folder, so tests and the benchmark call it
 without Hydra's command line. Its stages live by concern: :mod:`runner.baseline` (the data set
-and the float model), :mod:`runner.scoring` (every artifact against the float model, the shared
-ones memoized), :mod:`runner.results` (the rows and the files that report them, rewritten after
+and the float model), :mod:`runner.evaluation.scoring` (every artifact against the float model, the shared
+ones memoized), :mod:`runner.report.results` (the rows and the files that report them, rewritten after
 every row). Recipes are called through :class:`runner.recipes.base.Recipe` only.
 """
 
@@ -26,12 +26,12 @@ from runner.config import plugin, validate
 from runner.console import check_interrupt
 from runner.data import Dataset
 from runner.errors import summarize_error
-from runner.evaluate import EvalConfig
+from runner.evaluation.metrics import EvalConfig
+from runner.evaluation.scoring import Scorer
 from runner.files import atomic_copy, atomic_write_text, atomic_write_with
 from runner.recipes.base import Artifact, Recipe, RecipeContext
-from runner.results import ResultsTable, RunResult, write_job_failure
+from runner.report.results import ResultsTable, RunResult, write_job_failure
 from runner.schema import call
-from runner.scoring import Scorer
 
 __all__ = ["build_recipe", "load_dataset", "run", "scaling_from", "write_job_failure"]
 

@@ -171,6 +171,8 @@ def combined(meta: type[Options], schema: type[Options]) -> type[Options]:
     """One model with the runner's keys and the plugin's (a key in both is read by both)."""
     if schema is meta or issubclass(schema, meta):
         return schema
+    if issubclass(meta, schema):  # a plugin with no options of its own (the Options base)
+        return meta
     return type(f"{schema.__name__}With{meta.__name__}", (schema, meta), {})
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.report import METRIC_COLUMNS
+from runner.report.table import METRIC_COLUMNS
 from runner.schema import Options
 
 log = logging.getLogger(__name__)

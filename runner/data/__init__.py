@@ -1,5 +1,6 @@
-"""Data sets, one module per kind: ``digits``, ``cifar100``, ``text`` (labelled text files),
-``images`` (a folder per class), ``arrays`` (NumPy ``.npz``).
+"""Data sets, one module per kind: ``digits``, ``cifar100``, ``text`` (labelled text files, with
+``vocabulary``), ``images`` (a folder per class, with ``image_files`` for the layout and
+``image_decode`` for the parallel decode), ``arrays`` (NumPy ``.npz``).
 
 Each loader is referenced from ``conf/dataset/*.yaml`` by ``_target_``; a new data set is a new
 YAML file plus, when it needs new code, a new module here. What every loader returns lives in

@@ -1,9 +1,13 @@
 """Recipes, one module per family, all behind the :class:`~runner.recipes.base.Recipe` protocol.
 
-- ``base``: the protocol, the context a recipe receives, the artifacts it returns
+- ``base``: the protocol, the context a recipe receives, the artifacts it returns, the
+  calibration options every calibrating family shares
 - ``conversion``: the TFLite converter and the routes for recurrent models (used by every family)
-- ``ptq``: post-training recipes (none, dynamic_range, float16, full_integer, int16x8 ...)
-- ``qat``: quantization-aware training
-- ``debugger``: the per-layer int8 error report
-- ``fallback``: selective and auto_int8 (int8 with some ops kept in float)
+- ``recurrent``: LSTM/GRU models as the converter sees them (fixed batch, unrolled copy)
+- ``ptq``: post-training converter recipes (none, dynamic_range, float16, full_integer, int16x8 ...)
+- ``qat``: quantization-aware training (``qat/recipe.py``, ``qat/wrap.py``)
+- ``layer_report``: the per-layer int8 error report (TFLite's quantization debugger)
+- ``selective``: selective and auto_int8 (int8 with the worst ops kept in float)
+- ``aeq``: ai-edge-quantizer recipes (int4, int8 weight-only, static int8)
+- ``noise``: when is a gain on held-out samples more than their noise (the sign test)
 """

@@ -191,7 +191,14 @@ class AEQRecipe(RecipeBase):
         ]
 
     def quantize(self, reference: bytes, ctx: RecipeContext) -> bytes:
-        """The AEQ result for ``reference`` (calibrated on our representative data if static)."""
+        """The AEQ result for ``reference`` (calibrated on our representative data if static);
+        its progress bar and INFO lines are held back like TensorFlow's (``verbose=true``)."""
+        from runner.console import filtered
+
+        with filtered():
+            return self._quantize(reference, ctx)
+
+    def _quantize(self, reference: bytes, ctx: RecipeContext) -> bytes:
         quantizer, recipe_manager, qtyping = _aeq()  # type: ignore[misc]
         manager = recipe_manager.RecipeManager()
         ops = weight_ops(reference)

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import Field
 
-from runner import fidelity
 from runner.errors import RunnerError, summarize_error
+from runner.evaluation import fidelity
 from runner.models.meta import ROUTES
 from runner.recipes.recurrent import has_recurrent, unrolled, with_fixed_batch
 from runner.schema import Options
@@ -195,7 +195,9 @@ class RouteTrial:
     output_sqnr_db: float | None = None
     output_max_abs_error: float | None = None
     agreement: float | None = None
-    faithful: bool | None = None  # the float-conversion rule (runner.fidelity), when measured
+    faithful: bool | None = (
+        None  # the float-conversion rule (runner.evaluation.fidelity), when measured
+    )
     error: str | None = None
 
     def describe(self) -> str:
@@ -230,7 +232,7 @@ def measure_fidelity(
     """Run ``flatbuffer`` in LiteRT on model-ready ``probe`` inputs and compare with Keras
     (``reference``: the Keras model's outputs on ``probe``, when already computed)."""
     from runner.data import Scaling
-    from runner.evaluate import TFLiteModel
+    from runner.evaluation.metrics import TFLiteModel
 
     ref = np.asarray(model(probe, training=False)) if reference is None else reference
     out = TFLiteModel(content=flatbuffer).predict(probe, Scaling("none"), batch_size=len(probe))

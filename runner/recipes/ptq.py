@@ -22,7 +22,7 @@ from runner.recipes.base import (
     RecipeContext,
 )
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert_checked
-from runner.recipes.debugger import Debugger
+from runner.recipes.layer_report import Debugger
 from runner.recipes.recurrent import has_recurrent
 
 log = logging.getLogger(__name__)

@@ -32,10 +32,20 @@ def _types() -> dict[str, int]:
     return {k: v for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 
 
+def builtin(code: Any) -> int:
+    """An operator code's builtin operator: the larger of the two fields (codes above 127 live
+    only in ``builtinCode``; files from old converters fill only ``deprecatedBuiltinCode``)."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
+
+
+def op_code(model: Any, op: Any) -> int:
+    """The builtin operator of ``op`` (``CUSTOM`` = 32 for a custom op)."""
+    return builtin(model.operatorCodes[op.opcodeIndex])
+
+
 def op_name(model: Any, op: Any) -> str:
     """``CONV_2D``, ``FULLY_CONNECTED`` ... (``CUSTOM`` for a custom op)."""
-    code = model.operatorCodes[op.opcodeIndex]
-    return _op_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+    return _op_names().get(op_code(model, op), "CUSTOM")
 
 
 def weight_tensors(model: Any, sg: Any, op: Any) -> list[Any]:
@@ -56,11 +66,7 @@ def custom_ops(flatbuffer: bytes) -> list[str]:
     """Names of the custom ops a flatbuffer uses (a builtin op's code may carry a name too)."""
     model = read(flatbuffer)
     return sorted(
-        {
-            text(code.customCode)
-            for code in model.operatorCodes
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == CUSTOM
-        }
+        {text(code.customCode) for code in model.operatorCodes if builtin(code) == CUSTOM}
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from runner.tflite.names import layer_name
-from runner.tflite.read import text
+from runner.tflite.read import builtin, op_code, text
 
 
 class _Editor:
@@ -19,12 +19,11 @@ class _Editor:
         self.schema, self.model, self.sg = schema, model, model.subgraphs[0]
 
     def code(self, op: Any) -> int:
-        c = self.model.operatorCodes[op.opcodeIndex]
-        return max(c.builtinCode, c.deprecatedBuiltinCode)
+        return op_code(self.model, op)
 
     def opcode(self, code: int) -> int:
         for i, c in enumerate(self.model.operatorCodes):
-            if max(c.builtinCode, c.deprecatedBuiltinCode) == code:
+            if builtin(c) == code:
                 return i
         c = self.schema.OperatorCodeT()
         c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1

@@ -14,47 +14,54 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from runner.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# Every row has these columns, in this order.
-COLUMNS = [
-    "dataset",
-    "model",
-    "recipe",
-    "role",  # float (the Keras model), reference (recipe@reference), recipe
-    "artifact",
-    "format",
-    "size_bytes",
-    "size_mb",
-    "compression",
-    "accuracy",
-    "accuracy_delta",
-    "agreement",
-    "output_sqnr_db",
-    "output_max_abs_error",
-    "top5",
-    "latency_ms",
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "train_seconds",
-    "convert_seconds",
-    "eval_seconds",
-    "baseline_cache",
-    "status",
-    "error",
-    "worst_layer",
-    "float_layers",
-    "route",
-    "note",
-    "use_case",
-    "path",
-    "sha256",
-    "baseline_key",
-]
+
+class Row(TypedDict):
+    """One row of the comparison table: one artifact of a run (or a run that failed before it
+    had one). Every row has every key, in this order (the CSV's columns); a value not measured
+    is None. The meaning of each column: docs/results.md."""
+
+    dataset: str
+    model: str
+    recipe: str
+    role: str | None  # float (the Keras model), reference (recipe@reference), recipe
+    artifact: str
+    format: str | None  # tflite | keras
+    size_bytes: int | None
+    size_mb: float | None
+    compression: float | None  # the reference's size / this size
+    accuracy: float | None
+    accuracy_delta: float | None  # against the float Keras model
+    agreement: float | None  # share of test samples with the float model's label
+    output_sqnr_db: float | None
+    output_max_abs_error: float | None
+    top5: float | None
+    latency_ms: float | None
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    train_seconds: float | None
+    convert_seconds: float | None
+    eval_seconds: float | None
+    baseline_cache: str | None  # hit | miss | pretrained | uncached
+    status: str  # ok | failed
+    error: str | None
+    worst_layer: str | None
+    float_layers: str | None
+    route: str | None  # recurrent models: fused | unrolled
+    note: str | None
+    use_case: str | None
+    path: str | None
+    sha256: str | None
+    baseline_key: str | None
+
+
+# Every row has these columns, in this order: the keys of Row.
+COLUMNS = list(Row.__annotations__)
 # The numeric per-artifact measurements (what experiment trackers log as metrics).
 METRIC_COLUMNS = tuple(
     c
@@ -85,10 +92,14 @@ DISPLAY = [
 ]
 
 
-def empty_row(**values: Any) -> dict[str, Any]:
+def empty_row(**values: Any) -> Row:
+    """A :class:`Row` with every column, None where ``values`` gives nothing."""
+    unknown = set(values) - set(COLUMNS)
+    if unknown:
+        raise KeyError(f"not a column of the table: {sorted(unknown)}")
     row = dict.fromkeys(COLUMNS)
     row.update(values)
-    return row
+    return row  # type: ignore[return-value]
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
@@ -316,7 +327,7 @@ def write_sweep_report(
         )
         + "\n",
     )
-    from runner.plot import plot
+    from runner.report.plot import plot
 
     plot(rows, out / "comparison.png")
     summary = seed_summary(rows)

@@ -11,15 +11,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import report
 from runner.cache import package_versions
 from runner.data import Scaling
 from runner.errors import RunnerError
-from runner.evaluate import Metrics
+from runner.evaluation.metrics import Metrics
+from runner.evaluation.scoring import fidelity_warnings
 from runner.files import MB, atomic_write_json, sha256_file
 from runner.recipes.base import Artifact
+from runner.report import table as report
 from runner.schema import tagged
-from runner.scoring import fidelity_warnings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ResultsTable:
 
     def layer_report(self, rows: list[dict[str, Any]]) -> None:
         """Write ``layer_report.csv`` (per-layer int8 error, worst first) and name the worst."""
-        from runner.recipes.debugger import REPORT_COLUMNS, summary, write_rows
+        from runner.recipes.layer_report import REPORT_COLUMNS, summary, write_rows
 
         write_rows(self.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
         log.info("layer report: worst int8 layers: %s", summary(rows))

@@ -24,7 +24,7 @@ from runner.models.qat_scope import load_scope
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
 from runner.recipes.noise import paired_gain
-from runner.recipes.qat_wrap import calibrate_ranges, qat_ready, quantize_aware
+from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class QATRecipe(RecipeBase):
         With ``distill`` the targets are the float model's own outputs: the QAT copy learns to
         agree with it."""
         from runner.data import Split
-        from runner.evaluate import predict_keras
+        from runner.evaluation.metrics import predict_keras
         from runner.train import batch_sequence, loss_for, make_optimizer
 
         o = self.opts
@@ -245,7 +245,7 @@ class _EpochJudge:
         self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val, where: str
     ) -> None:
         from runner.data import subset
-        from runner.evaluate import labels_from_outputs, predict_keras
+        from runner.evaluation.metrics import labels_from_outputs, predict_keras
 
         self.recipe, self.ctx, self.calib, self.where = recipe, ctx, calib, where
         self.val = subset(val, JUDGE_SAMPLES, recipe.opts.calibration_seed)
@@ -259,7 +259,7 @@ class _EpochJudge:
     def score(self, qat_model, epoch: int) -> None:
         import numpy as np
 
-        from runner.evaluate import TFLiteModel, labels_from_outputs
+        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 
         flatbuffer = self.recipe.to_tflite(qat_model, self.ctx, self.calib)
         out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)

@@ -18,7 +18,7 @@ from pydantic import Field
 from runner.errors import RunnerError
 from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
 from runner.recipes.conversion import ConverterSettings
-from runner.recipes.debugger import Debugger, summary, write_rows
+from runner.recipes.layer_report import Debugger, summary, write_rows
 from runner.recipes.noise import paired_gain
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
 
@@ -217,7 +217,7 @@ class AutoInt8Recipe(_DebuggerRecipe):
         return subset(val, self.opts.holdout_samples, self.opts.holdout_seed), where
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
-        from runner.evaluate import labels_from_outputs, predict_keras
+        from runner.evaluation.metrics import labels_from_outputs, predict_keras
 
         t0 = time.perf_counter()
         dbg = self.debugger(ctx)
@@ -263,7 +263,7 @@ class AutoInt8Recipe(_DebuggerRecipe):
         Returns the steps and their trace rows (``fallback_trace.csv``)."""
         import tempfile
 
-        from runner.evaluate import TFLiteModel, labels_from_outputs
+        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 
         float_acc = float(np.mean(float_labels == hold.y))
         trace: list[dict[str, Any]] = []

@@ -9,7 +9,7 @@ from typing import Any
 
 from runner import cache
 from runner.data import Dataset, Scaling
-from runner.evaluate import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
+from runner.evaluation.metrics import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
 from runner.files import sha256_file
 from runner.recipes.base import Artifact
 

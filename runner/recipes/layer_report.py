@@ -4,7 +4,7 @@ Built on TensorFlow Lite's quantization debugger: it converts the model once wit
 only, then instruments each quantized op with a float twin fed the same inputs, so every row of
 the report is that op's own error, not the error accumulated above it. The same calibrated model
 can be re-quantized with some ops kept in float (``denylisted_nodes``): the fallback recipes
-(:mod:`runner.recipes.fallback`) do that.
+(:mod:`runner.recipes.selective`) do that.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _rows(dbg: Any) -> list[dict[str, Any]]:
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     from runner.files import atomic_write_text
-    from runner.report import to_csv
+    from runner.report.table import to_csv
 
     return atomic_write_text(path, to_csv(rows, columns))
 

@@ -1,0 +1,332 @@
+"""Evaluate stage: score the real artifacts on the test split.
+
+TFLite files run in the LiteRT interpreter (``ai-edge-litert``), batched where the input can be
+resized, with integer inputs quantized and outputs dequantized from the tensors' own scale and
+zero point. This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from runner.data import Scaling
+from runner.errors import RunnerError
+from runner.evaluation.fidelity import MAX_SQNR_DB, labels_from_outputs, output_fidelity  # noqa: F401
+from runner.schema import Options
+
+log = logging.getLogger(__name__)
+
+
+class EvalConfig(Options):
+    """``conf/evaluation/default.yaml``: how every artifact is scored."""
+
+    batch_size: int = Field(128, ge=1, description="batched inference where the input resizes")
+    num_threads: int = Field(1, ge=1, description="interpreter threads (latency uses this count)")
+    latency_warmup: int = Field(5, ge=0, description="untimed invokes before timing")
+    latency_samples: int = Field(50, ge=0, description="timed single-sample invokes (0: none)")
+    progress: bool = Field(True, description="progress bars on a terminal")
+    min_agreement: float = Field(
+        0.99, ge=0, le=1, description="float artifacts below this agreement are warned about"
+    )
+    min_agreement_quantized: float = Field(
+        0.95, ge=0, le=1, description="the same for quantized artifacts"
+    )
+    min_output_sqnr_db: float | None = Field(
+        30, ge=0, description="float artifacts below this output SQNR (dB) are warned about"
+    )
+    layer_report: bool = Field(False, description="int8 recipes: layer_report.csv, worst first")
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> EvalConfig:
+        """A config node's keys of this schema (validated)."""
+        known = set(cls.model_fields)
+        return cls.model_validate({k: v for k, v in dict(cfg).items() if k in known})
+
+
+@dataclass(frozen=True)
+class Metrics:
+    accuracy: float
+    top5: float | None
+    agreement: float | None
+    labels: np.ndarray
+    latency_ms: float | None
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    eval_seconds: float
+    # Output-level fidelity against the float Keras model's outputs on the same inputs (None for
+    # the float model itself): conversion drift shows here before it flips a label.
+    output_sqnr_db: float | None = None
+    output_max_abs_error: float | None = None
+    outputs: np.ndarray | None = None  # the dequantized outputs (kept for the reference only)
+
+
+# --------------------------------------------------------------------------- scoring
+def top_k_accuracy(out: np.ndarray, y: np.ndarray, k: int) -> float:
+    top = np.argpartition(-out, kth=min(k, out.shape[-1]) - 1, axis=-1)[:, :k]
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def score(
+    out: np.ndarray,
+    y: np.ndarray,
+    reference: np.ndarray | None,
+    num_classes: int,
+    latencies_ms: list[float] | None = None,
+    eval_seconds: float = 0.0,
+) -> Metrics:
+    """Metrics of outputs ``out``; ``reference``: the float Keras model's outputs on the same
+    inputs (for agreement and output fidelity), or None when ``out`` is that model's.
+
+    Raises:
+        RunnerError: non-finite outputs (never scored as label 0).
+    """
+    bad = int(
+        np.count_nonzero(
+            ~np.isfinite(np.asarray(out, np.float64)).reshape(len(out), -1).all(axis=1)
+        )
+    )
+    if bad:
+        raise RunnerError(
+            f"the model gives NaN or infinite outputs on {bad} of {len(out)} test samples"
+        )
+    labels = labels_from_outputs(out)
+    lat = sorted(latencies_ms or [])
+    sqnr = max_err = agreement = None
+    if reference is not None:
+        agreement = float(np.mean(labels == labels_from_outputs(reference)))
+        sqnr, max_err = output_fidelity(reference, out)
+    return Metrics(
+        accuracy=float(np.mean(labels == y)),
+        top5=top_k_accuracy(out, y, 5) if num_classes > 10 else None,
+        agreement=agreement,
+        labels=labels,
+        latency_ms=statistics.fmean(lat) if lat else None,
+        latency_p50_ms=_percentile(lat, 50),
+        latency_p90_ms=_percentile(lat, 90),
+        eval_seconds=eval_seconds,
+        output_sqnr_db=sqnr,
+        output_max_abs_error=max_err,
+        outputs=np.asarray(out, np.float32) if reference is None else None,
+    )
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float | None:
+    return float(np.percentile(sorted_vals, q)) if sorted_vals else None
+
+
+# --------------------------------------------------------------------------- TFLite
+class TFLiteModel:
+    """A ``.tflite`` file in the LiteRT interpreter, fed raw (uint8 / token id) inputs."""
+
+    def __init__(
+        self, path: str | Path | None = None, num_threads: int = 1, content: bytes | None = None
+    ) -> None:
+        """Load ``path``, or a flatbuffer held in memory (``content``)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        from runner.console import filtered
+
+        self.path = Path(path) if path is not None else Path("<in memory>.tflite")
+        self.num_threads = num_threads
+        with filtered():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._interp = (
+                Interpreter(model_content=content, num_threads=num_threads)
+                if content is not None
+                else Interpreter(model_path=str(self.path), num_threads=num_threads)
+            )
+            self._interp.allocate_tensors()
+        self.input = self._interp.get_input_details()[0]
+        self.output = self._interp.get_output_details()[0]
+        sig = self.input.get("shape_signature", self.input["shape"])
+        # A dynamic batch (-1) can be resized; a fixed one (e.g. a fused LSTM) is fed in its own size.
+        self.fixed_batch = int(sig[0]) if int(sig[0]) > 0 else None
+        self._batch = int(self.input["shape"][0])
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.input["dtype"])
+
+    def prepare(self, x_raw: np.ndarray, scaling: Scaling) -> np.ndarray:
+        """Scale raw inputs, then quantize them if the model takes quantized integers."""
+        dtype = self.input_dtype
+        x = scaling(x_raw)
+        scale, zero_point = self.input["quantization"]
+        if np.issubdtype(dtype, np.integer) and scale:
+            # a quantized input: real values (also raw uint8 pixels under input_scaling=none,
+            # for a model that rescales inside) become the tensor's integers
+            info = np.iinfo(dtype)
+            q = np.rint(np.asarray(x, np.float32) / np.float32(scale) + zero_point)
+            return np.clip(q, info.min, info.max).astype(dtype)
+        return np.asarray(x, dtype=dtype)
+
+    def _dequantize(self, out: np.ndarray) -> np.ndarray:
+        scale, zero_point = self.output["quantization"]
+        if np.issubdtype(out.dtype, np.integer) and scale:
+            return (out.astype(np.float32) - zero_point) * np.float32(scale)
+        return out.astype(np.float32, copy=False)
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self._interp.resize_tensor_input(
+                self.input["index"], [n, *self.input["shape"][1:]], strict=True
+            )
+            self._interp.allocate_tensors()
+            self._batch = n
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """Run one prepared batch whose size the interpreter already has."""
+        self._interp.set_tensor(self.input["index"], x)
+        self._interp.invoke()
+        return self._interp.get_tensor(self.output["index"])
+
+    def predict(
+        self, x_raw: np.ndarray, scaling: Scaling, batch_size: int = 128, progress: bool = False
+    ) -> np.ndarray:
+        """Dequantized outputs for every sample of ``x_raw``."""
+        n = len(x_raw)
+        bs = self.fixed_batch or max(1, min(batch_size, n))
+        if self.fixed_batch is None:
+            try:
+                self._resize(bs)
+            except (RuntimeError, ValueError) as e:  # input not resizable after all: one at a time
+                log.info(
+                    "%s: cannot resize input to %d (%s); evaluating one sample at a time",
+                    self.path.name,
+                    bs,
+                    e,
+                )
+                # the failed resize is half-applied: put the file's own batch back
+                self.fixed_batch = bs = int(self.input["shape"][0])
+                self._interp.resize_tensor_input(
+                    self.input["index"], list(self.input["shape"]), strict=True
+                )
+                self._interp.allocate_tensors()
+                self._batch = bs
+        outs = []
+        for start in _progress(range(0, n, bs), progress and n > 20 * bs, f"eval {self.path.name}"):
+            chunk = x_raw[start : start + bs]
+            real = len(chunk)
+            if real < bs:
+                if self.fixed_batch is None:
+                    self._resize(real)
+                else:  # pad a fixed-batch model's last batch
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - real, axis=0)])
+            # get_tensor returns a copy, so the slice can be kept as it is
+            outs.append(self._dequantize(self.invoke(self.prepare(chunk, scaling)))[:real])
+        return np.concatenate(outs) if outs else np.empty((0,), np.float32)
+
+    def latencies(
+        self, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int
+    ) -> list[float]:
+        """Single-invoke latency in ms over ``samples`` inputs (after ``warmup`` untimed runs).
+
+        A dynamic-batch model is timed at batch 1; a fixed-batch model at its own batch.
+        """
+        bs = self.fixed_batch or 1
+        if self.fixed_batch is None:
+            self._resize(1)
+        idx = np.arange(max(samples, 1)) % len(x_raw)
+        prepared = [self.prepare(np.repeat(x_raw[i : i + 1], bs, axis=0), scaling) for i in idx]
+        for x in prepared[:warmup]:
+            self.invoke(x)
+        times = []
+        for x in prepared[:samples]:
+            self._interp.set_tensor(self.input["index"], x)
+            t0 = time.perf_counter()
+            self._interp.invoke()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+def evaluate_tflite(
+    path: str | Path,
+    x_raw: np.ndarray,
+    y: np.ndarray,
+    scaling: Scaling,
+    reference: np.ndarray | None,
+    num_classes: int,
+    cfg: EvalConfig,
+) -> Metrics:
+    t0 = time.perf_counter()
+    model = TFLiteModel(path, num_threads=cfg.num_threads)
+    out = model.predict(x_raw, scaling, cfg.batch_size, progress=cfg.progress)
+    seconds = time.perf_counter() - t0
+    lat = (
+        model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
+        if cfg.latency_samples
+        else None
+    )
+    return score(out, y, reference, num_classes, lat, seconds)
+
+
+# --------------------------------------------------------------------------- Keras
+# A Keras model is called eagerly, and an eager call holds every layer's activations of the
+# batch at once: batches are capped at this many input values (85 CIFAR images, 21 at 64x64x3),
+# which kept a 64x64x3 evaluation to +150 MB of memory where 128 images took +550 MB.
+KERAS_BATCH_VALUES = 1 << 18
+
+
+def keras_batch_size(x_raw: Any, batch_size: int) -> int:
+    per_sample = int(np.prod(x_raw.shape[1:])) if len(x_raw.shape) > 1 else 1
+    return max(1, min(int(batch_size), KERAS_BATCH_VALUES // max(per_sample, 1)))
+
+
+def predict_keras(model, x_raw: np.ndarray, scaling: Scaling, batch_size: int = 128) -> np.ndarray:
+    # A direct call in inference mode: no tf.function retracing for a short last batch.
+    batch_size = keras_batch_size(x_raw, batch_size)
+    outs = [
+        np.asarray(model(scaling(x_raw[s : s + batch_size]), training=False))
+        for s in range(0, len(x_raw), batch_size)
+    ]
+    return np.concatenate(outs)
+
+
+def keras_latencies(
+    model, x_raw: np.ndarray, scaling: Scaling, warmup: int, samples: int
+) -> list[float]:
+    idx = np.arange(max(samples, 1)) % len(x_raw)
+    xs = [scaling(x_raw[i : i + 1]) for i in idx]
+    for x in xs[:warmup]:
+        model(x, training=False)
+    times = []
+    for x in xs[:samples]:
+        t0 = time.perf_counter()
+        model(x, training=False)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def evaluate_keras(
+    model,
+    x_raw: np.ndarray,
+    y: np.ndarray,
+    scaling: Scaling,
+    reference: np.ndarray | None,
+    num_classes: int,
+    cfg: EvalConfig,
+) -> Metrics:
+    t0 = time.perf_counter()
+    out = predict_keras(model, x_raw, scaling, cfg.batch_size)
+    seconds = time.perf_counter() - t0
+    lat = (
+        keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
+        if cfg.latency_samples
+        else None
+    )
+    return score(out, y, reference, num_classes, lat, seconds)
+
+
+def _progress(it: range, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit="batch", leave=False, disable=None)  # None: only on a terminal

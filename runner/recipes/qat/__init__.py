@@ -1,0 +1,23 @@
+"""Quantization-aware training (tensorflow-model-optimization) as a recipe.
+
+- :mod:`runner.recipes.qat.recipe`: :class:`QATRecipe`: fine-tuning with the epoch judge
+  (every epoch's real int8 file scored on held-out data), the export of ``qat.tflite`` and
+  ``qat.h5``.
+- :mod:`runner.recipes.qat.wrap`: which layers tfmot annotates, the annotated clone, the
+  quantizers' starting ranges.
+
+Two QAT pieces live with the models because loading a QAT file must not import the recipes:
+:mod:`runner.models.qat_scope` (the custom objects a QAT ``.h5`` needs) and
+:mod:`runner.models.tf_keras_graph` (a tf_keras graph flattened so tfmot accepts it).
+"""
+
+from runner.recipes.qat.recipe import (
+    JUDGE_SAMPLES,
+    FineTuned,
+    QATOptions,
+    QATRecipe,
+    kept_note,
+    left_float_note,
+)
+
+__all__ = ["JUDGE_SAMPLES", "FineTuned", "QATOptions", "QATRecipe", "kept_note", "left_float_note"]

@@ -1,0 +1,7 @@
+"""``python -m runner.report DIR [DIR ...] [--out DIR]``: rebuild the sweep table and chart."""
+
+import sys
+
+from runner.report.table import main
+
+sys.exit(main())
