@@ -40,7 +40,7 @@ FAMILIES = [
 ]
 # families that scale their own pixels (a Rescaling/Normalization first): they take 0..255, the
 # rest take pixels / 255 (the runner's model.input_scaling none / unit)
-# (Keras, family) pairs the default suite (tests/test_applications.py) and `--quick` benchmark run
+# (Keras, family) pairs the default suite (tests/models/test_applications.py) and `--quick` benchmark run
 # the recipes on: attention, LayerNorm and Keras 3 operations (vit); BatchNorm after a
 # concatenation and average pooling (densenet). The other constructs (nested models, LayerScale,
 # hard-swish, separable convolutions) are checked by the exact-load test, and through every recipe

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import tf_keras as keras
-from conftest import WEIBO, compose_config, run_cli, write_text_csv
+from helpers import WEIBO, compose_config, run_cli, write_text_csv
 
 from runner.api import predict_labels, prediction_label, quantize_model
 from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
-from runner.evaluate import TFLiteModel
+from runner.evaluation.metrics import TFLiteModel
 from runner.pipeline import run
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF
+from helpers import CONF
 
 from runner.api import quantize_model
 from runner.errors import RunnerError
-from runner.evaluate import TFLiteModel, labels_from_outputs
+from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 from runner.pipeline import load_dataset, run, scaling_from
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ DETERMINISTIC = [
 @pytest.fixture(scope="module")
 def runner_rows(tmp_path_factory):
     """The runner's rows for the deterministic recipes on one cached tiny baseline."""
-    from conftest import TINY, compose_config
+    from helpers import TINY, compose_config
 
     tmp = tmp_path_factory.mktemp("cli")
     files = {}

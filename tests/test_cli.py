@@ -7,18 +7,29 @@ import sys
 
 import pytest
 import tf_keras as keras
-from conftest import ROOT, TINY, run_cli
+from helpers import ROOT, TINY, run_cli
 
 
 def test_help_and_config_errors_answer_without_tensorflow():
     code = (
-        "import sys, runner.__main__, runner.pipeline, runner.report, runner.evaluate;"
+        "import sys, runner.__main__, runner.pipeline, runner.report, runner.evaluation.metrics;"
         "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_help_says_what_the_tool_does_with_examples_and_the_groups():
+    p = run_cli("--help")
+    assert p.returncode == 0, p.stderr[-1000:]
+    lines = p.stdout.splitlines()
+    assert lines[0] == "tfq-runner: which TFLite file should I ship?"
+    assert sum(ln.strip().startswith("python -m runner") for ln in lines) >= 3  # examples
+    groups = {ln.split(":")[0].strip() for ln in lines if ln.startswith("  ") and ": " in ln}
+    assert {"dataset", "model", "recipe", "train", "evaluation", "experiment"} <= groups
+    assert "base:" not in p.stdout and "int4_weight_only" in p.stdout
 
 
 @pytest.mark.slow
@@ -135,7 +146,13 @@ def test_a_run_starts_quietly_and_verbose_shows_what_was_hidden(tmp_path):
 
     from runner.console import NOISE
 
-    args = ("recipe=none", "dataset.train_size=200", "train.epochs=1", "evaluation.progress=false")
+    # ai-edge-quantizer's static recipe calibrates (a progress bar) and logs "Serializing model"
+    args = (
+        "recipe=aeq_static_int8",
+        "dataset.train_size=200",
+        "train.epochs=1",
+        "evaluation.progress=false",
+    )
     # execute: the same run quiet (default) and verbose
     quiet = run_cli(*args, f"hydra.run.dir={tmp_path / 'q'}", f"cache_dir={tmp_path / 'c'}")
     loud = run_cli(
@@ -146,7 +163,9 @@ def test_a_run_starts_quietly_and_verbose_shows_what_was_hidden(tmp_path):
     assert [ln for ln in loud.stderr.splitlines() if NOISE.search(ln)], loud.stderr[:2000]
     assert not [ln for ln in quiet.stderr.splitlines() if NOISE.search(ln)], quiet.stderr[:2000]
     assert not re.search(r"Warning|warn\(", quiet.stderr), quiet.stderr[:2000]
-    assert "| none.tflite |" in quiet.stdout
+    assert "| aeq_static_int8.tflite |" in quiet.stdout
+    aeq_lines = re.compile(r"Running Calibration|Serializing model")
+    assert not aeq_lines.search(quiet.stdout + quiet.stderr), quiet.stdout[-2000:]
 
 
 def test_a_read_only_run_folder_is_one_line_before_hydras_traceback(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CONF, compose_config, run_cli
+from helpers import CONF, compose_config, run_cli
 from omegaconf import OmegaConf
 
 from runner.config import problems, schema_of, validate

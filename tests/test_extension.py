@@ -11,7 +11,7 @@ import csv
 import textwrap
 
 import pytest
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -8,15 +8,20 @@ import json
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 
-from runner.evaluate import Metrics
+from runner.config import sweep_values
+from runner.evaluation.metrics import Metrics
+from runner.evaluation.scoring import fidelity_warnings
 from runner.files import sha256_file
 from runner.pipeline import run
 from runner.recipes.base import Artifact
-from runner.scoring import fidelity_warnings
 
-POST_TRAINING = ["none", "dynamic_range", "ptq", "float16", "full_integer", "int16x8"]
+# the converter recipes of the main job's sweep (+experiment=all_recipes), and the ptq alias
+POST_TRAINING = [
+    *(r for r in sweep_values("all_recipes") if r not in ("qat", "int4_weight_only")),
+    "ptq",
+]
 EXPECTED_COLUMNS = [
     "dataset",
     "model",
@@ -97,7 +102,7 @@ def test_results_json_makes_every_row_traceable(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_baseline_is_trained_once_then_loaded(tmp_path):
-    from conftest import TINY
+    from helpers import TINY
 
     cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", *TINY, "recipe=none")
     first = run(cfg, tmp_path / "a")
@@ -164,7 +169,7 @@ def test_default_run_meets_the_accuracy_bar(tmp_path):
 
 @pytest.mark.slow
 def test_cifar100_run_from_a_fixture_archive_reports_top5(tmp_path):
-    from conftest import write_cifar_tarball
+    from helpers import write_cifar_tarball
 
     archive = write_cifar_tarball(tmp_path / "cifar-100-python.tar.gz", n_train=60, n_test=30)
     cfg = compose_config(
@@ -187,7 +192,7 @@ def test_cifar100_run_from_a_fixture_archive_reports_top5(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_run_reuses_the_conversions_cached_with_its_baseline(tmp_path):
-    from conftest import TINY
+    from helpers import TINY
 
     cfg = compose_config(f"cache_dir={tmp_path / 'cache'}", *TINY, "recipe=full_integer")
     first = run(cfg, tmp_path / "a")
@@ -262,7 +267,7 @@ def test_an_interrupted_job_never_looks_complete(tiny_cfg, tmp_path, monkeypatch
 def test_the_same_seed_trains_the_same_baseline_twice(tmp_path):
     # issue #23: the same command and seed trained to different epochs (the initial weights were
     # drawn before the seed was set); two caches, two trainings, one model
-    from conftest import TINY
+    from helpers import TINY
 
     rows = []
     for cache in ("a", "b"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import TINY, run_cli
+from helpers import TINY, run_cli
 
 mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tf_keras as keras
-from conftest import compose_config, write_text_csv
+from helpers import compose_config, write_text_csv
 
 from runner.api import prediction_label, quantize_model
 from runner.data import Scaling
 from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
-from runner.evaluate import TFLiteModel, labels_from_outputs, output_fidelity
+from runner.evaluation.metrics import TFLiteModel, labels_from_outputs, output_fidelity
 from runner.recipes.conversion import ConverterOptions, convert_checked
 from runner.recipes.recurrent import unrolled
 
@@ -166,7 +166,7 @@ def test_quantize_model_refuses_to_write_a_drifting_float_file(seed_style, tmp_p
 
 
 # --------------------------------------------------------------------------- the runner
-# (a run records the route and scores output fidelity: tests/test_text.py, text_lstm float16)
+# (a run records the route and scores output fidelity: tests/data/test_text.py, text_lstm float16)
 def test_the_route_is_a_conversion_choice_not_a_new_baseline():
     from runner.baseline import baseline_spec
     from runner.cache import cache_key

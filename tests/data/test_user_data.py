@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config, run_cli
+from helpers import compose_config, run_cli
 
 from runner.data import Rows, Split, image_decode
 from runner.data import images as images_mod

@@ -1,4 +1,4 @@
-"""One fidelity rule (runner.fidelity): changed labels on near ties are rounding, not drift."""
+"""One fidelity rule (runner.evaluation.fidelity): changed labels on near ties are rounding, not drift."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runner.errors import RunnerError
-from runner.fidelity import FLOAT_FIDELITY_DB, compare, margins
+from runner.evaluation.fidelity import FLOAT_FIDELITY_DB, compare, margins
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ def test_quantize_model_writes_a_faithful_float16_file_of_a_low_margin_cnn(tmp_p
     # setup
     from runner.api import quantize_model
     from runner.data import Scaling
-    from runner.evaluate import TFLiteModel
+    from runner.evaluation.metrics import TFLiteModel
 
     rng = np.random.default_rng(0)
     x = (rng.random((256, 16, 16, 3)) * rng.random((256, 1, 1, 3))).astype("float32")
@@ -90,7 +90,7 @@ def test_a_drifting_float_file_is_refused_with_a_hint_that_fits_a_cnn(tmp_path, 
     import tf_keras as keras
 
     from runner import api
-    from runner.evaluate import TFLiteModel
+    from runner.evaluation.metrics import TFLiteModel
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1))

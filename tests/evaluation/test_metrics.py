@@ -8,7 +8,7 @@ import tf_keras as keras
 
 from runner.data import Scaling
 from runner.data.digits import load_digits
-from runner.evaluate import (
+from runner.evaluation.metrics import (
     MAX_SQNR_DB,
     EvalConfig,
     TFLiteModel,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tf_keras as keras
-from conftest import ROOT, compose_config, write_text_csv
+from helpers import ROOT, compose_config, write_text_csv
 
 from runner.data import Scaling
 from runner.data.digits import load_digits

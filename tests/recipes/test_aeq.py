@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tf_keras as keras
-from conftest import compose_config
+from helpers import compose_config
 
 from runner import tflite
 from runner.data import Dataset, Scaling
 from runner.data.digits import load_digits
 from runner.errors import RunnerError
-from runner.evaluate import TFLiteModel, labels_from_outputs
+from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 from runner.pipeline import build_recipe as build
 from runner.pipeline import run
 from runner.recipes import aeq

@@ -15,7 +15,7 @@ from runner.models.qat_scope import load_scope
 from runner.pipeline import run
 from runner.recipes.base import RecipeContext
 from runner.recipes.qat import QATRecipe
-from runner.recipes.qat_wrap import quantize_aware
+from runner.recipes.qat.wrap import quantize_aware
 from runner.train import TrainConfig, train
 
 
@@ -236,7 +236,7 @@ def test_the_epoch_judge_and_auto_int8_hold_out_the_data_sets_validation_split_w
 
 
 def test_the_epoch_judge_keeps_a_later_epoch_only_for_a_gain_beyond_noise():
-    from runner.recipes.qat import _EpochJudge
+    from runner.recipes.qat.recipe import _EpochJudge
 
     judge = object.__new__(_EpochJudge)  # the rule alone: no model, no conversion
     n = 297
@@ -281,7 +281,7 @@ def test_qat_recipe_in_the_pipeline_gives_both_seed_rows(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_qat_on_an_lstm_is_a_failed_row_with_the_reason(tmp_path):
-    from conftest import compose_config, write_text_csv
+    from helpers import compose_config, write_text_csv
 
     csv = write_text_csv(tmp_path / "n.csv", 60)
     cfg = compose_config(

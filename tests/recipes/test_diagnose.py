@@ -8,16 +8,16 @@ import json
 import numpy as np
 import pytest
 import tf_keras as keras
-from conftest import compose_config
+from helpers import compose_config
 
 from runner.data import Scaling
 from runner.data.digits import load_digits
 from runner.errors import RunnerError
-from runner.evaluate import TFLiteModel, labels_from_outputs, predict_keras
+from runner.evaluation.metrics import TFLiteModel, labels_from_outputs, predict_keras
 from runner.pipeline import build_recipe as build
 from runner.pipeline import run
 from runner.recipes.base import RecipeContext
-from runner.recipes.debugger import Debugger
+from runner.recipes.layer_report import Debugger
 from runner.train import TrainConfig, train
 
 UNIT = Scaling("unit")

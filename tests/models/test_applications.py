@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from applications_fixtures import CI_SUBSET, FAMILIES, input_scaling, make, write_digits32
-from conftest import compose_config
+from helpers import compose_config
 
 from runner.models.loading import open_model
 from runner.models.tf_keras_graph import flatten_tf_keras

@@ -7,7 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import cifar_arrays, write_cifar_folder, write_cifar_tarball
+from helpers import cifar_arrays, write_cifar_folder, write_cifar_tarball
 
 from runner.data import Scaling, Split, batches, calibration_sample, subset
 from runner.data.cifar100 import load_cifar100

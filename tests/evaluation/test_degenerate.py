@@ -11,7 +11,7 @@ import pytest
 
 from runner.data import Dataset, Scaling, Split, check_dataset
 from runner.errors import RunnerError
-from runner.evaluate import score
+from runner.evaluation.metrics import score
 from runner.files import atomic_write_json
 
 
