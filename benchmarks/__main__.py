@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import core, data, families, hard, int4, routes
+from benchmarks import core, data, families, hard, int4, routes, select
 from benchmarks.common import ROOT, WEIBO, machine
 
 # name -> (module, what it measures, runs in the full run when)
@@ -27,6 +27,7 @@ SECTIONS = {
     "data": (data, "decoding and memory of user image folders"),
     "families": (families, "keras.applications families: full int8 vs QAT vs auto_int8"),
     "routes": (routes, "both conversion routes of the Weibo LSTM (needs the Weibo set)"),
+    "select": (select, "latency alone vs beside a parallel job, and the verdict"),
 }
 
 

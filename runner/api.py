@@ -1,7 +1,8 @@
-"""Two function calls: quantize a Keras model, predict a sentence's label.
+"""The runner from Python: quantize a Keras model, compare recipes, predict a sentence's label.
 
-    from runner.api import quantize_model, prediction_label
+    from runner.api import compare, quantize_model, prediction_label
     quantize_model("model.h5", "model_fp16.tflite")             # float16 by default
+    table, verdicts = compare("cnn.keras", ["float16", "full_integer"], "data.npz")
     prediction_label("这 是 一条 新闻", "model_fp16.tflite")        # -> 0 or 1
 
 Both use the same code as the runner: recipes come from ``conf/recipe/*.yaml``, conversion from
@@ -109,6 +110,76 @@ def quantize_model(
     out = atomic_write_bytes(quantized_model_path, flatbuffer)
     log.info("wrote %s (%d bytes)", out, len(flatbuffer))
     return out
+
+
+def compare(
+    model_path: str | os.PathLike,
+    recipes: Iterable[str],
+    data: str | os.PathLike | dict[str, np.ndarray],
+    budget: dict[str, Any] | None = None,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+) -> tuple[Any, list[Any]]:
+    """Run ``recipes`` on a trained model and say which file to ship, for notebooks.
+
+    Args:
+        model_path: a ``.keras``/``.h5`` file or SavedModel folder (``model=pretrained``).
+        recipes: names of ``conf/recipe/`` files (``float16``, ``full_integer``, ``qat`` ...).
+        data: an ``.npz`` file (``dataset=arrays``: ``x_train``/``y_train``/``x_test``/``y_test``),
+            a folder of class folders (``dataset=image_folder``), or those four arrays in a dict.
+        budget: ``select`` keys (``{"max_size_mb": 1.0, "objective": "accuracy"}``).
+        output_dir: where the runs' folders go (default: a new folder under the system temp).
+        overrides: any other ``key=value`` of the command line (``evaluation.latency_samples=0``).
+
+    Returns:
+        (the table as a pandas DataFrame, one row per artifact, the float rows once; the verdicts:
+        one :class:`runner.report.select.Verdict` per data set and model).
+
+    Raises:
+        RunnerError: a bad model, data, recipe name or budget key, in one line.
+    """
+    import pandas as pd
+
+    from runner.config import compose, validate
+    from runner.pipeline import run
+    from runner.report import COLUMNS, recommend
+    from runner.report.select import SelectOptions
+    from runner.schema import parse
+
+    out = Path(output_dir or tempfile.mkdtemp(prefix="tfq-compare-"))
+    select = parse(budget or {}, SelectOptions, "budget", strict=True)
+    data_args = _data_overrides(data, out)
+    rows: list[dict[str, Any]] = []
+    for recipe in recipes:
+        cfg = compose(
+            ["model=pretrained", f"model.path={Path(model_path).expanduser()}", *data_args]
+            + [f"recipe={recipe}", f"cache_dir={out / 'cache'}", *overrides]
+        )
+        validate(cfg)
+        result = run(cfg, out / recipe)
+        first = not rows  # the float model's and the reference's rows once
+        rows += [r for r in result.rows if first or r.get("role") == "recipe"]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table, recommend.verdicts(rows, select)  # type: ignore[arg-type]
+
+
+def _data_overrides(data: Any, out: Path) -> list[str]:
+    """The ``dataset=...`` overrides for a file, a folder, or arrays (saved to ``out``)."""
+    if isinstance(data, dict):
+        path = out / "data.npz"
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{k: np.asarray(v) for k, v in data.items()})
+        return ["dataset=arrays", f"dataset.path={path}"]
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return ["dataset=image_folder", f"dataset.path={path}"]
+    if path.suffix == ".npz":
+        return ["dataset=arrays", f"dataset.path={path}"]
+    raise RunnerError(
+        f"data={data}: expected an .npz file, a folder of class folders, or a dict of arrays "
+        "(x_train, y_train, x_test, y_test)"
+    )
 
 
 def _compose(recipe: str) -> Any:

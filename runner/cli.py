@@ -26,6 +26,7 @@ from runner import console, report, tracking
 from runner.config import problems
 from runner.errors import RunnerError, summarize_error
 from runner.files import existing_ancestor, free_mb
+from runner.report import recommend
 
 log = logging.getLogger("runner")
 
@@ -116,6 +117,9 @@ def _job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
         exit_with(USAGE, [why])
     _track(cfg, result.rows, out, overrides, None)
     print(report.to_markdown(result.rows))
+    line = recommend.run_line(result.rows, recommend.budget_of(cfg))
+    if line:
+        print(line)
     if result.worst_layers:
         worst = ", ".join(result.worst_layers)
         print(f"worst layers: {worst} (all of them: {out / 'layer_report.csv'})", file=sys.stderr)
@@ -233,12 +237,14 @@ class SweepReportCallback(_callback_base()):
 
     def on_multirun_end(self, config: Any, **_: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = report.write_sweep_report([sweep_dir], sweep_dir)
+        rows, verdicts = recommend.sweep([sweep_dir], sweep_dir, recommend.budget_of(config))
         failed = [r for r in rows if r.get("status") != "ok"]
         print(report.to_markdown(rows, report.SWEEP_DISPLAY))
         summary = report.seed_summary(rows)
         if summary:
             print(report.to_markdown(summary, report.SUMMARY_COLUMNS))
+        for v in verdicts:  # which file to ship, under the budget of conf/select
+            print("\n".join(v.lines()))
         print(
             f"sweep table: {sweep_dir / 'comparison.md'} ({len(rows)} rows, {len(failed)} failed)",
             file=sys.stderr,

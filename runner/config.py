@@ -28,6 +28,7 @@ from runner.errors import RunnerError
 from runner.evaluation.metrics import EvalConfig
 from runner.models.meta import ModelMeta
 from runner.recipes.base import RecipeMeta
+from runner.report.select import SelectOptions
 from runner.schema import Options, combined, config_node, options_of, parse, resolve
 from runner.schema import problems as schema_problems
 from runner.tracking import LoggerOptions
@@ -79,6 +80,7 @@ GROUP_META: dict[str, type[Options]] = {
 FIXED: dict[str, type[Options]] = {
     "train": TrainConfig,
     "evaluation": EvalConfig,
+    "select": SelectOptions,
     "logger": LoggerOptions,
 }
 TOP_KEYS = (*RunOptions.model_fields, *GROUP_META, *FIXED)

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import typing
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -182,7 +183,55 @@ def _plain_default(v: Any) -> str:
     return str(v)
 
 
-def main() -> None:
+README = CONF_DIR.parent / "README.md"
+TABLE_START = "<!-- sweep table: python -m runner.docs --readme-table SWEEP_DIR; do not edit -->"
+TABLE_END = "<!-- end of sweep table -->"
+README_COLUMNS = [
+    "varies",
+    "artifact",
+    "size_mb",
+    "compression",
+    "accuracy",
+    "accuracy_delta",
+    "agreement",
+    "output_sqnr_db",
+    "latency_ms",
+    "status",
+]
+
+
+def readme_table(sweep_dir: Path) -> str:
+    """The README's table and verdict, from a real ``+experiment=all_recipes`` sweep folder."""
+    from runner.report.table import to_markdown
+
+    rows = json.loads((sweep_dir / "comparison.json").read_text(encoding="utf-8"))
+    verdict = json.loads((sweep_dir / "recommendation.json").read_text(encoding="utf-8"))
+    chosen = (verdict["verdicts"][0].get("chosen") or {}) if verdict.get("verdicts") else {}
+    ship = chosen.get("artifact", "nothing (no file met the budget)")
+    return f"{to_markdown(rows, README_COLUMNS)}\nThe verdict it ended with: ship `{ship}`.\n"
+
+
+def replace_readme_table(sweep_dir: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    if TABLE_START not in text or TABLE_END not in text:
+        sys.exit(f"error: {README} has no {TABLE_START!r} ... {TABLE_END!r} block")
+    before, rest = text.split(TABLE_START, 1)
+    after = rest.split(TABLE_END, 1)[1]
+    atomic_write_text(README, f"{before}{TABLE_START}\n{readme_table(sweep_dir)}{TABLE_END}{after}")
+    print(f"wrote the sweep table of {sweep_dir} into {README}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m runner.docs``: docs/options.md; ``--readme-table SWEEP_DIR``: the README's
+    table from a real ``python -m runner -m +experiment=all_recipes`` sweep folder."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m runner.docs", description=main.__doc__)
+    ap.add_argument("--readme-table", metavar="SWEEP_DIR", help="a +experiment=all_recipes sweep")
+    args = ap.parse_args(argv)
+    if args.readme_table:
+        replace_readme_table(Path(args.readme_table))
+        return
     atomic_write_text(OPTIONS, tables())
     print(f"wrote {OPTIONS}")
 

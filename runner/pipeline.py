@@ -106,6 +106,7 @@ def open_table(
         scaling,
         timings,
         data={"class_names": list(data.class_names), **data.info},
+        truth=data.test.y,
         common={
             "dataset": data.name,
             "model": str(cfg.model.get("name", "model")),

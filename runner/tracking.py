@@ -27,7 +27,7 @@ METRICS = METRIC_COLUMNS  # every numeric column of the comparison table
 RUN_FILES = ("comparison.csv", "comparison.md", "results.json", "layer_report.csv")
 RUN_FILES += ("fallback_trace.csv",)
 SWEEP_FILES = ("comparison.csv", "comparison.md", "comparison.json", "comparison.png")
-SWEEP_FILES += ("summary.csv", "summary.md")
+SWEEP_FILES += ("summary.csv", "summary.md", "recommendation.json", "recommendation.md")
 PARENT_FILE = ".mlflow_parent_run"  # in the sweep folder: the parent run's id, for every job
 
 

@@ -38,6 +38,7 @@ def test_default_run_prints_the_table_and_writes_it(tmp_path, shared_cache):
     p = run_cli(*TINY, f"cache_dir={shared_cache}", f"hydra.run.dir={run_dir}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "| float.h5 |" in p.stdout and "| dynamic_range.tflite |" in p.stdout
+    assert "ship check: dynamic_range.tflite meets the budget" in p.stdout
     assert (run_dir / "comparison.md").read_text().strip() in p.stdout
     # a 40 KB model: flatbuffer overhead keeps it under 4x (test_quantize checks 4x on a big one)
     assert (run_dir / "models" / "dynamic_range.tflite").stat().st_size * 2.5 < (

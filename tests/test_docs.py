@@ -20,3 +20,30 @@ def test_the_option_page_matches_the_schemas_and_the_yaml_files():
     assert re.search(r"\| `train.epochs` \| `40` \|", page)
     assert re.search(r"\| `model.filters` \| `\[32, 64\]` \|", page)
     assert "- `train=text` sets `train.epochs=20`" in page
+
+
+def test_every_page_the_readme_links_to_exists_and_the_readme_stays_a_landing_page():
+    from runner.docs import OPTIONS
+
+    root = OPTIONS.parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if "://" not in link]
+    assert len(local) >= 10
+    missing = [link for link in local if not (root / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+    assert len(readme.splitlines()) <= 300
+
+
+def test_the_readmes_sweep_table_is_the_main_jobs_recipes_as_generated():
+    from runner.config import sweep_values
+    from runner.docs import README, TABLE_END, TABLE_START
+
+    text = README.read_text(encoding="utf-8")
+    block = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
+    shown = {ln.split("|")[1].strip() for ln in block.splitlines() if ln.startswith("| recipe=")}
+    assert shown == {f"recipe={r}" for r in sweep_values("all_recipes")}, (
+        "the README's table is not a run of +experiment=all_recipes: run it and "
+        "python -m runner.docs --readme-table <its sweep folder>"
+    )
+    assert "The verdict it ended with: ship `" in block

@@ -7,9 +7,13 @@ zero point. This module never imports TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import statistics
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,11 @@ class EvalConfig(Options):
     num_threads: int = Field(1, ge=1, description="interpreter threads (latency uses this count)")
     latency_warmup: int = Field(5, ge=0, description="untimed invokes before timing")
     latency_samples: int = Field(50, ge=0, description="timed single-sample invokes (0: none)")
+    latency_lock: bool = Field(
+        True,
+        description="time under a machine-wide lock, so parallel jobs never time at once "
+        "(false: time right away)",
+    )
     progress: bool = Field(True, description="progress bars on a terminal")
     min_agreement: float = Field(
         0.99, ge=0, le=1, description="float artifacts below this agreement are warned about"
@@ -66,6 +75,8 @@ class Metrics:
     output_sqnr_db: float | None = None
     output_max_abs_error: float | None = None
     outputs: np.ndarray | None = None  # the dequantized outputs (kept for the reference only)
+    latency_spread: float | None = None  # p90 / p50: near 1 is a steady measurement
+    latency_note: str | None = None  # why the latency may not be trusted (a loaded machine ...)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -81,6 +92,7 @@ def score(
     num_classes: int,
     latencies_ms: list[float] | None = None,
     eval_seconds: float = 0.0,
+    latency_note: str | None = None,
 ) -> Metrics:
     """Metrics of outputs ``out``; ``reference``: the float Keras model's outputs on the same
     inputs (for agreement and output fidelity), or None when ``out`` is that model's.
@@ -111,6 +123,8 @@ def score(
         latency_ms=statistics.fmean(lat) if lat else None,
         latency_p50_ms=_percentile(lat, 50),
         latency_p90_ms=_percentile(lat, 90),
+        latency_spread=_spread(lat),
+        latency_note=_note(lat, latency_note),
         eval_seconds=eval_seconds,
         output_sqnr_db=sqnr,
         output_max_abs_error=max_err,
@@ -120,6 +134,53 @@ def score(
 
 def _percentile(sorted_vals: list[float], q: float) -> float | None:
     return float(np.percentile(sorted_vals, q)) if sorted_vals else None
+
+
+# A p90 more than this times the p50 is a wide spread: the latency is noted as not trusted.
+WIDE_SPREAD = 1.5
+
+
+def _spread(lat: list[float]) -> float | None:
+    p50, p90 = _percentile(lat, 50), _percentile(lat, 90)
+    return p90 / p50 if p50 and p90 else None
+
+
+def _note(lat: list[float], note: str | None) -> str | None:
+    spread = _spread(lat)
+    notes = [note] if note else []
+    if spread is not None and spread > WIDE_SPREAD:
+        notes.append(f"wide spread (p90/p50 {spread:.2f})")
+    return "; ".join(notes) or None
+
+
+LATENCY_LOCK = "tfq-runner-latency.lock"
+
+
+@contextlib.contextmanager
+def timing_alone(enabled: bool = True) -> Iterator[list[str]]:
+    """Hold the machine-wide latency lock while timing: jobs of a parallel sweep on one machine
+    (joblib, submitit, several SLURM tasks on a node) never time at the same moment. Yields a
+    list the caller reads afterwards: a note when the machine was loaded (its 1-minute load
+    average above its cores) or the lock could not be had."""
+    from filelock import FileLock, Timeout
+
+    notes: list[str] = []
+    lock = FileLock(os.path.join(tempfile.gettempdir(), LATENCY_LOCK)) if enabled else None
+    try:
+        if lock is not None:
+            lock.acquire(timeout=600)
+    except (Timeout, OSError) as e:
+        notes.append(f"timed without the machine-wide lock ({type(e).__name__})")
+        lock = None
+    try:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        cores = os.cpu_count() or 1
+        if load > cores:
+            notes.append(f"machine loaded (load average {load:.1f} on {cores} cores)")
+        yield notes
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # --------------------------------------------------------------------------- TFLite
@@ -259,12 +320,11 @@ def evaluate_tflite(
     model = TFLiteModel(path, num_threads=cfg.num_threads)
     out = model.predict(x_raw, scaling, cfg.batch_size, progress=cfg.progress)
     seconds = time.perf_counter() - t0
-    lat = (
-        model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
-        if cfg.latency_samples
-        else None
-    )
-    return score(out, y, reference, num_classes, lat, seconds)
+    lat, notes = None, []
+    if cfg.latency_samples:
+        with timing_alone(cfg.latency_lock) as notes:
+            lat = model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
+    return score(out, y, reference, num_classes, lat, seconds, "; ".join(notes) or None)
 
 
 # --------------------------------------------------------------------------- Keras
@@ -316,12 +376,11 @@ def evaluate_keras(
     t0 = time.perf_counter()
     out = predict_keras(model, x_raw, scaling, cfg.batch_size)
     seconds = time.perf_counter() - t0
-    lat = (
-        keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
-        if cfg.latency_samples
-        else None
-    )
-    return score(out, y, reference, num_classes, lat, seconds)
+    lat, notes = None, []
+    if cfg.latency_samples:
+        with timing_alone(cfg.latency_lock) as notes:
+            lat = keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
+    return score(out, y, reference, num_classes, lat, seconds, "; ".join(notes) or None)
 
 
 def _progress(it: range, enabled: bool, desc: str) -> Any:

@@ -9,5 +9,5 @@
 - ``layer_report``: the per-layer int8 error report (TFLite's quantization debugger)
 - ``selective``: selective and auto_int8 (int8 with the worst ops kept in float)
 - ``aeq``: ai-edge-quantizer recipes (int4, int8 weight-only, static int8)
-- ``noise``: when is a gain on held-out samples more than their noise (the sign test)
+- (the sign test that judges gains on held-out samples is runner.evaluation.noise)
 """

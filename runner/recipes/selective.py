@@ -16,10 +16,10 @@ import numpy as np
 from pydantic import Field
 
 from runner.errors import RunnerError
+from runner.evaluation.noise import paired_gain
 from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
 from runner.recipes.conversion import ConverterSettings
 from runner.recipes.layer_report import Debugger, summary, write_rows
-from runner.recipes.noise import paired_gain
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
 
 log = logging.getLogger(__name__)

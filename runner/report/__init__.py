@@ -10,6 +10,7 @@ The table functions are re-exported here, so ``from runner import report; report
 and ``python -m runner.report`` keep working.
 """
 
+from runner.report.recommend import main
 from runner.report.table import (
     BASELINE_ROLES,
     COLUMNS,
@@ -23,7 +24,6 @@ from runner.report.table import (
     is_baseline_row,
     job_dirs,
     job_rows,
-    main,
     seed_summary,
     to_csv,
     to_markdown,

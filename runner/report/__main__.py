@@ -2,6 +2,6 @@
 
 import sys
 
-from runner.report.table import main
+from runner.report.recommend import main
 
 sys.exit(main())

@@ -22,11 +22,15 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | None:
-    """Size vs accuracy, one labelled point per artifact, the Pareto front drawn."""
+def plot(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, chosen: Sequence[int] = ()
+) -> Path | None:
+    """Size vs accuracy, one labelled point per artifact; each (data set, model) pair's Pareto
+    front drawn (the rows' ``pareto`` flags, else computed here); ``chosen``: indices into
+    ``rows`` of the verdict's files, starred."""
     ok = [
-        r
-        for r in rows
+        i
+        for i, r in enumerate(rows)
         if r.get("status") == "ok" and r.get("size_bytes") and r.get("accuracy") is not None
     ]
     if not ok:
@@ -36,37 +40,31 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(float(r["size_bytes"]) / MB, float(r["accuracy"])) for r in ok]
+    pts = {i: (float(rows[i]["size_bytes"]) / MB, float(rows[i]["accuracy"])) for i in ok}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    several = len({q.get("dataset") for q in ok}) > 1
-    crowd: dict[tuple[float, float], int] = {}
-    for (x, y), r in zip(pts, ok, strict=True):
-        ax.scatter(x, y, s=36, marker="s" if r.get("format") == "keras" else "o", zorder=3)
-        # points on (nearly) the same spot get their labels stacked, not overprinted
-        spot = (round(math.log10(x) * 4), round(y, 3))  # quarter-decade buckets
-        k = crowd[spot] = crowd.get(spot, -1) + 1
-        label = r["artifact"] + (f" [{r.get('dataset')}]" if several else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4 + 10 * k), fontsize=7)
-    front = [pts[i] for i in pareto_front(pts)]
-    ax.step(
-        [p[0] for p in front], [p[1] for p in front], where="post", color="tab:red", lw=1, zorder=2
-    )
-    ax.scatter(
-        [p[0] for p in front],
-        [p[1] for p in front],
-        s=140,
-        facecolors="none",
-        edgecolors="tab:red",
-        label="Pareto front (smallest for its accuracy)",
-        zorder=4,
-    )
-    ax.margins(x=0.15, y=0.2)
+    groups: dict[tuple, list[int]] = {}
+    for i in ok:
+        groups.setdefault((rows[i].get("dataset"), rows[i].get("model")), []).append(i)
+    _points(ax, rows, pts, several=len(groups) > 1)
+    _fronts(ax, rows, pts, groups)
+    star = [i for i in chosen if i in pts]
+    if star:
+        ax.scatter(
+            [pts[i][0] for i in star],
+            [pts[i][1] for i in star],
+            s=260,
+            marker="*",
+            color="tab:green",
+            label="ship: the file the budget chose",
+            zorder=5,
+        )
+    ax.margins(x=0.15, y=0.25)
     ax.set_xscale("log")
     ax.set_xlabel("size on disk (MB, log scale)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("size vs accuracy per artifact")
+    ax.set_title("size vs accuracy per artifact", pad=12)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     from runner.files import atomic_write_with
 
@@ -75,3 +73,40 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path | N
     )
     plt.close(fig)
     return out
+
+
+def _points(ax, rows, pts, several: bool) -> None:
+    """One labelled point per artifact; labels of points on (nearly) one spot are stacked."""
+    crowd: dict[tuple[float, float], int] = {}
+    for i, (x, y) in pts.items():
+        r = rows[i]
+        ax.scatter(x, y, s=36, marker="s" if r.get("format") == "keras" else "o", zorder=3)
+        spot = (round(math.log10(x) * 4), round(y, 3))  # quarter-decade buckets
+        k = crowd[spot] = crowd.get(spot, -1) + 1
+        label = r["artifact"] + (f" [{r.get('dataset')}, {r.get('model')}]" if several else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4 + 9 * k), fontsize=7)
+
+
+def _fronts(ax, rows, pts, groups: dict[tuple, list[int]]) -> None:
+    """Each (data set, model) pair's Pareto front, ringed and joined."""
+    for n, members in enumerate(groups.values()):
+        front = _front(rows, members, pts)
+        xs, ys = [pts[i][0] for i in front], [pts[i][1] for i in front]
+        ax.step(xs, ys, where="post", color="tab:red", lw=1, zorder=2)
+        ax.scatter(
+            xs,
+            ys,
+            s=140,
+            facecolors="none",
+            edgecolors="tab:red",
+            label="Pareto front: nothing smaller is as accurate" if n == 0 else None,
+            zorder=4,
+        )
+
+
+def _front(rows, members: list[int], pts) -> list[int]:
+    """A group's front, smallest first: the rows flagged ``pareto``, else computed."""
+    flagged = [i for i in members if rows[i].get("pareto") is True]
+    if not flagged:
+        flagged = [members[j] for j in pareto_front([pts[i] for i in members])]
+    return sorted(flagged, key=lambda i: pts[i][0])

@@ -16,7 +16,7 @@ from runner.data import Scaling
 from runner.errors import RunnerError
 from runner.evaluation.metrics import Metrics
 from runner.evaluation.scoring import fidelity_warnings
-from runner.files import MB, atomic_write_json, sha256_file
+from runner.files import MB, atomic_write_json, atomic_write_with, sha256_file
 from runner.recipes.base import Artifact
 from runner.report import table as report
 from runner.schema import tagged
@@ -69,7 +69,10 @@ class ResultsTable:
         timings: dict[str, float],
         common: dict[str, Any],
         data: dict[str, Any] | None = None,
+        truth: Any = None,
     ) -> None:
+        """``truth``: the test split's labels; with them every artifact's predicted labels are
+        kept in ``predictions.npz`` (the verdict compares rows sample by sample)."""
         self.output_dir, self.cfg, self.scaling = output_dir, cfg, scaling
         self.data = data or {}  # the data set's class names and what its loader found
         self.timings, self.common = timings, common
@@ -81,6 +84,8 @@ class ResultsTable:
         self._hashes: dict[str, str] = {}
         self._eval_cache: dict[str, str] = {}  # artifact -> hit | miss | off
         self._conversions: dict[str, Any] = {}  # artifact -> recurrent route, why, trials
+        self._truth = truth
+        self._labels: dict[str, Any] = {}  # artifact -> predicted labels on the test split
         self.finished = False
 
     @property
@@ -89,6 +94,17 @@ class ResultsTable:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    def _write_predictions(self) -> None:
+        import numpy as np
+
+        from runner.report.recommend import PREDICTIONS, TRUTH
+
+        arrays = {TRUTH: _small_ints(self._truth)}
+        arrays |= {k: _small_ints(v) for k, v in self._labels.items()}
+        atomic_write_with(
+            self.output_dir / PREDICTIONS, lambda tmp: np.savez_compressed(tmp, **arrays)
+        )
 
     def layer_report(self, rows: list[dict[str, Any]]) -> None:
         """Write ``layer_report.csv`` (per-layer int8 error, worst first) and name the worst."""
@@ -104,6 +120,8 @@ class ResultsTable:
         """A scored row; ``role``: float (the Keras model), reference (``recipe@reference``,
         what compression is measured against) or recipe."""
         size = _size(art.path)
+        if m.labels is not None:
+            self._labels[art.name] = m.labels
         if role == "reference" and self._reference_size is None:
             self._reference_size = size
             for r in self.rows:  # rows added before the reference existed
@@ -137,6 +155,8 @@ class ResultsTable:
                 latency_ms=m.latency_ms,
                 latency_p50_ms=m.latency_p50_ms,
                 latency_p90_ms=m.latency_p90_ms,
+                latency_spread=m.latency_spread,
+                latency_note=m.latency_note,
                 train_seconds=art.train_seconds,
                 convert_seconds=art.convert_seconds,
                 eval_seconds=m.eval_seconds,
@@ -175,6 +195,8 @@ class ResultsTable:
     def write(self) -> None:
         out, cfg = self.output_dir, self.cfg
         report.write_tables(self.rows, out)
+        if self._truth is not None and self._labels:
+            self._write_predictions()
         atomic_write_json(
             out / "results.json",
             {
@@ -205,6 +227,13 @@ class ResultsTable:
             log.warning("%s", w)
         self.write()
         return RunResult(self.output_dir, self.rows, self.warnings, self.worst_layers)
+
+
+def _small_ints(a: Any) -> Any:
+    import numpy as np
+
+    a = np.asarray(a)
+    return a.astype(np.int16) if a.size and a.max() < 2**15 and a.min() >= -(2**15) else a
 
 
 def seeds(cfg: DictConfig) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
 from runner.files import atomic_write_text
+from runner.report.select import pareto
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class Row(TypedDict):
     latency_ms: float | None
     latency_p50_ms: float | None
     latency_p90_ms: float | None
+    latency_spread: float | None  # p90 / p50; the verdict trusts latency only when narrow
+    latency_note: str | None  # why the latency may not be trusted (a loaded machine ...)
     train_seconds: float | None
     convert_seconds: float | None
     eval_seconds: float | None
@@ -66,8 +68,11 @@ COLUMNS = list(Row.__annotations__)
 METRIC_COLUMNS = tuple(
     c
     for c in COLUMNS
-    if c.startswith(("size", "compression", "accuracy", "agreement", "output_", "top5", "latency"))
-    or c.endswith("_seconds")
+    if (
+        c.startswith(("size", "compression", "accuracy", "agreement", "output_", "top5", "latency"))
+        or c.endswith("_seconds")
+    )
+    and c != "latency_note"
 )
 # The columns a person reads in the Markdown table (the CSV has all of them).
 DISPLAY = [
@@ -163,7 +168,7 @@ def _md_cell(col: str, v: Any) -> str:
 
 
 # --------------------------------------------------------------------------- sweeps
-SWEEP_COLUMNS = [*COLUMNS, "overrides", "varies", "job"]
+SWEEP_COLUMNS = [*COLUMNS, "pareto", "overrides", "varies", "job"]
 SWEEP_DISPLAY = ["varies", *DISPLAY]  # `varies`: the overrides that differ between the jobs
 BASELINE_ROLES = ("float", "reference")  # rows every job of a baseline repeats: kept once
 
@@ -313,10 +318,13 @@ def seed_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_sweep_report(
-    paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
+    paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, chart: bool = True
 ) -> list[dict[str, Any]]:
-    """``comparison.{csv,md,json,png}`` in ``out_dir`` from the job folders under ``paths``."""
+    """``comparison.{csv,md,json}`` in ``out_dir`` from the job folders under ``paths``, and the
+    chart ``comparison.png`` unless ``chart`` is false (the verdict draws it, its choice starred)."""
     rows = aggregate(paths)
+    for r, on_front in zip(rows, pareto(rows), strict=True):
+        r["pareto"] = on_front  # per (data set, model): size vs accuracy
     out = Path(out_dir)
     atomic_write_text(out / "comparison.csv", to_csv(rows, SWEEP_COLUMNS))
     atomic_write_text(out / "comparison.md", to_markdown(rows, SWEEP_DISPLAY))
@@ -327,39 +335,12 @@ def write_sweep_report(
         )
         + "\n",
     )
-    from runner.report.plot import plot
+    if chart:
+        from runner.report.plot import plot
 
-    plot(rows, out / "comparison.png")
+        plot(rows, out / "comparison.png")
     summary = seed_summary(rows)
     if summary:  # a sweep over seeds: how much of a difference is noise
         atomic_write_text(out / "summary.csv", to_csv(summary, SUMMARY_COLUMNS))
         atomic_write_text(out / "summary.md", to_markdown(summary, SUMMARY_COLUMNS))
     return rows
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m runner.report PATH... [--out DIR]``: rebuild the comparison from run/sweep folders."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m runner.report", description=main.__doc__)
-    parser.add_argument(
-        "paths", nargs="+", help="run folders or sweep folders (their job subfolders are read)"
-    )
-    parser.add_argument(
-        "--out", help="where to write comparison.{csv,md,json,png} (default: the only PATH)"
-    )
-    args = parser.parse_args(argv)
-    missing = [p for p in args.paths if not Path(p).is_dir()]
-    if missing:
-        parser.error(f"not a folder: {', '.join(missing)}")
-    if args.out is None and len(args.paths) > 1:
-        parser.error("several folders: say where the combined table goes with --out DIR")
-    rows = write_sweep_report(args.paths, args.out or args.paths[0])
-    if not rows:
-        parser.error("no run results found under " + ", ".join(args.paths))
-    print(to_markdown(rows, SWEEP_DISPLAY))
-    return 0 if all(r.get("status") == "ok" for r in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -56,6 +56,24 @@ def test_three_recipe_sweep_trains_once_and_report_reproduces_it(tmp_path):
     assert len({r["baseline_key"] for r in rows}) == 1 and len(rows[0]["baseline_key"]) == 16
     assert "| recipe=float16 | float16.tflite |" in p.stdout  # the aggregated table is printed
     assert (sweep_dir / "comparison.png").stat().st_size > 10_000
+    # the verdict: the smallest .tflite that meets the default budget (up to ties), named
+    meets = [
+        r
+        for r in rows
+        if r["format"] == "tflite"
+        and float(r["accuracy_delta"]) >= -0.01
+        and float(r["agreement"]) >= 0.99
+    ]
+    smallest = min(meets, key=lambda r: int(r["size_bytes"]))
+    ship = [ln for ln in p.stdout.splitlines() if ln.startswith("ship (digits, small_cnn): ")]
+    assert len(ship) == 1 and smallest["artifact"] in ship[0], p.stdout[-2000:]
+    verdict = json.loads((sweep_dir / "recommendation.json").read_text())["verdicts"][0]
+    assert verdict["chosen"]["artifact"] == smallest["artifact"]
+    assert verdict["chosen"]["path"].endswith(f"models/{smallest['artifact']}")
+    assert verdict["runner_up"] is not None and "noise" in verdict["why"]
+    assert {r["artifact"] for r in rows if r["pareto"] == "True"} <= {
+        r["artifact"] for r in rows if r["format"] == "tflite"
+    }
     # runner.report rebuilds the same files byte for byte
     out = tmp_path / "rebuilt"
     r = subprocess.run(
@@ -65,12 +83,18 @@ def test_three_recipe_sweep_trains_once_and_report_reproduces_it(tmp_path):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    for f in (*FILES, "comparison.png"):
+    for f in (*FILES, "comparison.png", "recommendation.json"):
         assert (out / f).read_bytes() == (sweep_dir / f).read_bytes(), f
+    assert "ship (digits, small_cnn)" in r.stderr
     # re-running the same sweep reuses the cache and rewrites the whole table
     p2, _ = sweep(tmp_path, "recipe=dynamic_range,float16,full_integer")
     assert p2.returncode == 0
     assert [r["baseline_cache"] for r in recipe_rows(table(sweep_dir))] == ["hit", "hit", "hit"]
+    # an impossible budget: one line saying so, naming the closest; still exit 0
+    p3, _ = sweep(tmp_path, "recipe=dynamic_range,float16", "select.max_size_mb=0.001", name="t")
+    assert p3.returncode == 0, p3.stderr[-2000:]
+    (line,) = [ln for ln in p3.stdout.splitlines() if ln.startswith("ship ")]
+    assert "no artifact meets the budget" in line and "the closest is" in line
 
 
 @pytest.mark.slow

@@ -20,10 +20,10 @@ from pydantic import Field
 
 from runner.console import check_interrupt
 from runner.errors import RunnerError
+from runner.evaluation.noise import paired_gain
 from runner.models.qat_scope import load_scope
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
-from runner.recipes.noise import paired_gain
 from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class QATRecipe(RecipeBase):
         quantizers) included, is converted and run in LiteRT on held-out samples
         (:meth:`RecipeContext.held_out`, never the test split); a later epoch replaces the best
         so far only when it gains accuracy beyond the samples' noise, or agreement with the
-        float model beyond it at no lower accuracy (:func:`runner.recipes.noise.paired_gain`).
+        float model beyond it at no lower accuracy (:func:`runner.evaluation.noise.paired_gain`).
         So fine-tuning never ends below where it started. The result says which epoch was
         kept, with its scores, and holds its int8 file.
         """

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from runner.recipes.noise import SIGN_TEST_ALPHA, paired_gain
+from runner.evaluation.noise import SIGN_TEST_ALPHA, paired_gain
 
 
 def _pair(n: int, won: int, lost: int) -> tuple[np.ndarray, np.ndarray]:
