@@ -101,6 +101,7 @@ def quantize_model(
             recurrent=recurrent,
             output_dir=Path(tmp),
             pretrained=True,
+            recipes=lambda name: _recipe(_compose(name).recipe, {}),
         )
         art = _produce(rec, ctx, recipe, model_path)
         flatbuffer = art.path.read_bytes()

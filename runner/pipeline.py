@@ -45,6 +45,13 @@ def build_recipe(node: DictConfig | Mapping[str, Any]) -> Recipe:
     return call(p.target, p.options, meta=p.meta)
 
 
+def recipe_by_name(name: str) -> Recipe:
+    """A recipe of ``conf/recipe`` by its file name (for recipes that export through another)."""
+    from runner.config import compose
+
+    return build_recipe(compose([f"recipe={name}"]).recipe)
+
+
 def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
     """Run one experiment; writes ``models/``, ``comparison.{csv,md}`` and ``results.json``.
 
@@ -81,6 +88,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
         recurrent=str(cfg.model.get("recurrent", "auto")),
         output_dir=out,
         pretrained=base.cache == "pretrained",
+        recipes=recipe_by_name,
     )
     produce_and_score(cfg.reference, ctx, scorer, table, is_reference=True)
     check_interrupt()  # a Ctrl-C that a converter swallowed into a failed row

@@ -8,7 +8,7 @@ gives the per-layer int8 error of its conversion when it has one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +89,19 @@ class RecipeContext:
     pretrained: bool = False  # the model is a user's file (it may have been trained on any split)
     # the float32 reference .tflite of this run, once made (backends that start from a .tflite)
     reference_path: Path | None = None
+    # builds another recipe of conf/recipe by name (a recipe that exports through another,
+    # as prune and cluster do); given by the caller, which knows the config
+    recipes: Callable[[str], Any] | None = None
+
+    def recipe(self, name: str) -> Any:
+        """Another recipe of ``conf/recipe`` by name.
+
+        Raises:
+            RunnerError: the caller gave no way to build one, or there is no such recipe.
+        """
+        if self.recipes is None:
+            raise RunnerError(f"recipe {name!r} cannot be built here (no recipe loader given)")
+        return self.recipes(name)
 
     def probe(self) -> np.ndarray:
         """Model-ready real inputs (training samples) that conversion fidelity is measured on."""

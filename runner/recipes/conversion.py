@@ -93,6 +93,18 @@ class ConverterSettings(Options):
         return ConverterOptions.from_mapping(self.model_dump())
 
 
+def full_integer_settings() -> ConverterSettings:
+    """The converter settings of ``full_integer``: int8 weights and activations, int8 I/O,
+    calibrated (the default of recipes that always write a full-integer file)."""
+    return ConverterSettings(
+        optimizations=["DEFAULT"],
+        supported_ops=["TFLITE_BUILTINS_INT8"],
+        inference_input_type="int8",
+        inference_output_type="int8",
+        representative_dataset=True,
+    )
+
+
 def convert(
     model,
     options: ConverterOptions,

@@ -18,7 +18,7 @@ from pydantic import Field
 from runner.errors import RunnerError
 from runner.evaluation.noise import paired_gain
 from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
-from runner.recipes.conversion import ConverterSettings
+from runner.recipes.conversion import ConverterSettings, full_integer_settings
 from runner.recipes.layer_report import Debugger, summary, write_rows
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
 
@@ -44,22 +44,11 @@ TRACE_COLUMNS = [
 MIN_SAMPLES_IN_BUDGET = 2
 
 
-def _full_int8() -> ConverterSettings:
-    """The converter settings of ``full_integer``, which the debugger starts from."""
-    return ConverterSettings(
-        optimizations=["DEFAULT"],
-        supported_ops=["TFLITE_BUILTINS_INT8"],
-        inference_input_type="int8",
-        inference_output_type="int8",
-        representative_dataset=True,
-    )
-
-
 class DebuggerOptions(PTQOptions):
     """What ``selective`` and ``auto_int8`` share: full-integer conversion, calibrated."""
 
     converter: ConverterSettings = Field(
-        default_factory=_full_int8,
+        default_factory=full_integer_settings,
         description="full-integer settings the quantization debugger starts from",
     )
 

@@ -80,6 +80,7 @@ class ResultsTable:
         self.warnings: list[str] = []
         self.worst_layers: list[str] = []  # from the layer report, worst first
         self._reference_size: int | None = None
+        self._reference_gzip: int | None = None
         self._reference_accuracy: float | None = None  # the float model's: the first row
         self._hashes: dict[str, str] = {}
         self._eval_cache: dict[str, str] = {}  # artifact -> hit | miss | off
@@ -91,6 +92,15 @@ class ResultsTable:
     @property
     def ok(self) -> bool:
         return all(r["status"] == "ok" for r in self.rows)
+
+    def _set_reference(self, size: int, gzip_bytes: int | None) -> None:
+        """What compression is measured against; rows added before it get theirs now."""
+        self._reference_size, self._reference_gzip = size, gzip_bytes
+        for r in self.rows:
+            if r["size_bytes"]:
+                r["compression"] = size / r["size_bytes"]
+            if r["size_gzip_bytes"] and gzip_bytes:
+                r["compression_gzip"] = gzip_bytes / r["size_gzip_bytes"]
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -120,13 +130,11 @@ class ResultsTable:
         """A scored row; ``role``: float (the Keras model), reference (``recipe@reference``,
         what compression is measured against) or recipe."""
         size = _size(art.path)
+        stored = _stored(art)
         if m.labels is not None:
             self._labels[art.name] = m.labels
         if role == "reference" and self._reference_size is None:
-            self._reference_size = size
-            for r in self.rows:  # rows added before the reference existed
-                if r["size_bytes"]:
-                    r["compression"] = size / r["size_bytes"]
+            self._set_reference(size, stored["size_gzip_bytes"])
         if self._reference_accuracy is None:
             self._reference_accuracy = m.accuracy
         sha = sha256_file(art.path) if art.path.is_file() else None
@@ -145,6 +153,10 @@ class ResultsTable:
                 size_mb=size / MB,
                 compression=(self._reference_size / size)
                 if self._reference_size and size
+                else None,
+                **stored,
+                compression_gzip=(self._reference_gzip / stored["size_gzip_bytes"])
+                if self._reference_gzip and stored["size_gzip_bytes"]
                 else None,
                 accuracy=m.accuracy,
                 accuracy_delta=m.accuracy - self._reference_accuracy,
@@ -249,6 +261,18 @@ def seeds(cfg: DictConfig) -> dict[str, Any]:
         except RunnerError:
             continue
         out |= {f"{group}.{k}": node[k] for k in keys if k in node}
+    return out
+
+
+def _stored(art: Artifact) -> dict[str, Any]:
+    """What the file costs to download (gzip) and what pruning / clustering left in it."""
+    from runner.tflite.weights import gzip_size, weight_stats
+
+    data = art.path.read_bytes() if art.path.is_file() else b""
+    out = {"size_gzip_bytes": gzip_size(data) if data else None}
+    stats = weight_stats(data) if data and art.format == "tflite" else None
+    out["sparsity"] = stats.sparsity if stats else None
+    out["max_unique_per_channel"] = stats.max_unique_per_channel if stats else None
     return out
 
 

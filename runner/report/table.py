@@ -35,6 +35,10 @@ class Row(TypedDict):
     size_bytes: int | None
     size_mb: float | None
     compression: float | None  # the reference's size / this size
+    size_gzip_bytes: int | None  # gzip -9 of the file: what a download transfers
+    compression_gzip: float | None  # the reference's gzip size / this gzip size
+    sparsity: float | None  # share of exact zeros among the .tflite's weights
+    max_unique_per_channel: int | None  # most distinct weight values in any output channel
     accuracy: float | None
     accuracy_delta: float | None  # against the float Keras model
     agreement: float | None  # share of test samples with the float model's label
@@ -70,6 +74,7 @@ METRIC_COLUMNS = tuple(
     for c in COLUMNS
     if (
         c.startswith(("size", "compression", "accuracy", "agreement", "output_", "top5", "latency"))
+        or c in ("sparsity", "max_unique_per_channel")
         or c.endswith("_seconds")
     )
     and c != "latency_note"
@@ -155,8 +160,10 @@ def _md_cell(col: str, v: Any) -> str:
             return f"{v:+.4f}"
         if col.split("_")[0] in ("accuracy", "agreement", "top5"):
             return f"{v:.4f}"
-        if col == "compression":
+        if col.startswith("compression"):
             return f"{v:.2f}x"
+        if col == "sparsity":
+            return f"{v:.3f}"
         if col == "output_sqnr_db":
             return f"{v:.1f}"
         if col == "output_max_abs_error":

@@ -88,6 +88,18 @@ class QATRecipe(RecipeBase):
     def data_needed(self) -> str | None:
         return "fine-tunes on labelled training samples"
 
+    # also write the fine-tunable QAT model as <name>.h5 (loads back inside quantize_scope)
+    keras_file = True
+
+    def start_model(self, ctx: RecipeContext, calib) -> tuple[Any, float, str]:
+        """(the model QAT starts from, seconds spent making it, what was done to it): the
+        float baseline itself; a collaborative recipe prunes or clusters it first."""
+        return ctx.model, 0.0, ""
+
+    def scheme(self) -> Any:
+        """tfmot's quantization scheme (None: the default 8-bit one)."""
+        return None
+
     def fine_tune(self, model, ctx: RecipeContext, calibration=None) -> FineTuned:
         """Wrap and fine-tune; never touches ``model`` itself.
 
@@ -107,7 +119,7 @@ class QATRecipe(RecipeBase):
         calib = o.draw(ctx) if calibration is None else calibration
         model = qat_ready(model, calib)
         qat_model, left_float = quantize_aware(
-            model, tuple(o.skip_layers), o.fallback, o.freeze_batch_norm
+            model, tuple(o.skip_layers), o.fallback, o.freeze_batch_norm, self.scheme()
         )
         calibrate_ranges(qat_model, model, calib)
         # The data set's validation split, else the baseline's (same fraction and seed)
@@ -201,15 +213,19 @@ class QATRecipe(RecipeBase):
         from runner.models.loading import load_model
 
         calib = self.opts.draw(ctx)  # the quantizers' starting ranges and the export's data
-        done = self.fine_tune(ctx.model, ctx, calib)
-        qat_model, seconds = done.model, done.seconds
+        start, prepared, before = self.start_model(ctx, calib)
+        done = self.fine_tune(start, ctx, calib)
+        qat_model, seconds = done.model, done.seconds + prepared
         t0 = time.perf_counter()
         flatbuffer = done.flatbuffer or self.to_tflite(qat_model, ctx, calib)
         convert_seconds = time.perf_counter() - t0
         note = kept_note(done.kept) if done.kept else f"kept epoch {done.epoch} (the last)"
+        note = f"{before}; {note}" if before else note
         if done.left_float:
             note += "; " + left_float_note(done.left_float, self.converter.representative_dataset)
         tfl = self.write_tflite(ctx, flatbuffer, convert_seconds, train_seconds=seconds, note=note)
+        if not self.keras_file:
+            return [tfl]
 
         def save(tmp: str) -> None:
             with load_scope(), warnings.catch_warnings():

@@ -124,8 +124,10 @@ def quantize_aware(
     skip_layers: Sequence[str] = (),
     fallback: bool = True,
     freeze_batch_norm: bool = False,
+    scheme: Any = None,
 ):
-    """A QAT copy of ``model``: supported layers wrapped, the rest left in float.
+    """A QAT copy of ``model``: supported layers wrapped, the rest left in float; ``scheme``:
+    a tfmot quantization scheme (the collaborative ones keep zeros and clusters).
 
     ``freeze_batch_norm`` keeps every BatchNormalization in inference mode while fine-tuning:
     its moving statistics (what the converter folds into the int8 weights) stay those of the
@@ -172,7 +174,8 @@ def quantize_aware(
     copy_weights_by_name(model, annotated)
     with load_scope():
         try:
-            return tfmot.quantization.keras.quantize_apply(annotated), floats
+            apply = tfmot.quantization.keras.quantize_apply
+            return (apply(annotated, scheme) if scheme else apply(annotated)), floats
         except (ValueError, RuntimeError, TypeError) as e:
             raise RunnerError(
                 f"tensorflow-model-optimization could not apply QAT: {' '.join(str(e).split())[:300]}"

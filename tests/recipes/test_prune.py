@@ -1,0 +1,56 @@
+"""Pruning, clustering and the collaborative recipes on the default digits run (issue #34)."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import compose_config
+
+from runner.pipeline import run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """The default run's full_integer, prune, cluster and prune_cluster_qat rows (one baseline)."""
+    tmp = tmp_path_factory.mktemp("prune")
+    common = [f"cache_dir={tmp / 'cache'}", "evaluation.latency_samples=3"]
+    out = {}
+    for recipe in ("full_integer", "prune", "cluster", "prune_cluster_qat"):
+        result = run(compose_config(f"recipe={recipe}", *common), tmp / recipe)
+        out[recipe] = result.row(f"{recipe}.tflite")
+        out.setdefault("float", result.row("float.h5"))
+    collapse = run(compose_config("recipe=prune", "recipe.sparsity=0.995", *common), tmp / "c")
+    out["collapse"] = collapse.row("prune.tflite")
+    return out
+
+
+def test_pruning_halves_the_weights_and_shrinks_the_download_not_the_accuracy(rows):
+    full, pruned = rows["full_integer"], rows["prune"]
+    assert pruned["status"] == "ok" and full["status"] == "ok"
+    assert pruned["sparsity"] >= 0.49  # read back from the written file
+    assert full["sparsity"] < 0.05
+    assert pruned["compression_gzip"] >= 1.4 * full["compression_gzip"]
+    assert pruned["accuracy_delta"] >= -0.005  # at most half a point
+    assert pruned["size_bytes"] == pytest.approx(full["size_bytes"], rel=0.02)  # raw: the same
+
+
+def test_clustering_leaves_at_most_16_values_per_output_channel(rows):
+    assert rows["cluster"]["max_unique_per_channel"] <= 16
+    assert rows["full_integer"]["max_unique_per_channel"] > 16
+
+
+def test_pcqat_keeps_zeros_and_clusters_through_qat_at_twice_int8s_gzip_compression(rows):
+    pcqat, full = rows["prune_cluster_qat"], rows["full_integer"]
+    assert pcqat["status"] == "ok", pcqat["error"]
+    assert pcqat["sparsity"] >= 0.49 and pcqat["max_unique_per_channel"] <= 16
+    assert pcqat["compression_gzip"] >= 2 * full["compression_gzip"]
+    assert pcqat["accuracy_delta"] >= -0.01
+    assert "then QAT preserving it" in pcqat["note"] and "kept epoch" in pcqat["note"]
+
+
+def test_a_fine_tuning_that_collapses_fails_its_row_naming_the_cause(rows):
+    row = rows["collapse"]
+    assert row["status"] == "failed"
+    assert "pruning to 0.995 sparsity collapsed the model" in row["error"]
+    assert "lower the compression" in row["error"]
