@@ -13,7 +13,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,6 +307,16 @@ class TFLiteModel:
         return times
 
 
+def timed(measure: Callable[[], list[float]], cfg: EvalConfig) -> tuple[list | None, str | None]:
+    """(latencies in ms, a note on how far to trust them), measured under the machine-wide lock
+    (``evaluation.latency_lock``); (None, None) with ``evaluation.latency_samples=0``."""
+    if not cfg.latency_samples:
+        return None, None
+    with timing_alone(cfg.latency_lock) as notes:
+        lat = measure()
+    return lat, "; ".join(notes) or None
+
+
 def evaluate_tflite(
     path: str | Path,
     x_raw: np.ndarray,
@@ -320,11 +330,10 @@ def evaluate_tflite(
     model = TFLiteModel(path, num_threads=cfg.num_threads)
     out = model.predict(x_raw, scaling, cfg.batch_size, progress=cfg.progress)
     seconds = time.perf_counter() - t0
-    lat, notes = None, []
-    if cfg.latency_samples:
-        with timing_alone(cfg.latency_lock) as notes:
-            lat = model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
-    return score(out, y, reference, num_classes, lat, seconds, "; ".join(notes) or None)
+    lat, note = timed(
+        lambda: model.latencies(x_raw, scaling, cfg.latency_warmup, cfg.latency_samples), cfg
+    )
+    return score(out, y, reference, num_classes, lat, seconds, note)
 
 
 # --------------------------------------------------------------------------- Keras
@@ -376,11 +385,11 @@ def evaluate_keras(
     t0 = time.perf_counter()
     out = predict_keras(model, x_raw, scaling, cfg.batch_size)
     seconds = time.perf_counter() - t0
-    lat, notes = None, []
-    if cfg.latency_samples:
-        with timing_alone(cfg.latency_lock) as notes:
-            lat = keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples)
-    return score(out, y, reference, num_classes, lat, seconds, "; ".join(notes) or None)
+    lat, note = timed(
+        lambda: keras_latencies(model, x_raw, scaling, cfg.latency_warmup, cfg.latency_samples),
+        cfg,
+    )
+    return score(out, y, reference, num_classes, lat, seconds, note)
 
 
 def _progress(it: range, enabled: bool, desc: str) -> Any:

@@ -134,3 +134,14 @@ def test_fidelity_orders_float32_over_float16_over_int8(digits_model, tmp_path):
     assert sqnr["float"] > 90, sqnr
     assert sqnr["float"] - 15 > sqnr["float16"] > sqnr["int8"] + 15, sqnr
     assert sqnr["int8"] > 10, sqnr
+
+
+def test_latency_spread_is_p90_over_p50_and_a_wide_one_is_noted():
+    from runner.evaluation.metrics import score
+
+    out, y = np.eye(3)[[0, 1, 2]], np.array([0, 1, 2])
+    steady = score(out, y, None, 3, latencies_ms=[1.0] * 10)
+    assert steady.latency_spread == pytest.approx(1.0) and steady.latency_note is None
+    noisy = score(out, y, None, 3, latencies_ms=[1.0] * 8 + [3.0] * 2, latency_note="loaded")
+    assert noisy.latency_spread == pytest.approx(3.0)
+    assert noisy.latency_note == "loaded; wide spread (p90/p50 3.00)"
