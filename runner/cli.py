@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -91,13 +92,16 @@ def _job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
     from runner.pipeline import run, write_job_failure
 
     console.configure(verbose=bool(cfg.get("verbose", False)))
+    t0 = time.perf_counter()
     log.debug("hidden TensorFlow start-up lines: %s", start_tensorflow())
+    # the framework import: paid by the first job of a process only
+    started = {"framework_seconds": time.perf_counter() - t0}
     out = Path(hc.runtime.output_dir)
     parent = tracking.parent_run_id(Path(str(hc.sweep.dir))) if multirun else None
     overrides = list(hc.overrides.task)
     if multirun:  # a job never raises: Hydra would skip the sweep table; its failure is its row
         try:
-            rows = run(cfg, out).rows
+            rows = run(cfg, out, started).rows
         except Exception as e:  # noqa: BLE001
             known = isinstance(e, RunnerError)
             log.error("job failed: %s", e if known else summarize_error(e), exc_info=not known)
@@ -107,7 +111,7 @@ def _job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
         log.info("job done (%s): %s", "failed: " + ", ".join(failed) if failed else "ok", out)
         return
     try:
-        result = run(cfg, out)
+        result = run(cfg, out, started)
     except RunnerError as e:
         exit_with(USAGE, [str(e)])
     except OSError as e:

@@ -52,15 +52,20 @@ def recipe_by_name(name: str) -> Recipe:
     return build_recipe(compose([f"recipe={name}"]).recipe)
 
 
-def run(cfg: DictConfig, output_dir: str | Path) -> RunResult:
+def run(
+    cfg: DictConfig, output_dir: str | Path, timings: dict[str, float] | None = None
+) -> RunResult:
     """Run one experiment; writes ``models/``, ``comparison.{csv,md}`` and ``results.json``.
+
+    ``timings``: stage timings measured before the run (the command line's TensorFlow start),
+    recorded with the run's own in ``results.json``.
 
     Raises:
         RunnerError: a bad config value (before anything is loaded or written), missing data,
             an unusable model file.
     """
     validate(cfg)
-    out, timings = Path(output_dir), {}
+    out, timings = Path(output_dir), dict(timings or {})
     with _timed(timings, "data_seconds"):
         data = load_dataset(cfg)
     scaling = scaling_from(cfg.model, data)
