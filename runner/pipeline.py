@@ -81,7 +81,20 @@ def run(
     scorer = Scorer(data, scaling, EvalConfig.from_mapping(cfg.evaluation), memo_dir=entry)
     score_float_model(base, out, scorer, table)
     # 2. the reference recipe (every size is compared with it), then 3. the run's recipe
-    ctx = RecipeContext(
+    ctx = recipe_context(cfg, base, data, scaling, out, entry)
+    produce_and_score(cfg.reference, ctx, scorer, table, is_reference=True)
+    check_interrupt()  # a Ctrl-C that a converter swallowed into a failed row
+    if cfg.recipe != cfg.reference:
+        produce_and_score(cfg.recipe, ctx, scorer, table, layer_report=cfg.evaluation.layer_report)
+    check_interrupt()
+    return table.finish()
+
+
+def recipe_context(
+    cfg: DictConfig, base: Baseline, data: Dataset, scaling: Any, out: Path, entry: Path | None
+) -> RecipeContext:
+    """What the run's recipes receive: the baseline, the data, where to write, the cache."""
+    return RecipeContext(
         model=base.model,
         dataset=data,
         scaling=scaling,
@@ -95,12 +108,6 @@ def run(
         pretrained=base.cache == "pretrained",
         recipes=recipe_by_name,
     )
-    produce_and_score(cfg.reference, ctx, scorer, table, is_reference=True)
-    check_interrupt()  # a Ctrl-C that a converter swallowed into a failed row
-    if cfg.recipe != cfg.reference:
-        produce_and_score(cfg.recipe, ctx, scorer, table, layer_report=cfg.evaluation.layer_report)
-    check_interrupt()
-    return table.finish()
 
 
 def open_table(
