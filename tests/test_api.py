@@ -103,6 +103,7 @@ def test_api_full_integer_with_calibration_runs_and_agrees(seed_model, tmp_path)
         quantize_model(folder / "model.h5", tmp_path / "x.tflite", recipe="full_integer")
 
 
+@pytest.mark.slow
 def test_api_errors_are_clear(seed_model, float16_file, tmp_path):
     folder, _, _, _ = seed_model
     out = float16_file

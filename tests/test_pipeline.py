@@ -118,6 +118,7 @@ def test_baseline_is_trained_once_then_loaded(tmp_path):
     assert other_seed.row("float.h5")["baseline_cache"] == "miss"
 
 
+@pytest.mark.slow
 def test_a_failing_recipe_gives_a_failed_row_and_keeps_the_rest(tiny_cfg, tmp_path):
     # int8-only ops without calibration data: the converter itself refuses
     cfg = tiny_cfg("recipe=full_integer", "recipe.converter.representative_dataset=false")

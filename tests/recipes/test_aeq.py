@@ -159,6 +159,7 @@ def test_without_the_extra_the_row_fails_saying_what_to_install(tiny_cfg, tmp_pa
     assert result.row("none.tflite")["status"] == "ok"  # the rest of the table is there
 
 
+@pytest.mark.slow
 def test_an_aeq_row_in_a_run_is_scored_and_cached_with_the_baseline(
     tiny_cfg, tmp_path, monkeypatch
 ):
