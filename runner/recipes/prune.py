@@ -107,7 +107,7 @@ class _FineTuneRecipe(RecipeBase):
             and len(layer.get_weights()[0].shape) >= 2
         ]
         t0 = time.perf_counter()
-        tuned, seconds, scores = self._fine_tune(model, ctx)
+        tuned, seconds, scores = self.fine_tune(model, ctx)
         export = self._export_recipe(ctx)
         t1 = time.perf_counter()
         done = convert_checked(
@@ -148,7 +148,7 @@ class _FineTuneRecipe(RecipeBase):
             )
         return export
 
-    def _fine_tune(self, model, ctx: RecipeContext):
+    def fine_tune(self, model, ctx: RecipeContext):
         """(stripped model, seconds, (float val accuracy, tuned val accuracy))."""
         import tf_keras as keras
 
@@ -318,7 +318,7 @@ class CollaborativeRecipe(QATRecipe):
         common |= {"skip_layers": list(o.skip_layers), "calibration_seed": o.calibration_seed}
         if o.steps in ("prune", "prune_cluster"):
             step = PruneRecipe(self.meta, PruneOptions(sparsity=o.sparsity, **common))
-            model, s, scores = step._fine_tune(model, ctx)
+            model, s, scores = step.fine_tune(model, ctx)
             seconds += s
             done.append(f"{step.describe()} (validation {scores[0]:.4f} -> {scores[1]:.4f})")
         if o.steps in ("cluster", "prune_cluster"):
@@ -326,7 +326,7 @@ class CollaborativeRecipe(QATRecipe):
             step = ClusterRecipe(
                 self.meta, ClusterOptions(clusters=o.clusters, preserve_sparsity=keep, **common)
             )
-            model, s, scores = step._fine_tune(model, ctx)
+            model, s, scores = step.fine_tune(model, ctx)
             seconds += s
             done.append(f"{step.describe()} (validation {scores[0]:.4f} -> {scores[1]:.4f})")
         return model, seconds, ", then ".join(done) + ", then QAT preserving it"

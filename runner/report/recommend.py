@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from runner.errors import RunnerError
 from runner.files import atomic_write_text
-from runner.report.select import SelectOptions, Verdict, choose
+from runner.report.select import SelectOptions, Verdict, choose, rejection
 from runner.report.table import SWEEP_DISPLAY, to_markdown, write_sweep_report
 from runner.schema import parse
 
@@ -55,13 +56,10 @@ class Predictions:
 
 def budget_of(config: Any) -> SelectOptions:
     """The ``select`` node of a composed config (or of a run's results.json), else defaults."""
-    node = (config or {}).get("select") if isinstance(config, Mapping) else None
-    if node is None and config is not None and hasattr(config, "get"):
-        node = config.get("select")
+    node = config.get("select") if hasattr(config, "get") else None
     if node is None:
         return SelectOptions()
-    values = dict(node.items()) if hasattr(node, "items") else {}
-    return parse(values, SelectOptions, "select")  # type: ignore[return-value]
+    return parse(dict(node.items()), SelectOptions, "select")  # type: ignore[return-value]
 
 
 def verdicts(rows: Sequence[Mapping[str, Any]], budget: SelectOptions) -> list[Verdict]:
@@ -110,13 +108,11 @@ def sweep(paths: Sequence[str | Path], out_dir: str | Path, budget: SelectOption
 
 def run_line(rows: Sequence[Mapping[str, Any]], budget: SelectOptions) -> str | None:
     """One line for a single run: does its recipe's file meet the budget?"""
-    from runner.report.select import _rejection
-
     mine = [r for r in rows if r.get("role") == "recipe" and r.get("format") == "tflite"]
     if not mine:
         return None
     r = mine[0]
-    why = _rejection(r, budget)
+    why = rejection(r, budget)
     name = r.get("artifact") or r.get("recipe")
     if why:
         return f"ship check: {name} does not meet the budget: {why} (select.* sets the budget)"
@@ -161,7 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"not a folder: {', '.join(missing)}")
     if args.out is None and len(args.paths) > 1:
         parser.error("several folders: say where the combined table goes with --out DIR")
-    rows, found = sweep(args.paths, args.out or args.paths[0], None)
+    try:
+        rows, found = sweep(args.paths, args.out or args.paths[0], None)
+    except RunnerError as e:  # a hand-edited results.json with a bad select node
+        parser.error(str(e))
     if not rows:
         parser.error("no run results found under " + ", ".join(args.paths))
     print(to_markdown(rows, SWEEP_DISPLAY))

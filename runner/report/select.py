@@ -135,7 +135,7 @@ def _verdict(ds, model, rows, budget, predictions, truth) -> Verdict:
     for r in rows:
         if r.get("format") != "tflite" and r.get("status") == "ok":
             continue  # a Keras file is not what ships to the device
-        why = _rejection(r, budget)
+        why = rejection(r, budget)
         (rejected.append((dict(r), why)) if why else candidates.append(dict(r)))
     verdict = Verdict(ds, model, None, None, rejected, flags=_flags(rows, predictions, truth))
     if not candidates:
@@ -151,7 +151,8 @@ def _verdict(ds, model, rows, budget, predictions, truth) -> Verdict:
     return verdict
 
 
-def _rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
+def rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
+    """Why ``r`` does not meet the budget ``b`` (one phrase), or "" when it does."""
     if r.get("status") != "ok":
         return f"failed ({str(r.get('error') or '?')[:120]})"
     drop = -float(r.get("accuracy_delta") or 0.0)
@@ -199,9 +200,14 @@ def _tie(a, b, predictions, truth) -> tuple[bool, float, float] | None:
     return abs(gain) < max(bound, 1e-12), gain, bound
 
 
+def _tied(a, b, predictions, truth) -> bool:
+    t = _tie(a, b, predictions, truth)
+    return t is not None and t[0]
+
+
 def _smallest_of_the_tied(ranked, predictions, truth) -> dict[str, Any]:
     best = ranked[0]
-    tied = [best] + [r for r in ranked[1:] if (_tie(best, r, predictions, truth) or (False,))[0]]
+    tied = [best] + [r for r in ranked[1:] if _tied(best, r, predictions, truth)]
     return min(tied, key=lambda r: _num(r.get("size_bytes")) or math.inf)
 
 

@@ -134,3 +134,15 @@ def test_latency_decides_only_where_its_spread_is_narrow():
         ("slow.tflite", "latency 5.000 ms > 2 ms")
     ]
     assert v.chosen["artifact"] == "noisy.tflite" and "(not trusted)" in v.lines()[0]
+
+
+def test_the_budget_is_read_from_a_config_and_a_bad_one_is_one_line():
+    import pytest
+
+    from runner.errors import RunnerError
+    from runner.report.recommend import budget_of
+
+    assert budget_of(None) == SelectOptions()
+    assert budget_of({"select": {"max_size_mb": 0.5}}).max_size_mb == 0.5
+    with pytest.raises(RunnerError, match=r"select.max_size_mb=-1: expected a number > 0"):
+        budget_of({"select": {"max_size_mb": -1}})
