@@ -216,24 +216,51 @@ def _with_layer_report(
     table: ResultsTable,
     requested: bool,
 ) -> list[Artifact]:
-    """The recipe's per-layer int8 error, worst first, and its worst layer on every row.
+    """The recipe's per-layer int8 error, worst first, and its worst layer on every row; each
+    layer's weight sparsity and unique values per channel read from the written file beside it.
 
     ``selective`` and ``auto_int8`` make the report while producing (it is on their artifact);
     any other quantized recipe gets one when ``requested`` (``evaluation.layer_report=true``). A
-    report that cannot be made is a warning: the artifact's row still counts.
+    report that cannot be made is a warning (the artifact's row still counts), and a requested
+    report then holds the weight columns alone (a pruned or clustered file's, for example).
     """
     rows = next((a.layer_rows for a in artifacts if a.layer_rows), None)
     try:
         rows = rows or recipe.layer_report(ctx, requested)
     except Exception as e:  # noqa: BLE001
         table.warn(f"no layer report for recipe {recipe.name}: {summarize_error(e)}")
+        rows = None
+    if not rows and not requested:
         return artifacts
+    weights = _layer_weights(artifacts)
     if not rows:
+        if weights:
+            table.layer_report(list(weights.values()), ranked=False)
         return artifacts
-    table.layer_report(rows)
+    table.layer_report([r | _weight_columns(weights.get(r["layer"])) for r in rows])
     return [
         dataclasses.replace(a, worst_layer=a.worst_layer or rows[0]["layer"]) for a in artifacts
     ]
+
+
+def _layer_weights(artifacts: list[Artifact]) -> dict[str, dict[str, Any]]:
+    """{Keras layer: its weight columns} of the first written .tflite (empty when none)."""
+    from runner import tflite
+    from runner.tflite.weights import op_weight_stats
+
+    path = next((a.path for a in artifacts if a.path.suffix == ".tflite"), None)
+    if path is None or not path.is_file():
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for r in op_weight_stats(path.read_bytes()):  # a layer's first weighted op speaks for it
+        layer = tflite.layer_name(r["tensor_name"])
+        out.setdefault(layer, {"layer": layer, **r})
+    return out
+
+
+def _weight_columns(stats: dict[str, Any] | None) -> dict[str, Any]:
+    keys = ("weight_sparsity", "unique_per_channel")
+    return {k: (stats or {}).get(k) for k in keys}
 
 
 @contextlib.contextmanager

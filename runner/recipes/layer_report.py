@@ -38,6 +38,8 @@ REPORT_COLUMNS = [
     "mean_error",
     "max_abs_error",
     "num_elements",
+    "weight_sparsity",  # share of exact zeros in the layer's weights, in the written file
+    "unique_per_channel",  # the most distinct weight values an output channel holds there
     "tensor_name",
 ]
 

@@ -7,8 +7,10 @@ file with a post-training recipe of ``conf/recipe`` (``export``: full_integer by
 zeros and the shared values survive into int8 weights. The raw flatbuffer does not shrink: the
 gain is in the size a user downloads (the ``size_gzip_bytes`` column); ``sparsity`` and
 ``max_unique_per_channel`` are read back from the written file. Keras 3 models enter through the
-same tf_keras rebuild as QAT. Layers tfmot cannot prune or cluster (DepthwiseConv2D, and
-``skip_layers``) stay dense and are named in the row's note.
+same tf_keras rebuild as QAT. tfmot's registries leave DepthwiseConv2D dense (MobileNets' and
+EfficientNets' depthwise kernels): the recipes swap it for a subclass that declares its kernel
+prunable and clusterable, and back after stripping. Layers left dense (``skip_layers``, any
+other weighted layer) are named in the row's note.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from pydantic import Field, field_validator
 from runner.console import check_interrupt
 from runner.errors import RunnerError
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
+from runner.recipes.compressible import kind, swap_depthwise
 from runner.recipes.conversion import ConverterSettings, convert_checked, full_integer_settings
 from runner.recipes.qat import QATOptions, QATRecipe
 
 log = logging.getLogger(__name__)
 
-# the layers tfmot prunes and clusters (by class name); any other keeps its weights dense
-SUPPORTED = ("Conv1D", "Conv2D", "Dense")
+# the layers the recipes prune and cluster (by class name); any other keeps its weights dense
+SUPPORTED = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv2D")
+# tfmot's collaborative schemes keep zeros and clusters in Conv2D and Dense only: QAT moves a
+# DepthwiseConv2D's weights off them, so the collaborative recipes leave it dense
+PRESERVED_BY_QAT = ("Conv1D", "Conv2D", "Dense")
 # fine-tuning that ends below this share of the float model's validation accuracy collapsed
 COLLAPSE = 0.5
 
@@ -81,6 +87,11 @@ class _FineTuneRecipe(RecipeBase):
     """Wrap, fine-tune, strip, export with a post-training recipe; verify in the file."""
 
     opts: FineTuneOptions
+    # the layer kinds compressed (a collaborative chain narrows them to what QAT preserves)
+    kinds: tuple[str, ...] = SUPPORTED
+
+    def compresses(self, layer) -> bool:
+        return kind(layer) in self.kinds and layer.name not in self.opts.skip_layers
 
     def data_needed(self) -> str | None:
         return "fine-tunes on labelled training samples"
@@ -103,7 +114,7 @@ class _FineTuneRecipe(RecipeBase):
             f"{layer.name} ({type(layer).__name__})"
             for layer in model.layers
             if layer.get_weights()
-            and (type(layer).__name__ not in SUPPORTED or layer.name in self.opts.skip_layers)
+            and not self.compresses(layer)
             and len(layer.get_weights()[0].shape) >= 2
         ]
         t0 = time.perf_counter()
@@ -161,8 +172,7 @@ class _FineTuneRecipe(RecipeBase):
         batch = int(self.opts.batch_size or cfg.batch_size)
         steps = max(1, math.ceil(len(fit) / batch))
         keras.utils.set_random_seed(cfg.seed)
-        own = keras.models.clone_model(model)  # the wrappers train this copy, never the baseline
-        own.set_weights(model.get_weights())
+        own = swap_depthwise(model, True)  # the wrappers train this copy, never the baseline
         wrapped, callbacks = self.wrap(own, steps * self.opts.epochs)
         for layer in wrapped.layers:  # few steps cannot settle BatchNorm statistics
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -181,8 +191,7 @@ class _FineTuneRecipe(RecipeBase):
         stripped = self.strip(wrapped)
         # a fresh graph: the stripped model shares its layers with the wrapped one, and a later
         # clone (QAT's annotation) of a layer with two graphs' nodes comes out disconnected
-        tuned = keras.models.clone_model(stripped)
-        tuned.set_weights(stripped.get_weights())
+        tuned = swap_depthwise(stripped, False)
 
         def accuracy(m) -> float:
             import numpy as np
@@ -229,7 +238,7 @@ class PruneRecipe(_FineTuneRecipe):
             kw["sparsity_m_by_n"] = tuple(self.opts.m_by_n)
 
         def clone(layer):
-            if type(layer).__name__ in SUPPORTED and layer.name not in self.opts.skip_layers:
+            if self.compresses(layer):
                 return s.prune_low_magnitude(layer, **kw)
             return layer
 
@@ -265,7 +274,7 @@ class ClusterRecipe(_FineTuneRecipe):
             kw["preserve_sparsity"] = True
 
         def clone(layer):
-            if type(layer).__name__ in SUPPORTED and layer.name not in self.opts.skip_layers:
+            if self.compresses(layer):
                 wrapped = c.cluster_weights(layer, **kw)
                 if wrapped is None:  # tfmot returns None for objects it cannot cluster
                     raise RunnerError(
@@ -318,6 +327,7 @@ class CollaborativeRecipe(QATRecipe):
         common |= {"skip_layers": list(o.skip_layers), "calibration_seed": o.calibration_seed}
         if o.steps in ("prune", "prune_cluster"):
             step = PruneRecipe(self.meta, PruneOptions(sparsity=o.sparsity, **common))
+            step.kinds = PRESERVED_BY_QAT
             model, s, scores = step.fine_tune(model, ctx)
             seconds += s
             done.append(f"{step.describe()} (validation {scores[0]:.4f} -> {scores[1]:.4f})")
@@ -326,6 +336,7 @@ class CollaborativeRecipe(QATRecipe):
             step = ClusterRecipe(
                 self.meta, ClusterOptions(clusters=o.clusters, preserve_sparsity=keep, **common)
             )
+            step.kinds = PRESERVED_BY_QAT
             model, s, scores = step.fine_tune(model, ctx)
             seconds += s
             done.append(f"{step.describe()} (validation {scores[0]:.4f} -> {scores[1]:.4f})")

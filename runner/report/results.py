@@ -116,11 +116,16 @@ class ResultsTable:
             self.output_dir / PREDICTIONS, lambda tmp: np.savez_compressed(tmp, **arrays)
         )
 
-    def layer_report(self, rows: list[dict[str, Any]]) -> None:
-        """Write ``layer_report.csv`` (per-layer int8 error, worst first) and name the worst."""
+    def layer_report(self, rows: list[dict[str, Any]], ranked: bool = True) -> None:
+        """Write ``layer_report.csv`` (per-layer int8 error, worst first, and each layer's weight
+        sparsity and unique values) and name the worst; ``ranked=False``: weight columns only,
+        in graph order, no worst layer."""
         from runner.recipes.layer_report import REPORT_COLUMNS, summary, write_rows
 
         write_rows(self.output_dir / "layer_report.csv", rows, REPORT_COLUMNS)
+        if not ranked:
+            log.info("layer report: each layer's weight sparsity and unique values (no int8 error)")
+            return
         log.info("layer report: worst int8 layers: %s", summary(rows))
         self.worst_layers = [r["layer"] for r in rows[:3]]
 

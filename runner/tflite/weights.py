@@ -43,14 +43,48 @@ def weight_stats(flatbuffer: bytes) -> WeightStats:
             values = _values(model, t, flatbuffer, names)
             if values is None:
                 continue
-            zeros += int(np.count_nonzero(values == 0))
-            total += values.size
-            axis = axes.get(i, _quantized_axis(t))
-            per = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
-            most = max(most, max(len(np.unique(row)) for row in per))
+            z, unique = _stats(values, axes.get(i, _quantized_axis(t)))
+            zeros, total, most = zeros + z, total + values.size, max(most, unique)
     if not total:
         return WeightStats(0, None, None)
     return WeightStats(total, zeros / total, most)
+
+
+def op_weight_stats(flatbuffer: bytes) -> list[dict[str, Any]]:
+    """Each weighted op of the file, in graph order: the tensor it writes, its op name, and its
+    weights' count, share of zeros and most unique values per output channel (what the layer
+    report shows beside each layer's int8 error)."""
+    model = read(flatbuffer)
+    names = {v: k for k, v in _type_ids().items()}
+    rows = []
+    for sg in model.subgraphs:
+        axes = _channel_axes(model, sg)
+        for op in sg.operators:
+            zeros = total = most = 0
+            for i in (j for j in op.inputs if j >= 0):
+                t = sg.tensors[i]
+                values = _values(model, t, flatbuffer, names)
+                if values is not None:
+                    z, unique = _stats(values, axes.get(i, _quantized_axis(t)))
+                    zeros, total, most = zeros + z, total + values.size, max(most, unique)
+            if total and len(op.outputs):
+                out = sg.tensors[op.outputs[0]].name
+                rows.append(
+                    {
+                        "tensor_name": out.decode() if isinstance(out, bytes) else str(out),
+                        "op": op_name(model, op),
+                        "weights": total,
+                        "weight_sparsity": zeros / total,
+                        "unique_per_channel": most,
+                    }
+                )
+    return rows
+
+
+def _stats(values: np.ndarray, axis: int) -> tuple[int, int]:
+    """(exact zeros, the most distinct values any slice along ``axis`` holds)."""
+    per = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+    return int(np.count_nonzero(values == 0)), max(len(np.unique(row)) for row in per)
 
 
 def _values(model: Any, t: Any, flatbuffer: bytes, names: dict[int, str]) -> np.ndarray | None:

@@ -54,3 +54,52 @@ def test_a_fine_tuning_that_collapses_fails_its_row_naming_the_cause(rows):
     assert row["status"] == "failed"
     assert "pruning to 0.995 sparsity collapsed the model" in row["error"]
     assert "lower the compression" in row["error"]
+
+
+def _report(folder) -> list[dict[str, str]]:
+    import csv
+
+    return list(csv.DictReader((folder / "layer_report.csv").read_text().splitlines()))
+
+
+@pytest.fixture(scope="module")
+def mobilenet_runs(tmp_path_factory):
+    """prune and cluster on a small MobileNet (depthwise kernels), with the layer report."""
+    tmp = tmp_path_factory.mktemp("dw")
+    common = [
+        f"cache_dir={tmp / 'cache'}",
+        "model=mobilenet",
+        "model.blocks=[[16,1],[32,2]]",
+        "model.width=8",
+        "dataset.train_size=600",
+        "train.epochs=10",
+        "train.early_stopping_patience=0",
+        "evaluation.latency_samples=3",
+        "evaluation.layer_report=true",
+    ]
+    out = {}
+    for recipe, *more in (("prune", "recipe.epochs=3"), ("cluster",), ("full_integer",)):
+        run(compose_config(f"recipe={recipe}", *more, *common), tmp / recipe)
+        out[recipe] = {r["layer"]: r for r in _report(tmp / recipe)}
+    return out
+
+
+def test_depthwise_kernels_are_pruned_and_clustered_and_the_report_shows_it(mobilenet_runs):
+    pruned, clustered = mobilenet_runs["prune"], mobilenet_runs["cluster"]
+    depthwise = [k for k in pruned if k.endswith("_dw")]
+    assert len(depthwise) == 2  # tfmot alone leaves these dense
+    for layer in depthwise:
+        assert pruned[layer]["op"] == "DEPTHWISE_CONV_2D"
+        assert float(pruned[layer]["weight_sparsity"]) >= 0.45
+        assert int(clustered[layer]["unique_per_channel"]) <= 16
+    assert float(pruned["block1_pw"]["weight_sparsity"]) >= 0.45
+    # a compression recipe has no int8 error per layer: its report is the weight columns alone
+    assert all(r["relative_rmse"] == "" for r in pruned.values())
+
+
+def test_an_int8_layer_report_carries_each_layers_weight_columns(mobilenet_runs):
+    full = mobilenet_runs["full_integer"]
+    dw, head = full["block1_dw"], full["head"]
+    assert float(dw["relative_rmse"]) >= 0 and float(dw["weight_sparsity"]) < 0.1
+    assert int(dw["unique_per_channel"]) == 9  # a 3x3 kernel per channel, all distinct
+    assert int(head["unique_per_channel"]) > 16  # 32 inputs per class
