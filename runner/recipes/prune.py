@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from runner.console import check_interrupt
-from runner.errors import RunnerError
+from runner.errors import RunnerError, summarize_error
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
 from runner.recipes.compressible import kind, swap_depthwise
 from runner.recipes.conversion import ConverterSettings, convert_checked, full_integer_settings
@@ -57,6 +57,11 @@ class FineTuneOptions(CalibrationOptions):
         min_length=1,
         description="the post-training recipe (conf/recipe) that writes the file: none, float16, "
         "dynamic_range, full_integer ...",
+    )
+    storage: Literal["dense", "sparse"] = Field(
+        "dense",
+        description="sparse: the converter's EXPERIMENTAL_SPARSITY storage, kept only when LiteRT's "
+        "default interpreter runs the file (else the dense file, said in the note)",
     )
 
 
@@ -121,16 +126,9 @@ class _FineTuneRecipe(RecipeBase):
         tuned, seconds, scores = self.fine_tune(model, ctx)
         export = self._export_recipe(ctx)
         t1 = time.perf_counter()
-        done = convert_checked(
-            tuned,
-            export.converter,
-            export.opts.draw(ctx) if export.converter.representative_dataset else None,
-            token_ids=ctx.dataset.is_text,
-            batch_size=ctx.convert_batch_size,
-            recurrent=ctx.recurrent,
-            quantized=True,
-        )
+        flatbuffer, stored = self._convert(tuned, export, ctx)
         note = f"{self.describe()}, fine-tuned {self.opts.epochs} epoch(s), written by {self.opts.export}"
+        note += f"; {stored}" if stored else ""
         note += f"; validation accuracy {scores[0]:.4f} float -> {scores[1]:.4f} after"
         if dense:
             note += f"; {len(dense)} layer(s) left dense: {', '.join(dense[:6])}"
@@ -138,9 +136,37 @@ class _FineTuneRecipe(RecipeBase):
         log.info("recipe %s: %s (%.1fs)", self.name, note, time.perf_counter() - t0)
         return [
             self.write_tflite(
-                ctx, done.flatbuffer, time.perf_counter() - t1, train_seconds=seconds, note=note
+                ctx, flatbuffer, time.perf_counter() - t1, train_seconds=seconds, note=note
             )
         ]
+
+    def _convert(self, model, export, ctx: RecipeContext) -> tuple[bytes, str]:
+        """(the file, what its storage note says): sparse storage only where LiteRT runs it."""
+        import dataclasses
+
+        from runner.evaluation.metrics import TFLiteModel
+
+        calib = export.opts.draw(ctx) if export.converter.representative_dataset else None
+        kw = {"token_ids": ctx.dataset.is_text, "batch_size": ctx.convert_batch_size}
+        kw |= {"recurrent": ctx.recurrent, "quantized": True}
+        if self.opts.storage == "sparse":
+            settings = export.converter
+            sparse = dataclasses.replace(
+                settings, optimizations=(*settings.optimizations, "EXPERIMENTAL_SPARSITY")
+            )
+            data = convert_checked(model, sparse, calib, **kw).flatbuffer
+            try:  # what a phone's default interpreter does with it: load, allocate, run
+                TFLiteModel(content=data).predict(ctx.dataset.test.x[:2], ctx.scaling)
+                return data, "stored sparse (EXPERIMENTAL_SPARSITY)"
+            except (RuntimeError, ValueError) as e:
+                refused = summarize_error(e).splitlines()[0][:160]
+                log.warning("recipe %s: sparse storage refused by LiteRT (%s)", self.name, refused)
+                stored = (
+                    "sparse storage refused by LiteRT's default interpreter "
+                    f"({refused}): the dense file is shipped"
+                )
+                return convert_checked(model, settings, calib, **kw).flatbuffer, stored
+        return convert_checked(model, export.converter, calib, **kw).flatbuffer, ""
 
     def _export_recipe(self, ctx: RecipeContext):
         try:

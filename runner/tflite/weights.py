@@ -40,6 +40,12 @@ def weight_stats(flatbuffer: bytes) -> WeightStats:
     for sg in model.subgraphs:
         axes = _channel_axes(model, sg)
         for i, t in enumerate(sg.tensors):
+            if t.sparsity is not None and t.shape is not None:  # stored sparse: count what is kept
+                kept = _stored_sparse(model, t, names)
+                if kept is not None:
+                    total += int(np.prod(t.shape))
+                    zeros += int(np.prod(t.shape)) - kept.size + int(np.count_nonzero(kept == 0))
+                continue
             values = _values(model, t, flatbuffer, names)
             if values is None:
                 continue
@@ -106,6 +112,16 @@ def _values(model: Any, t: Any, flatbuffer: bytes, names: dict[int, str]) -> np.
     if dtype is None or len(raw) != count * np.dtype(dtype).itemsize:
         return None
     return np.frombuffer(raw, dtype).reshape(t.shape)
+
+
+def _stored_sparse(model: Any, t: Any, names: dict[int, str]) -> np.ndarray | None:
+    """The values a sparse-stored tensor keeps (EXPERIMENTAL_SPARSITY), or None."""
+    buf = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
+    dtype = _DTYPES.get(names.get(t.type) or "")
+    if buf is None or buf.data is None or dtype is None:
+        return None
+    raw = bytes(buf.data)
+    return np.frombuffer(raw[: len(raw) - len(raw) % np.dtype(dtype).itemsize], dtype)
 
 
 def _channel_axes(model: Any, sg: Any) -> dict[int, int]:
