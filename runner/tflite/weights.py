@@ -87,6 +87,31 @@ def op_weight_stats(flatbuffer: bytes) -> list[dict[str, Any]]:
     return rows
 
 
+def dequantized_weights(flatbuffer: bytes) -> dict[str, np.ndarray]:
+    """{tensor name: real values} of the file's quantized weight tensors (integers times their
+    per-channel scales, less zero points), in the file's own layout (OHWI, [out, in])."""
+    model = read(flatbuffer)
+    names = {v: k for k, v in _type_ids().items()}
+    out = {}
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            q = t.quantization
+            if q is None or q.scale is None or not len(q.scale):
+                continue
+            values = _values(model, t, flatbuffer, names)
+            if values is None or not np.issubdtype(values.dtype, np.integer):
+                continue
+            shape = [1] * values.ndim
+            axis = int(q.quantizedDimension) if len(q.scale) > 1 else 0
+            shape[axis] = len(q.scale)
+            scale = np.asarray(q.scale, np.float64).reshape(shape if len(q.scale) > 1 else [1])
+            zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else 0, np.float64)
+            zero = zero.reshape(shape) if zero.size > 1 else zero
+            name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+            out[name] = ((values.astype(np.float64) - zero) * scale).astype(np.float32)
+    return out
+
+
 def _stats(values: np.ndarray, axis: int) -> tuple[int, int]:
     """(exact zeros, the most distinct values any slice along ``axis`` holds)."""
     per = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
