@@ -8,7 +8,8 @@ Everything Hydra calls lives here — the job itself (:func:`job`) and the callb
   written first);
 - ``2`` (:data:`USAGE`): the user's input is wrong (a bad config value, a missing file, MLflow
   not installed): one line per problem, before anything is written;
-- ``130`` (:data:`INTERRUPTED`): Ctrl-C; one line, and a sweep's table of its finished jobs.
+- ``130`` (:data:`INTERRUPTED`): Ctrl-C; one line, and a sweep's table of its finished jobs;
+- ``143`` (:data:`TERMINATED`): SIGTERM (``scancel``, a SLURM time limit, preemption): the same.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from runner.report import recommend
 
 log = logging.getLogger("runner")
 
-FAILED, USAGE, INTERRUPTED = 1, 2, 130
+FAILED, USAGE, INTERRUPTED, TERMINATED = 1, 2, 130, 143
 
 
 def exit_with(code: int, lines: Iterable[str], prefix: str = "error: ") -> NoReturn:
@@ -57,24 +58,25 @@ _where: dict[str, Path] = {}
 
 
 def guarded(main: Callable[[], None]) -> None:
-    """Run Hydra's ``main`` so that Ctrl-C stops with one line (exit 130), not a traceback; a
-    sweep first writes the table of its finished jobs, the interrupted one marked failed."""
+    """Run Hydra's ``main`` so that Ctrl-C (exit 130) or SIGTERM (exit 143: ``scancel``, a
+    time limit, preemption) stops with one line, not a traceback; a sweep first writes the table
+    of its finished jobs, the stopped one marked failed."""
     console.catch_interrupts()
     try:
         main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        term = isinstance(e, console.Terminated)
+        code, what = (TERMINATED, "terminated (SIGTERM)") if term else (INTERRUPTED, "interrupted")
         sweep_dir = _where.get("sweep")
         if sweep_dir is None or not sweep_dir.is_dir():
             out = _where.get("run")
-            exit_with(
-                INTERRUPTED, ["interrupted" + (f"; what was finished is in {out}" if out else "")]
-            )
+            exit_with(code, [what + (f"; what was finished is in {out}" if out else "")])
         rows = report.write_sweep_report([sweep_dir], sweep_dir)
         done = len({r.get("job") for r in rows if r.get("status") == "ok"})
         exit_with(
-            INTERRUPTED,
+            code,
             [
-                f"interrupted; the table of the {done} finished job(s) (an interrupted one marked "
+                f"{what}; the table of the {done} finished job(s) (a stopped one marked "
                 f"failed): {sweep_dir / 'comparison.md'}"
             ],
         )

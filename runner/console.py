@@ -33,12 +33,18 @@ FILE_ONLY_LOGGERS = ("py.warnings", "tensorflow", "absl", "h5py")
 
 _verbose = False
 _interrupted = False
+_terminated = False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``scancel``, a SLURM time limit or preemption, ``kill``): stops a run the way
+    Ctrl-C does, with its own exit code (143)."""
 
 
 def catch_interrupts() -> None:
-    """Ctrl-C is remembered as well as raised: Keras' fit runs its Sequence through tf.data,
-    where the KeyboardInterrupt is swallowed and training runs on; :func:`check_interrupt`
-    (called between training steps and between stages) raises it again."""
+    """Ctrl-C and SIGTERM are remembered as well as raised: Keras' fit runs its Sequence through
+    tf.data, where the KeyboardInterrupt is swallowed and training runs on;
+    :func:`check_interrupt` (called between training steps and between stages) raises it again."""
     import signal
 
     def on_sigint(signum, frame):
@@ -46,12 +52,20 @@ def catch_interrupts() -> None:
         _interrupted = True
         signal.default_int_handler(signum, frame)
 
+    def on_sigterm(signum, frame):
+        global _interrupted, _terminated
+        _interrupted = _terminated = True
+        raise Terminated
+
     signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def check_interrupt(*_: object) -> None:
-    """Raise KeyboardInterrupt if Ctrl-C came since :func:`catch_interrupts` (any arguments
-    are ignored, so a Keras callback can call it)."""
+    """Raise KeyboardInterrupt (:class:`Terminated` after SIGTERM) if Ctrl-C or SIGTERM came
+    since :func:`catch_interrupts` (any arguments are ignored, so a Keras callback can call it)."""
+    if _terminated:
+        raise Terminated
     if _interrupted:
         raise KeyboardInterrupt
 

@@ -254,19 +254,24 @@ from runner.recipes.base import RecipeBase
 
 
 class Interrupt(RecipeBase):
-    \"\"\"Presses Ctrl-C on its own process in the middle of producing (a user's keypress,
-    at a known point instead of after a sleep).\"\"\"
+    \"\"\"Sends its own process SIGNAL (Ctrl-C, or SLURM's SIGTERM) in the middle of producing
+    (at a known point instead of after a sleep).\"\"\"
 
     def produce(self, ctx):
         (ctx.models_dir / "interrupt.tflite.tmp").write_bytes(b"half")
-        os.kill(os.getpid(), signal.SIGINT)
-        raise AssertionError("the interrupt did not stop the recipe")
+        os.kill(os.getpid(), getattr(signal, os.environ["STOP_SIGNAL"]))
+        raise AssertionError("the signal did not stop the recipe")
 """
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_sweep_stops_with_one_line_and_the_finished_jobs_table(tmp_path):
-    # setup: job 0 converts, job 1's recipe receives SIGINT mid-way, job 2 must never start
+@pytest.mark.parametrize(
+    "stop, code, said", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated (SIGTERM)")]
+)
+def test_ctrl_c_or_sigterm_in_a_sweep_stops_with_one_line_and_the_finished_jobs_table(
+    tmp_path, stop, code, said
+):
+    # setup: job 0 converts, job 1's recipe receives the signal mid-way, job 2 must never start
     import os
 
     site = tmp_path / "site" / "interrupting"
@@ -277,6 +282,7 @@ def test_ctrl_c_in_a_sweep_stops_with_one_line_and_the_finished_jobs_table(tmp_p
     (conf / "interrupt.yaml").write_text("_target_: interrupting.Interrupt\nname: interrupt\n")
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    env["STOP_SIGNAL"] = stop
     args = [sys.executable, "-m", "runner", "-m", *TINY, f"cache_dir={tmp_path / 'cache'}"]
     args += [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"hydra.sweep.dir={sweep_dir}"]
     # execute
@@ -288,12 +294,12 @@ def test_ctrl_c_in_a_sweep_stops_with_one_line_and_the_finished_jobs_table(tmp_p
         text=True,
         timeout=600,
     )
-    # assert: one line, exit 130, no traceback, the finished job's table
+    # assert: one line, exit 130 / 143, no traceback, the finished job's table
     err = p.stderr
-    assert p.returncode == 130, err[-2000:]
+    assert p.returncode == code, err[-2000:]
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1 and "interrupted; the table of the" in lines[0], err[-2000:]
+    assert len(lines) == 1 and f"{said}; the table of the" in lines[0], err[-2000:]
     rows = table(sweep_dir)
     assert any(r["job"] == "0" and r["status"] == "ok" for r in rows)
     # the job stopped mid-way is a failed row saying so; the one after it never started
