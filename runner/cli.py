@@ -182,6 +182,7 @@ class ValidateConfigCallback(_callback_base()):
         _writable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **_: Any) -> None:
+        _where["sweep"] = Path(str(config.hydra.sweep.dir))  # a Ctrl-C before any job ran here
         # a swept key is null or its default here: each job checks its own value
         self._check(config, swept_keys(list(config.hydra.overrides.task)))
         _writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")

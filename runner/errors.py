@@ -14,6 +14,9 @@ class RunnerError(Exception):
 def summarize_error(e: BaseException, limit: int = 300) -> str:
     """One line a user can act on from a (often multi-line MLIR) converter error."""
     text = str(e)
+    if type(e).__name__ == "UncompletedJobError" and "timed-out" in text:
+        # submitit's handler of SLURM's warning signal, raised inside the job
+        return "time limit: the job ran past hydra.launcher.timeout_min (SLURM stopped it)"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     picked = next((ln for ln in lines if "error:" in ln), lines[0] if lines else type(e).__name__)
     picked = picked.split("error:", 1)[-1].strip() if "error:" in picked else picked

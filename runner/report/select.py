@@ -104,6 +104,8 @@ def choose(
     budget = budget or SelectOptions()
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
+        if r.get("dataset") is None and r.get("model") is None:
+            continue  # a job that left nothing to say what it ran: a failed row of the table only
         groups.setdefault((str(r.get("dataset")), str(r.get("model"))), []).append(r)
     return [
         _verdict(ds, model, group, budget, predictions, truth)

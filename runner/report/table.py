@@ -204,6 +204,20 @@ def _subjobs(p: Path) -> list[Path]:
     return sorted(subs, key=lambda d: (int(d.name) if d.name.isdigit() else 1 << 30, d.name))
 
 
+# left in a job's folder by a launcher (runner.launchers) when the job ended without results
+STOPPED_FILE = "stopped.json"
+
+
+def stopped(job: Path) -> dict[str, Any]:
+    """What a launcher left when it saw the job end without results: ``reason`` ("cancelled by
+    SLURM", ...) and the job's ``dataset``, ``model`` and ``recipe`` names; empty if nothing."""
+    try:
+        data = json.loads((job / STOPPED_FILE).read_text())
+        return data if isinstance(data, dict) and isinstance(data.get("reason"), str) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def job_rows(job: Path) -> list[dict[str, Any]]:
     """The rows one job left on disk; a job that left none (killed, crashed) is one failed row."""
     overrides = " ".join(_overrides(job))
@@ -214,11 +228,15 @@ def job_rows(job: Path) -> list[dict[str, Any]]:
         rows = data["rows"]
     except (OSError, ValueError, KeyError):
         data, rows = {}, []
+    left = stopped(job)
+    why = left.get("reason")
     if not rows:
+        names = {k: left[k] for k in ("dataset", "model", "recipe") if k in left}
         rows = [
             empty_row(
+                **names,
                 status="failed",
-                error="the job left no results (killed or crashed before its first row)",
+                error=why or "the job left no results (killed or crashed before its first row)",
             )
         ]
     elif data.get("status") == "running":  # stopped after some rows: its recipe never finished
@@ -232,7 +250,9 @@ def job_rows(job: Path) -> list[dict[str, Any]]:
                 recipe=recipe,
                 role="recipe",
                 status="failed",
-                error="incomplete: the job stopped (killed or interrupted) before its recipe finished",
+                error=f"incomplete: {why}"
+                if why
+                else "incomplete: the job stopped (killed or interrupted) before its recipe finished",
             ),
         ]
     return [{**empty_row(), **r, "overrides": overrides, "job": job.name} for r in rows]
