@@ -157,6 +157,34 @@ def register_bases(conf_dir: Path = CONF_DIR) -> None:
     for name, group in base_entries(conf_dir).items():
         store.store(group=BASE, name=name, node=base_node(group, name), provider="runner")
     store.store(group="hydra/help", name="runner", node=help_node(conf_dir), provider="runner")
+    _register_ray(store)
+
+
+def _register_ray(store: Any) -> None:
+    """``hydra/launcher=ray`` that also joins a Ray cluster already running on the machine.
+
+    hydra-ray-launcher 1.2 sets ``ray.init(object_store_memory=75 MB)`` unless told otherwise, and
+    Ray refuses that value when it connects to an existing cluster ("When connecting to an
+    existing cluster, object_store_memory must not be provided"). Its ``ray`` node, stored again
+    with ``object_store_memory: null`` (Ray's own sizing): ``ray.init()`` then starts a local
+    cluster, or joins the running one. Stored before Hydra scans its plugins, which import the
+    plugin's module only once. Nothing without the ``ray`` extra."""
+    import dataclasses
+
+    try:
+        from hydra_plugins.hydra_ray_launcher._config import RayConf, RayLauncherConf
+    except ImportError:
+        return
+
+    def ray_conf() -> Any:
+        return RayConf(init={"address": None, "object_store_memory": None})
+
+    node = dataclasses.make_dataclass(
+        "RunnerRayLauncherConf",
+        [("ray", RayConf, dataclasses.field(default_factory=ray_conf))],
+        bases=(RayLauncherConf,),
+    )
+    store.store(group="hydra/launcher", name="ray", node=node, provider="tfq_runner")
 
 
 HELP = """tfq-runner: which TFLite file should I ship?

@@ -159,3 +159,39 @@ def test_ctrl_c_on_the_submitter_cancels_its_jobs_and_writes_the_table(slurm):
     time.sleep(2)
     left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
     assert not left.strip(), left
+
+
+def _ray_head_running() -> bool:
+    """A head started here (`ray start --head`) writes its address to this file while it runs."""
+    import tempfile
+    from pathlib import Path
+
+    return (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").is_file()
+
+
+def test_a_ray_sweep_gives_one_table_with_the_baseline_trained_once(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason='pip install -e ".[ray]"')
+    if shutil.which("ray") is None or not _ray_head_running():
+        pytest.skip("no Ray cluster running here: start one with `ray start --head`")
+    # hydra/launcher=ray joins the running cluster (Hydra's own config would refuse it:
+    # "object_store_memory must not be provided")
+    sweep_dir = tmp_path / "sweep"
+    args = [sys.executable, "-m", "runner", "-m", "hydra/launcher=ray", *TINY]
+    args += [f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}"]
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [*args, "recipe=none,dynamic_range,float16"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    seconds = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in p.stdout + p.stderr
+    rows = _rows(sweep_dir)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+    caches = [r["baseline_cache"] for r in rows if r["role"] != "float"]
+    assert sorted(caches).count("miss") == 1, caches
+    print(f"Ray 3-recipe sweep: {seconds:.1f} s")
