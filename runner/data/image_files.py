@@ -163,6 +163,11 @@ def _images_under(folder: Path, cls: str) -> list[str]:
                 if e.is_symlink() and not os.path.exists(e.path):
                     log.warning("skipping %s: a symlink to nothing", e.path)
                     continue
+                if not e.is_file():  # a named pipe or a device would block its reader forever
+                    log.warning(
+                        "skipping %s: not a regular file (a pipe, socket or device)", e.path
+                    )
+                    continue
                 out.append(f"{rel}/{e.name}")
     return out
 

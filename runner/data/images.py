@@ -251,6 +251,11 @@ def _build_entry(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, dict]:
     listing, (h, w) = job.listing, job.size
     n = len(listing.files)
     channels = COLOR_MODES[job.mode][1]
+    # only the lock holder builds this entry: a temp folder of it is a killed decode's
+    for stale in job.entry.parent.glob(f".{job.key}-*"):
+        log.info("removing %s, left by a decode that was killed", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    _check_room(job.entry.parent, n * h * w * channels)
     tmp = temp_dir(f".{job.key}-", job.entry.parent)
     try:
         raw = tmp / "decoding.npy"
@@ -286,6 +291,21 @@ def _build_entry(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, dict]:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("decoded %d images into %s", len(keep), job.entry)
     return (*_open(job.entry), meta)  # type: ignore[return-value]
+
+
+def _check_room(folder: Path, array_bytes: int) -> None:
+    """Refuse to start a decode the disk cannot hold: a memory-mapped array on a full disk ends
+    the process with SIGBUS, no message and no results. Room for the array twice (a decode with
+    unreadable files compacts it into a second file) and a margin."""
+    from runner.files import free_mb
+
+    need = 2 * array_bytes / (1 << 20) + 64
+    free = free_mb(folder)
+    if free < need:
+        raise RunnerError(
+            f"the image cache needs {need:.0f} MB in {folder} and {free:.0f} MB are free; free "
+            "some space, or point dataset.cache_dir (or cache_dir) at a disk with room"
+        )
 
 
 def _compact(src: Path, dst: Path, keep: np.ndarray, rows: int = 4096) -> None:

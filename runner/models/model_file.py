@@ -55,7 +55,9 @@ def file_format(p: Path) -> tuple[str, str | None]:
         try:
             with zipfile.ZipFile(p) as z:
                 meta = (
-                    json.loads(z.read("metadata.json")) if "metadata.json" in z.namelist() else {}
+                    json.loads(read_member(z, "metadata.json", p))
+                    if "metadata.json" in z.namelist()
+                    else {}
                 )
         except (zipfile.BadZipFile, ValueError, KeyError) as e:
             raise RunnerError(f"{p} is not a readable .keras archive ({e})") from None
@@ -106,6 +108,27 @@ def one_line(e: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
+# A .keras archive's JSON members (config, metadata) are a few MB even for large models; one
+# that inflates beyond this is refused before it is read (a zip bomb took 60 s and 6.9 GB).
+MAX_JSON_MEMBER = 64 << 20
+
+
+def read_member(z: zipfile.ZipFile, name: str, path: Path, limit: int | None = None) -> bytes:
+    """``name`` from the archive, refusing one that inflates beyond ``limit`` bytes (declared or
+    actual: a header can lie); ``limit`` None: :data:`MAX_JSON_MEMBER`."""
+    limit = MAX_JSON_MEMBER if limit is None else limit
+    declared = z.getinfo(name).file_size
+    if declared <= limit:
+        with z.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) <= limit:
+            return data
+    raise RunnerError(
+        f"{path}: its {name} inflates to more than {limit >> 20} MB; a .keras file's {name} "
+        "is a few MB at most: this archive is damaged or not a Keras model"
+    )
+
+
 def configs(p: Path) -> list[Any]:
     """The model config(s) a file holds, read as JSON (nothing is deserialized)."""
     try:
@@ -113,7 +136,7 @@ def configs(p: Path) -> list[Any]:
             return _saved_model_configs(p)
         if p.suffix == ".keras" or zipfile.is_zipfile(p):
             with zipfile.ZipFile(p) as z:
-                return [json.loads(z.read("config.json"))]
+                return [json.loads(read_member(z, "config.json", p))]
         import h5py
 
         with h5py.File(p, "r") as f:

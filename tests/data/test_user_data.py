@@ -385,3 +385,40 @@ def test_symlinks_are_followed_once_and_never_count_an_image_twice(tmp_path, cap
     os.symlink(one / "blue", one / "teal")
     with pytest.raises(RunnerError, match="class folders 'blue' and 'teal' are the same folder"):
         load(one, tmp_path / "cache")
+
+
+def test_a_named_pipe_in_an_image_folder_is_skipped_not_waited_on(tmp_path, caplog):
+    root = folder(tmp_path / "imgs")
+    pipe = root / "train" / "red" / "stuck.png"
+    os.mkfifo(pipe)  # a reader of it would block forever
+    data = load(root, tmp_path / "cache")
+    assert len(data.train) == 10  # 5 per class; the pipe is not one of them
+    assert any("not a regular file" in r.getMessage() for r in caplog.records)
+
+
+def test_a_decode_the_disk_cannot_hold_stops_with_one_line_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    root = folder(tmp_path / "imgs")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(1 << 30, 1 << 30, 1 << 20))
+    with pytest.raises(RunnerError, match=r"the image cache needs \d+ MB in .* and 1 MB are free"):
+        load(root, tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # nothing half-written
+
+
+def test_a_killed_decodes_leftover_is_removed_by_the_next_decode(tmp_path):
+    root = folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    load(root, cache)
+    (entry,) = [p for p in cache.rglob("meta.json")]
+    key = entry.parent.name
+    leftover = entry.parent.parent / f".{key}-killed"
+    leftover.mkdir()
+    (leftover / "decoding.npy").write_bytes(b"\0" * 4096)
+    import shutil
+
+    shutil.rmtree(entry.parent)  # the entry is rebuilt: the leftover goes with it
+    load(root, cache)
+    assert not leftover.exists()

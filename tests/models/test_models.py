@@ -105,3 +105,20 @@ def test_a_regression_model_is_refused_not_scored_as_a_sigmoid(tmp_path):
             continue
         with pytest.raises(RunnerError, match=f"ends in one {act} unit: a regression"):
             load_pretrained(str(path), input_shape=(8, 8, 1), num_classes=2)
+
+
+def test_a_keras_archive_whose_config_inflates_too_far_is_refused_before_reading_it(
+    tmp_path, monkeypatch
+):
+    import zipfile
+
+    from runner.models import model_file
+
+    monkeypatch.setattr(model_file, "MAX_JSON_MEMBER", 1 << 20)  # 1 MB stands in for 64
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("metadata.json", '{"keras_version": "3.10.0"}')
+        z.writestr("config.json", "[" + " " * (3 << 20) + "]")  # 3 MB of spaces, deflated tiny
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(RunnerError, match=r"config.json inflates to more than 1 MB"):
+        model_file.configs(bomb)
