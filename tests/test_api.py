@@ -188,3 +188,29 @@ def test_weibo_default_text_model_meets_the_bar(tmp_path):
             name
         ]
     assert rows["float16.tflite"]["size_bytes"] < 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"model_path": 3}, "model_path must be a path"),
+        ({"quantized_model_path": None}, "quantized_model_path must be a path"),
+        ({"recipe": ["float16"]}, "recipe must be a recipe name"),
+        ({"calibration": np.full((4, 8), np.nan)}, "calibration holds 32 NaN or infinite"),
+        ({"calibration": np.zeros(8)}, "calibration must be a numeric array .* shape \\(8,\\)"),
+        ({"calibration": np.array([["a", "b"]])}, "calibration must be a numeric array"),
+        ({"calibration": np.zeros((4, 8)), "labels": [0, 1]}, "one label per calibration sample"),
+    ],
+)
+def test_quantize_model_checks_its_arguments_in_one_line(tmp_path, kwargs, message):
+    args = {"model_path": tmp_path / "m.h5", "quantized_model_path": tmp_path / "q.tflite"}
+    args |= {k: v for k, v in kwargs.items() if k in args}
+    rest = {k: v for k, v in kwargs.items() if k not in args}
+    with pytest.raises(RunnerError, match=message):
+        quantize_model(args["model_path"], args["quantized_model_path"], **rest)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_quantize_model_refuses_a_folder_as_the_file_to_write(tmp_path):
+    with pytest.raises(RunnerError, match="is a folder: give the file to write"):
+        quantize_model(tmp_path / "m.h5", tmp_path)
