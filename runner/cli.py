@@ -62,6 +62,9 @@ def guarded(main: Callable[[], None]) -> None:
     time limit, preemption) stops with one line, not a traceback; a sweep first writes the table
     of its finished jobs, the stopped one marked failed."""
     console.catch_interrupts()
+    bad = yaml_problems(sys.argv[1:])
+    if bad:
+        exit_with(USAGE, bad, "error: bad YAML: ")
     try:
         main()
     except KeyboardInterrupt as e:
@@ -80,6 +83,44 @@ def guarded(main: Callable[[], None]) -> None:
                 f"failed): {sweep_dir / 'comparison.md'}"
             ],
         )
+
+
+def config_dirs(argv: list[str]) -> list[Path]:
+    """The config folders a command line composes from: the runner's ``conf/``, ``--config-dir``
+    / ``-cd`` and the ``file://`` entries of ``hydra.searchpath=[...]``."""
+    from runner.config import CONF_DIR
+
+    dirs = [CONF_DIR]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            dirs.append(Path(arg.split("=", 1)[1]))
+        elif arg.startswith("hydra.searchpath="):
+            for item in arg.split("=", 1)[1].strip("[]").split(","):
+                item = item.strip().strip("'\"")
+                if item.startswith("file://"):
+                    dirs.append(Path(item.removeprefix("file://")))
+    return [d for d in dirs if d.is_dir()]
+
+
+def yaml_problems(argv: list[str]) -> list[str]:
+    """One line per config file that is not valid YAML (file, line, column, what): Hydra would
+    print a 40-line traceback for it."""
+    import yaml
+
+    out = []
+    for folder in config_dirs(argv):
+        for path in sorted(folder.rglob("*.yaml")):
+            try:
+                yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.MarkedYAMLError as e:
+                mark = e.problem_mark
+                where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                out.append(f"{path}{where}: {e.problem or e.context}")
+            except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+                out.append(f"{path}: {' '.join(str(e).split())[:200]}")
+    return out
 
 
 def job(cfg: DictConfig, hc: Any, multirun: bool) -> None:
@@ -198,6 +239,11 @@ def _writable(folder: Path, key: str) -> None:
     """The run folder can be created and written (else one line before Hydra's traceback)."""
     import tempfile
 
+    from runner.config import not_a_folder
+
+    why = not_a_folder(folder)
+    if why:
+        exit_with(USAGE, [f"{key}={folder}: {why}; give a folder"])
     base = existing_ancestor(folder)
     try:
         with tempfile.TemporaryFile(dir=base):

@@ -263,14 +263,33 @@ def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
     )
 
 
+# folder keys a run creates when missing: a file (or a file above it) there stops it mid-way
+FOLDER_KEYS = ("cache_dir", "dataset.cache_dir")
+
+
 def _cache_dir_problems(cfg: Any) -> list[str]:
-    try:
-        path = OmegaConf.select(cfg, "cache_dir") if isinstance(cfg, DictConfig) else None
-    except Exception:  # noqa: BLE001 - an unresolvable value is reported by its schema
-        return []
-    if isinstance(path, str) and Path(path).expanduser().exists() and not Path(path).is_dir():
-        return [f"cache_dir={path}: is a file; expected a folder (created when missing)"]
-    return []
+    out = []
+    for key in FOLDER_KEYS:
+        try:
+            path = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else None
+        except Exception:  # noqa: BLE001 - an unresolvable value is reported by its schema
+            continue
+        why = not_a_folder(path) if isinstance(path, str) and path else None
+        if why:
+            out.append(f"{key}={path}: {why}")
+    return out
+
+
+def not_a_folder(path: str | Path) -> str | None:
+    """Why ``path`` cannot be (or become) a folder: it, or a path above it, is a file."""
+    p = Path(path).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if q.is_dir():
+                return None
+            where = "is a file" if q == p else f"{q} above it is a file"
+            return f"{where}; expected a folder (created when missing)"
+    return None
 
 
 def _data_path_problems(cfg: Any) -> list[str]:

@@ -185,3 +185,32 @@ def test_a_read_only_run_folder_is_one_line_before_hydras_traceback(tmp_path):
         f"error: hydra.run.dir={mnt / 'run'}: cannot write in {mnt} (Read-only file system); "
         "give a writable folder"
     )
+
+
+def test_a_yaml_syntax_error_in_a_users_config_is_one_line_naming_file_and_line(tmp_path):
+    conf = tmp_path / "conf" / "recipe"
+    conf.mkdir(parents=True)
+    bad = conf / "mine.yaml"
+    bad.write_text("_target_: runner.recipes.ptq.PTQRecipe\nname: mine\n  converter: [\n")
+    p = run_cli("recipe=mine", f"hydra.searchpath=[file://{tmp_path / 'conf'}]")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == (
+        f"error: bad YAML: {bad}, line 3, column 12: mapping values are not allowed here"
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("hydra.run.dir={f}", "error: hydra.run.dir={f}: is a file; expected a folder"),
+        ("hydra.run.dir={f}/run", "error: hydra.run.dir={f}/run: {f} above it is a file"),
+        ("dataset.cache_dir={f}", "error: bad config value: dataset.cache_dir={f}: is a file"),
+    ],
+)
+def test_a_folder_key_naming_a_file_is_one_line_before_anything_runs(tmp_path, override, message):
+    f = tmp_path / "a-file"
+    f.write_text("not a folder")
+    extra = ["dataset=image_folder", f"dataset.path={tmp_path}"] if "dataset." in override else []
+    p = run_cli("recipe=none", *extra, override.format(f=f))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.startswith(message.format(f=f)), p.stderr

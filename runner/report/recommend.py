@@ -161,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, found = sweep(args.paths, args.out or args.paths[0], None)
     except RunnerError as e:  # a hand-edited results.json with a bad select node
         parser.error(str(e))
+    except OSError as e:  # a read-only or full --out folder
+        where = e.filename or args.out or args.paths[0]
+        parser.error(f"cannot write the table in {where}: {e.strerror}; give a writable --out DIR")
     if not rows:
         parser.error("no run results found under " + ", ".join(args.paths))
     print(to_markdown(rows, SWEEP_DISPLAY))

@@ -223,13 +223,19 @@ def job_rows(job: Path) -> list[dict[str, Any]]:
     overrides = " ".join(_overrides(job))
     results = job / "results.json"
     rows: list[dict[str, Any]]
+    shape = None
     try:
         data = json.loads(results.read_text())
         rows = data["rows"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise TypeError
     except (OSError, ValueError, KeyError):
         data, rows = {}, []
+    except TypeError:  # valid JSON of another shape (a hand edit, another tool's file)
+        data, rows = {}, []
+        shape = f'{results} is not a runner results file (expected {{"rows": [{{...}}, ...]}})'
     left = stopped(job)
-    why = left.get("reason")
+    why = left.get("reason") or shape
     if not rows:
         names = {k: left[k] for k in ("dataset", "model", "recipe") if k in left}
         rows = [

@@ -307,3 +307,27 @@ def test_ctrl_c_or_sigterm_in_a_sweep_stops_with_one_line_and_the_finished_jobs_
     assert stopped and all(r["status"] == "failed" for r in stopped), rows
     assert all("incomplete" in r["error"] or "interrupt" in r["error"] for r in stopped), rows
     assert not any(r["job"] == "2" for r in rows) and not (sweep_dir / "2").exists()
+
+
+@pytest.mark.parametrize("content", ['{"rows": {"a": 1}}', "[1, 2]", '{"rows": ["x"]}'])
+def test_a_results_json_of_another_shape_is_a_failed_row_not_a_traceback(tmp_path, content):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.json").write_text(content)
+    rows = write_sweep_report([tmp_path], tmp_path)
+    (row,) = rows
+    assert row["status"] == "failed" and "is not a runner results file" in row["error"]
+
+
+def test_report_into_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch, capsys):
+    from runner.report import recommend
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out" / "comparison.md"))
+
+    (tmp_path / "0").mkdir()
+    monkeypatch.setattr(recommend, "sweep", refuse)
+    with pytest.raises(SystemExit) as e:
+        recommend.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot write the table in" in err and "give a writable --out DIR" in err
