@@ -75,7 +75,13 @@ def load_text_classification(
     from runner.data.vocabulary import Vocabulary
     from runner.data.vocabulary import segment as cut
 
-    df = _read_table(name, path, text_column, label_column)
+    df, dropped = _read_table(name, path, text_column, label_column)
+    skipped = ()
+    if dropped:
+        skipped = (
+            f"{path}: {dropped} row(s) without a text or a label were skipped ({len(df)} used)",
+        )
+        log.warning(skipped[0])
     texts = cut(df[text_column].astype(str).tolist(), segment)
     classes = sorted(df[label_column].unique().tolist())
     y = np.searchsorted(np.asarray(classes), df[label_column].to_numpy()).astype(np.int64)
@@ -101,11 +107,13 @@ def load_text_classification(
         class_names=tuple(str(c) for c in classes),
         model_kwargs={"vocab_size": vocab.size},
         files={"word_index.json": vocab.to_json()},
+        warnings=skipped,
     )
 
 
 def _read_table(name: str, path: str | None, text_column: str, label_column: str):
-    """The file as a data frame with both columns, rows missing either dropped."""
+    """(the file as a data frame with both columns, how many rows were dropped: an empty text
+    or a missing label)."""
     if not path:
         raise RunnerError(
             f"dataset={name} needs dataset.path=/path/to/file.csv (or .tsv/.jsonl) with '{text_column}' and '{label_column}' columns"
@@ -127,7 +135,9 @@ def _read_table(name: str, path: str | None, text_column: str, label_column: str
         raise RunnerError(
             f"{p} has no column(s) {missing}; its columns are {list(df.columns)} (set dataset.text_column / dataset.label_column)"
         )
-    return df.dropna(subset=[text_column, label_column])
+    kept = df.dropna(subset=[text_column, label_column])
+    kept = kept[kept[text_column].astype(str).str.strip() != ""]
+    return kept, len(df) - len(kept)
 
 
 def _split(df, y, split_column: str | None, test_fraction: float, seed: int, path):

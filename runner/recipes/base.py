@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -92,6 +92,8 @@ class RecipeContext:
     # builds another recipe of conf/recipe by name (a recipe that exports through another,
     # as prune and cluster do); given by the caller, which knows the config
     recipes: Callable[[str], Any] | None = None
+    # what a recipe wants said on its rows (a clamped calibration size ...), added by write_tflite
+    notes: list[str] = field(default_factory=list)
 
     def recipe(self, name: str) -> Any:
         """Another recipe of ``conf/recipe`` by name.
@@ -180,6 +182,15 @@ class CalibrationOptions(Options):
     def draw(self, ctx: RecipeContext) -> np.ndarray:
         """Model-ready calibration inputs: ``calibration_samples`` training samples drawn with
         ``calibration_seed`` (all of them when the split is smaller)."""
+        have = len(ctx.dataset.train)
+        if self.calibration_samples > have:
+            note = (
+                f"recipe.calibration_samples={self.calibration_samples} is more than the "
+                f"{have} training samples: calibrated on all {have}"
+            )
+            if note not in ctx.notes:
+                log.warning(note)
+                ctx.notes.append(note)
         raw = calibration_sample(ctx.dataset.train, self.calibration_samples, self.calibration_seed)
         return ctx.scaling(raw)
 
@@ -243,6 +254,9 @@ class RecipeBase:
         from runner.files import atomic_write_bytes
 
         path = atomic_write_bytes(ctx.models_dir / f"{self.name}.tflite", flatbuffer)
+        if ctx.notes:  # said in the row's note, and among the run's warnings
+            kw["warnings"] = (*kw.get("warnings", ()), *ctx.notes)
+            kw["note"] = "; ".join(n for n in (kw.get("note"), *ctx.notes) if n)
         log.info(
             "recipe %s: wrote %s (%d bytes) in %.1fs", self.name, path, len(flatbuffer), seconds
         )

@@ -192,3 +192,18 @@ def test_lstm_int16x8_forced_onto_the_fused_route_is_a_failed_row(tmp_path, text
     row = result.row("int16x8.tflite")
     assert row["status"] == "failed" and "UNIDIRECTIONAL_SEQUENCE_LSTM" in row["error"]
     assert result.row("none.tflite")["status"] == "ok"
+
+
+def test_rows_without_a_text_or_a_label_are_counted_not_silently_dropped(tmp_path, caplog):
+    df = pd.DataFrame(
+        {
+            "text": ["好 消息", "", "   ", "坏 消息", None, "真 的"] * 4,
+            "label": [0, 1, 0, 1, 0, None] * 4,
+        }
+    )
+    df.to_csv(tmp_path / "t.csv", index=False)
+    data = load_text_classification(path=str(tmp_path / "t.csv"))
+    assert len(data.train) + len(data.test) == 8  # 2 usable rows of 6, four times
+    (said,) = data.warnings
+    assert "16 row(s) without a text or a label were skipped (8 used)" in said
+    assert any("16 row(s)" in r.getMessage() for r in caplog.records)

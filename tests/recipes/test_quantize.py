@@ -147,3 +147,14 @@ def test_summarize_error_keeps_the_error_line():
     )
     assert summarize_error(e) == "RuntimeError: 'tf.Op' op is neither a custom op nor a flex op"
     assert len(summarize_error(ValueError("x" * 1000))) == 300
+
+
+@pytest.mark.slow
+def test_calibration_samples_beyond_the_split_are_said_on_the_row(tiny_cfg, tmp_path):
+    from runner.pipeline import run
+
+    result = run(tiny_cfg("recipe=full_integer", "recipe.calibration_samples=100000"), tmp_path)
+    row = result.row("full_integer.tflite")
+    said = "recipe.calibration_samples=100000 is more than the"
+    assert row["status"] == "ok" and said in row["note"]
+    assert any(said in w for w in result.warnings)
