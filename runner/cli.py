@@ -184,7 +184,10 @@ def disk_problem(e: OSError) -> str | None:
 
     if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
         return None
-    where = Path(e.filename or ".").expanduser()
+    # a copy that fills the disk names its source first and its destination second
+    where = Path(getattr(e, "filename2", None) or e.filename or ".").expanduser()
+    if where.name.startswith("."):  # an atomic write's temp file: the folder it was going to
+        where = where.parent
     folder = existing_ancestor(where)
     return (
         f"cannot write {where}: {e.strerror} ({free_mb(folder):.0f} MB free in {folder}); free some space "

@@ -214,3 +214,23 @@ def test_a_folder_key_naming_a_file_is_one_line_before_anything_runs(tmp_path, o
     p = run_cli("recipe=none", *extra, override.format(f=f))
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert p.stderr.startswith(message.format(f=f)), p.stderr
+
+
+@pytest.mark.slow
+def test_a_full_run_folder_is_named_not_the_cache_it_was_copying_from(tmp_path, shared_cache):
+    # issue #35: the message named the cache's model file and the cache's disk
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mnt)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a small tmpfs")
+    try:
+        p = run_cli(
+            "recipe=none", *TINY, f"hydra.run.dir={mnt / 'run'}", f"cache_dir={shared_cache}"
+        )
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: cannot write {mnt / 'run' / 'models'}: No space left"), line
+    assert str(shared_cache) not in line

@@ -109,9 +109,11 @@ def load_image_folder(
     listing = list_images(Path(path).expanduser(), test_fraction, split_seed)
     key = decode_key(listing, size, mode, test_fraction, split_seed)
     root = Path(cache_dir or Path(path).expanduser() / ".runner-cache")
-    job = DecodeJob(listing, key, root / key, size, mode, workers, on_bad_file)
+    root, read_only, moved = _writable_root(root, "dataset.cache_dir" if cache_dir else None, key)
+    job = DecodeJob(listing, key, root / key, size, mode, workers, on_bad_file, read_only)
     x, y, n_train, bad = decoded(job)
     info, warnings = _summary(listing, size, mode, root / key, bad)
+    warnings = (*warnings, *moved)
     train, test = Split(x[:n_train], y[:n_train]), Split(x[n_train:], y[n_train:])
     if not len(train) or not len(test):
         raise RunnerError(
@@ -128,6 +130,33 @@ def load_image_folder(
         info=info,
         warnings=warnings,
     )
+
+
+def _writable_root(root: Path, key: str | None, entry: str) -> tuple[Path, bool, tuple[str, ...]]:
+    """(where the cache is, whether it is only read, warnings): ``root`` when it can be written
+    or already holds this decode (a read-only shared cache serves its entries); else a folder
+    under the system temp folder, and the warning that says so. A read-only cache costs the
+    speed-up, never the run."""
+    import errno
+    import tempfile
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            return root, False, ()
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        why = e.strerror
+    if (root / entry / META_FILE).is_file():
+        return root, True, ()
+    fallback = Path(tempfile.gettempdir()) / "tfq-runner-image-cache"
+    name = f"{key}={root}" if key else f"the image folder's cache {root}"
+    said = f"{name} cannot be written ({why}): the images are decoded into {fallback} instead" + (
+        "" if key else "; set dataset.cache_dir to a writable folder to keep them"
+    )
+    log.warning(said)
+    return fallback, False, (said,)
 
 
 def _checked(path, image_size, color_mode, on_bad_file) -> tuple[tuple[int, int], str]:
@@ -194,6 +223,7 @@ class DecodeJob:
     mode: str
     workers: int | None
     on_bad_file: str
+    read_only: bool = False  # a read-only shared cache holding this entry: read, never locked
 
 
 def decoded(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, int, list[tuple[str, str]]]:
@@ -201,6 +231,12 @@ def decoded(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, int, list[tuple[str
     decoding the folder into it first when it is missing or corrupt."""
     from filelock import FileLock
 
+    if job.read_only:
+        got = _read_entry(job.entry, job.key, remove=False)
+        if got is None:
+            raise RunnerError(f"the read-only image cache entry {job.entry} is damaged")
+        x, y, meta = got
+        return x, y, int(meta["n_train"]), [tuple(b) for b in meta["bad"]]  # type: ignore[return-value]
     job.entry.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(job.entry.parent / f"{job.key}.lock")):  # sweep jobs wait for the first
         got = _read_entry(job.entry, job.key)
@@ -215,7 +251,9 @@ def decoded(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, int, list[tuple[str
     return x, y, int(meta["n_train"]), bad  # type: ignore[return-value]
 
 
-def _read_entry(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict] | None:
+def _read_entry(
+    entry: Path, key: str, remove: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict] | None:
     """The entry's arrays when it is whole and its hash matches; None (rebuild) otherwise."""
     if not (entry / META_FILE).is_file():
         return None
@@ -235,7 +273,8 @@ def _read_entry(entry: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict] | 
         return x, y, meta
     except Exception as e:  # noqa: BLE001 - any unreadable entry is rebuilt
         log.warning("image cache entry %s is corrupt (%s); decoding again", entry, e)
-        shutil.rmtree(entry, ignore_errors=True)
+        if remove:
+            shutil.rmtree(entry, ignore_errors=True)
         return None
 
 

@@ -130,6 +130,13 @@ def _read_table(name: str, path: str | None, text_column: str, label_column: str
         df = reader(p)
     except Exception as e:  # noqa: BLE001
         raise RunnerError(f"could not read {p}: {e}") from None
+    if not isinstance(df.index, _pd().RangeIndex):
+        # pandas makes the extra leading fields of a ragged first row the index: every column
+        # after them shifts (the labels become texts)
+        raise RunnerError(
+            f"{p}: its first data row has more fields than its header {list(df.columns)}; "
+            'a text holding the separator must be quoted ("like, this")'
+        )
     missing = [c for c in (text_column, label_column) if c not in df.columns]
     if missing:
         raise RunnerError(

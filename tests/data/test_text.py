@@ -207,3 +207,9 @@ def test_rows_without_a_text_or_a_label_are_counted_not_silently_dropped(tmp_pat
     (said,) = data.warnings
     assert "16 row(s) without a text or a label were skipped (8 used)" in said
     assert any("16 row(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_ragged_first_row_is_named_not_read_as_shifted_columns(tmp_path):
+    (tmp_path / "r.csv").write_text("text,label\n好 消息,坏,0\n坏 消息,1\n真 的,0\n")
+    with pytest.raises(RunnerError, match=r"first data row has more fields than its header"):
+        load_text_classification(path=str(tmp_path / "r.csv"))

@@ -422,3 +422,27 @@ def test_a_killed_decodes_leftover_is_removed_by_the_next_decode(tmp_path):
     shutil.rmtree(entry.parent)  # the entry is rebuilt: the leftover goes with it
     load(root, cache)
     assert not leftover.exists()
+
+
+def test_a_read_only_dataset_cache_dir_warns_and_decodes_elsewhere_or_serves_its_entry(
+    tmp_path, monkeypatch
+):
+    import errno
+    import tempfile
+
+    root, cache = folder(tmp_path / "imgs"), tmp_path / "shared-cache"
+    first = load(root, cache)  # a cache someone else filled, then made read-only
+
+    def read_only(*_a, **_k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    served = load(root, cache)  # its entry is read, never locked or rewritten
+    assert not served.warnings and np.array_equal(served.train.x, first.train.x)
+    elsewhere = load(root, tmp_path / "empty-read-only")  # nothing to serve: decoded in temp
+    (said,) = [w for w in elsewhere.warnings if "cannot be written" in w]
+    assert said.startswith(f"dataset.cache_dir={tmp_path / 'empty-read-only'} cannot be written")
+    assert np.array_equal(elsewhere.train.x, first.train.x)
+    assert list((tmp_path / "tmp" / "tfq-runner-image-cache").iterdir())
