@@ -72,6 +72,34 @@ def mark_stopped(
     atomic_write_json(job_dir / STOPPED_FILE, {"reason": reason, **(names or {})})
 
 
+def _sacct_answers() -> bool:
+    """Does SLURM's accounting database answer (``sacct``)? submitit follows jobs with it."""
+    if shutil.which("sacct") is None:
+        return False
+    try:
+        p = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return p.returncode == 0
+
+
+def _once_per_sweep(record: logging.LogRecord, _seen: set[str] = set()) -> bool:  # noqa: B006
+    """submitit repeats "Bypassing sacct error" on every poll of a cluster without accounting:
+    said once (the reason a stopped job's row gives no SLURM state)."""
+    text = record.getMessage()
+    if "sacct" not in text:
+        return True
+    first = "sacct" not in _seen
+    _seen.add("sacct")
+    if first:
+        record.msg, record.args = (
+            "SLURM accounting (sacct) does not answer here: jobs are followed with squeue, "
+            "and one that ends without a result is a failed row after %d s",
+            (int(GRACE_SECONDS),),
+        )
+    return first
+
+
 class Collecting:
     """Submit like Hydra's launcher; collect every job whatever its end."""
 
@@ -81,6 +109,14 @@ class Collecting:
     hydra_context: Any
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        logging.getLogger("submitit").addFilter(_once_per_sweep)
+        self._accounting = self._EXECUTOR != "slurm" or _sacct_answers()
+        if not self._accounting:
+            log.warning(
+                "SLURM accounting (sacct) does not answer here: jobs are followed with squeue, "
+                "and one that ends without a result is a failed row after %d s",
+                int(GRACE_SECONDS),
+            )
         jobs, overrides = self._submit(job_overrides, initial_job_idx)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
@@ -159,6 +195,8 @@ class Collecting:
             return {}
 
     def _finished(self, job) -> bool:
+        if not getattr(self, "_accounting", True):  # submitit would ask sacct, and wait forever
+            return False
         try:
             return bool(job.done())
         except Exception:  # noqa: BLE001 - a failing sacct: judged by _gone instead

@@ -195,3 +195,34 @@ def test_a_ray_sweep_gives_one_table_with_the_baseline_trained_once(tmp_path):
     caches = [r["baseline_cache"] for r in rows if r["role"] != "float"]
     assert sorted(caches).count("miss") == 1, caches
     print(f"Ray 3-recipe sweep: {seconds:.1f} s")
+
+
+def test_without_accounting_a_cancelled_job_is_a_failed_row_after_a_bounded_wait(slurm):
+    # slurmdbd stopped: submitit's sacct polls fail ("Bypassing sacct error", forever)
+    if os.geteuid() != 0 or shutil.which("slurmdbd") is None:
+        pytest.skip("stopping slurmdbd needs root on the cluster's machine")
+    args, env, name, sweep_dir = slurm
+    subprocess.run(["pkill", "-x", "slurmdbd"], check=False)
+    try:
+        time.sleep(1)
+        sweep = subprocess.Popen(
+            [*args, "recipe=none,sleep"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        subprocess.run(["scancel", _wait_running(name, 1)], check=True)
+        out, err = sweep.communicate(timeout=300)
+    finally:
+        subprocess.Popen(["/usr/sbin/slurmdbd"]).wait()
+        for _ in range(60):  # accounting back for the other tests
+            if subprocess.run(["sacct", "-n", "-X"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+    assert sweep.returncode == 1, err[-3000:]
+    said = [ln for ln in (out + err).splitlines() if "sacct" in ln]
+    assert len(said) == 1 and "does not answer here" in said[0], said
+    rows = {r["job"]: r for r in _rows(sweep_dir) if r["status"] == "failed"}
+    assert "SLURM keeps no accounting here" in rows["1"]["error"]
