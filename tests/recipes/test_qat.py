@@ -204,6 +204,46 @@ def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
     assert kept_note(kept).startswith("kept epoch 0 of 2 (int8 validation accuracy")
 
 
+@pytest.mark.slow
+def test_qat_that_ends_below_post_training_int8_ships_that_file_and_says_so(tmp_path, monkeypatch):
+    """Fake-quant ranges squeezed 100x (a QAT graph far from what the converter writes): every
+    epoch's file is worse than the converter's own post-training int8 file of the same model,
+    which is shipped instead, named in the note."""
+    import numpy as np
+
+    from runner.recipes.qat import recipe as qat_recipe
+
+    original = qat_recipe.calibrate_ranges
+
+    def squeezed(qat_model, float_model, x):
+        original(qat_model, float_model, x)
+        for v in qat_model.variables:
+            if v.name.endswith(("_min:0", "_max:0")) and "kernel" not in v.name:
+                v.assign(np.asarray(v) * 0.01)
+
+    monkeypatch.setattr(qat_recipe, "calibrate_ranges", squeezed)
+    d = load_digits()
+    data = Dataset("digits", d.train, d.test, 10)
+    model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
+    train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
+    ctx = RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1})
+    int8 = {"optimizations": ["DEFAULT"], "supported_ops": ["TFLITE_BUILTINS_INT8"]}
+    int8["representative_dataset"] = True  # as conf/recipe/qat.yaml
+    recipe = QATRecipe.with_options(
+        epochs=1, learning_rate_scale=1e-6, steps_per_epoch=2, converter=int8
+    )
+    done = recipe.fine_tune(model, ctx)
+    ptq = done.kept.get("post_training")
+    assert ptq is not None and ptq["accuracy"] > done.kept["accuracy"]
+    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+
+    shipped = TFLiteModel(content=done.flatbuffer).predict(d.test.x, Scaling("unit"))
+    assert np.mean(labels_from_outputs(shipped) == d.test.y) > 0.9
+    from runner.recipes.qat import kept_note
+
+    assert "the .tflite is the converter's post-training int8 file" in kept_note(done.kept)
+
+
 def test_the_epoch_judge_and_auto_int8_hold_out_the_data_sets_validation_split_when_it_has_one(
     tmp_path,
 ):

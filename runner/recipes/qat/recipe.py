@@ -138,6 +138,10 @@ class QATRecipe(RecipeBase):
             done.kept = judge.restore(qat_model)
             done.flatbuffer = judge.best_flatbuffer
             done.epoch = done.kept["epoch"]
+            if "TFLITE_BUILTINS_INT8" in self.converter.supported_ops:  # a full-int8 file:
+                ptq = judge.post_training(model)  # never below post-training int8 unsaid
+                if ptq is not None:
+                    done.kept["post_training"], done.flatbuffer = ptq
         log.info(
             "QAT fine-tuned %d epochs x %d steps at lr %.2g in %.1fs (kept epoch %d%s)",
             *(o.epochs, steps, lr, seconds, done.epoch),
@@ -311,6 +315,35 @@ class _EpochJudge:
         agr, agr_bound = paired_gain(best_agrees, agrees)
         return acc >= 0 and agr > 0 and agr >= agr_bound
 
+    def post_training(self, float_model) -> tuple[dict[str, Any], bytes] | None:
+        """The converter's own post-training int8 file of the model QAT started from, scored on
+        the same samples: (its scores, its file) when it beats the kept epoch beyond the noise
+        (that file is then shipped, and the row says so), else None."""
+        import dataclasses
+
+        import numpy as np
+
+        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+
+        calibrated = dataclasses.replace(self.recipe.converter, representative_dataset=True)
+        flatbuffer = convert(
+            float_model,
+            calibrated,
+            self.calib,
+            token_ids=self.ctx.dataset.is_text,
+            batch_size=self.ctx.convert_batch_size,
+        )
+        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
+        labels = labels_from_outputs(out)
+        right, agrees = labels == self.val.y, labels == self.float_labels
+        s = {"accuracy": float(np.mean(right)), "agreement": float(np.mean(agrees))}
+        log.info(
+            "post-training int8 of the start model: validation accuracy %.4f, agreement %.4f",
+            s["accuracy"],
+            s["agreement"],
+        )
+        return (s, flatbuffer) if self.beats_best(right, agrees) else None
+
     def restore(self, qat_model) -> dict[str, Any]:
         assert self.best is not None and self.best_weights is not None
         qat_model.set_weights(self.best_weights)
@@ -332,11 +365,20 @@ def left_float_note(floats: list[tuple[str, str]], calibrated: bool = True, show
 
 
 def kept_note(kept: dict[str, Any]) -> str:
-    """The row's note: which epoch was kept, and its validation scores against epoch 0's."""
+    """The row's note: which epoch was kept, and its validation scores against epoch 0's; when
+    the converter's post-training int8 file beat it, that the .tflite is that file."""
     start = kept["start"]
-    return (
+    note = (
         f"kept epoch {kept['epoch']} of {kept['epochs']} (int8 validation accuracy "
         f"{start['accuracy']:.4f} at epoch 0 -> {kept['accuracy']:.4f}, agreement "
         f"{start['agreement']:.4f} -> {kept['agreement']:.4f}, {kept['samples']} samples of "
         f"{kept.get('where') or 'the validation split'})"
     )
+    ptq = kept.get("post_training")
+    if ptq:
+        note += (
+            f"; the .tflite is the converter's post-training int8 file, which beat QAT's best "
+            f"epoch beyond the noise (validation accuracy {ptq['accuracy']:.4f}, agreement "
+            f"{ptq['agreement']:.4f}): QAT did not help this model"
+        )
+    return note
