@@ -5,11 +5,15 @@ EfficientNets' depthwise kernels stay dense under ``prune_low_magnitude`` and
 ``cluster_weights``. A subclass that declares its kernel through tfmot's ``PrunableLayer`` and
 ``ClusterableLayer`` interfaces is pruned and clustered like a Conv2D; after stripping, the
 plain class comes back (what QAT's registry, the converter and a saved .h5 know).
+
+And the collaborative (prune- and cluster-preserving) QAT schemes, made to leave float the
+layers they cannot configure instead of failing on them (:func:`known_layers_only`).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 
 @functools.cache
@@ -57,3 +61,26 @@ def swap_depthwise(model, compressible: bool):
     new = keras.models.clone_model(model, clone_function=clone)
     new.set_weights(model.get_weights())
     return new
+
+
+def known_layers_only(scheme: Any) -> Any:
+    """``scheme`` whose registry supports only the layers it can also configure.
+
+    tfmot 0.8's preserving registries call every layer without trainable weights supported,
+    then ask the default 8-bit registry for its config, which raises for a layer it does not know
+    (``get_quantize_config() called on an unsupported layer ... Rescaling``: every EfficientNet,
+    and Keras 3 models that scale their input). Such a layer is left float here, as the plain 8-bit
+    scheme leaves it."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as d8,
+    )
+
+    registry, default = scheme.get_quantize_registry(), d8.Default8BitQuantizeRegistry()
+    preserving = registry.supports
+
+    def supports(layer) -> bool:
+        return preserving(layer) and (bool(layer.trainable_weights) or default.supports(layer))
+
+    registry.supports = supports  # shadows the classmethod for this registry object
+    scheme.get_quantize_registry = lambda: registry
+    return scheme

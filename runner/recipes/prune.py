@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from runner.console import check_interrupt
 from runner.errors import RunnerError, summarize_error
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
-from runner.recipes.compressible import kind, swap_depthwise
+from runner.recipes.compressible import kind, known_layers_only, swap_depthwise
 from runner.recipes.conversion import ConverterSettings, convert_checked, full_integer_settings
 from runner.recipes.qat import QATOptions, QATRecipe
 
@@ -373,7 +373,9 @@ class CollaborativeRecipe(QATRecipe):
 
         combine = tfmot.experimental.combine
         if self.opts.steps == "prune":
-            return combine.Default8BitPrunePreserveQuantizeScheme()
-        return combine.Default8BitClusterPreserveQuantizeScheme(
-            preserve_sparsity=self.opts.steps == "prune_cluster"
+            return known_layers_only(combine.Default8BitPrunePreserveQuantizeScheme())
+        return known_layers_only(
+            combine.Default8BitClusterPreserveQuantizeScheme(
+                preserve_sparsity=self.opts.steps == "prune_cluster"
+            )
         )

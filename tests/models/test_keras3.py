@@ -122,7 +122,7 @@ def test_keras3_models_through_every_recipe(k3, tmp_path, name):
     # models also through the layer report, selective and auto_int8 (on the tf_keras twin)
     extra = [] if name == "text" else ["selective", "auto_int8"]
     if name == "sequential":  # weight compression, entering through the same tf_keras twin
-        extra += ["prune", "cluster", "qat_int4"]
+        extra += ["prune", "cluster", "qat_int4", "prune_qat", "cluster_qat", "prune_cluster_qat"]
     for recipe in RECIPES + extra:
         more = ["evaluation.layer_report=true"] if recipe == "full_integer" else []
         cfg = pretrained(path, f"recipe={recipe}", *more, text_csv=csv if name == "text" else None)
