@@ -23,15 +23,19 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def plot(
-    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, chosen: Sequence[int] = ()
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    chosen: Sequence[int] = (),
+    size_key: str = "size_bytes",
 ) -> Path | None:
     """Size vs accuracy, one labelled point per artifact; each (data set, model) pair's Pareto
     front drawn (the rows' ``pareto`` flags, else computed here); ``chosen``: indices into
-    ``rows`` of the verdict's files, starred."""
+    ``rows`` of the verdict's files, starred. ``size_key``: ``size_gzip_bytes`` puts the
+    download size on the axis (``select.objective=gzip_size``), its front computed on it."""
     ok = [
         i
         for i, r in enumerate(rows)
-        if r.get("status") == "ok" and r.get("size_bytes") and r.get("accuracy") is not None
+        if r.get("status") == "ok" and r.get(size_key) and r.get("accuracy") is not None
     ]
     if not ok:
         return None
@@ -40,13 +44,13 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = {i: (float(rows[i]["size_bytes"]) / MB, float(rows[i]["accuracy"])) for i in ok}
+    pts = {i: (float(rows[i][size_key]) / MB, float(rows[i]["accuracy"])) for i in ok}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     groups: dict[tuple, list[int]] = {}
     for i in ok:
         groups.setdefault((rows[i].get("dataset"), rows[i].get("model")), []).append(i)
     _points(ax, rows, pts, several=len(groups) > 1)
-    _fronts(ax, rows, pts, groups)
+    _fronts(ax, rows, pts, groups, flags=size_key == "size_bytes")
     star = [i for i in chosen if i in pts]
     if star:
         ax.scatter(
@@ -60,7 +64,8 @@ def plot(
         )
     ax.margins(x=0.15, y=0.25)
     ax.set_xscale("log")
-    ax.set_xlabel("size on disk (MB, log scale)")
+    gz = size_key == "size_gzip_bytes"
+    ax.set_xlabel(("download size, gzip -9" if gz else "size on disk") + " (MB, log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title("size vs accuracy per artifact", pad=12)
     ax.grid(alpha=0.3)
@@ -87,10 +92,11 @@ def _points(ax, rows, pts, several: bool) -> None:
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4 + 9 * k), fontsize=7)
 
 
-def _fronts(ax, rows, pts, groups: dict[tuple, list[int]]) -> None:
-    """Each (data set, model) pair's Pareto front, ringed and joined."""
+def _fronts(ax, rows, pts, groups: dict[tuple, list[int]], flags: bool = True) -> None:
+    """Each (data set, model) pair's Pareto front, ringed and joined (``flags``: the rows'
+    ``pareto`` flags, which are on the raw size, may be used)."""
     for n, members in enumerate(groups.values()):
-        front = _front(rows, members, pts)
+        front = _front(rows, members, pts, flags)
         xs, ys = [pts[i][0] for i in front], [pts[i][1] for i in front]
         ax.step(xs, ys, where="post", color="tab:red", lw=1, zorder=2)
         ax.scatter(
@@ -104,9 +110,9 @@ def _fronts(ax, rows, pts, groups: dict[tuple, list[int]]) -> None:
         )
 
 
-def _front(rows, members: list[int], pts) -> list[int]:
+def _front(rows, members: list[int], pts, flags: bool = True) -> list[int]:
     """A group's front, smallest first: the rows flagged ``pareto``, else computed."""
-    flagged = [i for i in members if rows[i].get("pareto") is True]
+    flagged = [i for i in members if flags and rows[i].get("pareto") is True]
     if not flagged:
         flagged = [members[j] for j in pareto_front([pts[i] for i in members])]
     return sorted(flagged, key=lambda i: pts[i][0])

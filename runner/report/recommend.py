@@ -87,7 +87,8 @@ def write(rows: Sequence[Mapping[str, Any]], out: Path, budget: SelectOptions) -
     from runner.report.plot import plot
 
     chosen = [i for i, r in enumerate(rows) for v in found if v.chosen and _same(r, v.chosen)]
-    plot(rows, out / "comparison.png", chosen)  # the chart, the chosen files starred
+    size = "size_gzip_bytes" if budget.objective == "gzip_size" else "size_bytes"
+    plot(rows, out / "comparison.png", chosen, size)  # the chart, the chosen files starred
     return found
 
 

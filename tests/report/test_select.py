@@ -146,3 +146,28 @@ def test_the_budget_is_read_from_a_config_and_a_bad_one_is_one_line():
     assert budget_of({"select": {"max_size_mb": 0.5}}).max_size_mb == 0.5
     with pytest.raises(RunnerError, match=r"select.max_size_mb=-1: expected a number > 0"):
         budget_of({"select": {"max_size_mb": -1}})
+
+
+def test_the_chart_puts_the_download_size_on_its_axis_when_the_verdict_minimizes_it(
+    tmp_path, monkeypatch
+):
+    from runner.report import plot as plot_mod
+    from runner.report.recommend import write
+
+    rows = [
+        _row("full_integer.tflite", 92_000, 0.99, size_gzip_bytes=85_000, job="0"),
+        _row("prune.tflite", 92_000, 0.99, size_gzip_bytes=60_000, job="1"),
+    ]
+    seen = {}
+    original = plot_mod._points
+
+    def spy(ax, rows_, pts, several):
+        seen.update(pts)
+        return original(ax, rows_, pts, several)
+
+    monkeypatch.setattr(plot_mod, "_points", spy)
+    found = write(rows, tmp_path, SelectOptions(objective="gzip_size"))
+    assert found[0].chosen["artifact"] == "prune.tflite"
+    assert [round(x * 2**20) for x, _ in seen.values()] == [85_000, 60_000]
+    write(rows, tmp_path, SelectOptions())  # the default objective: the raw size
+    assert [round(x * 2**20) for x, _ in seen.values()] == [92_000, 92_000]
