@@ -158,6 +158,30 @@ def register_bases(conf_dir: Path = CONF_DIR) -> None:
         store.store(group=BASE, name=name, node=base_node(group, name), provider="runner")
     store.store(group="hydra/help", name="runner", node=help_node(conf_dir), provider="runner")
     _register_ray(store)
+    _register_launchers(store)
+
+
+def _register_launchers(store: Any) -> None:
+    """Hydra's launcher configs under ``/base/launcher/<name>`` (joblib, submitit_slurm,
+    submitit_local), which ``conf/hydra/launcher/<name>.yaml`` extend to point Hydra's own names
+    at the runner's subclasses (``hydra_plugins/tfq_runner/launchers.py``): same options, and a
+    job killed by SLURM or a killed worker is a failed row instead of a traceback with no table.
+    (Stored under new names: Hydra's plugin scan runs the plugins' config modules again, which
+    would overwrite a node stored under theirs.) Nothing without the ``launchers`` extra."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+        from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+    except ImportError:
+        return
+    for name, conf in (
+        ("joblib", JobLibLauncherConf),
+        ("submitit_slurm", SlurmQueueConf),
+        ("submitit_local", LocalQueueConf),
+    ):
+        # as plain values: the plugin scan makes the dataclass anew, and a node typed with the
+        # first class would not merge with one typed with the second
+        node = OmegaConf.to_container(OmegaConf.structured(conf))
+        store.store(group=f"{BASE}/launcher", name=name, node=node, provider="tfq_runner")
 
 
 def _register_ray(store: Any) -> None:

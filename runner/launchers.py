@@ -244,3 +244,26 @@ class Collecting:
             names = ", ".join(f"#{idx} ({j.job_id})" for idx, j in running)
             log.warning("interrupted: cancelled the unfinished job(s) %s", names)
             print(f"cancelled the unfinished job(s) {names}", flush=True)
+
+
+def broken_pool_returns(config: Any, job_overrides, first: int, reason: str) -> list[JobReturn]:
+    """A sweep whose worker pool broke (a joblib worker killed: SIGKILL, out of memory): every job
+    that left no final results gets ``reason`` in its folder, and the sweep goes on to its
+    table (each such job a failed row) instead of joblib's TerminatedWorkerError traceback."""
+    import json
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    returns = []
+    for i, overrides in enumerate(job_overrides):
+        job_dir = sweep_dir / str(first + i)
+        try:
+            status = json.loads((job_dir / "results.json").read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        if status not in ("ok", "failed"):
+            mark_stopped(job_dir, list(overrides), reason)
+        ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+        ret.return_value = None
+        returns.append(ret)
+    log.error("the worker pool broke (%s); the sweep's table follows", reason)
+    return returns

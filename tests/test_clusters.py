@@ -41,6 +41,59 @@ def _slurm_up() -> bool:
     return p.returncode == 0 and any(s in p.stdout for s in ("idle", "mix", "alloc"))
 
 
+def _sleeping_site(tmp_path) -> tuple[list[str], dict[str, str]]:
+    """(the command line's search-path argument, the environment) of a ``sleep`` recipe."""
+    site = tmp_path / "site" / "sleeping"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text(SLEEPING_RECIPE)
+    conf = tmp_path / "conf" / "recipe"
+    conf.mkdir(parents=True)
+    (conf / "sleep.yaml").write_text("_target_: sleeping.Sleep\nname: sleep\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    return [f"hydra.searchpath=[file://{tmp_path / 'conf'}]"], env
+
+
+def test_a_killed_joblib_worker_is_a_failed_row_and_the_table_is_written(tmp_path):
+    search, env = _sleeping_site(tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        sys.executable,
+        "-m",
+        "runner",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
+    args += [*TINY, *search, f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}"]
+    sweep = subprocess.Popen(
+        [*args, "recipe=none,sleep"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    done = sweep_dir / "0" / "results.json"
+    end = time.monotonic() + 300
+    while time.monotonic() < end:  # job 0 finished; job 1 sleeps in its worker
+        if done.is_file() and json.loads(done.read_text()).get("status") == "ok":
+            break
+        time.sleep(0.5)
+    time.sleep(2)
+    children = subprocess.run(
+        ["pgrep", "-f", "-P", str(sweep.pid), "popen_loky"], capture_output=True, text=True
+    ).stdout.split()
+    assert children, "no joblib worker found"
+    for pid in children:  # what the kernel's OOM killer does
+        os.kill(int(pid), signal.SIGKILL)
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1, err[-3000:]
+    assert "Traceback" not in err and "TerminatedWorkerError" not in err
+    rows = {r["job"]: r for r in _rows(sweep_dir) if r["status"] == "failed"}
+    assert "its joblib worker process died" in rows["1"]["error"]
+    assert "ship (digits, small_cnn): none.tflite" in out
+
+
 @pytest.fixture
 def slurm(tmp_path):
     """The arguments of a SLURM sweep in ``tmp_path`` (a ``sleep`` recipe on the search path)."""
