@@ -54,10 +54,39 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         from runner.models.model_file import model_input_shape
 
         runtime["model_input_shape"] = model_input_shape(cfg.model.path)
+    key = _data_key(cfg.dataset, runtime)
+    if key in _LOADED_DATA:  # this process loaded it for an earlier job of the sweep
+        log.info("data: %s as loaded for an earlier job of this process", cfg.dataset.get("name"))
+        return _LOADED_DATA[key]
     p = plugin("dataset", cfg.dataset)
     data = call(p.target, p.options, name=p.meta.name, **runtime)
     odd = check_dataset(data)  # raises on data no table can be made from
-    return dataclasses.replace(data, warnings=(*data.warnings, *odd)) if odd else data
+    data = dataclasses.replace(data, warnings=(*data.warnings, *odd)) if odd else data
+    _LOADED_DATA.clear()  # one data set kept: a sweep over data sets holds one in memory
+    _LOADED_DATA[key] = data
+    return data
+
+
+# The data set a launcher process loaded last, for its next job (the basic and joblib launchers
+# run several jobs per process; a text set's segmentation or an image listing is paid once).
+_LOADED_DATA: dict[str, Dataset] = {}
+
+
+def _data_key(node: DictConfig, runtime: dict[str, Any]) -> str:
+    """The data config, what the runner adds, and the stamp of the file or folder it names."""
+    import json
+    import os
+
+    values = OmegaConf.to_container(node, resolve=True)
+    stamp = None
+    path = values.get("path") if isinstance(values, dict) else None
+    if isinstance(path, str) and path:
+        try:
+            st = os.stat(Path(path).expanduser())
+            stamp = [st.st_ino, st.st_size, st.st_mtime_ns]
+        except OSError:
+            stamp = "missing"
+    return json.dumps([values, runtime, stamp], sort_keys=True, default=str)
 
 
 def _trained_by(group: str, node: DictConfig) -> dict[str, Any]:

@@ -115,15 +115,36 @@ def _hit(entry: Path, model: Any, meta: dict[str, Any]) -> CacheResult:
     )
 
 
+# The entry a launcher process loaded last, kept for the process's next job (the basic and
+# joblib launchers run several jobs per process): {entry: (its files' stamps, model, meta)}.
+_LOADED: dict[Path, tuple[tuple, Any, dict[str, Any]]] = {}
+
+
+def _stamp(entry: Path) -> tuple:
+    """What changes when an entry's files do (rebuilt, replaced, damaged)."""
+    return tuple(
+        (st.st_ino, st.st_size, st.st_mtime_ns)
+        for st in ((entry / f).stat() for f in (META_FILE, MODEL_FILE))
+    )
+
+
 def _load_entry(entry: Path):
     from runner.models.loading import load_model
 
     try:
+        stamp = _stamp(entry)
+        kept = _LOADED.get(entry)
+        if kept is not None and kept[0] == stamp:  # this process loaded it for an earlier job
+            log.info("baseline %s: the model this process loaded for an earlier job", entry.name)
+            return kept[1], kept[2]
         meta = json.loads((entry / META_FILE).read_text())
         model_path = entry / MODEL_FILE
         if sha256_file(model_path) != meta["sha256"]:
             raise ValueError("model file does not match its recorded SHA-256")
-        return load_model(model_path), meta
+        model = load_model(model_path)
+        _LOADED.clear()  # one entry: a sweep over models keeps one in memory, not all
+        _LOADED[entry] = (stamp, model, meta)
+        return model, meta
     except Exception as e:  # noqa: BLE001 - any defect means: rebuild
         log.warning(
             "baseline cache entry %s is incomplete or corrupt (%s); rebuilding it", entry, e

@@ -131,3 +131,39 @@ def test_a_valid_entry_is_served_without_its_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(filelock, "FileLock", no_lock)  # what a read-only folder does
     again = get_or_train(tmp_path, SPEC, trainer)
     assert again.status == "hit" and trainer.calls == 1
+
+
+def test_a_process_loads_an_entry_once_for_all_its_jobs_and_again_when_it_changes(
+    tmp_path, monkeypatch
+):
+    from runner.models import loading
+
+    trainer = Trainer()
+    get_or_train(tmp_path, SPEC, trainer)
+    loads = []
+    real = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda p, **k: loads.append(p) or real(p, **k))
+    first = get_or_train(tmp_path, SPEC, trainer)
+    second = get_or_train(tmp_path, SPEC, trainer)  # the sweep's next job in this process
+    assert len(loads) == 1 and second.model is first.model and second.status == "hit"
+    entry = first.path.parent
+    meta = json.loads((entry / "meta.json").read_text())
+    (entry / "meta.json").write_text(json.dumps({**meta, "note": "rewritten"}))  # changed
+    get_or_train(tmp_path, SPEC, trainer)
+    assert len(loads) == 2
+
+
+def test_a_process_loads_a_data_set_once_for_all_its_jobs(monkeypatch):
+    from helpers import compose_config
+
+    from runner import baseline
+
+    calls = []
+    real = baseline.call
+    monkeypatch.setattr(baseline, "call", lambda *a, **k: calls.append(1) or real(*a, **k))
+    baseline._LOADED_DATA.clear()
+    cfg = compose_config("dataset.train_size=100")
+    first, second = baseline.load_dataset(cfg), baseline.load_dataset(cfg)
+    assert len(calls) == 1 and second is first
+    baseline.load_dataset(compose_config("dataset.train_size=120"))  # another data config
+    assert len(calls) == 2
