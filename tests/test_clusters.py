@@ -17,7 +17,7 @@ import uuid
 import pytest
 from helpers import ROOT, TINY
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # real clusters and launchers: minutes
 
 SLEEPING_RECIPE = """
 import time
@@ -279,3 +279,12 @@ def test_without_accounting_a_cancelled_job_is_a_failed_row_after_a_bounded_wait
     assert len(said) == 1 and "does not answer here" in said[0], said
     rows = {r["job"]: r for r in _rows(sweep_dir) if r["status"] == "failed"}
     assert "SLURM keeps no accounting here" in rows["1"]["error"]
+
+
+def test_the_launcher_extras_install_together():
+    """hydra-ray-launcher pins cloudpickle 2, which joblib 1.6 refuses: the ray extra pins
+    joblib below 1.6, so `pip check` stays clean with every extra of the test install."""
+    p = subprocess.run(
+        [sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
