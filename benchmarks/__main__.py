@@ -35,8 +35,15 @@ SECTIONS = {
 }
 
 
+# sections too long for every run (44 min for compression): run with --only NAME
+ONLY = ("compression",)
+
+
 def wanted(name: str, quick: bool) -> bool:
-    """The full run's sections: routes only on the full-size run with the Weibo set."""
+    """The full run's sections: routes only on the full-size run with the Weibo set; the long
+    sections of :data:`ONLY` only when asked for."""
+    if name in ONLY:
+        return False
     return name != "routes" or (WEIBO.exists() and not quick)
 
 
