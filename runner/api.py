@@ -22,6 +22,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import runner  # noqa: F401 - TF_USE_LEGACY_KERAS before TensorFlow
+from runner.arguments import checked_arguments
 from runner.data import Dataset, Scaling
 from runner.errors import RunnerError
 from runner.files import atomic_write_bytes
@@ -30,46 +31,6 @@ from runner.recipes.base import Artifact, Recipe, RecipeContext
 log = logging.getLogger(__name__)
 
 WORD_INDEX = "word_index.json"
-
-
-def _checked_arguments(model_path, out_path, recipe, calibration, labels):
-    """``quantize_model``'s arguments checked, one line each (not a library's IndexError):
-    (calibration, labels) as arrays."""
-    for name, value in (("model_path", model_path), ("quantized_model_path", out_path)):
-        if not isinstance(value, (str, os.PathLike)):
-            raise RunnerError(
-                f"{name} must be a path (str or os.PathLike), got {type(value).__name__}"
-            )
-    if Path(out_path).is_dir():
-        raise RunnerError(
-            f"quantized_model_path={out_path} is a folder: give the file to write (…/model.tflite)"
-        )
-    if not isinstance(recipe, str):
-        raise RunnerError(f"recipe must be a recipe name (str), got {type(recipe).__name__}")
-    if calibration is not None:
-        try:
-            calibration = np.asarray(calibration)
-        except (ValueError, TypeError) as e:
-            raise RunnerError(f"calibration must be an array of model inputs: {e}") from None
-        if calibration.dtype.kind not in "biuf" or calibration.ndim < 2 or not len(calibration):
-            raise RunnerError(
-                "calibration must be a numeric array of model-ready inputs, one per row "
-                f"(samples, ...), got dtype {calibration.dtype} and shape {calibration.shape}"
-            )
-        if calibration.dtype.kind == "f" and not np.all(np.isfinite(calibration)):
-            bad = int(np.sum(~np.isfinite(calibration)))
-            raise RunnerError(
-                f"calibration holds {bad} NaN or infinite value(s) of {calibration.size}: "
-                "calibrating on them writes a broken file; pass finite model-ready inputs"
-            )
-    if labels is not None:
-        labels = np.asarray(labels)
-        if calibration is None or len(labels) != len(calibration):
-            raise RunnerError(
-                f"labels must give one label per calibration sample ({len(labels)} labels for "
-                f"{0 if calibration is None else len(calibration)} samples)"
-            )
-    return calibration, labels
 
 
 def quantize_model(
@@ -121,7 +82,7 @@ def quantize_model(
     """
     from runner.models.loading import load_model
 
-    calibration, labels = _checked_arguments(
+    calibration, labels = checked_arguments(
         model_path, quantized_model_path, recipe, calibration, labels
     )
     cfg = _compose(recipe)  # once: the recipe's node and the train settings QAT reads

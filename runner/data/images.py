@@ -28,6 +28,7 @@ from pydantic import Field
 
 from runner.data import image_decode
 from runner.data.base import Dataset, Split, SplitOptions, subset
+from runner.data.image_cache import check_room, writable_root
 from runner.data.image_decode import COLOR_MODES
 from runner.data.image_files import DECODE_VERSION, Listing, decode_key, list_images
 from runner.errors import RunnerError
@@ -109,7 +110,7 @@ def load_image_folder(
     listing = list_images(Path(path).expanduser(), test_fraction, split_seed)
     key = decode_key(listing, size, mode, test_fraction, split_seed)
     root = Path(cache_dir or Path(path).expanduser() / ".runner-cache")
-    root, read_only, moved = _writable_root(root, "dataset.cache_dir" if cache_dir else None, key)
+    root, read_only, moved = writable_root(root, "dataset.cache_dir" if cache_dir else None, key)
     job = DecodeJob(listing, key, root / key, size, mode, workers, on_bad_file, read_only)
     x, y, n_train, bad = decoded(job)
     info, warnings = _summary(listing, size, mode, root / key, bad)
@@ -130,33 +131,6 @@ def load_image_folder(
         info=info,
         warnings=warnings,
     )
-
-
-def _writable_root(root: Path, key: str | None, entry: str) -> tuple[Path, bool, tuple[str, ...]]:
-    """(where the cache is, whether it is only read, warnings): ``root`` when it can be written
-    or already holds this decode (a read-only shared cache serves its entries); else a folder
-    under the system temp folder, and the warning that says so. A read-only cache costs the
-    speed-up, never the run."""
-    import errno
-    import tempfile
-
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            return root, False, ()
-    except OSError as e:
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        why = e.strerror
-    if (root / entry / META_FILE).is_file():
-        return root, True, ()
-    fallback = Path(tempfile.gettempdir()) / "tfq-runner-image-cache"
-    name = f"{key}={root}" if key else f"the image folder's cache {root}"
-    said = f"{name} cannot be written ({why}): the images are decoded into {fallback} instead" + (
-        "" if key else "; set dataset.cache_dir to a writable folder to keep them"
-    )
-    log.warning(said)
-    return fallback, False, (said,)
 
 
 def _checked(path, image_size, color_mode, on_bad_file) -> tuple[tuple[int, int], str]:
@@ -294,7 +268,7 @@ def _build_entry(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, dict]:
     for stale in job.entry.parent.glob(f".{job.key}-*"):
         log.info("removing %s, left by a decode that was killed", stale)
         shutil.rmtree(stale, ignore_errors=True)
-    _check_room(job.entry.parent, n * h * w * channels)
+    check_room(job.entry.parent, n * h * w * channels)
     tmp = temp_dir(f".{job.key}-", job.entry.parent)
     try:
         raw = tmp / "decoding.npy"
@@ -330,21 +304,6 @@ def _build_entry(job: DecodeJob) -> tuple[np.ndarray, np.ndarray, dict]:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("decoded %d images into %s", len(keep), job.entry)
     return (*_open(job.entry), meta)  # type: ignore[return-value]
-
-
-def _check_room(folder: Path, array_bytes: int) -> None:
-    """Refuse to start a decode the disk cannot hold: a memory-mapped array on a full disk ends
-    the process with SIGBUS, no message and no results. Room for the array twice (a decode with
-    unreadable files compacts it into a second file) and a margin."""
-    from runner.files import free_mb
-
-    need = 2 * array_bytes / (1 << 20) + 64
-    free = free_mb(folder)
-    if free < need:
-        raise RunnerError(
-            f"the image cache needs {need:.0f} MB in {folder} and {free:.0f} MB are free; free "
-            "some space, or point dataset.cache_dir (or cache_dir) at a disk with room"
-        )
 
 
 def _compact(src: Path, dst: Path, keep: np.ndarray, rows: int = 4096) -> None:

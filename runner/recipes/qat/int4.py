@@ -57,6 +57,9 @@ class QATInt4Options(CalibrationOptions):
         0.1, gt=0, description="fine-tuning learning rate = train.learning_rate x this"
     )
     batch_size: int | None = Field(None, ge=1, description="null: train.batch_size")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="null: one pass over the fitted samples per epoch"
+    )
     skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="layer names fine-tuned without the 4-bit quantizer"
     )
@@ -230,7 +233,7 @@ class QATInt4Recipe(RecipeBase):
         fit, val, _ = ctx.held_out()
         val = val if val is not None else fit
         batch = int(self.opts.batch_size or cfg.batch_size)
-        steps = max(1, math.ceil(len(fit) / batch))
+        steps = self.opts.steps_per_epoch or max(1, math.ceil(len(fit) / batch))
         keras.utils.set_random_seed(cfg.seed)
         lr = cfg.learning_rate * self.opts.learning_rate_scale
         wrapped.compile(optimizer=make_optimizer(cfg.optimizer, lr), loss=loss_for(wrapped))
