@@ -19,8 +19,12 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from runner.cli import guarded
+    from runner.cli import guarded, quick_exit
     from runner.config import register_bases
 
     register_bases()  # the schemas' nodes that conf/*.yaml extend (Hydra carries them to jobs)
-    guarded(main)
+    try:
+        guarded(main)
+    except SystemExit as e:
+        quick_exit(e.code)
+    quick_exit(0)
