@@ -57,8 +57,8 @@ def quick_exit(code: int | str | None) -> NoReturn:
 
     Every file is written and closed by now; the threads are joined and the exit handlers still
     run (logging, MLflow, a Ray cluster the launcher started, a joblib pool), the output streams
-    are flushed, and then the interpreter's
-    teardown is skipped: with TensorFlow loaded it takes over a second of every run and sweep.
+    are flushed, and then the interpreter's teardown is skipped: with TensorFlow loaded it takes
+    over a second of every run and sweep. An unexpected exception still ends the normal way.
     """
     import atexit
     import contextlib
