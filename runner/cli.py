@@ -346,10 +346,10 @@ class ExitStatusCallback(_callback_base()):
         except (OSError, ValueError):
             return
         # a job whose rows were all another's (recipe=none beside its baseline) has none of its own
-        jobs = {str(r.get("job")) for r in rows} | {
-            p.parent.name for p in sweep_dir.glob("*/results.json")
-        }
-        failed = sorted({r.get("job") for r in rows if r.get("status") != "ok"}, key=str)
+        jobs = {str(r.get("job")) for r in rows} | {d.name for d in report.job_dirs(sweep_dir)}
+        failed = sorted(
+            {str(r.get("job")) for r in rows if r.get("status") != "ok"}, key=lambda j: (len(j), j)
+        )
         if failed:
             exit_with(
                 FAILED,
