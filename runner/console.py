@@ -130,8 +130,7 @@ def _warnings_to_log_file() -> None:
     for name in FILE_ONLY_LOGGERS:
         logger = logging.getLogger(name)
         logger.propagate = False
-        for h in files:
-            if h not in logger.handlers:
-                logger.addHandler(h)
-        if not files:
-            logger.addHandler(logging.NullHandler())
+        for h in list(logger.handlers):  # an earlier job's file (one process runs several jobs)
+            logger.removeHandler(h)
+        for h in files or [logging.NullHandler()]:
+            logger.addHandler(h)

@@ -234,3 +234,34 @@ def test_a_full_run_folder_is_named_not_the_cache_it_was_copying_from(tmp_path, 
     line = p.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: cannot write {mnt / 'run' / 'models'}: No space left"), line
     assert str(shared_cache) not in line
+
+
+def test_library_log_lines_go_to_the_current_jobs_file_only(tmp_path):
+    """One process runs several jobs: TensorFlow's log lines of job 2 belong in job 2's log,
+    never also in job 1's (its handler used to stay on the ``tensorflow`` logger)."""
+    import logging
+
+    from runner import console
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        files = []
+        for job in ("0", "1"):
+            for h in root.handlers[:]:
+                root.removeHandler(h)
+            handler = logging.FileHandler(tmp_path / f"{job}.log")
+            root.addHandler(handler)
+            console.configure(verbose=False)
+            logging.getLogger("tensorflow").warning("line of job %s", job)
+            handler.flush()
+            files.append(tmp_path / f"{job}.log")
+        assert files[0].read_text().splitlines() == ["line of job 0"]
+        assert files[1].read_text().splitlines() == ["line of job 1"]
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            h.close()
+        for h in saved:
+            root.addHandler(h)
+        console.configure(verbose=True)
