@@ -6,8 +6,10 @@ Every recipe family converts through :func:`convert` / :func:`convert_checked`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -130,9 +132,26 @@ def convert(
     from runner.console import filtered
 
     converter = make_converter(model, options, calibration, token_ids, batch_size, route)
-    with warnings.catch_warnings(), filtered():  # C++ progress lines ("fully_quantize: 0 ...")
+    with warnings.catch_warnings(), filtered(), _no_keras3_import():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return converter.convert()
+        return converter.convert()  # filtered(): C++ progress lines ("fully_quantize: 0 ...")
+
+
+@contextlib.contextmanager
+def _no_keras3_import() -> Iterator[None]:
+    """The converter imports Keras 3 (the ``keras`` package, 1.8 s here) only to ask whether the
+    model is one of its models. The runner converts tf_keras models; when nothing has imported
+    Keras 3, no model can be one, so within the block ``import keras`` fails fast and the
+    converter takes its tf_keras path."""
+    if "keras" in sys.modules:
+        yield
+        return
+    sys.modules["keras"] = None  # type: ignore[assignment]  # import keras -> ImportError
+    try:
+        yield
+    finally:
+        if sys.modules.get("keras", 0) is None:
+            del sys.modules["keras"]
 
 
 def make_converter(

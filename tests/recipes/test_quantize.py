@@ -158,3 +158,27 @@ def test_calibration_samples_beyond_the_split_are_said_on_the_row(tiny_cfg, tmp_
     said = "recipe.calibration_samples=100000 is more than the"
     assert row["status"] == "ok" and said in row["note"]
     assert any(said in w for w in result.warnings)
+
+
+def test_converting_a_tf_keras_model_does_not_import_keras_3():
+    """TFLite's converter imports Keras 3 (1.8 s) only to ask whether the model is one; a
+    process that never loaded Keras 3 holds no such model, so conversion skips the import and
+    the file is the same."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runner, sys, numpy as np\n"
+        "from runner.models.builders import small_cnn\n"
+        "from runner.recipes.conversion import ConverterOptions, convert\n"
+        "m = small_cnn((8, 8, 1), 10)\n"
+        "flat = convert(m, ConverterOptions())\n"
+        "assert 'keras' not in sys.modules, 'Keras 3 was imported'\n"
+        "import keras\n"
+        "again = convert(m, ConverterOptions())\n"
+        "print(len(flat), len(again))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.split()
+    assert first == second  # with Keras 3 loaded the converter's own path gives the same size
