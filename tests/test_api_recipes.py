@@ -104,7 +104,7 @@ def test_every_recipe_in_conf_works_from_python(runner_rows, tmp_path):
     assert 1.6 < none / sizes["float16"] < 2.1, sizes
     assert none / sizes["dynamic_range"] > 2.2 and none / sizes["full_integer"] > 2.2, sizes
     assert sizes["int4_weight_only"] < sizes["int8_weight_only"] < none
-    for recipe in ("full_integer", "full_integer_per_tensor", "qat"):
+    for recipe in ("full_integer", "full_integer_per_tensor", "qat", "adaround"):
         assert kinds[recipe] == np.int8, recipe  # int8 input: integer-only recipes
     for recipe in ("selective", "auto_int8", "qat_mixed", "int16x8", "dynamic_range"):
         assert kinds[recipe] == np.float32, recipe  # float I/O, as their YAML says

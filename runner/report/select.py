@@ -251,7 +251,9 @@ def _next_steps(rows, rejected, b: SelectOptions) -> str:
         ok, key=lambda r: (_num(r.get("accuracy")) or 0, -(_num(r.get("size_bytes")) or 0))
     )
     recipes = {str(r.get("recipe")) for r in rows}
-    tries = [t for t in ("qat", "selective", "auto_int8", "int16x8") if t not in recipes]
+    tries = [
+        t for t in ("adaround", "qat", "selective", "auto_int8", "int16x8") if t not in recipes
+    ]
     return (
         f"the closest is {_describe(closest)}; try "
         + ", ".join(f"recipe={t}" for t in tries[:3])
@@ -267,7 +269,7 @@ def _flags(rows, predictions, truth) -> list[str]:
     by_recipe = {str(r.get("recipe")): r for r in rows if _shippable(r)}
     full = by_recipe.get("full_integer")
     out = []
-    for name in ("qat", "qat_mixed", "selective", "auto_int8"):
+    for name in ("qat", "qat_mixed", "adaround", "selective", "auto_int8"):
         r = by_recipe.get(name)
         if r is None or full is None:
             continue
