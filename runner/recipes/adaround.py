@@ -181,6 +181,8 @@ def adaround(model, calib: np.ndarray, opts: AdaRoundOptions, per_tensor: bool =
     rounded.set_weights(model.get_weights())
     stats: list[dict[str, Any]] = []
     rng = np.random.default_rng(opts.calibration_seed)
+    todo = sum(1 for la in model.layers if linear_op(la) is not None)
+    t0 = time.perf_counter()
     for layer in model.layers:
         op = linear_op(layer)
         if op is None or layer.name in opts.skip_layers or len(layer._inbound_nodes) != 1:
@@ -196,6 +198,13 @@ def adaround(model, calib: np.ndarray, opts: AdaRoundOptions, per_tensor: bool =
         rounded.get_layer(layer.name).set_weights([learned, *weights[1:]])
         stats.append({"layer": layer.name, **errors})
         log.debug("adaround %s: %s", layer.name, errors)
+        if len(stats) % 10 == 0:  # a large model takes minutes: say how far it is
+            log.info(
+                "adaround: %d of %d layers rounded (%.0fs)",
+                len(stats),
+                todo,
+                time.perf_counter() - t0,
+            )
     if not stats:
         raise RunnerError("no Conv/Depthwise/Dense kernel to round (adaround)")
     return rounded, stats
