@@ -1,7 +1,6 @@
 """The TFLite converter, driven by a recipe's ``converter`` settings, and the conversion routes
-of recurrent models (fused LSTM kernel or unrolled graph, chosen by measured fidelity).
-
-Every recipe family converts through :func:`convert` / :func:`convert_checked`.
+of recurrent models (fused LSTM kernel or unrolled graph, chosen by measured fidelity). Every
+recipe family converts through :func:`convert` / :func:`convert_checked`.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from pydantic import Field
 from runner.errors import RunnerError, summarize_error
 from runner.evaluation import fidelity
 from runner.models.meta import ROUTES
+from runner.recipes.ranges import RangeEstimator, converter_ranges
 from runner.recipes.recurrent import has_recurrent, unrolled, with_fixed_batch
 from runner.schema import Options
 
@@ -41,6 +41,7 @@ class ConverterOptions:
     inference_input_type / inference_output_type: dtype of the model's float inputs/outputs
         after conversion; integer token-id inputs are never changed.
     representative_dataset: calibrate activations on sample inputs (needed for int8 activations).
+    calibration_ranges: how those samples set each int8 activation range (:mod:`runner.recipes.ranges`).
     attributes: other converter attributes set verbatim (e.g. ``_experimental_lower_tensor_list_ops``).
     """
 
@@ -50,6 +51,7 @@ class ConverterOptions:
     inference_input_type: str | None = None
     inference_output_type: str | None = None
     representative_dataset: bool = False
+    calibration_ranges: str = "minmax"
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -86,6 +88,11 @@ class ConverterSettings(Options):
     )
     representative_dataset: bool = Field(
         False, description="calibrate activations on training samples (int8 activations need it)"
+    )
+    calibration_ranges: RangeEstimator = Field(
+        "minmax",
+        description="int8 activation ranges: minmax (the converter's: widest over all samples) "
+        "or mean (each sample's min and max averaged: an outlier sample is clipped)",
     )
     attributes: dict[str, Any] = Field(
         default_factory=dict, description="other converter attributes, set verbatim"
@@ -132,7 +139,12 @@ def convert(
     from runner.console import filtered
 
     converter = make_converter(model, options, calibration, token_ids, batch_size, route)
-    with warnings.catch_warnings(), filtered(), _no_keras3_import():
+    with (
+        warnings.catch_warnings(),
+        filtered(),
+        _no_keras3_import(),
+        converter_ranges(options.calibration_ranges),
+    ):
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()  # filtered(): C++ progress lines ("fully_quantize: 0 ...")
 

@@ -24,6 +24,7 @@ import numpy as np
 from runner import tflite
 from runner.errors import RunnerError, summarize_error
 from runner.recipes.conversion import ConverterOptions, make_converter
+from runner.recipes.ranges import converter_ranges
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,11 @@ class Debugger:
         from runner.console import filtered
 
         try:
-            with warnings.catch_warnings(), filtered():
+            with (
+                warnings.catch_warnings(),
+                filtered(),
+                converter_ranges(options.calibration_ranges),
+            ):
                 warnings.simplefilter("ignore")
                 # calibrates once; re-quantizes with a denylist on demand (quantize())
                 dbg = tf.lite.experimental.QuantizationDebugger(

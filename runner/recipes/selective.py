@@ -5,11 +5,11 @@ Every candidate is scored by running its ``.tflite`` in LiteRT.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -21,11 +21,13 @@ from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers
 from runner.recipes.conversion import ConverterSettings, full_integer_settings
 from runner.recipes.layer_report import Debugger, summary, write_rows
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
+from runner.recipes.ranges import RangeEstimator
 
 log = logging.getLogger(__name__)
 
 TRACE_COLUMNS = [
     "step",
+    "calibration_ranges",
     "float_layers",
     "layers",
     "size_bytes",
@@ -77,6 +79,12 @@ class AutoInt8Options(DebuggerOptions):
     max_float_layers: int = Field(8, ge=0, description="give up after this many float ops")
     holdout_samples: int = Field(1000, ge=1, description="validation samples the budget is met on")
     holdout_seed: int = Field(1, ge=0, description="which holdout samples are drawn")
+    calibration_ranges: Annotated[list[RangeEstimator], Field(min_length=1)] = Field(
+        default_factory=lambda: ["minmax", "mean"],
+        description="activation range estimators tried with no float layer; the float-layer "
+        "search starts from the one that meets the budget, else the one better beyond the "
+        "holdout's noise, else the first",
+    )
 
 
 class _DebuggerRecipe(ConverterRecipe):
@@ -93,10 +101,15 @@ class _DebuggerRecipe(ConverterRecipe):
         """None: the report made while producing is on the artifact."""
         return None
 
-    def debugger(self, ctx: RecipeContext) -> Debugger:
+    def debugger(self, ctx: RecipeContext, ranges: str | None = None) -> Debugger:
+        """The debugger on the recipe's converter settings (with ``ranges`` as the activation
+        range estimator when given)."""
+        converter = self.converter
+        if ranges is not None:
+            converter = dataclasses.replace(converter, calibration_ranges=ranges)
         dbg = Debugger.build(
             ctx.model,
-            self.converter,
+            converter,
             self.calibration(ctx),
             ctx.dataset.is_text,
             ctx.convert_batch_size,
@@ -209,7 +222,6 @@ class AutoInt8Recipe(_DebuggerRecipe):
         from runner.evaluation.metrics import labels_from_outputs, predict_keras
 
         t0 = time.perf_counter()
-        dbg = self.debugger(ctx)
         hold, where = self.holdout(ctx)
         float_labels = labels_from_outputs(predict_keras(ctx.model, hold.x, ctx.scaling))
         budget = self.budget_kind(ctx)
@@ -218,9 +230,12 @@ class AutoInt8Recipe(_DebuggerRecipe):
         warnings = self.resolution_warnings(budget, len(hold))
         for w in warnings:
             log.warning("%s", w)
-        steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget)
-        write_rows(ctx.run_dir / "fallback_trace.csv", trace, TRACE_COLUMNS)
+        dbg, ranges, tried = self.pick_ranges(ctx, hold, float_labels, target, budget)
+        steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget, ranges)
+        write_rows(ctx.run_dir / "fallback_trace.csv", tried + trace, TRACE_COLUMNS)
         chosen, note = self.choose(steps, budget, len(hold))
+        if len(self.opts.calibration_ranges) > 1:
+            note += f"; activation ranges: {ranges} (of {', '.join(self.opts.calibration_ranges)})"
         return [
             self.artifact(
                 ctx,
@@ -234,6 +249,30 @@ class AutoInt8Recipe(_DebuggerRecipe):
             )
         ]
 
+    def pick_ranges(self, ctx, hold, float_labels, target, budget: str):
+        """(debugger, estimator, trace rows of the estimators not taken): full int8 with each
+        ``calibration_ranges`` estimator, scored on the holdout; the first that meets the
+        budget, else the one that beats the first beyond the noise (the largest gain), else the
+        first."""
+        first, *others = self.opts.calibration_ranges
+        if not others:
+            return self.debugger(ctx, first), first, []
+        scored = []
+        for ranges in self.opts.calibration_ranges:
+            dbg = self.debugger(ctx, ranges)
+            steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget, ranges, 0)
+            scored.append((dbg, ranges, steps[0], trace))
+        base = scored[0][2]
+        meets = [c for c in scored if c[2].meets]
+        better = []
+        for c in scored[1:]:
+            gain, bound = paired_gain(base.right, c[2].right)
+            if gain > 0 and gain >= bound:
+                better.append((gain, c))
+        pick = meets[0] if meets else max(better, key=lambda g: g[0])[1] if better else scored[0]
+        log.info("auto_int8: starting from calibration_ranges=%s", pick[1])
+        return pick[0], pick[1], [row for c in scored if c is not pick for row in c[3]]
+
     def budget_kind(self, ctx: RecipeContext) -> str:
         if self.opts.budget != "auto":
             return self.opts.budget
@@ -245,63 +284,67 @@ class AutoInt8Recipe(_DebuggerRecipe):
         return f"accuracy drop <= {self.opts.max_accuracy_drop:g}"
 
     def search(
-        self, ctx, dbg: Debugger, hold, float_labels, target, budget: str
+        self,
+        ctx,
+        dbg: Debugger,
+        hold,
+        float_labels,
+        target,
+        budget: str,
+        ranges: str = "minmax",
+        max_float: int | None = None,
     ) -> tuple[list[_Step], list[dict[str, Any]]]:
         """Score full int8, then one more float layer (worst first) per step, in LiteRT; stop at
-        the first step that meets the budget with a gain over full int8 beyond the noise.
-        Returns the steps and their trace rows (``fallback_trace.csv``)."""
-        import tempfile
-
+        the first step that meets the budget with a gain over full int8 beyond the noise, or
+        after ``max_float`` float layers (default ``max_float_layers``). Returns the steps and
+        their trace rows (``fallback_trace.csv``)."""
         from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 
         float_acc = float(np.mean(float_labels == hold.y))
         trace: list[dict[str, Any]] = []
         steps: list[_Step] = []
-        limit = min(self.opts.max_float_layers, len(dbg.layers))
-        with tempfile.TemporaryDirectory(prefix="auto_int8-") as tmp:
-            for k in range(limit + 1):
-                kept = dbg.worst(k)  # every op of the k worst layers
-                flatbuffer = dbg.quantize([r["tensor_name"] for r in kept])
-                path = Path(tmp) / f"step{k}.tflite"
-                path.write_bytes(flatbuffer)
-                labels = labels_from_outputs(TFLiteModel(path).predict(hold.x, ctx.scaling, 128))
-                right = labels == target
-                gain, bound = paired_gain(steps[0].right, right) if steps else (0.0, 0.0)
-                acc, agreement = (
-                    float(np.mean(labels == hold.y)),
-                    float(np.mean(labels == float_labels)),
-                )
-                meets = (
-                    agreement >= self.opts.min_agreement
-                    if budget == "agreement"
-                    else float_acc - acc <= self.opts.max_accuracy_drop
-                )
-                step = _Step(k, flatbuffer, kept, right, gain, bound, meets)
-                steps.append(step)
-                trace.append(
-                    {
-                        "step": k,
-                        "float_layers": k,
-                        "layers": " ".join(dict.fromkeys(r["layer"] for r in kept)),
-                        "size_bytes": len(flatbuffer),
-                        "holdout_accuracy": acc,
-                        "accuracy_drop": float_acc - acc,
-                        "agreement": agreement,
-                        "gain_over_int8": gain,
-                        "noise_bound": bound,
-                        "beyond_noise": step.real,
-                        "budget": self.budget_text(budget),
-                        "samples": len(hold),
-                        "meets_budget": step.meets,
-                    }
-                )
-                log.info(
-                    "auto_int8: %d float layer(s), holdout accuracy %.4f (drop %.4f), "
-                    "agreement %.4f, gain over int8 %+.4f (noise bound %.4f)",
-                    *(k, acc, float_acc - acc, agreement, gain, bound),
-                )
-                if step.meets and (k == 0 or step.real):
-                    break
+        cap = self.opts.max_float_layers if max_float is None else max_float
+        for k in range(min(cap, len(dbg.layers)) + 1):
+            kept = dbg.worst(k)  # every op of the k worst layers
+            flatbuffer = dbg.quantize([r["tensor_name"] for r in kept])
+            out = TFLiteModel(content=flatbuffer).predict(hold.x, ctx.scaling, 128)
+            labels = labels_from_outputs(out)
+            right = labels == target
+            gain, bound = paired_gain(steps[0].right, right) if steps else (0.0, 0.0)
+            acc = float(np.mean(labels == hold.y))
+            agreement = float(np.mean(labels == float_labels))
+            meets = (
+                agreement >= self.opts.min_agreement
+                if budget == "agreement"
+                else float_acc - acc <= self.opts.max_accuracy_drop
+            )
+            step = _Step(k, flatbuffer, kept, right, gain, bound, meets)
+            steps.append(step)
+            trace.append(
+                {
+                    "step": k,
+                    "calibration_ranges": ranges,
+                    "float_layers": k,
+                    "layers": " ".join(dict.fromkeys(r["layer"] for r in kept)),
+                    "size_bytes": len(flatbuffer),
+                    "holdout_accuracy": acc,
+                    "accuracy_drop": float_acc - acc,
+                    "agreement": agreement,
+                    "gain_over_int8": gain,
+                    "noise_bound": bound,
+                    "beyond_noise": step.real,
+                    "budget": self.budget_text(budget),
+                    "samples": len(hold),
+                    "meets_budget": step.meets,
+                }
+            )
+            log.info(
+                "auto_int8 (%s ranges): %d float layer(s), holdout accuracy %.4f (drop %.4f), "
+                "agreement %.4f, gain over int8 %+.4f (noise bound %.4f)",
+                *(ranges, k, acc, float_acc - acc, agreement, gain, bound),
+            )
+            if step.meets and (k == 0 or step.real):
+                break
         return steps, trace
 
     def choose(self, steps: list[_Step], budget: str, n: int) -> tuple[_Step, str]:

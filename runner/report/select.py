@@ -252,7 +252,9 @@ def _next_steps(rows, rejected, b: SelectOptions) -> str:
     )
     recipes = {str(r.get("recipe")) for r in rows}
     tries = [
-        t for t in ("adaround", "qat", "selective", "auto_int8", "int16x8") if t not in recipes
+        t
+        for t in ("full_integer_mean_ranges", "auto_int8", "qat", "adaround", "int16x8")
+        if t not in recipes
     ]
     return (
         f"the closest is {_describe(closest)}; try "
@@ -269,7 +271,14 @@ def _flags(rows, predictions, truth) -> list[str]:
     by_recipe = {str(r.get("recipe")): r for r in rows if _shippable(r)}
     full = by_recipe.get("full_integer")
     out = []
-    for name in ("qat", "qat_mixed", "adaround", "selective", "auto_int8"):
+    for name in (
+        "qat",
+        "qat_mixed",
+        "adaround",
+        "selective",
+        "auto_int8",
+        "full_integer_mean_ranges",
+    ):
         r = by_recipe.get(name)
         if r is None or full is None:
             continue

@@ -121,7 +121,7 @@ class QATRecipe(RecipeBase):
         qat_model, left_float = quantize_aware(
             model, tuple(o.skip_layers), o.fallback, o.freeze_batch_norm, self.scheme()
         )
-        calibrate_ranges(qat_model, model, calib)
+        calibrate_ranges(qat_model, model, calib, self.converter.calibration_ranges)
         # The data set's validation split, else the baseline's (same fraction and seed)
         fit_split, val_split, where = (
             ctx.held_out() if o.restore_best else (ctx.dataset.train, None, "")

@@ -260,9 +260,10 @@ def copy_weights_by_name(source, target) -> None:
             layer.set_weights(src.get_weights())
 
 
-def calibrate_ranges(qat_model, float_model, x) -> int:
+def calibrate_ranges(qat_model, float_model, x, estimator: str = "minmax") -> int:
     """Start every activation quantizer at the float model's own range on ``x`` (model-ready
-    calibration inputs), as post-training calibration would.
+    calibration inputs), as post-training calibration with ``estimator`` would (``minmax``: the
+    widest over all samples; ``mean``: each sample's min and max averaged).
 
     tfmot starts each activation range at [-6, 6] and moves it by an exponential average
     (decay 0.999): a few hundred fine-tuning steps leave wider activations (a residual sum without
@@ -294,12 +295,24 @@ def calibrate_ranges(qat_model, float_model, x) -> int:
             name = var.name.split("/")[-1].split(":")[0]
             for prefix, values in ranges.items():
                 if name in (f"{prefix}_min", f"{prefix}_max") and var.shape == ():
-                    lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
+                    lo, hi = _range(values, estimator)
                     var.assign(lo if name.endswith("_min") else hi)
                     done += 1
     done += _start_weight_and_input_ranges(qat_model, x)
     log.info("QAT: %d quantizer ranges calibrated on %d samples", done, len(x))
     return done
+
+
+def _range(values, estimator: str) -> tuple[float, float]:
+    """The range ``estimator`` gives ``values`` (one row per sample), widened to hold 0."""
+    import numpy as np
+
+    per = np.asarray(values).reshape(len(values), -1)
+    if estimator == "mean":
+        lo, hi = float(per.min(axis=1).mean()), float(per.max(axis=1).mean())
+    else:
+        lo, hi = float(per.min()), float(per.max())
+    return min(0.0, lo), max(0.0, hi)
 
 
 def _dense_input(layer) -> list:

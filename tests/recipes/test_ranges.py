@@ -1,0 +1,158 @@
+"""``calibration_ranges``: how the representative samples set each int8 activation range."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from helpers import compose_config
+
+from runner.recipes.conversion import convert, full_integer_settings
+from runner.recipes.qat.wrap import _range
+from runner.recipes.ranges import converter_ranges
+
+
+@pytest.fixture(scope="module")
+def outlier():
+    """A small conv net (many values per sample: the mean of each sample's max is a fair
+    estimate of a typical sample's range), 99 ordinary calibration images and one 30x."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="hidden")(inp)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    model = keras.Model(inp, keras.layers.Dense(4, name="out")(h))
+    calib = rng.normal(size=(100, 12, 12, 3)).astype(np.float32)
+    calib[0] *= 30
+    return model, calib, rng.normal(size=(300, 12, 12, 3)).astype(np.float32)
+
+
+def _file(model, calib, ranges: str) -> bytes:
+    opts = dataclasses.replace(
+        full_integer_settings().to_options(),
+        inference_input_type=None,
+        inference_output_type=None,
+        calibration_ranges=ranges,
+    )
+    return convert(model, opts, calib)
+
+
+def _hidden_scale_and_outputs(flatbuffer: bytes, x: np.ndarray):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=flatbuffer)
+    (scale,) = {
+        d["quantization"][0]
+        for d in interp.get_tensor_details()
+        if "hidden" in d["name"] and "Relu" in d["name"] and d["dtype"] == np.int8
+    }
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], list(x.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    return scale, interp.get_tensor(out["index"])
+
+
+def _sqnr(ref, got) -> float:
+    return float(10 * np.log10(np.mean(ref**2) / np.mean((ref - got) ** 2)))
+
+
+def test_mean_ranges_clip_one_outlier_sample_and_give_the_others_finer_steps(outlier):
+    model, calib, test = outlier
+    ref = model.predict(test, verbose=0)
+    wide, wide_out = _hidden_scale_and_outputs(_file(model, calib, "minmax"), test)
+    fine, fine_out = _hidden_scale_and_outputs(_file(model, calib, "mean"), test)
+    # the converter's range holds the outlier: every other sample uses a few of 256 steps
+    assert wide / fine > 5
+    assert _sqnr(ref, fine_out) > _sqnr(ref, wide_out) + 6
+    # the price, said plainly: the outlier itself is clipped
+    big = calib[:1]
+    _, wide_big = _hidden_scale_and_outputs(_file(model, calib, "minmax"), big)
+    _, fine_big = _hidden_scale_and_outputs(_file(model, calib, "mean"), big)
+    ref_big = model.predict(big, verbose=0)
+    assert np.abs(fine_big - ref_big).max() > np.abs(wide_big - ref_big).max()
+    # minmax is the converter's own file, byte for byte
+    plain = convert(
+        model,
+        dataclasses.replace(
+            full_integer_settings().to_options(),
+            inference_input_type=None,
+            inference_output_type=None,
+        ),
+        calib,
+    )
+    assert _file(model, calib, "minmax") == plain
+
+
+def test_the_converter_is_put_back_after_the_block_even_on_error():
+    from tensorflow.lite.python.optimize import calibrator
+
+    before = calibrator.Calibrator.calibrate
+    with pytest.raises(RuntimeError), converter_ranges("mean"):
+        assert calibrator.Calibrator.calibrate is not before
+        raise RuntimeError("boom")
+    assert calibrator.Calibrator.calibrate is before
+
+
+def test_qat_starts_its_ranges_with_the_same_estimator():
+    values = np.zeros((10, 4))
+    values[:, 0] = 1.0  # every sample reaches 1 ...
+    values[0, 1] = 21.0  # ... one reaches 21
+    assert _range(values, "minmax") == (0.0, 21.0)
+    assert _range(values, "mean") == pytest.approx((0.0, 3.0))
+
+
+def test_the_recipe_and_the_option_compose_from_the_real_conf():
+    cfg = compose_config("recipe=full_integer_mean_ranges")
+    assert cfg.recipe.converter.calibration_ranges == "mean"
+    assert cfg.recipe.converter.inference_input_type == "int8"
+    auto = compose_config("recipe=auto_int8")
+    assert list(auto.recipe.calibration_ranges) == ["minmax", "mean"]
+    from runner.errors import RunnerError
+    from runner.pipeline import build_recipe
+
+    with pytest.raises(RunnerError, match="calibration_ranges"):
+        build_recipe(
+            compose_config("recipe=full_integer", "recipe.converter.calibration_ranges=p99").recipe
+        )
+
+
+def test_auto_int8_starts_from_the_estimator_that_meets_the_budget(tmp_path):
+    """One training image 100x brighter is drawn into the calibration: the converter's ranges
+    hold it and miss the budget; the mean ranges meet it, and auto_int8 takes them."""
+    import csv
+
+    from runner.data import Scaling
+    from runner.data.digits import load_digits
+    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+    from runner.models.builders import small_cnn
+    from runner.pipeline import build_recipe
+    from runner.recipes.base import RecipeContext
+    from runner.train import TrainConfig, train
+
+    unit, data = Scaling("unit"), load_digits()
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1), 10)
+    train(model, data, TrainConfig(epochs=5, early_stopping_patience=0), unit)
+    x = data.train.x.astype(np.float32)
+    x[0] *= 100
+    bright = dataclasses.replace(data, train=dataclasses.replace(data.train, x=x))
+    (tmp_path / "models").mkdir()
+    ctx = RecipeContext(model, bright, unit, tmp_path / "models", {"validation_split": 0.1})
+    every = f"recipe.calibration_samples={len(x)}"  # the bright image is always drawn
+
+    def accuracy(recipe):
+        (art,) = build_recipe(compose_config(f"recipe={recipe}", every).recipe).produce(ctx)
+        out = TFLiteModel(art.path).predict(data.test.x, unit, 128)
+        return art, float(np.mean(labels_from_outputs(out) == data.test.y))
+
+    _, plain = accuracy("full_integer")
+    art, auto = accuracy("auto_int8")
+    trace = list(csv.DictReader((tmp_path / "fallback_trace.csv").read_text().splitlines()))
+    first = {r["calibration_ranges"]: r for r in trace if r["step"] == "0"}
+    assert first["minmax"]["meets_budget"] == "False" and first["mean"]["meets_budget"] == "True"
+    assert "activation ranges: mean (of minmax, mean)" in art.note
+    assert art.float_layers == "0" and auto > plain
