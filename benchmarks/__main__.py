@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import compression, core, data, families, hard, int4, routes, select
+from benchmarks import compression, core, data, families, hard, int4, recovery, routes, select
 from benchmarks.common import ROOT, WEIBO, machine
 
 # name -> (module, what it measures, runs in the full run when)
@@ -28,6 +28,10 @@ SECTIONS = {
     "families": (families, "keras.applications families: full int8 vs QAT vs auto_int8"),
     "routes": (routes, "both conversion routes of the Weibo LSTM (needs the Weibo set)"),
     "select": (select, "latency alone vs beside a parallel job, and the verdict"),
+    "recovery": (
+        recovery,
+        "share of full int8's loss each recovery recipe wins back (EfficientNetB0 ...)",
+    ),
     "compression": (
         compression,
         "pruning, clustering, PQAT/CQAT/PCQAT, int4 QAT: gzip and raw size",
@@ -35,8 +39,8 @@ SECTIONS = {
 }
 
 
-# sections too long for every run (44 min for compression): run with --only NAME
-ONLY = ("compression",)
+# sections too long for every run (44 min for compression, ~1 h for recovery): --only NAME
+ONLY = ("compression", "recovery")
 
 
 def wanted(name: str, quick: bool) -> bool:

@@ -134,7 +134,8 @@ class AEQRecipe(RecipeBase):
     def static(self) -> bool:
         return any(r.mode == "static" for r in self.rules)
 
-    def produce(self, ctx: RecipeContext) -> list[Artifact]:
+    def produce(self, ctx: RecipeContext, rules: list[Rule] | None = None) -> list[Artifact]:
+        """Quantize the reference with ``rules`` (default: the recipe's own) and write it."""
         if _aeq() is None:
             raise RunnerError(INSTALL.format(name=self.name))
         if ctx.reference_path is None or not ctx.reference_path.is_file():
@@ -149,12 +150,13 @@ class AEQRecipe(RecipeBase):
                 f"{ctx.reference_path.name} holds quantized or float16 tensors: use "
                 "recipe@reference=none with it"
             )
+        rules = self.rules if rules is None else rules
         spec = {
             "backend": "ai-edge-quantizer",
             "spec_version": SPEC_VERSION,
             "version": aeq_version(),
             "reference": _sha(reference),
-            "rules": [r.model_dump() for r in self.rules],
+            "rules": [r.model_dump() for r in rules],
             "embedding_lookup": self.embedding_lookup,
             "calibration": self.opts.draw_key if self.static else None,
         }
@@ -169,7 +171,7 @@ class AEQRecipe(RecipeBase):
                 if self.embedding_lookup
                 else (reference, [])
             )
-            flatbuffer = self.quantize(source, ctx)
+            flatbuffer = self.quantize(source, ctx, rules)
             meta = {"float_layers": tflite.float_weight_ops(flatbuffer), "lookups": rewritten}
             if ctx.store is not None:
                 ctx.store.put(self.name, spec, flatbuffer, meta)
@@ -190,20 +192,22 @@ class AEQRecipe(RecipeBase):
             )
         ]
 
-    def quantize(self, reference: bytes, ctx: RecipeContext) -> bytes:
+    def quantize(
+        self, reference: bytes, ctx: RecipeContext, rules: list[Rule] | None = None
+    ) -> bytes:
         """The AEQ result for ``reference`` (calibrated on our representative data if static);
         its progress bar and INFO lines are held back like TensorFlow's (``verbose=true``)."""
         from runner.console import filtered
 
         with filtered():
-            return self._quantize(reference, ctx)
+            return self._quantize(reference, ctx, self.rules if rules is None else rules)
 
-    def _quantize(self, reference: bytes, ctx: RecipeContext) -> bytes:
+    def _quantize(self, reference: bytes, ctx: RecipeContext, rules: list[Rule]) -> bytes:
         quantizer, recipe_manager, qtyping = _aeq()  # type: ignore[misc]
         manager = recipe_manager.RecipeManager()
         ops = weight_ops(reference)
         try:
-            for i, rule in enumerate(self.rules):
+            for i, rule in enumerate(rules):
                 try:
                     _add(manager, rule, _scope(rule.scope, ops), qtyping)
                 except (ValueError, KeyError) as e:

@@ -125,13 +125,17 @@ def _per_sample(calibrated: bytes, indices: list[int], samples: list[list]) -> t
     """(lows, highs): each sample's minimum and maximum of every tensor in ``indices``, from
     the float model run one sample at a time by LiteRT's reference kernels (a delegate would
     not keep the tensors inside what it fuses)."""
+    import warnings
+
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interp = Interpreter(
-        model_content=calibrated,
-        experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
+    with warnings.catch_warnings():  # "intended for debugging": that is this use
+        warnings.simplefilter("ignore")
+        interp = Interpreter(
+            model_content=calibrated,
+            experimental_preserve_all_tensors=True,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     inputs = interp.get_input_details()
     lows = np.empty((len(samples), len(indices)))
     highs = np.empty_like(lows)

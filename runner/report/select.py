@@ -278,6 +278,7 @@ def _flags(rows, predictions, truth) -> list[str]:
         "selective",
         "auto_int8",
         "full_integer_mean_ranges",
+        "mixed_a16w8",
     ):
         r = by_recipe.get(name)
         if r is None or full is None:

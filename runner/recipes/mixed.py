@@ -1,0 +1,112 @@
+"""``recipe=mixed_a16w8``: integer execution throughout, but the layers the layer report ranks
+worst get 16-bit activations (int8 weights) instead of float fallback.
+
+The layers are ranked by the TFLite quantization debugger (each op's own int8 error against a
+float twin fed the same inputs: :mod:`runner.recipes.layer_report`), with the activation ranges
+ai-edge-quantizer uses (``mean`` of each calibration sample's own: :mod:`runner.recipes.ranges`).
+ai-edge-quantizer then quantizes the float32 reference: every op static int8, the chosen
+layers' ops static a16w8, with int8<->int16 QUANTIZE ops between. The file stays integer-only
+(no float op); LiteRT runs the int16 ops with reference kernels, slower than the int8 ones, so
+the row's latency says what the 16-bit layers cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Annotated
+
+from pydantic import Field
+
+from runner.errors import RunnerError
+from runner.recipes.aeq import AEQRecipe, Rule
+from runner.recipes.base import Artifact, CalibrationOptions, RecipeContext
+from runner.recipes.conversion import full_integer_settings
+
+log = logging.getLogger(__name__)
+
+
+class MixedOptions(CalibrationOptions):
+    """``recipe=mixed_a16w8``: how many (or which) layers get 16-bit activations."""
+
+    sixteen_bit_layers: int = Field(
+        4, ge=0, description="the worst layers of the layer report that get int16 activations"
+    )
+    layers: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="layer names to give int16 activations (instead)"
+    )
+    validation_samples: int = Field(32, ge=1, description="samples of the per-tensor report")
+
+
+def layer_scope(layer: str) -> str:
+    """The AEQ scope regex of a Keras layer's ops: its name as a path component of the op's
+    output tensor name (``model/block7a_se_expand/BiasAdd``, fused names joined by ``;``)."""
+    return rf"(^|[/;]){re.escape(layer)}/"
+
+
+class MixedA16W8Recipe(AEQRecipe):
+    """Static int8 everywhere, a16w8 on the worst (or named) layers (see module)."""
+
+    Options = MixedOptions  # type: ignore[assignment]
+    opts: MixedOptions  # type: ignore[assignment]
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [Rule(mode="static", bits=8, activation_bits=8)]
+
+    @property
+    def embedding_lookup(self) -> bool:
+        return False  # static rules: an Embedding's GATHER stays as it is
+
+    def data_needed(self) -> str | None:
+        return "calibrates activations and ranks the int8 layers on sample inputs"
+
+    def chosen_layers(self, ctx: RecipeContext) -> list[str]:
+        """``layers`` when given, else the ``sixteen_bit_layers`` worst of the layer report."""
+        if self.opts.layers or not self.opts.sixteen_bit_layers:
+            return list(self.opts.layers)
+        from runner.recipes.layer_report import Debugger, summary
+
+        settings = dataclasses.replace(
+            full_integer_settings().to_options(), calibration_ranges="mean"
+        )
+        dbg = Debugger.build(
+            ctx.model, settings, self.opts.draw(ctx), ctx.dataset.is_text, ctx.convert_batch_size
+        )
+        log.info("%s: worst int8 layers: %s", self.name, summary(dbg.rows))
+        return dbg.layers[: self.opts.sixteen_bit_layers]
+
+    def produce(self, ctx: RecipeContext, rules: list[Rule] | None = None) -> list[Artifact]:
+        layers = self.chosen_layers(ctx)
+        scopes = op_scopes(ctx.reference_path.read_bytes())
+        missing = [
+            layer for layer in layers if not any(re.search(layer_scope(layer), s) for s in scopes)
+        ]
+        if missing and self.opts.layers:
+            raise RunnerError(
+                f"recipe.layers names {missing}, which have no op in none.tflite; "
+                "use the names of layer_report.csv (evaluation.layer_report=true)"
+            )
+        sixteen = [layer for layer in layers if layer not in missing]
+        rules = self.rules + [
+            Rule(scope=layer_scope(layer), mode="static", bits=8, activation_bits=16)
+            for layer in sixteen
+        ]
+        (art,) = super().produce(ctx, rules)
+        what = (
+            f"int16 activations in {len(sixteen)} layer(s): {', '.join(sixteen)}"
+            if sixteen
+            else "no layer got int16 activations: this is static int8"
+        )
+        return [dataclasses.replace(art, note=f"{what}; {art.note}")]
+
+
+def op_scopes(flatbuffer: bytes) -> list[str]:
+    """AEQ's scope name (the output tensor's name) of every op of the main graph."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as utils
+
+    from runner import tflite
+
+    sg = tflite.read(flatbuffer).subgraphs[0]
+    return [utils.get_op_scope(op, sg.tensors) for op in sg.operators]
