@@ -349,7 +349,9 @@ class CollaborativeRecipe(QATRecipe):
         from runner.recipes.qat.wrap import qat_ready
 
         o, model, seconds, done = self.opts, qat_ready(ctx.model, calib), 0.0, []
-        common = {"epochs": o.compress_epochs, "learning_rate_scale": o.learning_rate_scale}
+        common: dict[str, Any] = {"epochs": o.compress_epochs}
+        if o.learning_rate_scale != "auto":  # auto: the compression step's own default
+            common["learning_rate_scale"] = o.learning_rate_scale
         common |= {"skip_layers": list(o.skip_layers), "calibration_seed": o.calibration_seed}
         if o.steps in ("prune", "prune_cluster"):
             step = PruneRecipe(self.meta, PruneOptions(sparsity=o.sparsity, **common))

@@ -215,8 +215,8 @@ def test_qat_that_ends_below_post_training_int8_ships_that_file_and_says_so(tmp_
 
     original = qat_recipe.calibrate_ranges
 
-    def squeezed(qat_model, float_model, x):
-        original(qat_model, float_model, x)
+    def squeezed(qat_model, float_model, x, estimator="minmax"):
+        original(qat_model, float_model, x, estimator)
         for v in qat_model.variables:
             if v.name.endswith(("_min:0", "_max:0")) and "kernel" not in v.name:
                 v.assign(np.asarray(v) * 0.01)
@@ -340,3 +340,33 @@ def test_qat_on_an_lstm_is_a_failed_row_with_the_reason(tmp_path):
         row["status"] == "failed"
         and "'lstm' (LSTM) cannot be quantization-aware-trained" in row["error"]
     )
+
+
+@pytest.mark.slow
+def test_the_auto_learning_rate_is_the_trial_with_the_lowest_loss_and_skips_a_harmful_one(
+    tmp_path, caplog
+):
+    """learning_rate_scale=auto (the default) tries 0.1, 0.01 and 0.001 x train.learning_rate
+    from the same start; with a training rate of 30, the 3.0 and 0.3 trials wreck the model
+    and the 0.03 one is taken, said in the log and the row's note."""
+    import logging
+
+    d = load_digits()
+    data = Dataset("digits", d.train, d.test, 10)
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
+    train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
+    ctx = RecipeContext(
+        model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1, "learning_rate": 30.0}
+    )
+    with caplog.at_level(logging.INFO, logger="runner.recipes.qat.lr"):
+        done = QATRecipe.with_options(epochs=1, steps_per_epoch=5).fine_tune(model, ctx)
+    (line,) = [r.getMessage() for r in caplog.records if "QAT learning rate" in r.getMessage()]
+    losses = [
+        float(x.split(" -> ")[1]) for x in line.split(": ", 1)[1].split(" after")[0].split(", ")
+    ]
+    assert losses[2] == min(losses) and losses[0] > losses[2]
+    assert done.kept["learning_rate"] == pytest.approx(0.03)
+    from runner.recipes.qat import kept_note
+
+    assert kept_note(done.kept).endswith("learning rate 0.03")

@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -24,6 +24,7 @@ from runner.evaluation.noise import paired_gain
 from runner.models.qat_scope import load_scope
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
+from runner.recipes.qat.lr import TRIAL_STEPS, fine_tuning_rate
 from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ class QATOptions(CalibrationOptions):
     """
 
     epochs: int = Field(2, ge=1, description="fine-tuning epochs (the best one is kept)")
-    learning_rate_scale: float = Field(
-        0.1, gt=0, description="fine-tuning learning rate = train.learning_rate x this"
+    learning_rate_scale: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="fine-tuning learning rate = train.learning_rate x this; auto: the best of "
+        "0.1, 0.01, 0.001 after a short trial of each (runner.recipes.qat.lr)",
     )
     batch_size: int | None = Field(None, ge=1, description="null: train.batch_size")
     steps_per_epoch: int | None = Field(None, ge=1, description="null: the whole training split")
@@ -135,7 +138,7 @@ class QATRecipe(RecipeBase):
         seconds, steps_run = self._fit(qat_model, seq, steps, judge, train_cfg.seed)
         done = FineTuned(qat_model, seconds, steps_run, o.epochs, left_float=left_float)
         if judge is not None:
-            done.kept = judge.restore(qat_model)
+            done.kept = {**judge.restore(qat_model), "learning_rate": lr}
             done.flatbuffer = judge.best_flatbuffer
             done.epoch = done.kept["epoch"]
             if "TFLITE_BUILTINS_INT8" in self.converter.supported_ops:  # a full-int8 file:
@@ -160,18 +163,24 @@ class QATRecipe(RecipeBase):
         o = self.opts
         batch = int(o.batch_size or train_cfg.batch_size)
         steps = int(o.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
-        lr = train_cfg.learning_rate * o.learning_rate_scale
         loss, metrics = loss_for(qat_model), ["accuracy"]
         if o.distill:
             fit_split = Split(fit_split.x, predict_keras(model, fit_split.x, ctx.scaling))
             loss = loss.replace("sparse_", "")
             metrics = []
-        qat_model.compile(
-            optimizer=make_optimizer(train_cfg.optimizer, lr), loss=loss, metrics=metrics
-        )
+
+        def compile_with(lr: float) -> None:
+            opt = make_optimizer(train_cfg.optimizer, lr)
+            qat_model.compile(optimizer=opt, loss=loss, metrics=metrics)
+
         # The sequence wraps around, so epochs x steps batches are always there (a small data
         # set never ends a fit with "Your input ran out of data").
         seq = batch_sequence(fit_split, batch, ctx.scaling, True, train_cfg.seed, steps=steps)
+        lr = fine_tuning_rate(
+            o.learning_rate_scale, qat_model, compile_with, fit_split, batch, ctx.scaling,
+            train_cfg, min(TRIAL_STEPS, steps * o.epochs),
+        )  # fmt: skip
+        compile_with(lr)
         return seq, steps, lr
 
     def _fit(self, qat_model, seq, steps: int, judge, seed: int) -> tuple[float, int]:
@@ -374,6 +383,8 @@ def kept_note(kept: dict[str, Any]) -> str:
         f"{start['agreement']:.4f} -> {kept['agreement']:.4f}, {kept['samples']} samples of "
         f"{kept.get('where') or 'the validation split'})"
     )
+    if kept.get("learning_rate"):
+        note += f"; learning rate {kept['learning_rate']:.2g}"
     ptq = kept.get("post_training")
     if ptq:
         note += (
