@@ -276,9 +276,9 @@ def test_the_epoch_judge_and_auto_int8_hold_out_the_data_sets_validation_split_w
 
 
 def test_the_epoch_judge_keeps_a_later_epoch_only_for_a_gain_beyond_noise():
-    from runner.recipes.qat.recipe import _EpochJudge
+    from runner.recipes.qat.judge import EpochJudge
 
-    judge = object.__new__(_EpochJudge)  # the rule alone: no model, no conversion
+    judge = object.__new__(EpochJudge)  # the rule alone: no model, no conversion
     n = 297
     right, agrees = np.ones(n, bool), np.ones(n, bool)
     right[:40] = False  # epoch 0: 257 of 297 right, every label the float model's

@@ -120,17 +120,12 @@ def test_the_recipe_and_the_option_compose_from_the_real_conf():
         )
 
 
-def test_auto_int8_starts_from_the_estimator_that_meets_the_budget(tmp_path):
-    """One training image 100x brighter is drawn into the calibration: the converter's ranges
-    hold it and miss the budget; the mean ranges meet it, and auto_int8 takes them."""
-    import csv
-
+@pytest.fixture(scope="module")
+def bright():
+    """A small digits CNN, and the digits with one training image 100x brighter."""
     from runner.data import Scaling
     from runner.data.digits import load_digits
-    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
     from runner.models.builders import small_cnn
-    from runner.pipeline import build_recipe
-    from runner.recipes.base import RecipeContext
     from runner.train import TrainConfig, train
 
     unit, data = Scaling("unit"), load_digits()
@@ -139,14 +134,36 @@ def test_auto_int8_starts_from_the_estimator_that_meets_the_budget(tmp_path):
     train(model, data, TrainConfig(epochs=5, early_stopping_patience=0), unit)
     x = data.train.x.astype(np.float32)
     x[0] *= 100
-    bright = dataclasses.replace(data, train=dataclasses.replace(data.train, x=x))
-    (tmp_path / "models").mkdir()
-    ctx = RecipeContext(model, bright, unit, tmp_path / "models", {"validation_split": 0.1})
-    every = f"recipe.calibration_samples={len(x)}"  # the bright image is always drawn
+    return model, data, dataclasses.replace(data, train=dataclasses.replace(data.train, x=x))
+
+
+def _bright_ctx(bright, tmp_path):
+    from runner.data import Scaling
+    from runner.recipes.base import RecipeContext
+
+    model, _, data = bright
+    (tmp_path / "models").mkdir(exist_ok=True)
+    return RecipeContext(
+        model, data, Scaling("unit"), tmp_path / "models", {"validation_split": 0.1}
+    )
+
+
+def test_auto_int8_starts_from_the_estimator_that_meets_the_budget(bright, tmp_path):
+    """The bright image is drawn into the calibration: the converter's ranges hold it and miss
+    the budget; the mean ranges meet it, and auto_int8 takes them."""
+    import csv
+
+    from runner.data import Scaling
+    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+    from runner.pipeline import build_recipe
+
+    _, data, lit = bright
+    ctx = _bright_ctx(bright, tmp_path)
+    every = f"recipe.calibration_samples={len(lit.train)}"  # the bright image is always drawn
 
     def accuracy(recipe):
         (art,) = build_recipe(compose_config(f"recipe={recipe}", every).recipe).produce(ctx)
-        out = TFLiteModel(art.path).predict(data.test.x, unit, 128)
+        out = TFLiteModel(art.path).predict(data.test.x, Scaling("unit"), 128)
         return art, float(np.mean(labels_from_outputs(out) == data.test.y))
 
     _, plain = accuracy("full_integer")
@@ -156,3 +173,28 @@ def test_auto_int8_starts_from_the_estimator_that_meets_the_budget(tmp_path):
     assert first["minmax"]["meets_budget"] == "False" and first["mean"]["meets_budget"] == "True"
     assert "activation ranges: mean (of minmax, mean)" in art.note
     assert art.float_layers == "0" and auto > plain
+
+
+@pytest.mark.slow
+def test_qat_starts_from_the_estimator_whose_epoch_0_file_is_better(bright, tmp_path):
+    from runner.recipes.qat import QATRecipe, kept_note
+
+    model, _, lit = bright
+    ctx = _bright_ctx(bright, tmp_path)
+    recipe = QATRecipe.with_options(
+        epochs=1, steps_per_epoch=2, calibration_samples=len(lit.train), learning_rate_scale=1e-4
+    )
+    done = recipe.fine_tune(model, ctx)
+    assert done.ranges == "mean" and done.kept["start"]["ranges"] == "mean"
+    assert "activation ranges mean" in kept_note(done.kept)
+    # one start only: no choice, and the export is calibrated the same way
+    only = QATRecipe.with_options(
+        epochs=1,
+        steps_per_epoch=2,
+        calibration_samples=len(lit.train),
+        learning_rate_scale=1e-4,
+        calibration_ranges=["minmax"],
+    ).fine_tune(model, ctx)
+    assert (
+        only.ranges == "minmax" and only.kept["start"]["accuracy"] < done.kept["start"]["accuracy"]
+    )

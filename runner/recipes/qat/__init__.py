@@ -3,6 +3,8 @@
 - :mod:`runner.recipes.qat.recipe`: :class:`QATRecipe`: fine-tuning with the epoch judge
   (every epoch's real int8 file scored on held-out data), the export of ``qat.tflite`` and
   ``qat.h5``.
+- :mod:`runner.recipes.qat.judge`: the epoch judge and the row's notes.
+- :mod:`runner.recipes.qat.lr`: the fine-tuning learning rate (``learning_rate_scale=auto``).
 - :mod:`runner.recipes.qat.wrap`: which layers tfmot annotates, the annotated clone, the
   quantizers' starting ranges.
 
@@ -11,13 +13,7 @@ Two QAT pieces live with the models because loading a QAT file must not import t
 :mod:`runner.models.tf_keras_graph` (a tf_keras graph flattened so tfmot accepts it).
 """
 
-from runner.recipes.qat.recipe import (
-    JUDGE_SAMPLES,
-    FineTuned,
-    QATOptions,
-    QATRecipe,
-    kept_note,
-    left_float_note,
-)
+from runner.recipes.qat.judge import JUDGE_SAMPLES, kept_note, left_float_note
+from runner.recipes.qat.recipe import FineTuned, QATOptions, QATRecipe
 
 __all__ = ["JUDGE_SAMPLES", "FineTuned", "QATOptions", "QATRecipe", "kept_note", "left_float_note"]

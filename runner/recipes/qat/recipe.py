@@ -9,6 +9,7 @@ saved as ``.keras`` fails to load ("Layer 'quantize_layer' expected 5 variables,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -20,12 +21,13 @@ from pydantic import Field
 
 from runner.console import check_interrupt
 from runner.errors import RunnerError
-from runner.evaluation.noise import paired_gain
 from runner.models.qat_scope import load_scope
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
+from runner.recipes.qat.judge import EpochJudge, kept_note, left_float_note
 from runner.recipes.qat.lr import TRIAL_STEPS, fine_tuning_rate
 from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
+from runner.recipes.ranges import RangeEstimator
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ class QATOptions(CalibrationOptions):
     converter: ConverterSettings = Field(
         default_factory=ConverterSettings, description="the export's TFLite converter settings"
     )
+    calibration_ranges: Annotated[list[RangeEstimator], Field(min_length=1)] = Field(
+        default_factory=lambda: ["minmax", "mean"],
+        description="activation range estimators the quantizers start from; with several, "
+        "each start's int8 file is scored (epoch 0) and the best kept",
+    )
 
 
 @dataclass
@@ -76,6 +83,7 @@ class FineTuned:
     kept: dict[str, Any] | None = None  # its validation scores against epoch 0 (restore_best)
     flatbuffer: bytes | None = None  # the kept epoch's int8 file, when the judge made it
     left_float: list[tuple[str, str]] = field(default_factory=list)  # (layer, class) unwrapped
+    ranges: str | None = None  # the activation range estimator the quantizers started from
 
 
 class QATRecipe(RecipeBase):
@@ -124,19 +132,18 @@ class QATRecipe(RecipeBase):
         qat_model, left_float = quantize_aware(
             model, tuple(o.skip_layers), o.fallback, o.freeze_batch_norm, self.scheme()
         )
-        calibrate_ranges(qat_model, model, calib, self.converter.calibration_ranges)
         # The data set's validation split, else the baseline's (same fraction and seed)
         fit_split, val_split, where = (
             ctx.held_out() if o.restore_best else (ctx.dataset.train, None, "")
         )
-        seq, steps, lr = self._compile(qat_model, model, ctx, train_cfg, fit_split)
         judge = (
-            _EpochJudge(self, model, ctx, calib, val_split, where)
-            if val_split is not None
-            else None
+            EpochJudge(self, model, ctx, calib, val_split, where) if val_split is not None else None
         )
+        ranges = self.start_ranges(qat_model, model, calib, judge)
+        seq, steps, lr = self._compile(qat_model, model, ctx, train_cfg, fit_split)
         seconds, steps_run = self._fit(qat_model, seq, steps, judge, train_cfg.seed)
         done = FineTuned(qat_model, seconds, steps_run, o.epochs, left_float=left_float)
+        done.ranges = ranges
         if judge is not None:
             done.kept = {**judge.restore(qat_model), "learning_rate": lr}
             done.flatbuffer = judge.best_flatbuffer
@@ -151,6 +158,29 @@ class QATRecipe(RecipeBase):
             f": {kept_note(done.kept)}" if done.kept else "",
         )
         return done
+
+    def start_ranges(self, qat_model, float_model, calib, judge) -> str:
+        """Start the quantizers with each ``calibration_ranges`` estimator, score each start's
+        int8 file (epoch 0) with ``judge``, and keep the best (a later one only beyond the
+        noise); without a judge, the first. Returns the estimator kept, which also calibrates
+        every export."""
+        first, *others = self.opts.calibration_ranges
+        calibrate_ranges(qat_model, float_model, calib, first)
+        if judge is None:
+            return first
+        judge.ranges = first
+        if not others:
+            return first
+        judge.score(qat_model, 0)
+        for ranges in others:
+            calibrate_ranges(qat_model, float_model, calib, ranges)
+            judge.ranges = ranges
+            judge.score(qat_model, 0)
+        judge.ranges = judge.best["ranges"]
+        qat_model.set_weights(judge.best_weights)  # the kept start's quantizer ranges
+        judge.scores = [judge.best]
+        log.info("QAT starts from calibration_ranges=%s", judge.ranges)
+        return judge.ranges
 
     def _compile(self, qat_model, model, ctx: RecipeContext, train_cfg, fit_split):
         """Compile ``qat_model`` for fine-tuning; returns (batch sequence, steps, learning rate).
@@ -196,7 +226,8 @@ class QATRecipe(RecipeBase):
         stop = keras.callbacks.LambdaCallback(on_train_batch_end=check_interrupt)
         callbacks = [count, stop]
         if judge is not None:
-            judge.score(qat_model, 0)  # epoch 0: before any fine-tuning step
+            if not judge.scores:  # start_ranges may have scored it
+                judge.score(qat_model, 0)  # epoch 0: before any fine-tuning step
             callbacks.append(
                 keras.callbacks.LambdaCallback(
                     on_epoch_end=lambda epoch, logs: judge.score(qat_model, epoch + 1)
@@ -208,10 +239,14 @@ class QATRecipe(RecipeBase):
         )
         return time.perf_counter() - t0, steps_run[0]
 
-    def to_tflite(self, qat_model, ctx: RecipeContext, calib) -> bytes:
+    def to_tflite(self, qat_model, ctx: RecipeContext, calib, ranges: str | None = None) -> bytes:
+        """The int8 file of ``qat_model`` (calibrated with ``ranges`` where not fake-quantized)."""
+        converter = self.converter
+        if ranges is not None:
+            converter = dataclasses.replace(converter, calibration_ranges=ranges)
         return convert(
             qat_model,
-            self.converter,
+            converter,
             calib,
             token_ids=ctx.dataset.is_text,
             batch_size=ctx.convert_batch_size,
@@ -230,7 +265,7 @@ class QATRecipe(RecipeBase):
         done = self.fine_tune(start, ctx, calib)
         qat_model, seconds = done.model, done.seconds + prepared
         t0 = time.perf_counter()
-        flatbuffer = done.flatbuffer or self.to_tflite(qat_model, ctx, calib)
+        flatbuffer = done.flatbuffer or self.to_tflite(qat_model, ctx, calib, done.ranges)
         convert_seconds = time.perf_counter() - t0
         note = kept_note(done.kept) if done.kept else f"kept epoch {done.epoch} (the last)"
         note = f"{before}; {note}" if before else note
@@ -260,136 +295,3 @@ class QATRecipe(RecipeBase):
                 note=note,
             ),
         ]
-
-
-# The validation samples each epoch's int8 file is scored on (a seeded subset beyond this).
-JUDGE_SAMPLES = 2000
-
-
-class _EpochJudge:
-    """Scores each epoch's real int8 file on the validation split; keeps the best epoch's
-    weights and file (see :meth:`QATRecipe.fine_tune`)."""
-
-    def __init__(
-        self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val, where: str
-    ) -> None:
-        from runner.data import subset
-        from runner.evaluation.metrics import labels_from_outputs, predict_keras
-
-        self.recipe, self.ctx, self.calib, self.where = recipe, ctx, calib, where
-        self.val = subset(val, JUDGE_SAMPLES, recipe.opts.calibration_seed)
-        self.float_labels = labels_from_outputs(predict_keras(float_model, self.val.x, ctx.scaling))
-        self.scores: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self.best_weights: list | None = None
-        self.best_flatbuffer: bytes | None = None
-        self.best_hits: tuple = ()  # the best epoch's per-sample (right, agrees with float)
-
-    def score(self, qat_model, epoch: int) -> None:
-        import numpy as np
-
-        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
-
-        flatbuffer = self.recipe.to_tflite(qat_model, self.ctx, self.calib)
-        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
-        labels = labels_from_outputs(out)
-        right, agrees = labels == self.val.y, labels == self.float_labels
-        s = {
-            "epoch": epoch,
-            "accuracy": float(np.mean(right)),
-            "agreement": float(np.mean(agrees)),
-            "samples": len(self.val),
-        }
-        self.scores.append(s)
-        log.info(
-            "QAT epoch %d: int8 validation accuracy %.4f, agreement %.4f (%d samples)",
-            epoch,
-            s["accuracy"],
-            s["agreement"],
-            s["samples"],
-        )
-        if self.best is None or self.beats_best(right, agrees):
-            self.best, self.best_flatbuffer, self.best_hits = s, flatbuffer, (right, agrees)
-            self.best_weights = qat_model.get_weights()  # copies already
-
-    def beats_best(self, right, agrees) -> bool:
-        """A later epoch replaces the best so far only for a gain beyond the validation split's
-        noise (the sign test auto_int8 uses): in accuracy, or in agreement with the float model
-        at an accuracy no lower. A few samples' worth of accuracy bought with many flipped
-        labels is noise, and the earlier file is kept."""
-        best_right, best_agrees = self.best_hits
-        acc, acc_bound = paired_gain(best_right, right)
-        if acc > 0 and acc >= acc_bound:
-            return True
-        agr, agr_bound = paired_gain(best_agrees, agrees)
-        return acc >= 0 and agr > 0 and agr >= agr_bound
-
-    def post_training(self, float_model) -> tuple[dict[str, Any], bytes] | None:
-        """The converter's own post-training int8 file of the model QAT started from, scored on
-        the same samples: (its scores, its file) when it beats the kept epoch beyond the noise
-        (that file is then shipped, and the row says so), else None."""
-        import dataclasses
-
-        import numpy as np
-
-        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
-
-        calibrated = dataclasses.replace(self.recipe.converter, representative_dataset=True)
-        flatbuffer = convert(
-            float_model,
-            calibrated,
-            self.calib,
-            token_ids=self.ctx.dataset.is_text,
-            batch_size=self.ctx.convert_batch_size,
-        )
-        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
-        labels = labels_from_outputs(out)
-        right, agrees = labels == self.val.y, labels == self.float_labels
-        s = {"accuracy": float(np.mean(right)), "agreement": float(np.mean(agrees))}
-        log.info(
-            "post-training int8 of the start model: validation accuracy %.4f, agreement %.4f",
-            s["accuracy"],
-            s["agreement"],
-        )
-        return (s, flatbuffer) if self.beats_best(right, agrees) else None
-
-    def restore(self, qat_model) -> dict[str, Any]:
-        assert self.best is not None and self.best_weights is not None
-        qat_model.set_weights(self.best_weights)
-        return {
-            **self.best,
-            "start": self.scores[0],
-            "epochs": len(self.scores) - 1,
-            "where": self.where,
-        }
-
-
-def left_float_note(floats: list[tuple[str, str]], calibrated: bool = True, show: int = 6) -> str:
-    """The layers QAT fine-tuned without fake quantization: the export calibrates them
-    (``qat``), or, with no calibration data (``qat_mixed``), they stay float in the file."""
-    named = ", ".join(f"{n} ({c})" for n, c in floats[:show])
-    more = f" and {len(floats) - show} more" if len(floats) > show else ""
-    fate = "calibrated at export" if calibrated else "float in the file"
-    return f"{len(floats)} layer(s) fine-tuned without fake quantization, {fate}: {named}{more}"
-
-
-def kept_note(kept: dict[str, Any]) -> str:
-    """The row's note: which epoch was kept, and its validation scores against epoch 0's; when
-    the converter's post-training int8 file beat it, that the .tflite is that file."""
-    start = kept["start"]
-    note = (
-        f"kept epoch {kept['epoch']} of {kept['epochs']} (int8 validation accuracy "
-        f"{start['accuracy']:.4f} at epoch 0 -> {kept['accuracy']:.4f}, agreement "
-        f"{start['agreement']:.4f} -> {kept['agreement']:.4f}, {kept['samples']} samples of "
-        f"{kept.get('where') or 'the validation split'})"
-    )
-    if kept.get("learning_rate"):
-        note += f"; learning rate {kept['learning_rate']:.2g}"
-    ptq = kept.get("post_training")
-    if ptq:
-        note += (
-            f"; the .tflite is the converter's post-training int8 file, which beat QAT's best "
-            f"epoch beyond the noise (validation accuracy {ptq['accuracy']:.4f}, agreement "
-            f"{ptq['agreement']:.4f}): QAT did not help this model"
-        )
-    return note

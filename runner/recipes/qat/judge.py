@@ -1,0 +1,156 @@
+"""QAT's epoch judge: every epoch's real int8 file scored in LiteRT on held-out samples, the
+best kept (never below epoch 0, nor below post-training int8 without saying so), and the row's
+notes."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from runner.evaluation.noise import paired_gain
+from runner.recipes.base import RecipeContext
+from runner.recipes.conversion import convert
+
+if TYPE_CHECKING:
+    from runner.recipes.qat.recipe import QATRecipe
+
+log = logging.getLogger(__name__)
+
+
+# The validation samples each epoch's int8 file is scored on (a seeded subset beyond this).
+JUDGE_SAMPLES = 2000
+
+
+class EpochJudge:
+    """Scores each epoch's real int8 file on the validation split; keeps the best epoch's
+    weights and file (see :meth:`QATRecipe.fine_tune`)."""
+
+    def __init__(
+        self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val, where: str
+    ) -> None:
+        from runner.data import subset
+        from runner.evaluation.metrics import labels_from_outputs, predict_keras
+
+        self.recipe, self.ctx, self.calib, self.where = recipe, ctx, calib, where
+        self.val = subset(val, JUDGE_SAMPLES, recipe.opts.calibration_seed)
+        self.float_labels = labels_from_outputs(predict_keras(float_model, self.val.x, ctx.scaling))
+        self.scores: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_weights: list | None = None
+        self.best_flatbuffer: bytes | None = None
+        self.best_hits: tuple = ()  # the best epoch's per-sample (right, agrees with float)
+        self.ranges: str | None = None  # the activation range estimator every file is made with
+
+    def score(self, qat_model, epoch: int) -> None:
+        import numpy as np
+
+        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+
+        flatbuffer = self.recipe.to_tflite(qat_model, self.ctx, self.calib, self.ranges)
+        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
+        labels = labels_from_outputs(out)
+        right, agrees = labels == self.val.y, labels == self.float_labels
+        s = {
+            "epoch": epoch,
+            "accuracy": float(np.mean(right)),
+            "agreement": float(np.mean(agrees)),
+            "samples": len(self.val),
+            "ranges": self.ranges,
+        }
+        self.scores.append(s)
+        log.info(
+            "QAT epoch %d: int8 validation accuracy %.4f, agreement %.4f (%d samples)",
+            epoch,
+            s["accuracy"],
+            s["agreement"],
+            s["samples"],
+        )
+        if self.best is None or self.beats_best(right, agrees):
+            self.best, self.best_flatbuffer, self.best_hits = s, flatbuffer, (right, agrees)
+            self.best_weights = qat_model.get_weights()  # copies already
+
+    def beats_best(self, right, agrees) -> bool:
+        """A later epoch replaces the best so far only for a gain beyond the validation split's
+        noise (the sign test auto_int8 uses): in accuracy, or in agreement with the float model
+        at an accuracy no lower. A few samples' worth of accuracy bought with many flipped
+        labels is noise, and the earlier file is kept."""
+        best_right, best_agrees = self.best_hits
+        acc, acc_bound = paired_gain(best_right, right)
+        if acc > 0 and acc >= acc_bound:
+            return True
+        agr, agr_bound = paired_gain(best_agrees, agrees)
+        return acc >= 0 and agr > 0 and agr >= agr_bound
+
+    def post_training(self, float_model) -> tuple[dict[str, Any], bytes] | None:
+        """The converter's own post-training int8 file of the model QAT started from, scored on
+        the same samples: (its scores, its file) when it beats the kept epoch beyond the noise
+        (that file is then shipped, and the row says so), else None."""
+        import dataclasses
+
+        import numpy as np
+
+        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+
+        calibrated = dataclasses.replace(self.recipe.converter, representative_dataset=True)
+        if self.ranges is not None:
+            calibrated = dataclasses.replace(calibrated, calibration_ranges=self.ranges)
+        flatbuffer = convert(
+            float_model,
+            calibrated,
+            self.calib,
+            token_ids=self.ctx.dataset.is_text,
+            batch_size=self.ctx.convert_batch_size,
+        )
+        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
+        labels = labels_from_outputs(out)
+        right, agrees = labels == self.val.y, labels == self.float_labels
+        s = {"accuracy": float(np.mean(right)), "agreement": float(np.mean(agrees))}
+        log.info(
+            "post-training int8 of the start model: validation accuracy %.4f, agreement %.4f",
+            s["accuracy"],
+            s["agreement"],
+        )
+        return (s, flatbuffer) if self.beats_best(right, agrees) else None
+
+    def restore(self, qat_model) -> dict[str, Any]:
+        assert self.best is not None and self.best_weights is not None
+        qat_model.set_weights(self.best_weights)
+        return {
+            **self.best,
+            "start": self.scores[0],
+            "epochs": len(self.scores) - 1,
+            "where": self.where,
+        }
+
+
+def left_float_note(floats: list[tuple[str, str]], calibrated: bool = True, show: int = 6) -> str:
+    """The layers QAT fine-tuned without fake quantization: the export calibrates them
+    (``qat``), or, with no calibration data (``qat_mixed``), they stay float in the file."""
+    named = ", ".join(f"{n} ({c})" for n, c in floats[:show])
+    more = f" and {len(floats) - show} more" if len(floats) > show else ""
+    fate = "calibrated at export" if calibrated else "float in the file"
+    return f"{len(floats)} layer(s) fine-tuned without fake quantization, {fate}: {named}{more}"
+
+
+def kept_note(kept: dict[str, Any]) -> str:
+    """The row's note: which epoch was kept, and its validation scores against epoch 0's; when
+    the converter's post-training int8 file beat it, that the .tflite is that file."""
+    start = kept["start"]
+    note = (
+        f"kept epoch {kept['epoch']} of {kept['epochs']} (int8 validation accuracy "
+        f"{start['accuracy']:.4f} at epoch 0 -> {kept['accuracy']:.4f}, agreement "
+        f"{start['agreement']:.4f} -> {kept['agreement']:.4f}, {kept['samples']} samples of "
+        f"{kept.get('where') or 'the validation split'})"
+    )
+    if kept.get("ranges"):
+        note += f"; activation ranges {kept['ranges']}"
+    if kept.get("learning_rate"):
+        note += f"; learning rate {kept['learning_rate']:.2g}"
+    ptq = kept.get("post_training")
+    if ptq:
+        note += (
+            f"; the .tflite is the converter's post-training int8 file, which beat QAT's best "
+            f"epoch beyond the noise (validation accuracy {ptq['accuracy']:.4f}, agreement "
+            f"{ptq['agreement']:.4f}): QAT did not help this model"
+        )
+    return note
