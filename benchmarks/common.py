@@ -137,3 +137,23 @@ def make_cifar(folder: Path, n_train: int, n_test: int) -> Path:
 
 
 # --------------------------------------------------------------------------- 4. memory
+
+
+def pretrained_sweep(recipes: list[str], path: Path, data: Path, scaling: str, run_dir: Path):
+    """Sweep ``recipes`` over a user's model file on a ``dataset=arrays`` file (as a user runs
+    it), into ``run_dir``; returns :func:`sh`'s (seconds, process)."""
+    return sh(
+        [
+            "-m",
+            f"recipe={','.join(recipes)}",
+            "model=pretrained",
+            f"model.path={path}",
+            f"model.input_scaling={scaling}",
+            "dataset=arrays",
+            f"dataset.path={data}",
+            "evaluation.latency_samples=20",
+            "evaluation.progress=false",
+            f"hydra.sweep.dir={run_dir}",
+        ],
+        timeout=7200,
+    )

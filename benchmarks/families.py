@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks.common import ROOT, load_rows, sh
+from benchmarks.common import ROOT, load_rows, pretrained_sweep
 
 RECIPES = ["full_integer", "qat", "auto_int8"]
 
@@ -37,21 +37,7 @@ def measure(tmp: Path, quick: bool) -> dict:
         for family in families:
             path = folder / f"{family}.{'keras' if keras == '3' else 'h5'}"
             run_dir = tmp / f"{family}-k{keras}"
-            _, p = sh(
-                [
-                    "-m",
-                    f"recipe={','.join(RECIPES)}",
-                    "model=pretrained",
-                    f"model.path={path}",
-                    f"model.input_scaling={af.input_scaling(family)}",
-                    "dataset=arrays",
-                    f"dataset.path={data}",
-                    "evaluation.latency_samples=20",
-                    "evaluation.progress=false",
-                    f"hydra.sweep.dir={run_dir}",
-                ],
-                timeout=3600,
-            )
+            pretrained_sweep(RECIPES, path, data, af.input_scaling(family), run_dir)
             rows = {r["artifact"]: r for r in load_rows(run_dir)}
             key = f"{family} (Keras {keras if keras == '3' else '2: tf_keras'})"
             entry: dict[str, dict] = {}

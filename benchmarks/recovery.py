@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from benchmarks.common import ROOT, load_rows, sh
+from benchmarks.common import ROOT, load_rows, pretrained_sweep
 
 RECIPES = [
     "full_integer",
@@ -54,21 +54,7 @@ def _build(af, folder: Path, data: Path, keras: str, family: str) -> Path:
 
 
 def _case(path: Path, data: Path, scaling: str, run_dir: Path) -> dict:
-    sh(
-        [
-            "-m",
-            f"recipe={','.join(RECIPES)}",
-            "model=pretrained",
-            f"model.path={path}",
-            f"model.input_scaling={scaling}",
-            "dataset=arrays",
-            f"dataset.path={data}",
-            "evaluation.latency_samples=20",
-            "evaluation.progress=false",
-            f"hydra.sweep.dir={run_dir}",
-        ],
-        timeout=7200,
-    )
+    pretrained_sweep(RECIPES, path, data, scaling, run_dir)
     rows = {r["artifact"]: r for r in load_rows(run_dir)}
     float_acc = rows.get(path.name, {}).get("accuracy")
     full = rows.get("full_integer.tflite", {}).get("accuracy")

@@ -20,7 +20,7 @@ from typing import Annotated
 from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.recipes.aeq import AEQRecipe, Rule
+from runner.recipes.aeq import AEQRecipe, Rule, _aeq
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeContext
 from runner.recipes.conversion import full_integer_settings
 
@@ -78,6 +78,8 @@ class MixedA16W8Recipe(AEQRecipe):
         return dbg.layers[: self.opts.sixteen_bit_layers]
 
     def produce(self, ctx: RecipeContext, rules: list[Rule] | None = None) -> list[Artifact]:
+        if _aeq() is None or ctx.reference_path is None or not ctx.reference_path.is_file():
+            return super().produce(ctx)  # its one-line error: install AEQ, or no reference
         layers = self.chosen_layers(ctx)
         scopes = op_scopes(ctx.reference_path.read_bytes())
         missing = [
