@@ -25,7 +25,21 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RangeEstimator = Literal["minmax", "mean"]
-ESTIMATORS: tuple[str, ...] = ("minmax", "mean")
+
+
+def one_knob(estimators: list[str], info) -> list[str]:
+    """The ``recipe.calibration_ranges`` validator of the recipes that try each estimator
+    themselves (``auto_int8``, the QAT family): their converter's own ``calibration_ranges``
+    would be overridden, so setting it is refused, naming the key that does it."""
+    converter = info.data.get("converter")
+    set_there = getattr(converter, "calibration_ranges", "minmax")
+    if set_there != "minmax":
+        raise ValueError(
+            f"recipe.converter.calibration_ranges={set_there} would be overridden: this recipe "
+            "tries each estimator of recipe.calibration_ranges and keeps the better; set "
+            f"recipe.calibration_ranges=[{set_there}] instead"
+        )
+    return estimators
 
 
 @contextlib.contextmanager

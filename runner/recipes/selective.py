@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from runner.errors import RunnerError
 from runner.evaluation.noise import paired_gain
@@ -21,7 +21,7 @@ from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers
 from runner.recipes.conversion import ConverterSettings, full_integer_settings
 from runner.recipes.layer_report import Debugger, summary, write_rows
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
-from runner.recipes.ranges import RangeEstimator
+from runner.recipes.ranges import RangeEstimator, one_knob
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class AutoInt8Options(DebuggerOptions):
         "search starts from the one that meets the budget, else the one better beyond the "
         "holdout's noise, else the first",
     )
+
+    _one_knob = field_validator("calibration_ranges")(classmethod(lambda cls, v, i: one_knob(v, i)))
 
 
 class _DebuggerRecipe(ConverterRecipe):

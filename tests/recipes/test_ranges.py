@@ -114,6 +114,14 @@ def test_the_recipe_and_the_option_compose_from_the_real_conf():
     from runner.errors import RunnerError
     from runner.pipeline import build_recipe
 
+    # one knob: where the recipe tries the estimators itself, the converter's is refused
+    for recipe in ("auto_int8", "qat", "prune_qat"):
+        with pytest.raises(RunnerError, match=r"set recipe.calibration_ranges=\[mean\] instead"):
+            build_recipe(
+                compose_config(
+                    f"recipe={recipe}", "recipe.converter.calibration_ranges=mean"
+                ).recipe
+            )
     with pytest.raises(RunnerError, match="calibration_ranges"):
         build_recipe(
             compose_config("recipe=full_integer", "recipe.converter.calibration_ranges=p99").recipe

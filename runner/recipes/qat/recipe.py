@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from runner.console import check_interrupt
 from runner.errors import RunnerError
@@ -27,7 +27,7 @@ from runner.recipes.conversion import ConverterOptions, ConverterSettings, conve
 from runner.recipes.qat.judge import EpochJudge, kept_note, left_float_note
 from runner.recipes.qat.lr import TRIAL_STEPS, fine_tuning_rate
 from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
-from runner.recipes.ranges import RangeEstimator
+from runner.recipes.ranges import RangeEstimator, one_knob
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class QATOptions(CalibrationOptions):
         description="activation range estimators the quantizers start from; with several, "
         "each start's int8 file is scored (epoch 0) and the best kept",
     )
+
+    _one_knob = field_validator("calibration_ranges")(classmethod(lambda cls, v, i: one_knob(v, i)))
 
 
 @dataclass
