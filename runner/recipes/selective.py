@@ -232,8 +232,8 @@ class AutoInt8Recipe(_DebuggerRecipe):
         warnings = self.resolution_warnings(budget, len(hold))
         for w in warnings:
             log.warning("%s", w)
-        dbg, ranges, tried = self.pick_ranges(ctx, hold, float_labels, target, budget)
-        steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget, ranges)
+        dbg, ranges, tried, start = self.pick_ranges(ctx, hold, float_labels, target, budget)
+        steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget, ranges, start)
         write_rows(ctx.run_dir / "fallback_trace.csv", tried + trace, TRACE_COLUMNS)
         chosen, note = self.choose(steps, budget, len(hold))
         if len(self.opts.calibration_ranges) > 1:
@@ -252,17 +252,20 @@ class AutoInt8Recipe(_DebuggerRecipe):
         ]
 
     def pick_ranges(self, ctx, hold, float_labels, target, budget: str):
-        """(debugger, estimator, trace rows of the estimators not taken): full int8 with each
+        """(debugger, estimator, trace rows of the estimators not taken, the taken one's scored
+        full-int8 step and trace row for :meth:`search` to go on from): full int8 with each
         ``calibration_ranges`` estimator, scored on the holdout; the first that meets the
         budget, else the one that beats the first beyond the noise (the largest gain), else the
         first."""
         first, *others = self.opts.calibration_ranges
         if not others:
-            return self.debugger(ctx, first), first, []
+            return self.debugger(ctx, first), first, [], None
         scored = []
         for ranges in self.opts.calibration_ranges:
             dbg = self.debugger(ctx, ranges)
-            steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget, ranges, 0)
+            steps, trace = self.search(
+                ctx, dbg, hold, float_labels, target, budget, ranges, max_float=0
+            )
             scored.append((dbg, ranges, steps[0], trace))
         base = scored[0][2]
         meets = [c for c in scored if c[2].meets]
@@ -273,12 +276,19 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 better.append((gain, c))
         pick = meets[0] if meets else max(better, key=lambda g: g[0])[1] if better else scored[0]
         log.info("auto_int8: starting from calibration_ranges=%s", pick[1])
-        return pick[0], pick[1], [row for c in scored if c is not pick for row in c[3]]
+        tried = [row for c in scored if c is not pick for row in c[3]]
+        return pick[0], pick[1], tried, ([pick[2]], pick[3])
 
     def budget_kind(self, ctx: RecipeContext) -> str:
         if self.opts.budget != "auto":
             return self.opts.budget
         return "agreement" if ctx.pretrained else "accuracy"
+
+    def within(self, budget: str, drop: float, agreement: float) -> bool:
+        """Whether a candidate with this accuracy ``drop`` and ``agreement`` meets ``budget``."""
+        if budget == "agreement":
+            return agreement >= self.opts.min_agreement
+        return drop <= self.opts.max_accuracy_drop
 
     def budget_text(self, budget: str) -> str:
         if budget == "agreement":
@@ -294,19 +304,22 @@ class AutoInt8Recipe(_DebuggerRecipe):
         target,
         budget: str,
         ranges: str = "minmax",
+        start: tuple[list[_Step], list[dict[str, Any]]] | None = None,
         max_float: int | None = None,
     ) -> tuple[list[_Step], list[dict[str, Any]]]:
         """Score full int8, then one more float layer (worst first) per step, in LiteRT; stop at
         the first step that meets the budget with a gain over full int8 beyond the noise, or
-        after ``max_float`` float layers (default ``max_float_layers``). Returns the steps and
-        their trace rows (``fallback_trace.csv``)."""
+        after ``max_float`` float layers (default ``max_float_layers``). ``start``: steps
+        already scored (and their trace rows) to go on from. Returns the steps and their trace
+        rows (``fallback_trace.csv``)."""
         from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 
         float_acc = float(np.mean(float_labels == hold.y))
-        trace: list[dict[str, Any]] = []
-        steps: list[_Step] = []
+        steps, trace = (list(start[0]), list(start[1])) if start else ([], [])
+        if steps and steps[0].meets:
+            return steps, trace  # full int8 already meets the budget
         cap = self.opts.max_float_layers if max_float is None else max_float
-        for k in range(min(cap, len(dbg.layers)) + 1):
+        for k in range(len(steps), min(cap, len(dbg.layers)) + 1):
             kept = dbg.worst(k)  # every op of the k worst layers
             flatbuffer = dbg.quantize([r["tensor_name"] for r in kept])
             out = TFLiteModel(content=flatbuffer).predict(hold.x, ctx.scaling, 128)
@@ -315,11 +328,7 @@ class AutoInt8Recipe(_DebuggerRecipe):
             gain, bound = paired_gain(steps[0].right, right) if steps else (0.0, 0.0)
             acc = float(np.mean(labels == hold.y))
             agreement = float(np.mean(labels == float_labels))
-            meets = (
-                agreement >= self.opts.min_agreement
-                if budget == "agreement"
-                else float_acc - acc <= self.opts.max_accuracy_drop
-            )
+            meets = self.within(budget, float_acc - acc, agreement)
             step = _Step(k, flatbuffer, kept, right, gain, bound, meets)
             steps.append(step)
             trace.append(
