@@ -95,3 +95,19 @@ def test_by_default_the_layer_reports_worst_layers_are_chosen(ctx):
     ref = TFLiteModel(ctx.reference_path).predict(x, UNIT, 128)
     err = [np.abs(TFLiteModel(a.path).predict(x, UNIT, 128) - ref).mean() for a in (none, art)]
     assert err[1] <= err[0]
+
+
+def test_the_ranking_is_kept_with_the_baseline_and_not_made_again(ctx, tmp_path, monkeypatch):
+    from runner import cache
+
+    ctx = dataclasses.replace(ctx, store=cache.ConversionCache(tmp_path / "entry"))
+    first = _produce(ctx, "recipe.sixteen_bit_layers=1", "recipe.calibration_samples=100")
+    written = first.path.read_bytes()
+
+    def no_second_ranking(*_a, **_k):
+        raise AssertionError("ranked again")
+
+    monkeypatch.setattr(Debugger, "build", no_second_ranking)
+    again = _produce(ctx, "recipe.sixteen_bit_layers=1", "recipe.calibration_samples=100")
+    assert "int16 activations in 1 layer(s)" in again.note and again.note == first.note
+    assert again.path.read_bytes() == written
