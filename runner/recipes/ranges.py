@@ -171,6 +171,8 @@ def _per_sample(calibrated: bytes, indices: list[int], samples: list[list]) -> t
 
 
 def _estimate(lows: np.ndarray, highs: np.ndarray, estimator: str) -> tuple[float, float]:
-    if estimator == "mean":
-        return float(lows.mean()), float(highs.mean())
-    return float(lows.min()), float(highs.max())
+    """The range of one tensor from its per-sample minima and maxima (``minmax`` never gets
+    here: :func:`converter_ranges` leaves the converter's own)."""
+    if estimator != "mean":
+        raise ValueError(f"unknown activation range estimator {estimator!r}")
+    return float(lows.mean()), float(highs.mean())

@@ -69,6 +69,16 @@ class EpochJudge:
             self.best, self.best_flatbuffer, self.best_hits = s, flatbuffer, (right, agrees)
             self.best_weights = qat_model.get_weights()  # copies already
 
+    def keep_best_start(self, qat_model) -> str:
+        """After one epoch-0 score per start: the best start's quantizer ranges back in
+        ``qat_model``, it alone as epoch 0, its estimator for every later file; returns it."""
+        assert self.best is not None and self.best_weights is not None
+        self.ranges = self.best["ranges"]
+        qat_model.set_weights(self.best_weights)
+        self.scores = [self.best]
+        log.info("QAT starts from calibration_ranges=%s", self.ranges)
+        return self.ranges
+
     def beats_best(self, right, agrees) -> bool:
         """A later epoch replaces the best so far only for a gain beyond the validation split's
         noise (the sign test auto_int8 uses): in accuracy, or in agreement with the float model

@@ -178,11 +178,7 @@ class QATRecipe(RecipeBase):
             calibrate_ranges(qat_model, float_model, calib, ranges)
             judge.ranges = ranges
             judge.score(qat_model, 0)
-        judge.ranges = judge.best["ranges"]
-        qat_model.set_weights(judge.best_weights)  # the kept start's quantizer ranges
-        judge.scores = [judge.best]
-        log.info("QAT starts from calibration_ranges=%s", judge.ranges)
-        return judge.ranges
+        return judge.keep_best_start(qat_model)
 
     def _compile(self, qat_model, model, ctx: RecipeContext, train_cfg, fit_split):
         """Compile ``qat_model`` for fine-tuning; returns (batch sequence, steps, learning rate).
