@@ -38,6 +38,7 @@ from runner.recipes.base import (
     RecipeContext,
     float_layers_text,
 )
+from runner.recipes.ranges import aeq_calibration
 from runner.schema import Options
 
 log = logging.getLogger(__name__)
@@ -197,12 +198,34 @@ class AEQRecipe(RecipeBase):
     ) -> bytes:
         """The AEQ result for ``reference`` (calibrated on our representative data if static);
         its progress bar and INFO lines are held back like TensorFlow's (``verbose=true``)."""
+        return self.quantize_calibrated(reference, ctx, self.rules if rules is None else rules)[0]
+
+    def quantize_calibrated(
+        self,
+        reference: bytes,
+        ctx: RecipeContext,
+        rules: list[Rule],
+        calibration: Any = None,
+        ranges: str | None = None,
+    ) -> tuple[bytes, Any]:
+        """(the AEQ result, its calibration): ``calibration`` from an earlier call on the same
+        reference and draw is reused (AEQ records each tensor's min/max whatever the bits, so
+        one calibration serves every mix of int8 and int16 activations). ``ranges``: calibrate
+        with this estimator (``minmax`` or ``mean`` of the samples' own, as the converter's
+        ``calibration_ranges``) instead of AEQ's moving average."""
         from runner.console import filtered
 
         with filtered():
-            return self._quantize(reference, ctx, self.rules if rules is None else rules)
+            return self._quantize(reference, ctx, rules, calibration, ranges)
 
-    def _quantize(self, reference: bytes, ctx: RecipeContext, rules: list[Rule]) -> bytes:
+    def _quantize(
+        self,
+        reference: bytes,
+        ctx: RecipeContext,
+        rules: list[Rule],
+        calibration: Any = None,
+        ranges: str | None = None,
+    ) -> tuple[bytes, Any]:
         quantizer, recipe_manager, qtyping = _aeq()  # type: ignore[misc]
         manager = recipe_manager.RecipeManager()
         ops = weight_ops(reference)
@@ -215,13 +238,16 @@ class AEQRecipe(RecipeBase):
                         f"recipe.rules[{i}]: {' '.join(str(e).split())[:200]}"
                     ) from None
             q = quantizer.Quantizer(bytearray(reference), manager.get_quantization_recipe())
-            calibration = None
-            if q.need_calibration:
-                calibration = q.calibrate(
-                    self._signature_data(reference, ctx, self.opts.calibration_samples),
-                    num_threads=1,
+            if q.need_calibration and calibration is None:
+                data = self._signature_data(reference, ctx, self.opts.calibration_samples)
+                calibration = (
+                    q.calibrate(data, num_threads=1)
+                    if ranges is None
+                    else aeq_calibration(reference, manager, data, ranges)
                 )
-            result = q.quantize(calibration, enable_progress_report=False)
+            result = q.quantize(
+                calibration if q.need_calibration else None, enable_progress_report=False
+            )
         except RunnerError:
             raise
         except Exception as e:  # noqa: BLE001 - AEQ's own reason, in one line, is the row's error
@@ -235,7 +261,7 @@ class AEQRecipe(RecipeBase):
                 f"ai-edge-quantizer wrote custom op(s) {', '.join(custom)}, which LiteRT cannot run "
                 "here; pick another recipe.rules[].algorithm (e.g. min_max_uniform_quantize, octav)"
             )
-        return flatbuffer
+        return flatbuffer, calibration
 
     def layer_report(self, ctx: RecipeContext, requested: bool) -> LayerRows | None:
         """Per-tensor error of the AEQ file against the reference (AEQ's own validation), worst

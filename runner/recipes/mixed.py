@@ -20,7 +20,7 @@ from typing import Annotated
 from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.recipes.aeq import AEQRecipe, Rule, _aeq
+from runner.recipes.aeq import INSTALL, AEQRecipe, Rule, _aeq
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeContext
 from runner.recipes.conversion import full_integer_settings
 
@@ -62,6 +62,13 @@ class MixedA16W8Recipe(AEQRecipe):
     def data_needed(self) -> str | None:
         return "calibrates activations and ranks the int8 layers on sample inputs"
 
+    def rules_for(self, sixteen: list[str]) -> list[Rule]:
+        """Static int8 everywhere, a16w8 in the ops of the ``sixteen`` layers."""
+        return self.rules + [
+            Rule(scope=layer_scope(layer), mode="static", bits=8, activation_bits=16)
+            for layer in sixteen
+        ]
+
     def chosen_layers(self, ctx: RecipeContext) -> list[str]:
         """``layers`` when given, else the ``sixteen_bit_layers`` worst of the layer report."""
         if self.opts.layers or not self.opts.sixteen_bit_layers:
@@ -99,11 +106,7 @@ class MixedA16W8Recipe(AEQRecipe):
                 "use the names of layer_report.csv (evaluation.layer_report=true)"
             )
         sixteen = [layer for layer in layers if layer not in missing]
-        rules = self.rules + [
-            Rule(scope=layer_scope(layer), mode="static", bits=8, activation_bits=16)
-            for layer in sixteen
-        ]
-        (art,) = super().produce(ctx, rules)
+        (art,) = super().produce(ctx, self.rules_for(sixteen))
         what = (
             f"int16 activations in {len(sixteen)} layer(s): {', '.join(sixteen)}"
             if sixteen
@@ -122,3 +125,51 @@ def op_scopes(flatbuffer: bytes) -> list[str]:
 
     sg = tflite.read(flatbuffer).subgraphs[0]
     return [utils.get_op_scope(op, sg.tensors) for op in sg.operators]
+
+
+class A16W8Files:
+    """``auto_int8``'s integer-only candidates: static int8 files of the run's float32 reference
+    with int16 activations in given layers, calibrated by ai-edge-quantizer once for them all,
+    with the activation range estimator (``ranges``) the converter's candidates use.
+
+    Raises :class:`RunnerError` (its one line says why) when they cannot be made here: no
+    ai-edge-quantizer, or no float32 reference.
+    """
+
+    def __init__(
+        self, ctx: RecipeContext, calibration: CalibrationOptions, ranges: str = "minmax"
+    ) -> None:
+        from runner import tflite
+
+        self.recipe = MixedA16W8Recipe(
+            "a16w8",
+            MixedOptions(
+                calibration_samples=calibration.calibration_samples,
+                calibration_seed=calibration.calibration_seed,
+                sixteen_bit_layers=0,
+            ),
+        )
+        if _aeq() is None:
+            raise RunnerError(INSTALL.format(name="auto_int8's a16w8"))
+        if ctx.reference_path is None or not ctx.reference_path.is_file():
+            raise RunnerError("this run has no float32 reference (see the none.tflite row)")
+        self.reference = ctx.reference_path.read_bytes()
+        if not tflite.all_float32(self.reference):
+            raise RunnerError("the run's reference is not float32 (recipe@reference=none is)")
+        self.ctx, self.ranges = ctx, ranges
+        self.scopes = op_scopes(self.reference)
+        self._calibration = None
+
+    def present(self, layers: list[str]) -> list[str]:
+        """The ``layers`` that have an op in the reference (the converter's report may name
+        layers whose ops were fused away)."""
+        return [
+            layer for layer in layers if any(re.search(layer_scope(layer), s) for s in self.scopes)
+        ]
+
+    def flatbuffer(self, sixteen: list[str]) -> bytes:
+        """Static int8 with int16 activations in the ops of ``sixteen``."""
+        flatbuffer, self._calibration = self.recipe.quantize_calibrated(
+            self.reference, self.ctx, self.recipe.rules_for(sixteen), self._calibration, self.ranges
+        )
+        return flatbuffer

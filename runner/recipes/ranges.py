@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -176,3 +176,24 @@ def _estimate(lows: np.ndarray, highs: np.ndarray, estimator: str) -> tuple[floa
     if estimator != "mean":
         raise ValueError(f"unknown activation range estimator {estimator!r}")
     return float(lows.mean()), float(highs.mean())
+
+
+def aeq_calibration(reference: bytes, manager: Any, data: dict, ranges: str) -> dict:
+    """ai-edge-quantizer's calibration (``manager``: its recipe) with each tensor's range the
+    ``minmax`` (widest) or the ``mean`` of the samples' own minima and maxima, as the converter's
+    ``calibration_ranges`` (AEQ's default is a moving average that favours the last samples)."""
+    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer.utils import qsv_utils
+
+    def mean(qsv: dict, new: dict) -> dict:  # the running mean; n rides along in the QSV
+        n = qsv.get("samples", 1)
+        out = {k: (qsv[k] * n + new[k]) / (n + 1) for k in ("min", "max")}
+        return {**new, **out, "samples": n + 1}
+
+    update = {"minmax": qsv_utils.min_max_update, "mean": mean}[ranges]
+    calib = calibrator.Calibrator(reference, num_threads=1, qsv_update_func=update)
+    calib.calibrate(data, manager)
+    return {
+        name: {k: v for k, v in qsv.items() if k != "samples"}
+        for name, qsv in calib.get_model_qsvs().items()
+    }

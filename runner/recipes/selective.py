@@ -9,38 +9,21 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from runner.errors import RunnerError
-from runner.evaluation.noise import paired_gain
 from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
+from runner.recipes.candidates import TRACE_COLUMNS, Fallback, Holdout, Step, choose
 from runner.recipes.conversion import ConverterSettings, full_integer_settings
 from runner.recipes.layer_report import Debugger, summary, write_rows
+from runner.recipes.mixed import A16W8Files
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
 from runner.recipes.ranges import RangeEstimator, one_knob
 
 log = logging.getLogger(__name__)
 
-TRACE_COLUMNS = [
-    "step",
-    "calibration_ranges",
-    "float_layers",
-    "layers",
-    "size_bytes",
-    "holdout_accuracy",
-    "accuracy_drop",
-    "agreement",
-    "gain_over_int8",
-    "noise_bound",
-    "beyond_noise",
-    "budget",
-    "samples",
-    "meets_budget",
-]
 # Fewer samples than this inside the budget (max_accuracy_drop x n, or (1 - min_agreement) x n)
 # cannot resolve it: one changed prediction decides.
 MIN_SAMPLES_IN_BUDGET = 2
@@ -85,6 +68,20 @@ class AutoInt8Options(DebuggerOptions):
         "search starts from the one that meets the budget, else the one better beyond the "
         "holdout's noise, else the first",
     )
+
+    fallback: Annotated[list[Fallback], Field(min_length=1)] = Field(
+        default_factory=lambda: ["float", "a16w8"],
+        description="how each step takes a layer out of int8: float (float fallback) and/or "
+        "a16w8 (int16 activations, int8 weights: integer-only, through ai-edge-quantizer); each "
+        "is scored, the first in this order that meets the budget is taken",
+    )
+
+    @field_validator("fallback")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"names a fallback twice: {v}")
+        return v
 
     _one_knob = field_validator("calibration_ranges")(classmethod(lambda cls, v, i: one_knob(v, i)))
 
@@ -167,34 +164,14 @@ class SelectiveRecipe(_DebuggerRecipe):
         ]
 
 
-@dataclass
-class _Step:
-    """One auto_int8 candidate: ``k`` float layers, scored on the holdout."""
-
-    k: int
-    flatbuffer: bytes
-    kept: list
-    right: np.ndarray  # per holdout sample: right by the budget's measure
-    gain: float  # over full int8, same samples
-    bound: float  # the noise bound for that gain (at least one sample's worth when k > 0)
-    meets: bool  # within the budget
-
-    @property
-    def real(self) -> bool:
-        return self.k > 0 and self.gain >= self.bound
-
-    def summary(self, n: int) -> str:
-        return (
-            f"holdout score {float(np.mean(self.right)):.4f}, gain over full int8 "
-            f"{self.gain:+.4f} with noise bound {self.bound:.4f} on {n} samples"
-        )
-
-
 class AutoInt8Recipe(_DebuggerRecipe):
-    """The fewest float layers (worst first) whose int8 model meets a budget.
+    """The fewest layers (worst first) out of int8 whose model meets a budget.
 
-    Candidates are scored in LiteRT on a held-out slice of the training split (never the test
-    split) against the float model on the same slice; every step goes to ``fallback_trace.csv``.
+    Each step takes one more of the debugger's worst layers out of int8, by each ``fallback`` in
+    turn: ``float`` (the converter's float fallback) and ``a16w8`` (int16 activations, int8
+    weights, through ai-edge-quantizer: integer-only). Candidates are scored in LiteRT on a
+    held-out slice (never the test split) against the float model on the same slice; every
+    candidate goes to ``fallback_trace.csv``.
 
     ``budget``: ``accuracy`` (drop at most ``max_accuracy_drop``), ``agreement`` (the same label
     as the float model on at least ``min_agreement`` of the samples: needs no labels, and stays
@@ -206,11 +183,17 @@ class AutoInt8Recipe(_DebuggerRecipe):
     Options = AutoInt8Options
     opts: AutoInt8Options
 
-    def holdout(self, ctx: RecipeContext):
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """a16w8 candidates quantize the float32 reference ``.tflite``."""
+        return "a16w8" in self.opts.fallback
+
+    def holdout(self, ctx: RecipeContext) -> tuple[Holdout, str]:
         """(samples, what they are): the data set's own validation split when it ships one
         (never trained on, even by a pretrained model), else the baseline's validation split
         (never fitted on by the runner's baseline), capped at ``holdout_samples``."""
         from runner.data import subset
+        from runner.evaluation.metrics import labels_from_outputs, predict_keras
 
         _, val, where = ctx.held_out()
         if val is None:
@@ -218,31 +201,36 @@ class AutoInt8Recipe(_DebuggerRecipe):
                 "auto_int8: train.validation_split is 0, so the budget is checked on training samples"
             )
             val, where = ctx.dataset.train, "the training split (train.validation_split is 0)"
-        return subset(val, self.opts.holdout_samples, self.opts.holdout_seed), where
+        hold = subset(val, self.opts.holdout_samples, self.opts.holdout_seed)
+        budget = self.budget_kind(ctx)
+        float_labels = labels_from_outputs(predict_keras(ctx.model, hold.x, ctx.scaling))
+        return Holdout(
+            hold.x, hold.y, float_labels, budget, self.budget_text(budget),
+            lambda drop, agreement: self.within(budget, drop, agreement), ctx.scaling,
+        ), where  # fmt: skip
 
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
-        from runner.evaluation.metrics import labels_from_outputs, predict_keras
-
         t0 = time.perf_counter()
         hold, where = self.holdout(ctx)
-        float_labels = labels_from_outputs(predict_keras(ctx.model, hold.x, ctx.scaling))
-        budget = self.budget_kind(ctx)
-        # what a sample counts as right: the float model's label, or the true one
-        target = float_labels if budget == "agreement" else hold.y
-        warnings = self.resolution_warnings(budget, len(hold))
+        warnings = self.resolution_warnings(hold.budget, len(hold))
+        dbg, ranges, start = self.pick_ranges(ctx, hold)
+        a16w8, why_not = self.a16w8_files(ctx, ranges)
+        if why_not:
+            warnings.append(why_not)
         for w in warnings:
             log.warning("%s", w)
-        dbg, ranges, tried, start = self.pick_ranges(ctx, hold, float_labels, target, budget)
-        steps, trace = self.search(ctx, dbg, hold, float_labels, target, budget, ranges, start)
-        write_rows(ctx.run_dir / "fallback_trace.csv", tried + trace, TRACE_COLUMNS)
-        chosen, note = self.choose(steps, budget, len(hold))
+        steps = self.search(dbg, hold, ranges, start, a16w8=a16w8)
+        write_rows(ctx.run_dir / "fallback_trace.csv", hold.trace, TRACE_COLUMNS)
+        chosen, note = choose(steps, hold.budget_text, len(hold))
         if len(self.opts.calibration_ranges) > 1:
             note += f"; activation ranges: {ranges} (of {', '.join(self.opts.calibration_ranges)})"
+        if chosen.fallback == "a16w8":
+            note = f"int16 activations in {', '.join(chosen.layers)}; {note}"
         return [
             self.artifact(
                 ctx,
                 chosen.flatbuffer,
-                chosen.kept,
+                chosen.kept if chosen.fallback == "float" else [],
                 time.perf_counter() - t0,
                 worst_layer=dbg.rows[0]["layer"],
                 note=f"{note}; holdout: {len(hold)} samples of {where}",
@@ -251,33 +239,36 @@ class AutoInt8Recipe(_DebuggerRecipe):
             )
         ]
 
-    def pick_ranges(self, ctx, hold, float_labels, target, budget: str):
-        """(debugger, estimator, trace rows of the estimators not taken, the taken one's scored
-        full-int8 step and trace row for :meth:`search` to go on from): full int8 with each
-        ``calibration_ranges`` estimator, scored on the holdout; the first that meets the
-        budget, else the one that beats the first beyond the noise (the largest gain), else the
-        first."""
-        first, *others = self.opts.calibration_ranges
-        if not others:
-            return self.debugger(ctx, first), first, [], None
+    def a16w8_files(self, ctx: RecipeContext, ranges: str) -> tuple[A16W8Files | None, str]:
+        """(the a16w8 candidates' maker, or None and why not when ``fallback`` asks for them
+        but they cannot be made here; with ``fallback: [a16w8]`` alone that is an error)."""
+        if "a16w8" not in self.opts.fallback:
+            return None, ""
+        try:
+            return A16W8Files(ctx, self.opts, ranges), ""
+        except RunnerError as e:
+            if self.opts.fallback == ["a16w8"]:
+                raise RunnerError(f"recipe.fallback=[a16w8]: {e}") from None
+            return None, f"auto_int8 tried float fallback only (no a16w8 candidates): {e}"
+
+    def pick_ranges(self, ctx: RecipeContext, hold: Holdout):
+        """(debugger, estimator, the taken one's scored full-int8 step for :meth:`search` to go
+        on from): full int8 with each ``calibration_ranges`` estimator, scored on the holdout;
+        the first that meets the budget, else the one that beats the first beyond the noise (the
+        largest gain), else the first. Every estimator's row stays in the trace."""
         scored = []
         for ranges in self.opts.calibration_ranges:
             dbg = self.debugger(ctx, ranges)
-            steps, trace = self.search(
-                ctx, dbg, hold, float_labels, target, budget, ranges, max_float=0
-            )
-            scored.append((dbg, ranges, steps[0], trace))
-        base = scored[0][2]
+            flatbuffer = dbg.quantize([])
+            base = scored[0][2] if scored else None
+            scored.append((dbg, ranges, hold.score(flatbuffer, 0, "none", [], [], base, ranges)))
         meets = [c for c in scored if c[2].meets]
-        better = []
-        for c in scored[1:]:
-            gain, bound = paired_gain(base.right, c[2].right)
-            if gain > 0 and gain >= bound:
-                better.append((gain, c))
-        pick = meets[0] if meets else max(better, key=lambda g: g[0])[1] if better else scored[0]
+        better = [c for c in scored[1:] if c[2].gain > 0 and c[2].gain >= c[2].bound]
+        pick = meets[0] if meets else max(better, key=lambda c: c[2].gain) if better else scored[0]
         log.info("auto_int8: starting from calibration_ranges=%s", pick[1])
-        tried = [row for c in scored if c is not pick for row in c[3]]
-        return pick[0], pick[1], tried, ([pick[2]], pick[3])
+        start = pick[2]
+        start.gain, start.bound = 0.0, 0.0  # the search's full int8: every gain is over it
+        return pick[0], pick[1], start
 
     def budget_kind(self, ctx: RecipeContext) -> str:
         if self.opts.budget != "auto":
@@ -297,87 +288,42 @@ class AutoInt8Recipe(_DebuggerRecipe):
 
     def search(
         self,
-        ctx,
         dbg: Debugger,
-        hold,
-        float_labels,
-        target,
-        budget: str,
-        ranges: str = "minmax",
-        start: tuple[list[_Step], list[dict[str, Any]]] | None = None,
-        max_float: int | None = None,
-    ) -> tuple[list[_Step], list[dict[str, Any]]]:
-        """Score full int8, then one more float layer (worst first) per step, in LiteRT; stop at
-        the first step that meets the budget with a gain over full int8 beyond the noise, or
-        after ``max_float`` float layers (default ``max_float_layers``). ``start``: steps
-        already scored (and their trace rows) to go on from. Returns the steps and their trace
-        rows (``fallback_trace.csv``)."""
-        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
-
-        float_acc = float(np.mean(float_labels == hold.y))
-        steps, trace = (list(start[0]), list(start[1])) if start else ([], [])
-        if steps and steps[0].meets:
-            return steps, trace  # full int8 already meets the budget
-        cap = self.opts.max_float_layers if max_float is None else max_float
-        for k in range(len(steps), min(cap, len(dbg.layers)) + 1):
+        hold: Holdout,
+        ranges: str,
+        start: Step,
+        a16w8: A16W8Files | None = None,
+    ) -> list[Step]:
+        """From full int8 (``start``), one more layer out of int8 (worst first) per step, by
+        each ``fallback``, scored in LiteRT; stop at the first step where a candidate meets the
+        budget with a gain over full int8 beyond the noise, or after ``max_float_layers``."""
+        steps = [start]
+        if start.meets:
+            return steps  # full int8 already meets the budget
+        shown: list[str] = []  # the last a16w8 candidate's layers: a repeat is not scored again
+        for k in range(1, min(self.opts.max_float_layers, len(dbg.layers)) + 1):
             kept = dbg.worst(k)  # every op of the k worst layers
-            flatbuffer = dbg.quantize([r["tensor_name"] for r in kept])
-            out = TFLiteModel(content=flatbuffer).predict(hold.x, ctx.scaling, 128)
-            labels = labels_from_outputs(out)
-            right = labels == target
-            gain, bound = paired_gain(steps[0].right, right) if steps else (0.0, 0.0)
-            acc = float(np.mean(labels == hold.y))
-            agreement = float(np.mean(labels == float_labels))
-            meets = self.within(budget, float_acc - acc, agreement)
-            step = _Step(k, flatbuffer, kept, right, gain, bound, meets)
-            steps.append(step)
-            trace.append(
-                {
-                    "step": k,
-                    "calibration_ranges": ranges,
-                    "float_layers": k,
-                    "layers": " ".join(dict.fromkeys(r["layer"] for r in kept)),
-                    "size_bytes": len(flatbuffer),
-                    "holdout_accuracy": acc,
-                    "accuracy_drop": float_acc - acc,
-                    "agreement": agreement,
-                    "gain_over_int8": gain,
-                    "noise_bound": bound,
-                    "beyond_noise": step.real,
-                    "budget": self.budget_text(budget),
-                    "samples": len(hold),
-                    "meets_budget": step.meets,
-                }
-            )
-            log.info(
-                "auto_int8 (%s ranges): %d float layer(s), holdout accuracy %.4f (drop %.4f), "
-                "agreement %.4f, gain over int8 %+.4f (noise bound %.4f)",
-                *(ranges, k, acc, float_acc - acc, agreement, gain, bound),
-            )
-            if step.meets and (k == 0 or step.real):
+            names = list(dict.fromkeys(r["layer"] for r in kept))
+            for fallback in self.opts.fallback:
+                if fallback == "float":
+                    flat = dbg.quantize([r["tensor_name"] for r in kept])
+                    steps.append(hold.score(flat, k, "float", kept, names, start, ranges))
+                elif a16w8 is not None and (sixteen := a16w8.present(names)) not in ([], shown):
+                    shown = sixteen
+                    flat = a16w8.flatbuffer(sixteen)
+                    steps.append(hold.score(flat, k, "a16w8", kept, sixteen, start, ranges))
+                else:
+                    continue
+                row = hold.trace[-1]
+                log.info(
+                    "auto_int8: %d layer(s) %s, holdout accuracy %.4f, agreement %.4f, gain over "
+                    "int8 %+.4f (noise bound %.4f)",
+                    *(k, fallback, row["holdout_accuracy"], row["agreement"]),
+                    *(row["gain_over_int8"], row["noise_bound"]),
+                )
+            if any(s.k == k and s.done for s in steps):
                 break
-        return steps, trace
-
-    def choose(self, steps: list[_Step], budget: str, n: int) -> tuple[_Step, str]:
-        """The first step in budget whose gain is real; else the best real gain; else full
-        int8 (the smallest candidate, and none is shown to beat it)."""
-        text, last = self.budget_text(budget), steps[-1]
-        if last.meets and (last.k == 0 or last.real):
-            return last, f"budget {text} met with {last.k} float layer(s) ({last.summary(n)})"
-        real = [s for s in steps[1:] if s.real]
-        chosen = max(real, key=lambda s: (s.gain, -s.k)) if real else steps[0]
-        why = (
-            f"kept {chosen.k} float layer(s), the largest gain over full int8 beyond the "
-            f"holdout's noise ({chosen.summary(n)})"
-            if real
-            else "no float layer gained more than the holdout's noise over full int8, so this "
-            f"is full int8 ({steps[0].summary(n)})"
-        )
-        return chosen, (
-            f"no point within {last.k} float layer(s) meets the budget {text}; {why}. Next: "
-            "recipe=int16x8 (16-bit activations), recipe=qat (fine-tunes for int8), a larger "
-            "recipe.calibration_samples, or recipe=float16"
-        )
+        return steps
 
     def resolution_warnings(self, budget: str, n: int) -> list[str]:
         """A budget worth fewer than :data:`MIN_SAMPLES_IN_BUDGET` holdout samples is noise."""

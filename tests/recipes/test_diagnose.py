@@ -46,8 +46,13 @@ def fragile():
 
 
 def _ctx(model, data, tmp_path):
+    """The run's context, with its float32 reference (what auto_int8's a16w8 candidates start
+    from)."""
     (tmp_path / "models").mkdir(parents=True, exist_ok=True)
-    return RecipeContext(model, data, UNIT, tmp_path / "models", {"validation_split": 0.1})
+    ctx = RecipeContext(model, data, UNIT, tmp_path / "models", {"validation_split": 0.1})
+    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
+    ctx.reference_path = ref.path
+    return ctx
 
 
 def _produce(recipe, ctx, *overrides):
@@ -57,15 +62,19 @@ def _produce(recipe, ctx, *overrides):
     return rec, art
 
 
+def _rows(tmp_path):
+    return list(csv.DictReader((tmp_path / "fallback_trace.csv").read_text().splitlines()))
+
+
 def _trace(tmp_path, art):
-    """fallback_trace.csv's rows of the activation ranges the search started from (the other
-    estimators' full-int8 rows are there too)."""
+    """fallback_trace.csv's float-fallback rows of the activation ranges the search started
+    from (the other estimators' full-int8 rows, and the a16w8 candidates, are there too)."""
     import re
 
     ranges = re.search(r"activation ranges: (\w+)", art.note).group(1)
-    rows = list(csv.DictReader((tmp_path / "fallback_trace.csv").read_text().splitlines()))
+    rows = _rows(tmp_path)
     assert {r["calibration_ranges"] for r in rows} == {"minmax", "mean"}
-    return [r for r in rows if r["calibration_ranges"] == ranges]
+    return [r for r in rows if r["calibration_ranges"] == ranges and r["fallback"] != "a16w8"]
 
 
 def _accuracy(path, data):
@@ -123,6 +132,13 @@ def test_auto_int8_stops_at_the_first_point_within_budget(fragile, tmp_path):
     assert "budget accuracy drop <= 0.01 met with 1 float layer(s)" in art.note
     assert trace[-1]["budget"] == "accuracy drop <= 0.01" and trace[-1]["samples"] == "144"
     assert _accuracy(art.path, data) > 0.85
+    # the same layer with int16 activations keeps its crushed int8 weights: scored, reported,
+    # not taken
+    (a16w8,) = [r for r in _rows(tmp_path) if r["fallback"] == "a16w8"]
+    assert a16w8["step"] == "1" and a16w8["layers"] == "fragile" and a16w8["int16_layers"] == "1"
+    assert a16w8["meets_budget"] == "False" and float(a16w8["holdout_accuracy"]) < 0.5
+    assert "; the same layers with int16 activations: holdout score" in art.note
+    assert "(misses it)" in art.note and not [w for w in art.warnings if "a16w8" in w]
 
 
 @pytest.mark.slow
@@ -153,7 +169,7 @@ def test_auto_int8_without_a_point_in_budget_says_so_and_keeps_the_best(fragile,
     rec, art = _produce("auto_int8", ctx, "recipe.max_float_layers=0")
     trace = _trace(tmp_path, art)
     assert len(trace) == 1 and trace[0]["meets_budget"] == "False"
-    assert "no point within 0 float layer(s) meets the budget" in art.note
+    assert "no point within 0 layer(s) out of int8 meets the budget" in art.note
     assert art.float_layers == "0"
     # a budget or count that cannot be meant is refused by name
     for bad in ("recipe.max_accuracy_drop=-0.01", "recipe.max_float_layers=-2"):

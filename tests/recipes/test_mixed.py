@@ -111,3 +111,127 @@ def test_the_ranking_is_kept_with_the_baseline_and_not_made_again(ctx, tmp_path,
     again = _produce(ctx, "recipe.sixteen_bit_layers=1", "recipe.calibration_samples=100")
     assert "int16 activations in 1 layer(s)" in again.note and again.note == first.note
     assert again.path.read_bytes() == written
+
+
+@pytest.fixture(scope="module")
+def spiky(tmp_path_factory):
+    """A digits MLP whose layer ``spiky`` has one unit that fires ~3000 on the 3% of images
+    with pixel 7 lit and feeds nothing: the float model ignores it, but its per-tensor int8
+    range crushes every other unit of ``spiky`` to zero (full int8 is a coin toss). ``spiky``
+    and its consumer ``hidden`` must leave int8 together: both in float, or both with int16
+    activations."""
+    data = load_digits()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten(name="flat")(inp)
+    x = keras.layers.Dense(32, activation="relu", name="spiky")(x)
+    x = keras.layers.Dense(32, activation="relu", name="hidden")(x)
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="head")(x))
+    from runner.train import TrainConfig, train
+
+    train(model, data, TrainConfig(epochs=10, early_stopping_patience=0), UNIT)
+    kernel, bias = model.get_layer("spiky").get_weights()
+    kernel[:, 0], kernel[7, 0], bias[0] = 0, 3000, 0
+    model.get_layer("spiky").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[0, :] = 0  # the spike feeds nothing
+    model.get_layer("hidden").set_weights([kernel, bias])
+    tmp = tmp_path_factory.mktemp("spiky")
+    (tmp / "models").mkdir()
+    ctx = RecipeContext(model, data, UNIT, tmp / "models", {"validation_split": 0.1})
+    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
+    ctx.reference_path = ref.path
+    return ctx
+
+
+def _auto(ctx, *overrides):
+    import csv
+
+    auto = [
+        "recipe=auto_int8",
+        "recipe.calibration_ranges=[minmax]",  # the mean of the samples' ranges would clip it
+        "recipe.max_float_layers=3",
+        "recipe.max_accuracy_drop=0.03",
+    ]
+    (art,) = build(compose_config(*auto, *overrides).recipe).produce(ctx)
+    path = ctx.run_dir / "fallback_trace.csv"
+    return art, list(csv.DictReader(path.read_text().splitlines()))
+
+
+def _test_accuracy(ctx, path) -> float:
+    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+
+    out = TFLiteModel(path).predict(ctx.dataset.test.x, UNIT, 128)
+    return float(np.mean(labels_from_outputs(out) == ctx.dataset.test.y))
+
+
+def test_auto_int8_scores_float_and_int16_for_each_step_and_takes_float_first(spiky):
+    art, trace = _auto(spiky)
+    assert trace[0]["fallback"] == "none" and float(trace[0]["holdout_accuracy"]) < 0.3
+    steps = [(r["step"], r["fallback"]) for r in trace[1:]]
+    assert steps == [(str(k), f) for k in range(1, len(steps) // 2 + 1) for f in ("float", "a16w8")]
+    last = {r["fallback"]: r for r in trace if r["step"] == trace[-1]["step"]}
+    assert last["float"]["meets_budget"] == last["a16w8"]["meets_budget"] == "True"
+    assert {"spiky", "hidden"} <= set(last["float"]["layers"].split())
+    assert last["a16w8"]["int16_layers"] == str(len(last["a16w8"]["layers"].split()))
+    # both meet the budget: the first of recipe.fallback (float) is taken, the other reported
+    assert art.float_layers.startswith(last["float"]["step"] + ":")
+    assert "; the same layers with int16 activations: holdout score" in art.note
+    assert "(meets it)" in art.note and _test_accuracy(spiky, art.path) > 0.8
+
+
+def test_auto_int8_integer_only_takes_layers_to_int16_activations_not_float(spiky):
+    art, trace = _auto(spiky, "recipe.fallback=[a16w8]")
+    assert {r["fallback"] for r in trace[1:]} == {"a16w8"} and trace[-1]["meets_budget"] == "True"
+    chosen = trace[-1]["layers"].split()
+    assert {"spiky", "hidden"} <= set(chosen)
+    assert art.float_layers == "0" and f"int16 activations in {', '.join(chosen)}" in art.note
+    assert f"met with {len(chosen)} int16-activation layer(s)" in art.note
+    types = _compute_types(art.path)
+    assert all(types[layer] == {7} for layer in chosen)  # int16 where the search put it ...
+    assert all(t == {9} for name, t in types.items() if name not in chosen)  # ... int8 elsewhere
+    assert _test_accuracy(spiky, art.path) > 0.8  # full int8: a coin toss
+    # integer-only cannot fall back to float when a16w8 cannot be made: one clear error
+    no_reference = dataclasses.replace(spiky, reference_path=None)
+    with pytest.raises(RunnerError, match=r"recipe.fallback=\[a16w8\]: this run has no float32"):
+        _auto(no_reference, "recipe.fallback=[a16w8]")
+    with pytest.raises(RunnerError, match="names a fallback twice"):
+        build(compose_config("recipe=auto_int8", "recipe.fallback=[float,float]").recipe)
+
+
+def test_aeq_calibration_takes_the_same_range_estimators_as_the_converter(spiky):
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import recipe_manager
+
+    from runner.recipes.mixed import A16W8Files
+    from runner.recipes.ranges import aeq_calibration
+
+    files = A16W8Files(spiky, build(compose_config("recipe=auto_int8").recipe).opts)
+    reference = files.reference
+    data = files.recipe._signature_data(reference, spiky, 50)
+    for i, sample in enumerate(next(iter(data.values()))):  # ranges far apart: 0.1x ... 5x
+        for key in sample:
+            sample[key] = sample[key] * (i + 1) / 10
+    manager = recipe_manager.RecipeManager()
+    manager.add_quantization_config(
+        regex=".*",
+        operation_name="*",
+        op_config=recipe_manager.qtyping.OpQuantizationConfig(
+            activation_tensor_config=recipe_manager.qtyping.TensorQuantizationConfig(
+                num_bits=8, symmetric=False
+            ),
+            weight_tensor_config=recipe_manager.qtyping.TensorQuantizationConfig(num_bits=8),
+            compute_precision=recipe_manager.qtyping.ComputePrecision.INTEGER,
+        ),
+    )
+    name = Interpreter(model_content=reference).get_input_details()[0]["name"]
+    x = np.stack([next(iter(d.values()))[0] for d in next(iter(data.values()))])
+    lows, highs = x.reshape(len(x), -1).min(1), x.reshape(len(x), -1).max(1)
+    for ranges, want in (
+        ("minmax", (lows.min(), highs.max())),
+        ("mean", (lows.mean(), highs.mean())),
+    ):
+        qsv = aeq_calibration(reference, manager, data, ranges)[name]
+        assert np.allclose([np.min(qsv["min"]), np.max(qsv["max"])], want, rtol=1e-5), ranges
+        assert "samples" not in qsv  # nothing of ours is left for AEQ to read
+    assert highs.max() > 1.5 * highs.mean()  # the two estimators are told apart here
