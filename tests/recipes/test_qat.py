@@ -161,6 +161,43 @@ def test_frozen_batch_norm_keeps_the_float_models_moving_statistics(tmp_path):
     assert np.abs(_bn(moving) - _bn(model)).max() > 1e-3
 
 
+def _activation_ranges(model) -> list[float]:
+    return [
+        float(w.numpy())
+        for w in model.non_trainable_weights
+        if w.name.split("/")[-1].split(":")[0].endswith(("_min", "_max")) and "kernel" not in w.name
+    ]
+
+
+def _kernels(model) -> list:
+    return [w.numpy() for w in model.trainable_weights if "kernel" in w.name]
+
+
+@pytest.mark.slow
+def test_frozen_ranges_stay_where_calibration_started_them_while_the_weights_learn(tmp_path):
+    from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
+
+    model, ctx = _tiny_ctx(tmp_path)
+    one = {"epochs": 2, "restore_best": False, "learning_rate_scale": 1.0}
+    frozen = QATRecipe.with_options(freeze_ranges=True, **one)
+    tuned = frozen.fine_tune(model, ctx).model
+    moving = QATRecipe.with_options(**one).fine_tune(model, ctx).model
+    # the start both fine-tunings had: the same draw, calibrated by the first estimator
+    calib = frozen.opts.draw(ctx)
+    start, _ = quantize_aware(qat_ready(model, calib), freeze_batch_norm=True)
+    calibrate_ranges(start, model, calib, "minmax")
+    kept, moved, began = map(_activation_ranges, (tuned, moving, start))
+    assert len(kept) >= 4 and len(kept) == len(moved) == len(began)
+    assert kept == pytest.approx(began, rel=1e-6)  # frozen: where calibration put them
+    assert any(
+        abs(m - b) > 1e-4 for m, b in zip(moved, began, strict=True)
+    )  # tfmot's average moved some
+    # ... while the weights learned
+    assert any(
+        np.abs(a - b).max() > 1e-4 for a, b in zip(_kernels(tuned), _kernels(start), strict=True)
+    )
+
+
 @pytest.mark.slow
 def test_distillation_fits_the_float_models_outputs(tmp_path, monkeypatch):
     model, ctx = _tiny_ctx(tmp_path)
@@ -370,3 +407,34 @@ def test_the_auto_learning_rate_is_the_trial_with_the_lowest_loss_and_skips_a_ha
     from runner.recipes.qat import kept_note
 
     assert kept_note(done.kept).endswith("learning rate 0.03")
+
+
+def test_distillation_at_a_temperature_teaches_where_both_models_already_agree():
+    """Teacher and student both say class 0 with 0.9, but swap the runner-up: at temperature 1
+    that costs little (the runner-ups are 1-9 % of the mass), at 4 it costs ~6x more. A model
+    ending in a softmax distills exactly as one ending in logits."""
+    import tensorflow as tf
+
+    from runner.recipes.qat.recipe import _probabilities, distillation_loss
+
+    teacher = tf.constant([[0.9, 0.09, 0.01]])
+    student = tf.constant([[0.9, 0.01, 0.09]])
+
+    def excess(t: float) -> float:
+        loss = distillation_loss(t, probabilities=True)
+        return float(loss(teacher, student)[0] - loss(teacher, teacher)[0])
+
+    plain = keras.losses.categorical_crossentropy(teacher, student)
+    assert np.isclose(float(distillation_loss(1, True)(teacher, student)[0]), float(plain[0]))
+    assert excess(1) > 0 and excess(4) > 5 * excess(1)
+    logits = distillation_loss(4, probabilities=False)
+    assert np.isclose(
+        float(logits(tf.math.log(teacher), tf.math.log(student))[0]),
+        float(distillation_loss(4, True)(teacher, student)[0]),
+        rtol=1e-5,
+    )
+    # one sigmoid unit is two classes, p and 1 - p
+    binary = distillation_loss(4, True)(tf.constant([[0.8]]), tf.constant([[0.6]]))
+    two = distillation_loss(4, True)(tf.constant([[0.2, 0.8]]), tf.constant([[0.4, 0.6]]))
+    assert np.isclose(float(binary[0]), float(two[0]), rtol=1e-5)
+    assert _probabilities(np.array([[0.2, 0.8]])) and not _probabilities(np.array([[-1.0, 3.0]]))

@@ -26,7 +26,12 @@ from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, Recipe
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
 from runner.recipes.qat.judge import EpochJudge, kept_note, left_float_note
 from runner.recipes.qat.lr import TRIAL_STEPS, fine_tuning_rate
-from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
+from runner.recipes.qat.wrap import (
+    activation_range_keeper,
+    calibrate_ranges,
+    qat_ready,
+    quantize_aware,
+)
 from runner.recipes.ranges import RangeEstimator, one_knob
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,17 @@ class QATOptions(CalibrationOptions):
     )
     distill: bool = Field(
         True, description="targets are the float model's outputs (keeps QAT faithful to it)"
+    )
+    distill_temperature: float = Field(
+        1.0,
+        ge=1,
+        description="distill: soften both models' outputs by this temperature (Hinton et al.) "
+        "so the samples both already label alike still teach; 1: plain cross-entropy",
+    )
+    freeze_ranges: bool = Field(
+        False,
+        description="activation ranges stay where calibration_ranges started them while the "
+        "weights fine-tune (false: tfmot's moving average of each batch's min and max)",
     )
     restore_best: bool = Field(
         True, description="score every epoch's int8 file on held-out data; keep the best"
@@ -193,8 +209,11 @@ class QATRecipe(RecipeBase):
         steps = int(o.steps_per_epoch or max(1, math.ceil(len(fit_split) / batch)))
         loss, metrics = loss_for(qat_model), ["accuracy"]
         if o.distill:
-            fit_split = Split(fit_split.x, predict_keras(model, fit_split.x, ctx.scaling))
+            targets = predict_keras(model, fit_split.x, ctx.scaling)
+            fit_split = Split(fit_split.x, targets)
             loss = loss.replace("sparse_", "")
+            if o.distill_temperature != 1:
+                loss = distillation_loss(o.distill_temperature, _probabilities(targets))
             metrics = []
 
         def compile_with(lr: float) -> None:
@@ -223,6 +242,8 @@ class QATRecipe(RecipeBase):
         )
         stop = keras.callbacks.LambdaCallback(on_train_batch_end=check_interrupt)
         callbacks = [count, stop]
+        if self.opts.freeze_ranges:
+            callbacks.append(activation_range_keeper(qat_model))
         if judge is not None:
             if not judge.scores:  # start_ranges may have scored it
                 judge.score(qat_model, 0)  # epoch 0: before any fine-tuning step
@@ -293,3 +314,37 @@ class QATRecipe(RecipeBase):
                 note=note,
             ),
         ]
+
+
+def _probabilities(outputs) -> bool:
+    """Whether a model's outputs are probabilities (a softmax's rows, or sigmoid units)."""
+    import numpy as np
+
+    out = np.asarray(outputs, np.float64)
+    if out.min() < 0 or out.max() > 1:
+        return False
+    return out.shape[-1] == 1 or bool(np.allclose(out.sum(-1), 1, atol=1e-3))
+
+
+def distillation_loss(temperature: float, probabilities: bool):
+    """Knowledge distillation at ``temperature``: cross-entropy between the teacher's and the
+    student's outputs softened by it, times its square (the gradients' scale stays that of
+    temperature 1). Probabilities are turned back into logits (their logs; a sigmoid unit's
+    two classes), so a model that ends in a softmax distills the same as one that ends in
+    logits."""
+    import tensorflow as tf
+
+    def logits(out):
+        if not probabilities:
+            return out
+        if out.shape[-1] == 1:  # one sigmoid unit: two classes, p and 1 - p
+            out = tf.concat([1 - out, out], axis=-1)
+        return tf.math.log(tf.clip_by_value(out, 1e-7, 1.0))
+
+    def loss(teacher, student):
+        soft = tf.nn.softmax(logits(teacher) / temperature)
+        return -tf.reduce_sum(soft * tf.nn.log_softmax(logits(student) / temperature), -1) * (
+            temperature**2
+        )
+
+    return loss

@@ -358,3 +358,25 @@ def _start_weight_and_input_ranges(qat_model, x) -> int:
                     var.assign(lo if name.endswith("_min") else hi)
                     done += 1
     return done
+
+
+def activation_range_keeper(qat_model):
+    """A Keras callback that puts every activation range (and input range) of ``qat_model``
+    back after each training step: the ranges stay where :func:`calibrate_ranges` started
+    them and only the weights learn. (tfmot moves them by an exponential average of each
+    batch's min and max, i.e. towards the widest values of each batch.) The weight ranges
+    follow the weights as before."""
+    import tf_keras as keras
+
+    def is_activation_range(v) -> bool:
+        name = v.name.split("/")[-1].split(":")[0]
+        return name.endswith(("_min", "_max")) and not name.startswith("kernel")
+
+    kept = [(v, v.numpy()) for v in qat_model.non_trainable_variables if is_activation_range(v)]
+
+    def put_back(*_args) -> None:
+        for v, value in kept:
+            v.assign(value)
+
+    log.info("QAT: %d activation ranges kept at their calibrated start", len(kept))
+    return keras.callbacks.LambdaCallback(on_train_batch_end=put_back)
