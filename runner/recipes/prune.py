@@ -333,6 +333,16 @@ class CollaborativeOptions(QATOptions):
         description="the export's TFLite converter settings (full integer, int8 I/O)",
     )
 
+    @field_validator("steps")
+    @classmethod
+    def _clusters_unfolded(cls, steps: str, info) -> str:
+        if info.data.get("fold_batch_norm") and steps != "prune":
+            raise ValueError(
+                "recipe.fold_batch_norm=true scales each output channel of the clustered "
+                "kernels, so the clusters would no longer share values: leave it false here"
+            )
+        return steps
+
 
 class CollaborativeRecipe(QATRecipe):
     """The guide's collaborative optimization: pruning and/or clustering, each fine-tuned, then

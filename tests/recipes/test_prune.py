@@ -132,3 +132,16 @@ def test_an_int8_layer_report_carries_each_layers_weight_columns(mobilenet_runs)
     assert float(dw["relative_rmse"]) >= 0 and float(dw["weight_sparsity"]) < 0.1
     assert int(dw["unique_per_channel"]) == 9  # a 3x3 kernel per channel, all distinct
     assert int(head["unique_per_channel"]) > 16  # 32 inputs per class
+
+
+def test_clustering_with_folded_batch_norm_is_refused_pruning_is_not():
+    from helpers import compose_config
+
+    from runner.errors import RunnerError
+    from runner.pipeline import build_recipe
+
+    for recipe in ("cluster_qat", "prune_cluster_qat"):
+        with pytest.raises(RunnerError, match="clusters would no longer share values"):
+            build_recipe(compose_config(f"recipe={recipe}", "recipe.fold_batch_norm=true").recipe)
+    pruned = build_recipe(compose_config("recipe=prune_qat", "recipe.fold_batch_norm=true").recipe)
+    assert pruned.opts.fold_batch_norm  # zeros stay zeros when a channel is scaled

@@ -151,10 +151,11 @@ def _bn(model):
 @pytest.mark.slow
 def test_frozen_batch_norm_keeps_the_float_models_moving_statistics(tmp_path):
     model, ctx = _tiny_ctx(tmp_path)
-    frozen = QATRecipe.with_options(epochs=1, freeze_batch_norm=True).fine_tune(model, ctx).model
+    unfolded = {"epochs": 1, "fold_batch_norm": False}  # a folded BatchNorm has no statistics
+    frozen = QATRecipe.with_options(freeze_batch_norm=True, **unfolded).fine_tune(model, ctx).model
     np.testing.assert_array_equal(_bn(frozen), _bn(model))
     moving = (
-        QATRecipe.with_options(epochs=1, freeze_batch_norm=False, restore_best=False)
+        QATRecipe.with_options(freeze_batch_norm=False, restore_best=False, **unfolded)
         .fine_tune(model, ctx)
         .model
     )
@@ -184,8 +185,9 @@ def test_frozen_ranges_stay_where_calibration_started_them_while_the_weights_lea
     moving = QATRecipe.with_options(**one).fine_tune(model, ctx).model
     # the start both fine-tunings had: the same draw, calibrated by the first estimator
     calib = frozen.opts.draw(ctx)
-    start, _ = quantize_aware(qat_ready(model, calib), freeze_batch_norm=True)
-    calibrate_ranges(start, model, calib, "minmax")
+    folded, _ = frozen.folded(qat_ready(model, calib), calib)
+    start, _ = quantize_aware(folded, freeze_batch_norm=True)
+    calibrate_ranges(start, folded, calib, "minmax")
     kept, moved, began = map(_activation_ranges, (tuned, moving, start))
     assert len(kept) >= 4 and len(kept) == len(moved) == len(began)
     assert kept == pytest.approx(began, rel=1e-6)  # frozen: where calibration put them
@@ -438,3 +440,41 @@ def test_distillation_at_a_temperature_teaches_where_both_models_already_agree()
     two = distillation_loss(4, True)(tf.constant([[0.2, 0.8]]), tf.constant([[0.4, 0.6]]))
     assert np.isclose(float(binary[0]), float(two[0]), rtol=1e-5)
     assert _probabilities(np.array([[0.2, 0.8]])) and not _probabilities(np.array([[-1.0, 3.0]]))
+
+
+def test_qat_folds_batch_norm_first_so_fine_tuning_stays_well_conditioned(tmp_path):
+    """A conv whose kernel is 100x smaller and whose BatchNorm's sigma is 100x smaller computes
+    the same function (what few training steps and no weight decay leave), but through the frozen
+    BatchNorm the loss's curvature in that kernel is 10^4 times larger: fine-tuning at an
+    ordinary rate diverges. Folded first, as the converter folds, it stays at the float model."""
+    from runner.evaluation.metrics import labels_from_outputs, predict_keras
+
+    d, unit = load_digits(), Scaling("unit")
+    keras.utils.set_random_seed(0)
+    model = small_cnn((8, 8, 1), 10)
+    train(model, d, TrainConfig(epochs=3, early_stopping_patience=0), unit)
+    before = predict_keras(model, d.test.x, unit)
+    conv, bn = model.get_layer("block1_conv"), model.get_layer("block1_bn")
+    conv.set_weights([w / 100 for w in conv.get_weights()])
+    gamma, beta, mean, var = bn.get_weights()
+    bn.epsilon = 1e-9
+    bn.set_weights([gamma, beta, mean / 100, (var + 1e-3) / 1e4])
+    same = predict_keras(model, d.test.x, unit)
+    assert np.abs(same - before).max() < 1e-2  # the same function
+    ctx = RecipeContext(
+        model, Dataset("digits", d.train, d.test, 10), unit, tmp_path,
+        {"batch_size": 32, "learning_rate": 0.01},
+    )  # fmt: skip
+    labels = labels_from_outputs(same)
+
+    def agreement(fold: bool) -> float:
+        recipe = QATRecipe.with_options(
+            epochs=1, optimizer="sgd", learning_rate_scale=1.0, restore_best=False,
+            fold_batch_norm=fold,
+        )  # fmt: skip
+        tuned = recipe.fine_tune(model, ctx).model
+        assert fold == (not any("_bn" in layer.name for layer in tuned.layers))
+        return float(np.mean(labels_from_outputs(predict_keras(tuned, d.test.x, unit)) == labels))
+
+    assert agreement(True) > 0.95
+    assert agreement(False) < 0.5  # diverged

@@ -156,6 +156,8 @@ def kept_note(kept: dict[str, Any]) -> str:
         note += f"; activation ranges {kept['ranges']}"
     if kept.get("learning_rate"):
         note += f"; learning rate {kept['learning_rate']:.2g}"
+    if kept.get("folded"):
+        note += f"; {kept['folded']} BatchNorm folded first"
     ptq = kept.get("post_training")
     if ptq:
         note += (

@@ -50,6 +50,11 @@ class QATOptions(CalibrationOptions):
         description="fine-tuning learning rate = train.learning_rate x this; auto: the best of "
         "0.1, 0.01, 0.001 after a short trial of each (runner.recipes.qat.lr)",
     )
+    optimizer: str | None = Field(
+        None,
+        min_length=1,
+        description="a Keras optimizer name for fine-tuning; null: train.optimizer",
+    )
     batch_size: int | None = Field(None, ge=1, description="null: train.batch_size")
     steps_per_epoch: int | None = Field(None, ge=1, description="null: the whole training split")
     skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
@@ -57,6 +62,11 @@ class QATOptions(CalibrationOptions):
     )
     fallback: bool = Field(
         True, description="leave layers tfmot cannot annotate float (false: stop, naming them)"
+    )
+    fold_batch_norm: bool = Field(
+        False,
+        description="fold each BatchNorm into the conv/dense before it first, as the converter "
+        "does (fine-tuning through a frozen BatchNorm is ill-conditioned: see the recipes page)",
     )
     freeze_batch_norm: bool = Field(
         True, description="BatchNorm moving statistics stay the float model's while fine-tuning"
@@ -146,7 +156,7 @@ class QATRecipe(RecipeBase):
         o = self.opts
         train_cfg = TrainConfig.from_mapping(ctx.train_cfg or {})
         calib = o.draw(ctx) if calibration is None else calibration
-        model = qat_ready(model, calib)
+        model, folded = self.folded(qat_ready(model, calib), calib)
         qat_model, left_float = quantize_aware(
             model, tuple(o.skip_layers), o.fallback, o.freeze_batch_norm, self.scheme()
         )
@@ -163,7 +173,7 @@ class QATRecipe(RecipeBase):
         done = FineTuned(qat_model, seconds, steps_run, o.epochs, left_float=left_float)
         done.ranges = ranges
         if judge is not None:
-            done.kept = {**judge.restore(qat_model), "learning_rate": lr}
+            done.kept = {**judge.restore(qat_model), "learning_rate": lr, "folded": folded}
             done.flatbuffer = judge.best_flatbuffer
             done.epoch = done.kept["epoch"]
             if "TFLITE_BUILTINS_INT8" in self.converter.supported_ops:  # a full-int8 file:
@@ -176,6 +186,22 @@ class QATRecipe(RecipeBase):
             f": {kept_note(done.kept)}" if done.kept else "",
         )
         return done
+
+    def folded(self, model, calib) -> tuple[Any, int]:
+        """(``model`` with its BatchNorms folded into the layers before them, how many), when
+        ``fold_batch_norm``; a model whose folded copy would not match stays as it is."""
+        if not self.opts.fold_batch_norm:
+            return model, 0
+        from runner.recipes.qat.fold import fold_batch_norm
+
+        try:
+            model, names = fold_batch_norm(model, calib)
+        except RunnerError as e:
+            log.warning("QAT fine-tunes the BatchNorms unfolded: %s", e)
+            return model, 0
+        if names:
+            log.info("QAT: %d BatchNorm folded into the layers before them", len(names))
+        return model, len(names)
 
     def start_ranges(self, qat_model, float_model, calib, judge) -> str:
         """Start the quantizers with each ``calibration_ranges`` estimator, score each start's
@@ -217,7 +243,7 @@ class QATRecipe(RecipeBase):
             metrics = []
 
         def compile_with(lr: float) -> None:
-            opt = make_optimizer(train_cfg.optimizer, lr)
+            opt = make_optimizer(o.optimizer or train_cfg.optimizer, lr)
             qat_model.compile(optimizer=opt, loss=loss, metrics=metrics)
 
         # The sequence wraps around, so epochs x steps batches are always there (a small data
