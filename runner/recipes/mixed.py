@@ -159,6 +159,7 @@ class A16W8Files:
         self.ctx, self.ranges = ctx, ranges
         self.scopes = op_scopes(self.reference)
         self._calibration = None
+        self.failed = ""  # why ai-edge-quantizer could not make a candidate
 
     def present(self, layers: list[str]) -> list[str]:
         """The ``layers`` that have an op in the reference (the converter's report may name
@@ -167,9 +168,18 @@ class A16W8Files:
             layer for layer in layers if any(re.search(layer_scope(layer), s) for s in self.scopes)
         ]
 
-    def flatbuffer(self, sixteen: list[str]) -> bytes:
-        """Static int8 with int16 activations in the ops of ``sixteen``."""
-        flatbuffer, self._calibration = self.recipe.quantize_calibrated(
-            self.reference, self.ctx, self.recipe.rules_for(sixteen), self._calibration, self.ranges
-        )
+    def flatbuffer(self, sixteen: list[str]) -> bytes | None:
+        """Static int8 with int16 activations in the ops of ``sixteen``; None when
+        ai-edge-quantizer fails on this model (its reason in :attr:`failed`; later calls do not
+        try again)."""
+        if self.failed:
+            return None
+        try:
+            flatbuffer, self._calibration = self.recipe.quantize_calibrated(
+                self.reference, self.ctx, self.recipe.rules_for(sixteen), self._calibration,
+                self.ranges,
+            )  # fmt: skip
+        except RunnerError as e:
+            self.failed = str(e)
+            return None
         return flatbuffer

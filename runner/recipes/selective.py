@@ -220,6 +220,11 @@ class AutoInt8Recipe(_DebuggerRecipe):
         for w in warnings:
             log.warning("%s", w)
         steps = self.search(dbg, hold, ranges, start, a16w8=a16w8)
+        if a16w8 is not None and a16w8.failed:
+            if self.opts.fallback == ["a16w8"]:
+                raise RunnerError(f"recipe.fallback=[a16w8]: no a16w8 candidate: {a16w8.failed}")
+            warnings.append(f"auto_int8 tried float fallback only (a16w8 failed): {a16w8.failed}")
+            log.warning("%s", warnings[-1])
         write_rows(ctx.run_dir / "fallback_trace.csv", hold.trace, TRACE_COLUMNS)
         chosen, note = choose(steps, hold.budget_text, len(hold))
         if len(self.opts.calibration_ranges) > 1:
@@ -310,7 +315,8 @@ class AutoInt8Recipe(_DebuggerRecipe):
                     steps.append(hold.score(flat, k, "float", kept, names, start, ranges))
                 elif a16w8 is not None and (sixteen := a16w8.present(names)) not in ([], shown):
                     shown = sixteen
-                    flat = a16w8.flatbuffer(sixteen)
+                    if (flat := a16w8.flatbuffer(sixteen)) is None:
+                        continue  # ai-edge-quantizer failed: said once, after the search
                     steps.append(hold.score(flat, k, "a16w8", kept, sixteen, start, ranges))
                 else:
                     continue

@@ -235,3 +235,26 @@ def test_aeq_calibration_takes_the_same_range_estimators_as_the_converter(spiky)
         assert np.allclose([np.min(qsv["min"]), np.max(qsv["max"])], want, rtol=1e-5), ranges
         assert "samples" not in qsv  # nothing of ours is left for AEQ to read
     assert highs.max() > 1.5 * highs.mean()  # the two estimators are told apart here
+
+
+def test_an_ai_edge_quantizer_failure_mid_search_leaves_the_float_search_and_says_so(
+    spiky, monkeypatch
+):
+    from runner.recipes.aeq import AEQRecipe
+
+    calls = []
+
+    def broken(self, *_a, **_k):
+        calls.append(1)
+        raise RunnerError("ai-edge-quantizer failed: ValueError: unsupported op")
+
+    monkeypatch.setattr(AEQRecipe, "quantize_calibrated", broken)
+    art, trace = _auto(spiky)
+    assert {r["fallback"] for r in trace} == {"none", "float"} and len(calls) == 1  # tried once
+    assert trace[-1]["meets_budget"] == "True" and art.float_layers != "0"
+    (warning,) = [w for w in art.warnings if "a16w8" in w]
+    assert "float fallback only" in warning and "unsupported op" in warning
+    with pytest.raises(
+        RunnerError, match=r"fallback=\[a16w8\]: no a16w8 candidate.*unsupported op"
+    ):
+        _auto(spiky, "recipe.fallback=[a16w8]")
