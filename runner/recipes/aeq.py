@@ -135,8 +135,9 @@ class AEQRecipe(RecipeBase):
     def static(self) -> bool:
         return any(r.mode == "static" for r in self.rules)
 
-    def produce(self, ctx: RecipeContext, rules: list[Rule] | None = None) -> list[Artifact]:
-        """Quantize the reference with ``rules`` (default: the recipe's own) and write it."""
+    def reference(self, ctx: RecipeContext) -> bytes:
+        """The run's float32 reference ``.tflite``; a :class:`RunnerError` saying why when
+        ai-edge-quantizer is not installed or the run has no float32 reference."""
         if _aeq() is None:
             raise RunnerError(INSTALL.format(name=self.name))
         if ctx.reference_path is None or not ctx.reference_path.is_file():
@@ -151,6 +152,11 @@ class AEQRecipe(RecipeBase):
                 f"{ctx.reference_path.name} holds quantized or float16 tensors: use "
                 "recipe@reference=none with it"
             )
+        return reference
+
+    def produce(self, ctx: RecipeContext, rules: list[Rule] | None = None) -> list[Artifact]:
+        """Quantize the reference with ``rules`` (default: the recipe's own) and write it."""
+        reference = self.reference(ctx)
         rules = self.rules if rules is None else rules
         spec = {
             "backend": "ai-edge-quantizer",
@@ -215,17 +221,6 @@ class AEQRecipe(RecipeBase):
         ``calibration_ranges``) instead of AEQ's moving average."""
         from runner.console import filtered
 
-        with filtered():
-            return self._quantize(reference, ctx, rules, calibration, ranges)
-
-    def _quantize(
-        self,
-        reference: bytes,
-        ctx: RecipeContext,
-        rules: list[Rule],
-        calibration: Any = None,
-        ranges: str | None = None,
-    ) -> tuple[bytes, Any]:
         quantizer, recipe_manager, qtyping = _aeq()  # type: ignore[misc]
         manager = recipe_manager.RecipeManager()
         ops = weight_ops(reference)
@@ -238,16 +233,17 @@ class AEQRecipe(RecipeBase):
                         f"recipe.rules[{i}]: {' '.join(str(e).split())[:200]}"
                     ) from None
             q = quantizer.Quantizer(bytearray(reference), manager.get_quantization_recipe())
-            if q.need_calibration and calibration is None:
-                data = self._signature_data(reference, ctx, self.opts.calibration_samples)
-                calibration = (
-                    q.calibrate(data, num_threads=1)
-                    if ranges is None
-                    else aeq_calibration(reference, manager, data, ranges)
+            with filtered():  # AEQ's progress bar and INFO lines, held back like TensorFlow's
+                if q.need_calibration and calibration is None:
+                    data = self._signature_data(reference, ctx, self.opts.calibration_samples)
+                    calibration = (
+                        q.calibrate(data, num_threads=1)
+                        if ranges is None
+                        else aeq_calibration(reference, manager, data, ranges)
+                    )
+                result = q.quantize(
+                    calibration if q.need_calibration else None, enable_progress_report=False
                 )
-            result = q.quantize(
-                calibration if q.need_calibration else None, enable_progress_report=False
-            )
         except RunnerError:
             raise
         except Exception as e:  # noqa: BLE001 - AEQ's own reason, in one line, is the row's error

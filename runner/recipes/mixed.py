@@ -20,7 +20,7 @@ from typing import Annotated
 from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.recipes.aeq import INSTALL, AEQRecipe, Rule, _aeq
+from runner.recipes.aeq import AEQRecipe, Rule
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeContext
 from runner.recipes.conversion import full_integer_settings
 
@@ -93,10 +93,9 @@ class MixedA16W8Recipe(AEQRecipe):
         return dbg.layers[: self.opts.sixteen_bit_layers]
 
     def produce(self, ctx: RecipeContext, rules: list[Rule] | None = None) -> list[Artifact]:
-        if _aeq() is None or ctx.reference_path is None or not ctx.reference_path.is_file():
-            return super().produce(ctx)  # its one-line error: install AEQ, or no reference
+        reference = self.reference(ctx)  # its one-line error: install AEQ, or no reference
         layers = self.chosen_layers(ctx)
-        scopes = op_scopes(ctx.reference_path.read_bytes())
+        scopes = op_scopes(reference)
         missing = [
             layer for layer in layers if not any(re.search(layer_scope(layer), s) for s in scopes)
         ]
@@ -139,23 +138,15 @@ class A16W8Files:
     def __init__(
         self, ctx: RecipeContext, calibration: CalibrationOptions, ranges: str = "minmax"
     ) -> None:
-        from runner import tflite
-
         self.recipe = MixedA16W8Recipe(
-            "a16w8",
+            "auto_int8",
             MixedOptions(
                 calibration_samples=calibration.calibration_samples,
                 calibration_seed=calibration.calibration_seed,
                 sixteen_bit_layers=0,
             ),
         )
-        if _aeq() is None:
-            raise RunnerError(INSTALL.format(name="auto_int8's a16w8"))
-        if ctx.reference_path is None or not ctx.reference_path.is_file():
-            raise RunnerError("this run has no float32 reference (see the none.tflite row)")
-        self.reference = ctx.reference_path.read_bytes()
-        if not tflite.all_float32(self.reference):
-            raise RunnerError("the run's reference is not float32 (recipe@reference=none is)")
+        self.reference = self.recipe.reference(ctx)
         self.ctx, self.ranges = ctx, ranges
         self.scopes = op_scopes(self.reference)
         self._calibration = None
