@@ -142,3 +142,13 @@ def write_text_csv(path: Path, n: int = 200, seed: int = 0, segmented: bool = Tr
 
     pd.DataFrame(text_rows(n, seed, segmented)).to_csv(path, index=False)
     return path
+
+
+def with_reference(ctx):
+    """``ctx`` (a RecipeContext) with its float32 reference .tflite made by the none recipe, as
+    a run makes it first: what the ai-edge-quantizer recipes and auto_int8's a16w8 start from."""
+    from runner.pipeline import build_recipe
+
+    (ref,) = build_recipe(compose_config("recipe=none").recipe).produce(ctx)
+    ctx.reference_path = ref.path
+    return ctx

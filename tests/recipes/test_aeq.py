@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tf_keras as keras
-from helpers import compose_config
+from helpers import compose_config, with_reference
 
 from runner import tflite
 from runner.data import Dataset, Scaling
@@ -36,9 +36,9 @@ def dense_ctx(tmp_path_factory):
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(x))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(UNIT(d.train.x), d.train.y, epochs=5, verbose=0)
-    ctx = RecipeContext(model, data, UNIT, tmp, {"validation_split": 0.1}, output_dir=tmp)
-    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
-    ctx.reference_path = ref.path
+    ctx = with_reference(
+        RecipeContext(model, data, UNIT, tmp, {"validation_split": 0.1}, output_dir=tmp)
+    )
     return ctx, model
 
 
@@ -100,13 +100,11 @@ def test_an_embedding_is_run_as_a_lookup_so_its_table_is_int4_or_named_when_left
     x = keras.layers.Embedding(500, 32, name="embedding")(inputs)
     x = keras.layers.GlobalAveragePooling1D()(x)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="head")(x))
-    ctx = RecipeContext(model, data, Scaling("none"), tmp_path, output_dir=tmp_path)
-    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
-    ctx.reference_path = ref.path
+    ctx = with_reference(RecipeContext(model, data, Scaling("none"), tmp_path, output_dir=tmp_path))
     # the rewrite alone changes no number, at any batch size
-    lookup, names = tflite.gather_as_embedding_lookup(ref.path.read_bytes())
+    lookup, names = tflite.gather_as_embedding_lookup(ctx.reference_path.read_bytes())
     assert names == ["embedding"]
-    want = TFLiteModel(ref.path).predict(ids, Scaling("none"), 64)
+    want = TFLiteModel(ctx.reference_path).predict(ids, Scaling("none"), 64)
     got = TFLiteModel(content=lookup).predict(ids, Scaling("none"), 64)
     np.testing.assert_array_equal(got, want)
     _, art = produce("int4_weight_only", ctx)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import tf_keras as keras
-from helpers import compose_config
+from helpers import compose_config, with_reference
 
 from runner.data import Scaling
 from runner.data.digits import load_digits
@@ -49,9 +49,9 @@ def _ctx(model, data, tmp_path):
     """The run's context, with its float32 reference (what auto_int8's a16w8 candidates start
     from)."""
     (tmp_path / "models").mkdir(parents=True, exist_ok=True)
-    ctx = RecipeContext(model, data, UNIT, tmp_path / "models", {"validation_split": 0.1})
-    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
-    ctx.reference_path = ref.path
+    ctx = with_reference(
+        RecipeContext(model, data, UNIT, tmp_path / "models", {"validation_split": 0.1})
+    )
     return ctx
 
 

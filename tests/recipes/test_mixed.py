@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import tf_keras as keras
-from helpers import compose_config
+from helpers import compose_config, with_reference
 
 from runner import tflite
 from runner.data import Dataset, Scaling
@@ -36,9 +36,9 @@ def ctx(tmp_path_factory):
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="head")(x))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(UNIT(d.train.x), d.train.y, epochs=3, verbose=0)
-    c = RecipeContext(model, Dataset("digits", d.train, d.test, 10), UNIT, tmp, {}, output_dir=tmp)
-    (ref,) = build(compose_config("recipe=none").recipe).produce(c)
-    c.reference_path = ref.path
+    c = with_reference(
+        RecipeContext(model, Dataset("digits", d.train, d.test, 10), UNIT, tmp, {}, output_dir=tmp)
+    )
     return c
 
 
@@ -138,9 +138,9 @@ def spiky(tmp_path_factory):
     model.get_layer("hidden").set_weights([kernel, bias])
     tmp = tmp_path_factory.mktemp("spiky")
     (tmp / "models").mkdir()
-    ctx = RecipeContext(model, data, UNIT, tmp / "models", {"validation_split": 0.1})
-    (ref,) = build(compose_config("recipe=none").recipe).produce(ctx)
-    ctx.reference_path = ref.path
+    ctx = with_reference(
+        RecipeContext(model, data, UNIT, tmp / "models", {"validation_split": 0.1})
+    )
     return ctx
 
 
@@ -193,7 +193,10 @@ def test_auto_int8_integer_only_takes_layers_to_int16_activations_not_float(spik
     assert _test_accuracy(spiky, art.path) > 0.8  # full int8: a coin toss
     # integer-only cannot fall back to float when a16w8 cannot be made: one clear error
     no_reference = dataclasses.replace(spiky, reference_path=None)
-    with pytest.raises(RunnerError, match=r"recipe.fallback=\[a16w8\]: this run has no float32"):
+    with pytest.raises(
+        RunnerError,
+        match=r"recipe.fallback=\[a16w8\]: .*float32 reference .tflite, which this run could not make",
+    ):
         _auto(no_reference, "recipe.fallback=[a16w8]")
     with pytest.raises(RunnerError, match="names a fallback twice"):
         build(compose_config("recipe=auto_int8", "recipe.fallback=[float,float]").recipe)
