@@ -478,3 +478,16 @@ def test_qat_folds_batch_norm_first_so_fine_tuning_stays_well_conditioned(tmp_pa
 
     assert agreement(True) > 0.95
     assert agreement(False) < 0.5  # diverged
+
+
+def test_a_misspelt_fine_tuning_optimizer_is_refused_by_its_key():
+    from helpers import compose_config
+
+    from runner.pipeline import build_recipe
+
+    assert (
+        build_recipe(compose_config("recipe=qat", "recipe.optimizer=SGD").recipe).opts.optimizer
+        == "sgd"
+    )
+    with pytest.raises(RunnerError, match=r"recipe\.optimizer='sdg': expected one of .*sgd"):
+        build_recipe(compose_config("recipe=qat", "recipe.optimizer=sdg").recipe)

@@ -33,6 +33,7 @@ from runner.recipes.qat.wrap import (
     quantize_aware,
 )
 from runner.recipes.ranges import RangeEstimator, one_knob
+from runner.train import Optimizer
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,12 @@ class QATOptions(CalibrationOptions):
         description="fine-tuning learning rate = train.learning_rate x this; auto: the best of "
         "0.1, 0.01, 0.001 after a short trial of each (runner.recipes.qat.lr)",
     )
-    optimizer: str | None = Field(
-        None,
-        min_length=1,
-        description="a Keras optimizer name for fine-tuning; null: train.optimizer",
+    optimizer: Optimizer | None = Field(
+        None, description="the fine-tuning optimizer (any case); null: train.optimizer"
+    )
+
+    _lower = field_validator("optimizer", mode="before")(
+        classmethod(lambda cls, v: v.lower() if isinstance(v, str) else v)
     )
     batch_size: int | None = Field(None, ge=1, description="null: train.batch_size")
     steps_per_epoch: int | None = Field(None, ge=1, description="null: the whole training split")
