@@ -176,7 +176,8 @@ def _kernels(model) -> list:
 
 @pytest.mark.slow
 def test_frozen_ranges_stay_where_calibration_started_them_while_the_weights_learn(tmp_path):
-    from runner.recipes.qat.wrap import calibrate_ranges, qat_ready, quantize_aware
+    from runner.recipes.qat.quantizer_ranges import calibrate_ranges
+    from runner.recipes.qat.wrap import qat_ready, quantize_aware
 
     model, ctx = _tiny_ctx(tmp_path)
     one = {"epochs": 2, "restore_best": False, "learning_rate_scale": 1.0}
@@ -491,3 +492,77 @@ def test_a_misspelt_fine_tuning_optimizer_is_refused_by_its_key():
     )
     with pytest.raises(RunnerError, match=r"recipe\.optimizer='sdg': expected one of .*sgd"):
         build_recipe(compose_config("recipe=qat", "recipe.optimizer=sdg").recipe)
+
+
+def _depthwise_model():
+    """Depthwise conv (2 per channel) whose 8 kernels span 4 orders of magnitude, then a
+    BatchNorm with uneven statistics (it folds into the kernel in the file)."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 4))
+    h = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False)(x)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU()(h)
+    model = keras.Model(x, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    dw, bn = model.layers[1], model.layers[2]
+    scale = np.array([1, 100, 0.01, 3, 0.1, 30, 1, 0.3], "float32")  # (c, m) -> c * 2 + m
+    dw.depthwise_kernel.assign(dw.depthwise_kernel.numpy() * scale.reshape(1, 1, 4, 2))
+    g = np.random.default_rng(1)
+    bn.set_weights(
+        [g.uniform(0.5, 2, 8), g.normal(0, 0.1, 8), g.normal(0, 0.1, 8), g.uniform(0.01, 9, 8)]
+    )
+    return model
+
+
+def _depthwise_scales(flatbuffer: bytes) -> np.ndarray:
+    from runner.evaluation.metrics import TFLiteModel
+
+    (t,) = [
+        t
+        for t in TFLiteModel(content=flatbuffer)._interp.get_tensor_details()
+        if list(t["shape"]) == [1, 3, 3, 8] and t["dtype"] == np.int8
+    ]
+    return t["quantization_parameters"]["scales"]
+
+
+def test_depthwise_kernels_are_fake_quantized_and_written_per_channel_as_post_training_int8():
+    """tfmot's own depthwise quantizer is per-tensor (its axis is the depth multiplier): the QAT
+    file then had one weight scale for all channels, and the channels 10^4 below the largest
+    lost their weights. Now each channel has its own, the same as post-training int8 writes."""
+    from runner.evaluation.metrics import TFLiteModel
+    from runner.recipes.conversion import convert, full_integer_settings
+    from runner.recipes.qat.quantizer_ranges import calibrate_ranges
+
+    model = _depthwise_model()
+    x = np.random.default_rng(2).normal(size=(64, 8, 8, 4)).astype("float32")
+    qat, _ = quantize_aware(model, freeze_batch_norm=True)
+    calibrate_ranges(qat, model, x)
+    settings = full_integer_settings().to_options()
+    qat_file, ptq_file = convert(qat, settings, x), convert(model, settings, x)
+
+    qat_scales, ptq_scales = _depthwise_scales(qat_file), _depthwise_scales(ptq_file)
+    assert qat_scales.size == 8 and qat_scales.max() / qat_scales.min() > 100
+    np.testing.assert_allclose(qat_scales, ptq_scales, rtol=0.02)  # channel order too
+
+    def error(flatbuffer: bytes) -> float:
+        out = TFLiteModel(content=flatbuffer).predict(x, lambda a: a, 64)
+        ref = model.predict(x, verbose=0)
+        return float(np.sqrt(np.mean((out - ref) ** 2) / np.mean(ref**2)))
+
+    assert error(qat_file) < 1.5 * error(ptq_file) + 0.01
+    # the fake-quant model is what the file computes (what fine-tuning optimizes)
+    np.testing.assert_allclose(
+        TFLiteModel(content=qat_file).predict(x, lambda a: a, 64),
+        qat.predict(x, verbose=0),
+        atol=0.05 * float(np.abs(model.predict(x, verbose=0)).max()),
+    )
+
+
+def test_a_qat_model_with_depthwise_convs_saves_and_loads_back(tmp_path):
+    model = _depthwise_model()
+    qat, _ = quantize_aware(model)
+    x = np.random.default_rng(2).normal(size=(16, 8, 8, 4)).astype("float32")
+    qat(x, training=True)  # the weight ranges follow the weights
+    with load_scope():
+        qat.save(tmp_path / "qat.h5")
+    loaded = load_model(tmp_path / "qat.h5")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)

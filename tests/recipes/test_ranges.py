@@ -10,7 +10,7 @@ import tf_keras as keras
 from helpers import compose_config
 
 from runner.recipes.conversion import convert, full_integer_settings
-from runner.recipes.qat.wrap import _range
+from runner.recipes.qat.quantizer_ranges import _range
 from runner.recipes.ranges import converter_ranges
 
 

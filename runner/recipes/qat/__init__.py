@@ -6,7 +6,8 @@
 - :mod:`runner.recipes.qat.judge`: the epoch judge and the row's notes.
 - :mod:`runner.recipes.qat.lr`: the fine-tuning learning rate (``learning_rate_scale=auto``).
 - :mod:`runner.recipes.qat.wrap`: which layers tfmot annotates, the annotated clone, the
-  quantizers' starting ranges.
+  8-bit scheme (depthwise kernels per channel).
+- :mod:`runner.recipes.qat.quantizer_ranges`: the quantizers' starting ranges.
 
 Two QAT pieces live with the models because loading a QAT file must not import the recipes:
 :mod:`runner.models.qat_scope` (the custom objects a QAT ``.h5`` needs) and

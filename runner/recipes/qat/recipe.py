@@ -26,12 +26,8 @@ from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, Recipe
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
 from runner.recipes.qat.judge import EpochJudge, kept_note, left_float_note
 from runner.recipes.qat.lr import TRIAL_STEPS, fine_tuning_rate
-from runner.recipes.qat.wrap import (
-    activation_range_keeper,
-    calibrate_ranges,
-    qat_ready,
-    quantize_aware,
-)
+from runner.recipes.qat.quantizer_ranges import activation_range_keeper, calibrate_ranges
+from runner.recipes.qat.wrap import qat_ready, quantize_aware
 from runner.recipes.ranges import RangeEstimator, one_knob
 from runner.train import Optimizer
 
