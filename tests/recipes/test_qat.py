@@ -566,3 +566,42 @@ def test_a_qat_model_with_depthwise_convs_saves_and_loads_back(tmp_path):
         qat.save(tmp_path / "qat.h5")
     loaded = load_model(tmp_path / "qat.h5")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_kernel_read_directly_by_a_relu_is_fake_quantized_as_the_file_quantizes_it():
+    """tfmot's ReLU transforms gave a Conv2D/DepthwiseConv2D/Dense read directly by a ReLU a
+    no-op config, dropping its weight quantizer: those kernels fine-tuned in float while the
+    file holds them in int8 (every conv once BatchNorm is folded). The fake-quant model now
+    computes what its file computes."""
+    from runner.evaluation.metrics import TFLiteModel
+    from runner.recipes.conversion import convert, full_integer_settings
+    from runner.recipes.qat.quantizer_ranges import calibrate_ranges
+
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((8, 8, 3))
+    h = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, padding="same", name="c")(x_in))
+    h = keras.layers.ReLU()(keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h))
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.ReLU()(keras.layers.Dense(16, name="d")(h))
+    model = keras.Model(x_in, keras.layers.Dense(3, name="out")(h))
+    x = np.random.default_rng(2).normal(size=(64, 8, 8, 3)).astype("float32")
+    qat, _ = quantize_aware(model)
+    calibrate_ranges(qat, model, x)
+
+    quantized = {
+        w.layer.name
+        for w in qat.layers
+        if any(
+            v.name.split("/")[-1].startswith(("kernel_min", "depthwise_kernel_min"))
+            for v in w.weights
+        )
+    }
+    assert quantized == {"c", "dw", "d", "out"}
+    settings = full_integer_settings().to_options()
+    out = TFLiteModel(content=convert(qat, settings, x)).predict(x, lambda a: a, 64)
+    fake, ref = qat.predict(x, verbose=0), model.predict(x, verbose=0)
+
+    def rel(a, b) -> float:
+        return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
+
+    assert rel(out, fake) < 0.2 * rel(out, ref), (rel(out, fake), rel(out, ref))

@@ -188,9 +188,18 @@ def quantize_aware(
 
 
 def default_scheme():
-    """tfmot's default 8-bit scheme, with DepthwiseConv2D kernels fake-quantized per channel
-    (:func:`runner.models.qat_scope.depthwise_quantize_config`): the fake-quant model and the
-    file it converts to then quantize depthwise weights as post-training int8 does."""
+    """tfmot's default 8-bit scheme with two of its mismatches with the converter mended:
+
+    - DepthwiseConv2D kernels are fake-quantized per channel
+      (:func:`runner.models.qat_scope.depthwise_quantize_config`), as the file stores them;
+    - a Conv2D/DepthwiseConv2D/Dense read directly by a ReLU keeps its weight quantizer: tfmot's
+      ReLU transforms give the layer before the ReLU a no-op config (meant for Add), which
+      dropped its *weight* quantizer too, so those kernels fine-tuned in float (every conv of a
+      model with its BatchNorms folded, and any conv -> ReLU without BatchNorm).
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_layout_transform as layout,
+    )
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
         default_8bit_quantize_registry as d8,
     )
@@ -198,7 +207,16 @@ def default_scheme():
         default_8bit_quantize_scheme,
     )
 
+    class Layout(layout.Default8BitQuantizeLayoutTransform):
+        def apply(self, model, layer_quantize_map):
+            return layout.model_transformer.ModelTransformer(
+                model, _layout_transforms(), set(layer_quantize_map), layer_quantize_map
+            ).transform()
+
     class Scheme(default_8bit_quantize_scheme.Default8BitQuantizeScheme):
+        def get_layout_transformer(self):
+            return Layout()
+
         def get_quantize_registry(self):
             registry = super().get_quantize_registry()
             config = depthwise_quantize_config()(["depthwise_kernel"], ["activation"], False)
@@ -206,6 +224,69 @@ def default_scheme():
             return registry
 
     return Scheme()
+
+
+def _layout_transforms() -> list:
+    """tfmot 0.8.1's default 8-bit layout transforms, in its order, with its two ReLU transforms
+    keeping the weight quantizer of a Conv2D/DepthwiseConv2D/Dense before the ReLU."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_transforms as t,
+    )
+
+    def weights_kept(base):
+        class WeightsKept(base):
+            def replacement(self, match_layer):
+                source = match_layer.input_layers[0]
+                if source.layer["class_name"] not in KEPT:  # Add: nothing between it and the ReLU
+                    return super().replacement(match_layer)
+                source.metadata["quantize_config"] = _weights_only_config(
+                    source.layer["class_name"]
+                )
+                return match_layer
+
+            def custom_objects(self):
+                configs = [_weights_only_config(name) for name in KEPT]
+                return {**super().custom_objects(), **{type(c).__name__: type(c) for c in configs}}
+
+        return WeightsKept()
+
+    return [
+        t.InputLayerQuantize(),
+        t.SeparableConv1DQuantize(),
+        t.SeparableConvQuantize(),
+        t.Conv2DReshapeBatchNormReLUQuantize(),
+        t.Conv2DReshapeBatchNormActivationQuantize(),
+        t.Conv2DBatchNormReLUQuantize(),
+        t.Conv2DBatchNormActivationQuantize(),
+        t.Conv2DReshapeBatchNormQuantize(),
+        t.Conv2DBatchNormQuantize(),
+        t.ConcatTransform6Inputs(),
+        t.ConcatTransform5Inputs(),
+        t.ConcatTransform4Inputs(),
+        t.ConcatTransform3Inputs(),
+        t.ConcatTransform(),
+        t.DenseBatchNormQuantize(),
+        t.DenseBatchNormReLUQuantize(),
+        t.DenseBatchNormActivationQuantize(),
+        weights_kept(t.LayerReLUQuantize),
+        weights_kept(t.LayerReluActivationQuantize),
+    ]
+
+
+KEPT = ("Conv2D", "DepthwiseConv2D", "Dense")  # keep their kernel's quantizer before a ReLU
+
+
+def _weights_only_config(class_name: str):
+    """A config quantizing the kernel of a ``KEPT`` layer only (its output is the ReLU's)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as d8,
+    )
+
+    if class_name == "Conv2D":
+        return d8.Default8BitConvQuantizeConfig(["kernel"], [], False)
+    if class_name == "DepthwiseConv2D":
+        return depthwise_quantize_config()(["depthwise_kernel"], [], False)
+    return d8.Default8BitQuantizeConfig(["kernel"], [], False)  # Dense
 
 
 def qat_ready(model, x):
