@@ -338,8 +338,10 @@ def test_the_epoch_judge_keeps_a_later_epoch_only_for_a_gain_beyond_noise():
     # the same accuracy, agreement back from a worse best: real
     judge.best_hits = (right, np.r_[np.zeros(30, bool), np.ones(n - 30, bool)])
     assert later(fixed=0, broken=0, disagree=0)
-    # ... but not at a lower accuracy
-    assert not later(fixed=0, broken=1, disagree=0)
+    # ... also at one sample less right (within the noise) ...
+    assert later(fixed=0, broken=1, disagree=0)
+    # ... but not at an accuracy lower beyond the noise
+    assert not later(fixed=0, broken=12, disagree=0)
 
 
 @pytest.mark.slow

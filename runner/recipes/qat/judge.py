@@ -82,14 +82,16 @@ class EpochJudge:
     def beats_best(self, right, agrees) -> bool:
         """A later epoch replaces the best so far only for a gain beyond the validation split's
         noise (the sign test auto_int8 uses): in accuracy, or in agreement with the float model
-        at an accuracy no lower. A few samples' worth of accuracy bought with many flipped
-        labels is noise, and the earlier file is kept."""
+        at an accuracy not lower beyond the noise. A few samples' worth of accuracy bought with
+        many flipped labels is noise, and the earlier file is kept; many labels back to the
+        float model's at the cost of a sample or two is not (EfficientNetB0's mean-range start:
+        agreement 0.862 -> 0.946 on 297 samples, one image less right)."""
         best_right, best_agrees = self.best_hits
         acc, acc_bound = paired_gain(best_right, right)
         if acc > 0 and acc >= acc_bound:
             return True
         agr, agr_bound = paired_gain(best_agrees, agrees)
-        return acc >= 0 and agr > 0 and agr >= agr_bound
+        return -acc < acc_bound and agr > 0 and agr >= agr_bound
 
     def post_training(self, float_model) -> tuple[dict[str, Any], bytes] | None:
         """The converter's own post-training int8 file of the model QAT started from, scored on
