@@ -607,3 +607,33 @@ def test_a_kernel_read_directly_by_a_relu_is_fake_quantized_as_the_file_quantize
         return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
 
     assert rel(out, fake) < 0.2 * rel(out, ref), (rel(out, fake), rel(out, ref))
+
+
+def test_the_mended_layout_transforms_are_tfmots_own_in_its_order(monkeypatch):
+    """The scheme copies tfmot 0.8.1's list of layout transforms to swap its two ReLU ones: a
+    tfmot that adds, drops or reorders one must fail here, not silently quantize differently."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_layout_transform as layout,
+    )
+
+    from runner.recipes.qat.wrap import _layout_transforms
+
+    seen = []
+
+    class Spy:
+        def __init__(self, model, transforms, *args):
+            seen.extend(transforms)
+
+        def transform(self):
+            return None, {}
+
+    monkeypatch.setattr(layout.model_transformer, "ModelTransformer", Spy)
+    layout.Default8BitQuantizeLayoutTransform().apply(None, {})
+    ours = _layout_transforms()
+    assert [type(t).__name__ for t in seen][-2:] == [
+        "LayerReLUQuantize",
+        "LayerReluActivationQuantize",
+    ]
+    assert len(ours) == len(seen) >= 19
+    assert all(isinstance(o, type(s)) for o, s in zip(ours, seen, strict=True))
+    assert [type(o) is type(s) for o, s in zip(ours, seen, strict=True)][-2:] == [False, False]
