@@ -515,6 +515,11 @@ def _depthwise_model():
     return model
 
 
+def _relative_rms(a, b) -> float:
+    """RMS of ``a - b`` relative to ``b``'s."""
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
+
+
 def _depthwise_scales(flatbuffer: bytes) -> np.ndarray:
     from runner.evaluation.metrics import TFLiteModel
 
@@ -547,8 +552,7 @@ def test_depthwise_kernels_are_fake_quantized_and_written_per_channel_as_post_tr
 
     def error(flatbuffer: bytes) -> float:
         out = TFLiteModel(content=flatbuffer).predict(x, lambda a: a, 64)
-        ref = model.predict(x, verbose=0)
-        return float(np.sqrt(np.mean((out - ref) ** 2) / np.mean(ref**2)))
+        return _relative_rms(out, model.predict(x, verbose=0))
 
     assert error(qat_file) < 1.5 * error(ptq_file) + 0.01
     # the fake-quant model is what the file computes (what fine-tuning optimizes)
@@ -603,9 +607,7 @@ def test_a_kernel_read_directly_by_a_relu_is_fake_quantized_as_the_file_quantize
     out = TFLiteModel(content=convert(qat, settings, x)).predict(x, lambda a: a, 64)
     fake, ref = qat.predict(x, verbose=0), model.predict(x, verbose=0)
 
-    def rel(a, b) -> float:
-        return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
-
+    rel = _relative_rms
     assert rel(out, fake) < 0.2 * rel(out, ref), (rel(out, fake), rel(out, ref))
 
 
