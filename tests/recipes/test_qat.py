@@ -639,3 +639,48 @@ def test_the_mended_layout_transforms_are_tfmots_own_in_its_order(monkeypatch):
     assert len(ours) == len(seen) >= 19
     assert all(isinstance(o, type(s)) for o, s in zip(ours, seen, strict=True))
     assert [type(o) is type(s) for o, s in zip(ours, seen, strict=True)][-2:] == [False, False]
+
+
+@pytest.mark.parametrize("recipe", ["prune_qat", "prune_cluster_qat"])
+def test_preserving_qat_keeps_the_zeros_of_a_kernel_read_directly_by_a_relu(recipe):
+    """tfmot's ReLU transform dropped the weight quantizer of a Conv2D read by a ReLU layer, and
+    with it the preserving scheme's mask: PQAT fine-tuned that pruned kernel to no zeros at all
+    (0.5 -> 0.0). The kept quantizer is the scheme's own, so the zeros (and clusters) stay."""
+    from helpers import compose_config
+
+    from runner.pipeline import build_recipe
+
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((8, 8, 1))
+    h = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, name="c")(x_in))
+    model = keras.Model(x_in, keras.layers.Dense(10, name="d")(keras.layers.Flatten()(h)))
+    conv = model.get_layer("c")
+    kernel, bias = conv.get_weights()
+    kernel = np.where(np.arange(kernel.size).reshape(kernel.shape) % 2, kernel, 0)  # half zero
+    kernel = np.round(kernel * 8) / 8  # a few shared values, as clustering leaves them
+    conv.set_weights([kernel, bias])
+    values = set(np.unique(kernel))
+
+    scheme = build_recipe(compose_config(f"recipe={recipe}").recipe).scheme()
+    qat, _ = quantize_aware(model, scheme=scheme)
+    qat.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(True))
+    g = np.random.default_rng(0)
+    qat.fit(g.normal(size=(64, 8, 8, 1)), g.integers(0, 10, 64), epochs=2, verbose=0)
+
+    (wrapped,) = [w for w in qat.layers if getattr(w, "layer", None) and w.layer.name == "c"]
+    assert type(wrapped.quantize_config.weight_quantizer).__name__.startswith(
+        ("PrunePreserve", "ClusterPreserve")
+    )
+    from runner.evaluation.metrics import TFLiteModel
+    from runner.recipes.conversion import convert, full_integer_settings
+    from runner.recipes.qat.quantizer_ranges import calibrate_ranges
+
+    x = g.normal(size=(32, 8, 8, 1)).astype("float32")
+    calibrate_ranges(qat, model, x)
+    flatbuffer = convert(qat, full_integer_settings().to_options(), x)
+    interp = TFLiteModel(content=flatbuffer)._interp
+    (t,) = [t for t in interp.get_tensor_details() if list(t["shape"]) == [8, 3, 3, 1]]
+    written = interp.get_tensor(t["index"])  # the int8 kernel in the file
+    assert np.mean(written == 0) >= np.mean(kernel == 0) >= 0.5, np.mean(written == 0)
+    if recipe == "prune_cluster_qat":  # per output channel, no more values than it had
+        assert max(len(np.unique(c)) for c in written) <= len(values)
