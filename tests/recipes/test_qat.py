@@ -244,6 +244,43 @@ def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
     assert kept_note(kept).startswith("kept epoch 0 of 2 (int8 validation accuracy")
 
 
+def test_an_epoch_that_falls_behind_sends_fine_tuning_back_to_the_best_weights_at_a_tenth(
+    tmp_path, monkeypatch
+):
+    """A rate that overshoots (300x) drops epoch 1's int8 file below epoch 0 beyond the noise:
+    fine-tuning goes on from epoch 0's weights at a tenth of the rate, once (backoffs=1), and
+    the row says so."""
+    from runner.recipes.qat import kept_note
+    from runner.recipes.qat.judge import EpochJudge
+
+    restored = []
+    original = EpochJudge.epoch_end
+
+    def spy(judge, qat_model, epoch):
+        before = len(judge.backoffs)
+        original(judge, qat_model, epoch)
+        if len(judge.backoffs) > before:  # the model now holds the best epoch's weights
+            same = zip(qat_model.get_weights(), judge.best_weights, strict=True)
+            restored.append(all(np.array_equal(a, b) for a, b in same))
+
+    monkeypatch.setattr(EpochJudge, "epoch_end", spy)
+    d = load_digits()
+    data = Dataset("digits", d.train, d.test, 10)
+    model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
+    train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
+    ctx = RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1})
+    recipe = QATRecipe.with_options(
+        epochs=3, learning_rate_scale=300.0, steps_per_epoch=20, backoffs=1
+    )
+    done = recipe.fine_tune(model, ctx)
+    lr = done.kept["learning_rate"]
+    assert done.kept["backoffs"] == [(1, pytest.approx(lr / 10))] and restored == [True]
+    assert done.kept["accuracy"] >= done.kept["start"]["accuracy"]
+    assert f"back to the best epoch's weights at {lr / 10:.2g} after epoch 1" in kept_note(
+        done.kept
+    )
+
+
 @pytest.mark.slow
 def test_qat_that_ends_below_post_training_int8_ships_that_file_and_says_so(tmp_path, monkeypatch):
     """Fake-quant ranges squeezed 100x (a QAT graph far from what the converter writes): every

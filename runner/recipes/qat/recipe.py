@@ -87,6 +87,13 @@ class QATOptions(CalibrationOptions):
     restore_best: bool = Field(
         True, description="score every epoch's int8 file on held-out data; keep the best"
     )
+    backoffs: int = Field(
+        2,
+        ge=0,
+        description="restore_best: when an epoch's int8 file falls below the best one beyond "
+        "the noise, put the best epoch's weights back and cut the learning rate by 10, at most "
+        "this many times (0: never)",
+    )
     converter: ConverterSettings = Field(
         default_factory=ConverterSettings, description="the export's TFLite converter settings"
     )
@@ -257,7 +264,8 @@ class QATRecipe(RecipeBase):
 
     def _fit(self, qat_model, seq, steps: int, judge, seed: int) -> tuple[float, int]:
         """Fine-tune (Ctrl-C stops between batches); the judge scores epoch 0, before any
-        step, and every epoch's end. Returns (seconds spent, steps run)."""
+        step, and every epoch's end, backing off when one fell behind
+        (:meth:`EpochJudge.epoch_end`). Returns (seconds spent, steps run)."""
         import tf_keras as keras
 
         keras.utils.set_random_seed(seed)
@@ -274,7 +282,7 @@ class QATRecipe(RecipeBase):
                 judge.score(qat_model, 0)  # epoch 0: before any fine-tuning step
             callbacks.append(
                 keras.callbacks.LambdaCallback(
-                    on_epoch_end=lambda epoch, logs: judge.score(qat_model, epoch + 1)
+                    on_epoch_end=lambda epoch, logs: judge.epoch_end(qat_model, epoch + 1)
                 )
             )
         t0 = time.perf_counter()
