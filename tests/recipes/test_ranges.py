@@ -206,3 +206,32 @@ def test_qat_starts_from_the_estimator_whose_epoch_0_file_is_better(bright, tmp_
     assert (
         only.ranges == "minmax" and only.kept["start"]["accuracy"] < done.kept["start"]["accuracy"]
     )
+
+
+def test_adaround_writes_its_rounding_with_the_estimator_whose_file_is_better(bright, tmp_path):
+    """The converter's ranges hold the bright image and cost more than any rounding wins back:
+    adaround scores the file of each estimator on held-out samples and ships the mean one, as
+    accurate on test as full_integer_mean_ranges and above full_integer."""
+    from runner.data import Scaling
+    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+    from runner.pipeline import build_recipe, recipe_by_name
+
+    _, data, lit = bright
+    ctx = dataclasses.replace(_bright_ctx(bright, tmp_path), recipes=recipe_by_name)
+    every = f"recipe.calibration_samples={len(lit.train)}"
+
+    def accuracy(recipe, *more):
+        cfg = compose_config(f"recipe={recipe}", every, *more)
+        (art,) = build_recipe(cfg.recipe).produce(ctx)
+        out = TFLiteModel(art.path).predict(data.test.x, Scaling("unit"), 128)
+        return art, float(np.mean(labels_from_outputs(out) == data.test.y))
+
+    quick = ("recipe.iterations=30",)
+    art, rounded = accuracy("adaround", *quick)
+    assert "activation ranges mean (int8 validation accuracy minmax" in art.note, art.note
+    _, plain = accuracy("full_integer")
+    _, mean = accuracy("full_integer_mean_ranges")
+    assert rounded > plain + 0.05 and rounded >= mean - 0.02, (rounded, plain, mean)
+    # one estimator: no choice, and the converter's ranges cost what full_integer's do
+    art, only = accuracy("adaround", *quick, "recipe.calibration_ranges=[minmax]")
+    assert "activation ranges minmax" in art.note and only < rounded - 0.05
