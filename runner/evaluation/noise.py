@@ -30,3 +30,13 @@ def paired_gain(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
         need = w
     bound = (2 * need - changed) / n if need <= changed else (changed + 1) / n
     return (won - lost) / n, bound
+
+
+def beats(base: tuple, other: tuple) -> bool:
+    """Whether ``other`` (per-sample right, agrees-with-float) beats ``base`` beyond the noise:
+    in accuracy, or in agreement at an accuracy not lower beyond the noise."""
+    acc, acc_bound = paired_gain(base[0], other[0])
+    if acc > 0 and acc >= acc_bound:
+        return True
+    agr, agr_bound = paired_gain(base[1], other[1])
+    return -acc < acc_bound and agr > 0 and agr >= agr_bound

@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field
 
 from runner.errors import RunnerError
-from runner.evaluation.noise import paired_gain
+from runner.evaluation.noise import beats
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
 from runner.recipes.ranges import RangeEstimator
 
@@ -97,7 +97,8 @@ class AdaRoundRecipe(RecipeBase):
         rounded, stats = adaround(model, calib, self.opts, per_tensor)
         seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
-        flatbuffer, ranges_note = self._export(rounded, converter, calib, ctx)
+        held = _held_out(ctx)
+        flatbuffer, ranges_note = self._export(rounded, converter, calib, ctx, held)
         convert_seconds = time.perf_counter() - t1
         moved, checked = weight_gap(flatbuffer, rounded)
         gain = _mean_gain(stats)
@@ -108,7 +109,7 @@ class AdaRoundRecipe(RecipeBase):
             f"{self.opts.export}; file vs rounded model: max |weight diff| {moved:.2g} over "
             f"{checked} kernel(s); {ranges_note}"
         )
-        judged = self._judge(flatbuffer, model, converter, calib, ctx)
+        judged = self._judge(flatbuffer, model, converter, calib, ctx, held)
         if judged is not None:
             flatbuffer, verdict = judged
             note += "; " + verdict
@@ -127,29 +128,29 @@ class AdaRoundRecipe(RecipeBase):
             )
         return converter
 
-    def _export(self, rounded, converter, calib, ctx: RecipeContext) -> tuple[bytes, str]:
+    def _export(self, rounded, converter, calib, ctx: RecipeContext, held) -> tuple[bytes, str]:
         """The rounded model written with each ``calibration_ranges`` estimator; with held-out
-        samples, each file scored and the best kept (a later one only beyond the noise: which
+        samples, each file scored and the best kept (a later one only beyond the noise, by QAT's
+        epoch rule: :func:`runner.evaluation.noise.beats`; which
         estimator wins depends on the model, and on EfficientNetB0 the converter's ranges cost
         more than the rounding wins back). Returns (the file, what the row says of it)."""
         import dataclasses
 
-        _, val, _ = ctx.held_out()
         best = None
         scored = []
         for estimator in self.opts.calibration_ranges:
             settings = dataclasses.replace(converter, calibration_ranges=estimator)
             flatbuffer = self._convert(rounded, settings, calib, ctx)
-            if val is None:
+            if held is None:
                 return flatbuffer, f"activation ranges {estimator}"
-            hits = _hits(flatbuffer, val, ctx)
-            scored.append(f"{estimator} {np.mean(hits):.4f}")
-            if best is None or _beats(best[0], hits):
+            hits = _hits(flatbuffer, held, ctx)
+            scored.append(f"{estimator} {np.mean(hits[0]):.4f} / {np.mean(hits[1]):.4f}")
+            if best is None or beats(best[0], hits):
                 best = (hits, flatbuffer, estimator)
         assert best is not None
         note = f"activation ranges {best[2]}"
         if len(scored) > 1:
-            note += f" (int8 validation accuracy {', '.join(scored)})"
+            note += f" (int8 validation accuracy / agreement {', '.join(scored)})"
         return best[1], note
 
     @staticmethod
@@ -166,22 +167,23 @@ class AdaRoundRecipe(RecipeBase):
             probe=ctx.probe(),
         ).flatbuffer
 
-    def _judge(self, flatbuffer, model, converter, calib, ctx) -> tuple[bytes, str] | None:
+    def _judge(self, flatbuffer, model, converter, calib, ctx, held) -> tuple[bytes, str] | None:
         """The export recipe's plain int8 file of the same model (its own activation ranges:
         what ``full_integer`` ships), scored beside the rounded one on
         held-out samples: (the file to ship, what the row says), the plain file when it is
         better beyond the noise; None when there is nothing held out."""
-        _, val, where = ctx.held_out()
-        if val is None:
+        if held is None:
             return None
+        val, where, _ = held
         plain = self._convert(model, converter, calib, ctx)
-        mine, theirs = _hits(flatbuffer, val, ctx), _hits(plain, val, ctx)
+        mine, theirs = _hits(flatbuffer, held, ctx), _hits(plain, held, ctx)
         scores = (
-            f"int8 validation accuracy {np.mean(mine):.4f} vs the plain converter's "
-            f"{np.mean(theirs):.4f} ({len(val)} samples of {where})"
+            f"int8 validation accuracy {np.mean(mine[0]):.4f} vs the plain converter's "
+            f"{np.mean(theirs[0]):.4f}, agreement {np.mean(mine[1]):.4f} vs "
+            f"{np.mean(theirs[1]):.4f} ({len(val)} samples of {where})"
         )
         log.info("adaround: %s", scores)
-        if _beats(mine, theirs):
+        if beats(mine, theirs):
             return plain, (
                 f"the .tflite is the converter's plain int8 file, which beat the rounded one "
                 f"beyond the noise ({scores}): AdaRound did not help this model"
@@ -189,17 +191,23 @@ class AdaRoundRecipe(RecipeBase):
         return flatbuffer, scores
 
 
-def _hits(flatbuffer: bytes, val, ctx: RecipeContext) -> np.ndarray:
+def _held_out(ctx: RecipeContext):
+    """(held-out split, where it comes from, the float model's labels on it), or None."""
+    from runner.evaluation.metrics import labels_from_outputs, predict_keras
+
+    _, val, where = ctx.held_out()
+    if val is None:
+        return None
+    return val, where, labels_from_outputs(predict_keras(ctx.model, val.x, ctx.scaling))
+
+
+def _hits(flatbuffer: bytes, held, ctx: RecipeContext) -> tuple[np.ndarray, np.ndarray]:
+    """Per held-out sample: (the file labels it right, it agrees with the float model)."""
     from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 
-    out = TFLiteModel(content=flatbuffer).predict(val.x, ctx.scaling, 128)
-    return labels_from_outputs(out) == val.y
-
-
-def _beats(base: np.ndarray, other: np.ndarray) -> bool:
-    """Whether ``other`` gets more held-out samples right than ``base`` beyond the noise."""
-    gain, bound = paired_gain(base, other)
-    return gain > 0 and gain >= bound
+    val, _, float_labels = held
+    labels = labels_from_outputs(TFLiteModel(content=flatbuffer).predict(val.x, ctx.scaling, 128))
+    return labels == val.y, labels == float_labels
 
 
 def _mean_gain(stats: list[dict[str, Any]]) -> float:

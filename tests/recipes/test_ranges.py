@@ -228,7 +228,7 @@ def test_adaround_writes_its_rounding_with_the_estimator_whose_file_is_better(br
 
     quick = ("recipe.iterations=30",)
     art, rounded = accuracy("adaround", *quick)
-    assert "activation ranges mean (int8 validation accuracy minmax" in art.note, art.note
+    assert "activation ranges mean (int8 validation accuracy / agreement minmax" in art.note
     _, plain = accuracy("full_integer")
     _, mean = accuracy("full_integer_mean_ranges")
     assert rounded > plain + 0.05 and rounded >= mean - 0.02, (rounded, plain, mean)

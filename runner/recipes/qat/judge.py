@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from runner.evaluation.noise import paired_gain
+from runner.evaluation.noise import beats
 from runner.recipes.base import RecipeContext
 from runner.recipes.conversion import convert
 
@@ -161,16 +161,6 @@ class EpochJudge:
             "where": self.where,
             "backoffs": self.backoffs,
         }
-
-
-def beats(base: tuple, other: tuple) -> bool:
-    """Whether ``other`` (per-sample right, agrees-with-float) beats ``base`` beyond the noise:
-    in accuracy, or in agreement at an accuracy not lower beyond the noise."""
-    acc, acc_bound = paired_gain(base[0], other[0])
-    if acc > 0 and acc >= acc_bound:
-        return True
-    agr, agr_bound = paired_gain(base[1], other[1])
-    return -acc < acc_bound and agr > 0 and agr >= agr_bound
 
 
 def left_float_note(floats: list[tuple[str, str]], calibrated: bool = True, show: int = 6) -> str:
