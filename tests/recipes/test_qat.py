@@ -223,14 +223,23 @@ def test_distillation_fits_the_float_models_outputs(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
-    """Each epoch's real int8 file is scored on the validation split, epoch 0 (before any step)
-    included; fine-tuning that only harms (a learning rate 300x too high) keeps epoch 0."""
+def _trained_digits(tmp_path):
+    """The digits, a small CNN trained on them, and a recipe context holding out 10 %."""
     d = load_digits()
     data = Dataset("digits", d.train, d.test, 10)
     model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
     train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
-    ctx = RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1})
+    return (
+        d,
+        model,
+        RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1}),
+    )
+
+
+def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
+    """Each epoch's real int8 file is scored on the validation split, epoch 0 (before any step)
+    included; fine-tuning that only harms (a learning rate 300x too high) keeps epoch 0."""
+    d, model, ctx = _trained_digits(tmp_path)
     harmful = QATRecipe.with_options(epochs=2, learning_rate_scale=300.0, steps_per_epoch=20)
     done = harmful.fine_tune(model, ctx)
     kept, start = done.kept, done.kept["start"]
@@ -264,11 +273,7 @@ def test_an_epoch_that_falls_behind_sends_fine_tuning_back_to_the_best_weights_a
             restored.append(all(np.array_equal(a, b) for a, b in same))
 
     monkeypatch.setattr(EpochJudge, "epoch_end", spy)
-    d = load_digits()
-    data = Dataset("digits", d.train, d.test, 10)
-    model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
-    train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
-    ctx = RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1})
+    d, model, ctx = _trained_digits(tmp_path)
     recipe = QATRecipe.with_options(
         epochs=3, learning_rate_scale=300.0, steps_per_epoch=20, backoffs=1
     )
@@ -299,11 +304,7 @@ def test_qat_that_ends_below_post_training_int8_ships_that_file_and_says_so(tmp_
                 v.assign(np.asarray(v) * 0.01)
 
     monkeypatch.setattr(qat_recipe, "calibrate_ranges", squeezed)
-    d = load_digits()
-    data = Dataset("digits", d.train, d.test, 10)
-    model = small_cnn((8, 8, 1), 10, filters=(8, 16), dense_units=16)
-    train(model, data, TrainConfig(epochs=8, early_stopping_patience=0), Scaling("unit"))
-    ctx = RecipeContext(model, data, Scaling("unit"), tmp_path, {"validation_split": 0.1})
+    d, model, ctx = _trained_digits(tmp_path)
     int8 = {"optimizations": ["DEFAULT"], "supported_ops": ["TFLITE_BUILTINS_INT8"]}
     int8["representative_dataset"] = True  # as conf/recipe/qat.yaml
     recipe = QATRecipe.with_options(
