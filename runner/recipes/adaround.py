@@ -143,7 +143,7 @@ class AdaRoundRecipe(RecipeBase):
             flatbuffer = self._convert(rounded, settings, calib, ctx)
             if held is None:
                 return flatbuffer, f"activation ranges {estimator}"
-            hits = _hits(flatbuffer, held, ctx)
+            hits = held.hits(flatbuffer)
             scored.append(f"{estimator} {np.mean(hits[0]):.4f} / {np.mean(hits[1]):.4f}")
             if best is None or beats(best[0], hits):
                 best = (hits, flatbuffer, estimator)
@@ -174,13 +174,12 @@ class AdaRoundRecipe(RecipeBase):
         better beyond the noise; None when there is nothing held out."""
         if held is None:
             return None
-        val, where, _ = held
         plain = self._convert(model, converter, calib, ctx)
-        mine, theirs = _hits(flatbuffer, held, ctx), _hits(plain, held, ctx)
+        mine, theirs = held.hits(flatbuffer), held.hits(plain)
         scores = (
             f"int8 validation accuracy {np.mean(mine[0]):.4f} vs the plain converter's "
             f"{np.mean(theirs[0]):.4f}, agreement {np.mean(mine[1]):.4f} vs "
-            f"{np.mean(theirs[1]):.4f} ({len(val)} samples of {where})"
+            f"{np.mean(theirs[1]):.4f} ({len(held)} samples of {held.where})"
         )
         log.info("adaround: %s", scores)
         if beats(mine, theirs):
@@ -192,22 +191,11 @@ class AdaRoundRecipe(RecipeBase):
 
 
 def _held_out(ctx: RecipeContext):
-    """(held-out split, where it comes from, the float model's labels on it), or None."""
-    from runner.evaluation.metrics import labels_from_outputs, predict_keras
+    """The held-out samples the files are judged on, or None."""
+    from runner.evaluation.holdout import Holdout
 
     _, val, where = ctx.held_out()
-    if val is None:
-        return None
-    return val, where, labels_from_outputs(predict_keras(ctx.model, val.x, ctx.scaling))
-
-
-def _hits(flatbuffer: bytes, held, ctx: RecipeContext) -> tuple[np.ndarray, np.ndarray]:
-    """Per held-out sample: (the file labels it right, it agrees with the float model)."""
-    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
-
-    val, _, float_labels = held
-    labels = labels_from_outputs(TFLiteModel(content=flatbuffer).predict(val.x, ctx.scaling, 128))
-    return labels == val.y, labels == float_labels
+    return None if val is None else Holdout.of(ctx.model, val, where, ctx.scaling)
 
 
 def _mean_gain(stats: list[dict[str, Any]]) -> float:

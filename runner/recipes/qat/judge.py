@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from runner.evaluation.holdout import Holdout
 from runner.evaluation.noise import beats
 from runner.recipes.base import RecipeContext
 from runner.recipes.conversion import convert
@@ -29,38 +30,33 @@ class EpochJudge:
         self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val, where: str
     ) -> None:
         from runner.data import subset
-        from runner.evaluation.metrics import labels_from_outputs, predict_keras
 
         self.recipe, self.ctx, self.calib, self.where = recipe, ctx, calib, where
-        self.val = subset(val, JUDGE_SAMPLES, recipe.opts.calibration_seed)
-        self.float_labels = labels_from_outputs(predict_keras(float_model, self.val.x, ctx.scaling))
+        val = subset(val, JUDGE_SAMPLES, recipe.opts.calibration_seed)
+        self.holdout = Holdout.of(float_model, val, where, ctx.scaling)
         self.scores: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.best_weights: list | None = None
         self.best_flatbuffer: bytes | None = None
         self.best_hits: tuple = ()  # the best epoch's per-sample (right, agrees with float)
-        self.last_hits: tuple = ()  # the last scored epoch's
         self.backoffs: list[tuple[int, float]] = []  # (after epoch, the new learning rate)
         self.ranges: str | None = None  # the activation range estimator every file is made with
 
-    def score(self, qat_model, epoch: int) -> None:
+    def score(self, qat_model, epoch: int) -> tuple:
+        """Score ``epoch``'s int8 file (kept when it beats the best); returns its per-sample
+        (right, agrees with float)."""
         import numpy as np
 
-        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
-
         flatbuffer = self.recipe.to_tflite(qat_model, self.ctx, self.calib, self.ranges)
-        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
-        labels = labels_from_outputs(out)
-        right, agrees = labels == self.val.y, labels == self.float_labels
+        right, agrees = self.holdout.hits(flatbuffer)
         s = {
             "epoch": epoch,
             "accuracy": float(np.mean(right)),
             "agreement": float(np.mean(agrees)),
-            "samples": len(self.val),
+            "samples": len(self.holdout),
             "ranges": self.ranges,
         }
         self.scores.append(s)
-        self.last_hits = (right, agrees)
         log.info(
             "QAT epoch %d: int8 validation accuracy %.4f, agreement %.4f (%d samples)",
             epoch,
@@ -71,6 +67,7 @@ class EpochJudge:
         if self.best is None or self.beats_best(right, agrees):
             self.best, self.best_flatbuffer, self.best_hits = s, flatbuffer, (right, agrees)
             self.best_weights = qat_model.get_weights()  # copies already
+        return right, agrees
 
     def epoch_end(self, qat_model, epoch: int) -> None:
         """Score ``epoch``'s int8 file; when it fell below the best beyond the noise (the rate
@@ -79,9 +76,11 @@ class EpochJudge:
         (at most ``recipe.backoffs`` times)."""
         import tf_keras as keras
 
-        self.score(qat_model, epoch)
+        hits = self.score(qat_model, epoch)
         o = self.recipe.opts
-        if epoch >= o.epochs or len(self.backoffs) >= o.backoffs or not self.fell_behind():
+        if epoch >= o.epochs or len(self.backoffs) >= o.backoffs:
+            return
+        if not beats(hits, self.best_hits):  # the best is not ahead beyond the noise
             return
         assert self.best is not None
         qat_model.set_weights(self.best_weights)
@@ -115,11 +114,6 @@ class EpochJudge:
         agreement 0.862 -> 0.946 on 297 samples, one image less right)."""
         return beats(self.best_hits, (right, agrees))
 
-    def fell_behind(self) -> bool:
-        """Whether the last scored epoch is below the best beyond the noise (the best beats it
-        by the rule of :meth:`beats_best`): fine-tuning moved away from the float model."""
-        return bool(self.last_hits) and beats(self.last_hits, self.best_hits)
-
     def post_training(self, float_model) -> tuple[dict[str, Any], bytes] | None:
         """The converter's own post-training int8 file of the model QAT started from, scored on
         the same samples: (its scores, its file) when it beats the kept epoch beyond the noise
@@ -127,8 +121,6 @@ class EpochJudge:
         import dataclasses
 
         import numpy as np
-
-        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
 
         calibrated = dataclasses.replace(self.recipe.converter, representative_dataset=True)
         if self.ranges is not None:
@@ -140,9 +132,7 @@ class EpochJudge:
             token_ids=self.ctx.dataset.is_text,
             batch_size=self.ctx.convert_batch_size,
         )
-        out = TFLiteModel(content=flatbuffer).predict(self.val.x, self.ctx.scaling, 128)
-        labels = labels_from_outputs(out)
-        right, agrees = labels == self.val.y, labels == self.float_labels
+        right, agrees = self.holdout.hits(flatbuffer)
         s = {"accuracy": float(np.mean(right)), "agreement": float(np.mean(agrees))}
         log.info(
             "post-training int8 of the start model: validation accuracy %.4f, agreement %.4f",
