@@ -6,9 +6,8 @@ files on the same samples; with a few hundred samples, a handful of flips is cha
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from scipy.stats import binom
 
 # A sign test on the samples two candidates label differently: a gain is beyond the holdout's
 # noise when so many more flips go one way that a fair coin would do it less than 2.5% of the time.
@@ -21,15 +20,27 @@ def paired_gain(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     :data:`SIGN_TEST_ALPHA` would call real, given how many samples changed."""
     won, lost = int(np.sum(other & ~base)), int(np.sum(base & ~other))
     changed, n = won + lost, max(1, len(base))
-    # the fewest wins out of `changed` a fair coin reaches with probability < alpha
-    tail, need = 0.0, changed + 1
-    for w in range(changed, -1, -1):
-        tail += math.comb(changed, w) / 2.0**changed
-        if tail >= SIGN_TEST_ALPHA:
-            break
-        need = w
+    need = fewest_wins(changed)
     bound = (2 * need - changed) / n if need <= changed else (changed + 1) / n
     return (won - lost) / n, bound
+
+
+def fewest_wins(changed: int, alpha: float = SIGN_TEST_ALPHA) -> int:
+    """The fewest wins out of ``changed`` fair-coin flips whose one-sided tail probability
+    P(X >= w) is below ``alpha`` (``changed + 1`` when no count is that rare).
+
+    scipy's binomial survival function is exact at any size (a sum of ``comb(n, w) / 2**n``
+    overflows a float once a thousand samples change); the tail falls as ``w`` grows, so a
+    bisection over ``[0, changed + 1]`` finds the count in ~log2(n) evaluations.
+    """
+    lo, hi = 0, changed + 1  # tail(hi) < alpha by convention; find the least such w
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if binom.sf(mid - 1, changed, 0.5) < alpha:  # P(X >= mid)
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def beats(base: tuple, other: tuple) -> bool:
