@@ -25,6 +25,8 @@ from runner.evaluation.noise import paired_gain
 from runner.schema import Options
 
 Objective = Literal["size", "gzip_size", "latency", "accuracy"]
+# The error of the row a job that stopped mid-recipe leaves (runner.report.table.job_rows).
+INCOMPLETE = "incomplete:"
 # A latency whose p90 is more than this times its p50 is too noisy to decide on.
 MAX_TRUSTED_SPREAD = 1.5
 
@@ -134,10 +136,14 @@ def pareto(rows: Sequence[Mapping[str, Any]]) -> list[bool]:
 # --------------------------------------------------------------------------- one verdict
 def _verdict(ds, model, rows, budget, predictions, truth) -> Verdict:
     candidates, rejected = [], []
+    # a job that stopped before its recipe finished is a failed job: none of its files ships
+    unfinished = {r.get("job") for r in rows if str(r.get("error") or "").startswith(INCOMPLETE)}
     for r in rows:
         if r.get("format") != "tflite" and r.get("status") == "ok":
             continue  # a Keras file is not what ships to the device
         why = rejection(r, budget)
+        if not why and r.get("job") in unfinished and r.get("role") not in ("float", "reference"):
+            why = f"its job {r.get('job')} did not finish (the table marks it failed)"
         (rejected.append((dict(r), why)) if why else candidates.append(dict(r)))
     verdict = Verdict(ds, model, None, None, rejected, flags=_flags(rows, predictions, truth))
     if not candidates:
@@ -213,17 +219,30 @@ def _smallest_of_the_tied(ranked, predictions, truth) -> dict[str, Any]:
     return min(tied, key=lambda r: _num(r.get("size_bytes")) or math.inf)
 
 
+_OBJECTIVE_TEXT = {
+    "size": "the smallest file",
+    "gzip_size": "the smallest download (gzip)",
+    "latency": "the fastest file (trusted latency)",
+    "accuracy": "the most accurate file (ties within the noise go to the smaller)",
+}
+
+
 def _why(chosen, runner_up, b: SelectOptions, predictions, truth) -> str:
-    what = {
-        "size": "the smallest file",
-        "gzip_size": "the smallest download (gzip)",
-        "latency": "the fastest file (trusted latency)",
-        "accuracy": "the most accurate file (ties within the noise go to the smaller)",
-    }[b.objective]
+    if b.objective == "latency" and not latency_trusted(chosen):
+        what = "the smallest file (no file's latency was trusted, so size decided, not latency)"
+    else:
+        what = _OBJECTIVE_TEXT[b.objective]
     text = f"{what} within the budget (accuracy drop <= {b.max_accuracy_drop:g}, agreement >= {b.min_agreement:g}"
+
     text += f", size <= {b.max_size_mb:g} MB" if b.max_size_mb else ""
-    text += f", latency <= {b.max_latency_ms:g} ms" if b.max_latency_ms else ""
+    if b.max_latency_ms and latency_trusted(chosen):
+        text += f", latency <= {b.max_latency_ms:g} ms"
     text += ")"
+    if b.max_latency_ms and not latency_trusted(chosen):
+        text += (
+            f"; select.max_latency_ms={b.max_latency_ms:g} was NOT checked: its latency was not "
+            "trusted (a wide spread or a busy machine); measure again on a quiet machine"
+        )
     if runner_up is None:
         return text + "; the only one"
     t = _tie(chosen, runner_up, predictions, truth)

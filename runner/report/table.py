@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from runner.files import atomic_write_text
-from runner.report.select import pareto
+from runner.report.select import INCOMPLETE, pareto
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +256,31 @@ def job_rows(job: Path) -> list[dict[str, Any]]:
                 recipe=recipe,
                 role="recipe",
                 status="failed",
-                error=f"incomplete: {why}"
+                error=f"{INCOMPLETE} {why}"
                 if why
-                else "incomplete: the job stopped (killed or interrupted) before its recipe finished",
+                else f"{INCOMPLETE} the job stopped (killed or interrupted) before its recipe finished",
             ),
         ]
-    return [{**empty_row(), **r, "overrides": overrides, "job": job.name} for r in rows]
+    return [
+        {
+            **empty_row(),
+            **r,
+            "path": _here(job, r.get("path")),
+            "overrides": overrides,
+            "job": job.name,
+        }
+        for r in rows
+    ]
+
+
+def _here(job: Path, path: Any) -> Any:
+    """A row's file in the folder being read (``<job>/models/<file>``) when it is there: a sweep
+    folder that was moved or copied names its own files, not the original's."""
+    if not path:
+        return path
+    p = Path(str(path))
+    local = job / p.parent.name / p.name
+    return str(local) if local.is_file() else path
 
 
 def _overrides(job: Path) -> list[str]:

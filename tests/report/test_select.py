@@ -171,3 +171,35 @@ def test_the_chart_puts_the_download_size_on_its_axis_when_the_verdict_minimizes
     assert [round(x * 2**20) for x, _ in seen.values()] == [85_000, 60_000]
     write(rows, tmp_path, SelectOptions())  # the default objective: the raw size
     assert [round(x * 2**20) for x, _ in seen.values()] == [92_000, 92_000]
+
+
+def test_an_untrusted_latency_never_reads_as_meeting_the_latency_budget():
+    # setup: every latency measured with a wide spread
+    rows = [
+        _row("a.tflite", 100, 0.99, latency_p50_ms=9.0, latency_spread=4.0),
+        _row("b.tflite", 200, 0.99, latency_p50_ms=1.0, latency_spread=5.0),
+    ]
+    # execute
+    (budgeted,) = choose(rows, SelectOptions(max_latency_ms=2.0))
+    (fastest,) = choose(rows, SelectOptions(objective="latency"))
+    # assert: the why line says the limit was not checked, and that size decided, not latency
+    assert "latency <= 2 ms" not in budgeted.why
+    assert "select.max_latency_ms=2 was NOT checked" in budgeted.why
+    assert fastest.chosen["artifact"] == "a.tflite"
+    assert fastest.why.startswith("the smallest file (no file's latency was trusted")
+
+
+def test_a_file_of_a_job_that_did_not_finish_is_never_shipped():
+    # setup: job 1 wrote its small file, then stopped mid-recipe (its incomplete row)
+    rows = [
+        _row("none.tflite", 340_000, 0.99, role="reference", job="0"),
+        _row("full_integer.tflite", 92_000, 0.99, job="0"),
+        _row("int4_weight_only.tflite", 48_000, 0.99, job="1"),
+        _row("int4_weight_only", 0, 0.0, job="1", status="failed", error="incomplete: killed"),
+    ]
+    # execute
+    (v,) = choose(rows, SelectOptions())
+    # assert
+    assert v.chosen["artifact"] == "full_integer.tflite"
+    why = dict((r["artifact"], w) for r, w in v.rejected)["int4_weight_only.tflite"]
+    assert "its job 1 did not finish" in why
