@@ -22,15 +22,16 @@ import numpy as np
 from omegaconf import OmegaConf
 
 import runner  # noqa: F401 - TF_USE_LEGACY_KERAS before TensorFlow
-from runner.arguments import checked_arguments
+from runner.arguments import checked_arguments, checked_flag, checked_inputs
 from runner.data import Dataset, Scaling
 from runner.errors import RunnerError
 from runner.files import atomic_write_bytes
+from runner.predict import predict_labels, prediction_label
 from runner.recipes.base import Artifact, Recipe, RecipeContext
 
-log = logging.getLogger(__name__)
+__all__ = ["compare", "predict_labels", "prediction_label", "quantize_model"]
 
-WORD_INDEX = "word_index.json"
+log = logging.getLogger(__name__)
 
 
 def quantize_model(
@@ -85,9 +86,11 @@ def quantize_model(
     calibration, labels = checked_arguments(
         model_path, quantized_model_path, recipe, calibration, labels
     )
+    check = checked_flag("check", check)
     cfg = _compose(recipe)  # once: the recipe's node and the train settings QAT reads
     rec = _recipe(cfg.recipe, options)
     model = load_model(model_path, safe_mode=safe_mode)
+    calibration = checked_inputs(model, calibration)
     needed = rec.data_needed()
     if needed and calibration is None:
         raise RunnerError(
@@ -306,53 +309,6 @@ def domain_inputs(model, n: int, token_ids: bool, seed: int = 0) -> np.ndarray:
     return x.astype(dtype)
 
 
-def prediction_label(
-    test_sentence: str,
-    model_path: str | os.PathLike,
-    word_index_path: str | os.PathLike | None = None,
-) -> int:
-    """Predict the label (0/1 for a sigmoid head, the argmax otherwise) of one sentence.
-
-    The vocabulary is ``word_index_path``, else the ``word_index.json`` beside the model, else
-    the one in the working directory. Raw Chinese is segmented with jieba; space-segmented text
-    is used as it is. The sentence is padded to the model's input length.
-    """
-    return predict_labels([test_sentence], model_path, word_index_path)[0]
-
-
-def predict_labels(
-    sentences: Iterable[str],
-    model_path: str | os.PathLike,
-    word_index_path: str | os.PathLike | None = None,
-) -> list[int]:
-    """:func:`prediction_label` for many sentences: one vocabulary load, one batched inference."""
-    from runner.data import Scaling
-    from runner.data.vocabulary import Vocabulary, segment
-    from runner.evaluation.metrics import labels_from_outputs
-
-    sentences = list(sentences)
-    if not sentences or any(not isinstance(s, str) or not s.strip() for s in sentences):
-        raise RunnerError("the sentence is empty: pass the text to classify")
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise RunnerError(
-            f"model file {model_path} does not exist (expected a .tflite written by quantize_model)"
-        )
-    vocab = Vocabulary.load(_find_word_index(model_path, word_index_path))
-    model = _tflite_cache(model_path)
-    rows = embedding_rows(model)
-    if rows is not None and vocab.size > rows:
-        raise RunnerError(
-            f"the vocabulary has ids up to {vocab.size - 1}, but the model's embedding has {rows} rows: "
-            f"this word_index.json does not belong to {model_path.name} (if the model was trained with "
-            f"num_words={rows}, keep only the words with an id below {rows})"
-        )
-    maxlen = int(model.input["shape"][1])
-    # Segment each sentence on its own: "auto" decides per text whether it is already cut.
-    ids = vocab.encode([segment([s], "auto")[0] for s in sentences], maxlen)
-    return [int(v) for v in labels_from_outputs(model.predict(ids, Scaling("none"), batch_size=64))]
-
-
 def takes_token_ids(model) -> bool:
     """Does the model start with an Embedding, or take integers (so its input holds token ids)?"""
     if not model.layers:  # a SavedModel: judged by its input type
@@ -363,38 +319,3 @@ def takes_token_ids(model) -> bool:
             continue
         return name == "Embedding"
     return False
-
-
-def embedding_rows(model) -> int | None:
-    """Rows of the first embedding table (GATHER's params) in a TFLite model, if it has one."""
-    interp = model._interp
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    for op in interp._get_ops_details():
-        if op["op_name"] == "GATHER":
-            return int(tensors[int(op["inputs"][0])]["shape"][0])
-    return None
-
-
-_MODELS: dict[tuple[str, float], Any] = {}
-
-
-def _tflite_cache(path: Path):
-    """One interpreter per model file (reloaded when the file changes)."""
-    from runner.evaluation.metrics import TFLiteModel
-
-    key = (str(path.resolve()), path.stat().st_mtime)
-    if key not in _MODELS:
-        _MODELS[key] = TFLiteModel(path)
-    return _MODELS[key]
-
-
-def _find_word_index(model_path: Path, given: str | os.PathLike | None) -> Path:
-    if given is not None:
-        return Path(given)
-    candidates = [model_path.parent / WORD_INDEX, Path.cwd() / WORD_INDEX]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise RunnerError(
-        f"no {WORD_INDEX} found beside the model or in the working directory (looked at {', '.join(map(str, candidates))}); pass word_index_path="
-    )

@@ -43,9 +43,45 @@ def checked_arguments(model_path, out_path, recipe, calibration, labels):
             )
     if labels is not None:
         labels = np.asarray(labels)
+        integral = labels.dtype.kind in "iub" or (
+            labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels) & (labels % 1 == 0)))
+        )
+        if not integral or (labels.size and labels.min() < 0):
+            raise RunnerError(
+                "labels must be class ids 0, 1, 2 ... (integers), got dtype "
+                f"{labels.dtype} (e.g. {labels.reshape(-1)[:3].tolist()}); map class names to ids first"
+            )
         if calibration is None or len(labels) != len(calibration):
             raise RunnerError(
                 f"labels must give one label per calibration sample ({len(labels)} labels for "
                 f"{0 if calibration is None else len(calibration)} samples)"
             )
     return calibration, labels
+
+
+def checked_flag(name: str, value: object) -> bool:
+    """A yes/no argument must be a bool (``check="yes"`` or ``check=0`` is a mistake)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise RunnerError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def checked_inputs(model, calibration: np.ndarray | None) -> np.ndarray | None:
+    """``calibration`` against the model's input: the same shape per sample (a free dimension
+    takes any size), as the model's input dtype (a float64 list becomes float32)."""
+    if calibration is None:
+        return None
+    shape = tuple(model.inputs[0].shape)[1:]
+    given = tuple(calibration.shape[1:])
+    if len(shape) != len(given) or any(
+        s is not None and s != g for s, g in zip(shape, given, strict=True)
+    ):
+        want = "(samples, " + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+        raise RunnerError(
+            f"calibration has shape {calibration.shape}, but the model takes {want}: pass "
+            "model-ready inputs of that shape (resized and scaled as in training)"
+        )
+    dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+    if dtype.kind == "f" and calibration.dtype != dtype:
+        return calibration.astype(dtype)
+    return calibration

@@ -200,6 +200,12 @@ def test_weibo_default_text_model_meets_the_bar(tmp_path):
         ({"calibration": np.zeros(8)}, "calibration must be a numeric array .* shape \\(8,\\)"),
         ({"calibration": np.array([["a", "b"]])}, "calibration must be a numeric array"),
         ({"calibration": np.zeros((4, 8)), "labels": [0, 1]}, "one label per calibration sample"),
+        (
+            {"calibration": np.zeros((2, 8)), "labels": ["cat", "dog"]},
+            "labels must be class ids .* got dtype <U3 .*map class names to ids",
+        ),
+        ({"calibration": np.zeros((2, 8)), "labels": [0.5, 1]}, "labels must be class ids"),
+        ({"check": "yes"}, "check must be True or False, got 'yes'"),
     ],
 )
 def test_quantize_model_checks_its_arguments_in_one_line(tmp_path, kwargs, message):
@@ -214,3 +220,33 @@ def test_quantize_model_checks_its_arguments_in_one_line(tmp_path, kwargs, messa
 def test_quantize_model_refuses_a_folder_as_the_file_to_write(tmp_path):
     with pytest.raises(RunnerError, match="is a folder: give the file to write"):
         quantize_model(tmp_path / "m.h5", tmp_path)
+
+
+def _tiny_dense_file(tmp_path):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+    model.save(tmp_path / "m.h5")
+    return tmp_path / "m.h5"
+
+
+def test_calibration_of_the_wrong_shape_is_one_line_naming_the_models_input(tmp_path):
+    path = _tiny_dense_file(tmp_path)
+    with pytest.raises(RunnerError, match=r"shape \(4, 9\), but the model takes \(samples, 8\)"):
+        quantize_model(path, tmp_path / "q.tflite", "full_integer", calibration=np.zeros((4, 9)))
+    assert not (tmp_path / "q.tflite").exists()
+
+
+def test_calibration_given_as_a_python_list_is_used_as_the_models_dtype(tmp_path):
+    # setup: float64 rows in a list (what a notebook often holds)
+    path = _tiny_dense_file(tmp_path)
+    rows = np.random.default_rng(0).normal(size=(32, 8)).tolist()
+    # execute
+    out = quantize_model(path, tmp_path / "q.tflite", "full_integer", calibration=rows)
+    # assert: calibrated and written as full int8
+    model = TFLiteModel(out)
+    assert model.input["dtype"] == np.int8
+
+
+@pytest.mark.parametrize("sentence", [123, None, b"bytes"])
+def test_prediction_label_of_something_not_text_says_so(tmp_path, sentence):
+    with pytest.raises(RunnerError, match="must be text"):
+        prediction_label(sentence, tmp_path / "m.tflite")
