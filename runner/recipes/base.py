@@ -8,7 +8,7 @@ gives the per-layer int8 error of its conversion when it has one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -276,3 +276,25 @@ def float_layers_text(names: Iterable[str]) -> str:
     """The ``float_layers`` column: how many layers a quantized file keeps float, and which."""
     names = list(names)
     return f"{len(names)}: {', '.join(names)}" if names else "0"
+
+
+def check_layer_names(model: Any, names: Sequence[str], key: str) -> None:
+    """Every name in ``names`` (the value of config key ``key``) is a layer of ``model``.
+
+    Raises:
+        RunnerError: one line naming the unknown names, the closest layer of each, and the key.
+    """
+    import difflib
+
+    layers = [layer.name for layer in model.layers]
+    unknown = [n for n in names if n not in layers]
+    if not unknown:
+        return
+    hints = []
+    for n in unknown:
+        close = difflib.get_close_matches(n, layers, n=1, cutoff=0.6)
+        hints.append(f"{n} (did you mean {close[0]}?)" if close else n)
+    raise RunnerError(
+        f"{key} names {', '.join(hints)}, which the model does not have; its layers: "
+        f"{', '.join(layers)}"
+    )

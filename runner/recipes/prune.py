@@ -24,18 +24,21 @@ from pydantic import Field, field_validator
 
 from runner.console import check_interrupt
 from runner.errors import RunnerError, summarize_error
-from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
-from runner.recipes.compressible import kind, known_layers_only, swap_depthwise
-from runner.recipes.conversion import ConverterSettings, convert_checked, full_integer_settings
-from runner.recipes.qat import QATOptions, QATRecipe
+from runner.recipes.base import (
+    Artifact,
+    CalibrationOptions,
+    RecipeBase,
+    RecipeContext,
+    check_layer_names,
+)
+from runner.recipes.compressible import kind, swap_depthwise
+from runner.recipes.conversion import convert_checked
+from runner.schema import tags
 
 log = logging.getLogger(__name__)
 
 # the layers the recipes prune and cluster (by class name); any other keeps its weights dense
 SUPPORTED = ("Conv1D", "Conv2D", "Dense", "DepthwiseConv2D")
-# tfmot's collaborative schemes keep zeros and clusters in Conv2D and Dense only: QAT moves a
-# DepthwiseConv2D's weights off them, so the collaborative recipes leave it dense
-PRESERVED_BY_QAT = ("Conv1D", "Conv2D", "Dense")
 # fine-tuning that ends below this share of the float model's validation accuracy collapsed
 COLLAPSE = 0.5
 
@@ -54,6 +57,7 @@ class FineTuneOptions(CalibrationOptions):
     )
     export: str = Field(
         "full_integer",
+        **tags(names="recipe"),
         min_length=1,
         description="the post-training recipe (conf/recipe) that writes the file: none, float16, "
         "dynamic_range, full_integer ...",
@@ -104,6 +108,9 @@ class _FineTuneRecipe(RecipeBase):
     def wrap(self, model, total_steps: int):  # -> (wrapped model, its callbacks)
         raise NotImplementedError
 
+    def check(self, model) -> None:
+        """Raise a RunnerError for an option this model cannot take (before fine-tuning)."""
+
     def strip(self, model):
         raise NotImplementedError
 
@@ -113,8 +120,11 @@ class _FineTuneRecipe(RecipeBase):
     def produce(self, ctx: RecipeContext) -> list[Artifact]:
         from runner.recipes.qat.wrap import qat_ready
 
+        check_layer_names(ctx.model, self.opts.skip_layers, "recipe.skip_layers")
+        self._export_recipe(ctx)  # a bad export is said before fine-tuning, not after
         calib = self.opts.draw(ctx)
         model = qat_ready(ctx.model, calib)
+        self.check(model)
         dense = [
             f"{layer.name} ({type(layer).__name__})"
             for layer in model.layers
@@ -282,6 +292,23 @@ class ClusterRecipe(_FineTuneRecipe):
     Options = ClusterOptions
     opts: ClusterOptions
 
+    def check(self, model) -> None:
+        small = [
+            (layer.name, layer.get_weights()[0].size)
+            for layer in model.layers
+            if self.compresses(layer)
+            and layer.get_weights()
+            and layer.get_weights()[0].size < self.opts.clusters
+        ]
+        if small:
+            fewest = min(n for _, n in small)
+            names = ", ".join(f"{name} ({n} weights)" for name, n in small)
+            raise RunnerError(
+                f"recipe.clusters={self.opts.clusters}: more clusters than weights in {names}; "
+                f"set recipe.clusters<={fewest} or leave them dense with "
+                f"recipe.skip_layers=[{','.join(name for name, _ in small)}]"
+            )
+
     def describe(self) -> str:
         return f"clustering to {self.opts.clusters} values" + (
             " (zeros kept)" if self.opts.preserve_sparsity else ""
@@ -315,79 +342,3 @@ class ClusterRecipe(_FineTuneRecipe):
         import tensorflow_model_optimization as tfmot
 
         return tfmot.clustering.keras.strip_clustering(model)
-
-
-# --------------------------------------------------------------------------- collaborative
-Steps = Literal["prune", "cluster", "prune_cluster"]
-
-
-class CollaborativeOptions(QATOptions):
-    """``prune_qat`` / ``cluster_qat`` / ``prune_cluster_qat``: compress, then QAT that keeps it."""
-
-    steps: Steps = Field("prune", description="what is done before QAT: prune, cluster or both")
-    sparsity: float = Field(0.5, gt=0, lt=1, description="pruning: share of weights set to zero")
-    clusters: int = Field(16, ge=2, le=256, description="clustering: distinct values per layer")
-    compress_epochs: int = Field(2, ge=1, description="fine-tuning epochs of each compression step")
-    converter: ConverterSettings = Field(
-        default_factory=full_integer_settings,
-        description="the export's TFLite converter settings (full integer, int8 I/O)",
-    )
-
-    @field_validator("steps")
-    @classmethod
-    def _clusters_unfolded(cls, steps: str, info) -> str:
-        if info.data.get("fold_batch_norm") and steps != "prune":
-            raise ValueError(
-                "recipe.fold_batch_norm=true scales each output channel of the clustered "
-                "kernels, so the clusters would no longer share values: leave it false here"
-            )
-        return steps
-
-
-class CollaborativeRecipe(QATRecipe):
-    """The guide's collaborative optimization: pruning and/or clustering, each fine-tuned, then
-    quantization-aware training with the scheme that preserves them (PQAT, CQAT, PCQAT), the
-    best epoch kept on the real int8 file as ``qat`` does."""
-
-    Options = CollaborativeOptions
-    opts: CollaborativeOptions
-    # the cluster-preserving scheme's extra quantizer weights do not load back into a .h5
-    # (tfmot's quantize_scope does not know them): the .tflite is the artifact
-    keras_file = False
-
-    def start_model(self, ctx: RecipeContext, calib) -> tuple[Any, float, str]:
-        from runner.recipes.qat.wrap import qat_ready
-
-        o, model, seconds, done = self.opts, qat_ready(ctx.model, calib), 0.0, []
-        common: dict[str, Any] = {"epochs": o.compress_epochs}
-        if o.learning_rate_scale != "auto":  # auto: the compression step's own default
-            common["learning_rate_scale"] = o.learning_rate_scale
-        common |= {"skip_layers": list(o.skip_layers), "calibration_seed": o.calibration_seed}
-        if o.steps in ("prune", "prune_cluster"):
-            step = PruneRecipe(self.meta, PruneOptions(sparsity=o.sparsity, **common))
-            step.kinds = PRESERVED_BY_QAT
-            model, s, scores = step.fine_tune(model, ctx)
-            seconds += s
-            done.append(f"{step.describe()} (validation {scores[0]:.4f} -> {scores[1]:.4f})")
-        if o.steps in ("cluster", "prune_cluster"):
-            keep = o.steps == "prune_cluster"
-            step = ClusterRecipe(
-                self.meta, ClusterOptions(clusters=o.clusters, preserve_sparsity=keep, **common)
-            )
-            step.kinds = PRESERVED_BY_QAT
-            model, s, scores = step.fine_tune(model, ctx)
-            seconds += s
-            done.append(f"{step.describe()} (validation {scores[0]:.4f} -> {scores[1]:.4f})")
-        return model, seconds, ", then ".join(done) + ", then QAT preserving it"
-
-    def scheme(self) -> Any:
-        import tensorflow_model_optimization as tfmot
-
-        combine = tfmot.experimental.combine
-        if self.opts.steps == "prune":
-            return known_layers_only(combine.Default8BitPrunePreserveQuantizeScheme())
-        return known_layers_only(
-            combine.Default8BitClusterPreserveQuantizeScheme(
-                preserve_sparsity=self.opts.steps == "prune_cluster"
-            )
-        )
