@@ -89,12 +89,22 @@ def guarded(main: Callable[[], None]) -> None:
     """Run Hydra's ``main`` so that Ctrl-C (exit 130) or SIGTERM (exit 143: ``scancel``, a
     time limit, preemption) stops with one line, not a traceback; a sweep first writes the table
     of its finished jobs, the stopped one marked failed."""
+    from runner import preflight
+
     console.catch_interrupts()
     bad = yaml_problems(sys.argv[1:])
     if bad:
         exit_with(USAGE, bad, "error: bad YAML: ")
+    bad = flag_problems(sys.argv[1:])
+    if bad:
+        exit_with(USAGE, bad)
+    preflight.install()
     try:
         main()
+        if _after_jobs:  # a step after the jobs failed and ExitStatusCallback did not say so
+            exit_with(FAILED, _after_jobs)
+    except preflight.ConfigProblems as e:
+        exit_with(USAGE, e.lines, "error: bad config value: ")
     except KeyboardInterrupt as e:
         term = isinstance(e, console.Terminated)
         code, what = (TERMINATED, "terminated (SIGTERM)") if term else (INTERRUPTED, "interrupted")
@@ -111,6 +121,17 @@ def guarded(main: Callable[[], None]) -> None:
                 f"failed): {sweep_dir / 'comparison.md'}"
             ],
         )
+
+
+def flag_problems(argv: list[str]) -> list[str]:
+    """Hydra's flags that cannot go together, said in one line (Hydra raises a traceback)."""
+    modes = [a for a in argv if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info")]
+    if any(a in ("-m", "--multirun") for a in modes) and len(modes) > 1:
+        return [
+            "-m and --cfg/--info cannot go together: --cfg job prints one run's config; "
+            "drop -m and give one value per key (python -m runner --cfg job recipe=qat)"
+        ]
+    return []
 
 
 def config_dirs(argv: list[str]) -> list[Path]:
@@ -235,6 +256,30 @@ def _track(cfg: DictConfig, rows: list, out: Path, overrides: list[str], parent:
 
 
 # --------------------------------------------------------------------------- Hydra callbacks
+# What failed after a sweep's jobs (the table, the verdict, the chart, MLflow): Hydra turns an
+# exception in a callback into a warning and exit 0, so each end hook records its failure here
+# and the command exits 1 with these lines (ExitStatusCallback, else guarded()).
+_after_jobs: list[str] = []
+
+
+def after_jobs(step: str) -> Callable:
+    """Decorate an ``on_multirun_end`` hook: an exception is one line in :data:`_after_jobs`."""
+
+    def wrap(hook: Callable) -> Callable:
+        def run(self: Any, config: Any, **kw: Any) -> None:
+            try:
+                hook(self, config, **kw)
+            except Exception as e:  # noqa: BLE001 - recorded, and the exit code says so
+                from runner.errors import summarize_error
+
+                log.error("%s failed", step, exc_info=True)
+                _after_jobs.append(f"{step} failed after the jobs: {summarize_error(e)}")
+
+        return run
+
+    return wrap
+
+
 def _callback_base() -> type:
     from hydra.experimental.callback import Callback
 
@@ -261,7 +306,12 @@ class ValidateConfigCallback(_callback_base()):
 
     @staticmethod
     def _check(config: DictConfig, skip: frozenset[str] = frozenset()) -> None:
-        bad = [line for line in problems(config) if _key_of(line) not in skip]
+        # a key under a swept group (recipe.epochs with recipe=a,b) is checked per job
+        bad = [
+            line
+            for line in problems(config)
+            if _key_of(line) not in skip and _key_of(line).split(".")[0] not in skip
+        ]
         if bad:
             exit_with(USAGE, bad, "error: bad config value: ")
 
@@ -311,6 +361,7 @@ class TrackingCallback(_callback_base()):
         if tracking.enabled(config):
             _or_exit(lambda: tracking.open_parent_run(config))
 
+    @after_jobs("MLflow logging of the sweep")
     def on_multirun_end(self, config: Any, **_: Any) -> None:
         if tracking.enabled(config):
             tracking.log_sweep(config)
@@ -319,6 +370,7 @@ class TrackingCallback(_callback_base()):
 class SweepReportCallback(_callback_base()):
     """After a multirun: one table across all its jobs, read from disk (any launcher works)."""
 
+    @after_jobs("the sweep table and verdict")
     def on_multirun_end(self, config: Any, **_: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows, verdicts = recommend.sweep([sweep_dir], sweep_dir, recommend.budget_of(config))
@@ -341,23 +393,28 @@ class ExitStatusCallback(_callback_base()):
 
     def on_multirun_end(self, config: Any, **_: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        after = list(_after_jobs)
+        _after_jobs.clear()
         try:
             rows = json.loads((sweep_dir / "comparison.json").read_text())
         except (OSError, ValueError):
-            return
+            rows = []
+            after = after or [f"the sweep table {sweep_dir / 'comparison.json'} was not written"]
         # a job whose rows were all another's (recipe=none beside its baseline) has none of its own
         jobs = {str(r.get("job")) for r in rows} | {d.name for d in report.job_dirs(sweep_dir)}
         failed = sorted(
             {str(r.get("job")) for r in rows if r.get("status") != "ok"}, key=lambda j: (len(j), j)
         )
-        if failed:
-            exit_with(
-                FAILED,
-                [
-                    f"{len(failed)} of {len(jobs)} jobs failed "
-                    f"(jobs {', '.join(map(str, failed))}; see the error column)"
-                ],
-            )
+        lines = after + (
+            [
+                f"{len(failed)} of {len(jobs)} jobs failed "
+                f"(jobs {', '.join(map(str, failed))}; see the error column)"
+            ]
+            if failed
+            else []
+        )
+        if lines:
+            exit_with(FAILED, lines)
 
 
 def _or_exit(fn):

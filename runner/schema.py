@@ -33,6 +33,7 @@ import annotated_types as at
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
+from runner.allowed import refused_target
 from runner.errors import RunnerError
 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
@@ -78,7 +79,13 @@ def defaults(schema: type[BaseModel]) -> dict[str, Any]:
     return out
 
 
-def tags(*, follows: str | None = None, seed: bool = False, trains: bool = True) -> dict[str, Any]:
+def tags(
+    *,
+    follows: str | None = None,
+    seed: bool = False,
+    trains: bool = True,
+    names: str | None = None,
+) -> dict[str, Any]:
     """What the core must know of a plugin's key, declared on its field:
     ``Field(0, ge=0, **tags(follows="seed", seed=True))``.
 
@@ -88,8 +95,11 @@ def tags(*, follows: str | None = None, seed: bool = False, trains: bool = True)
         seed: the key seeds a random draw (``results.json`` lists it under ``seeds``).
         trains: false for a key that does not change the trained model (left out of the
             baseline cache key: a test subset, how a model is converted).
+        names: the value names an option of this config group (``"recipe"``: a file of
+            ``conf/recipe``), checked with the config before any work starts.
     """
-    return {"json_schema_extra": {"follows": follows, "seed": seed, "trains": trains}}
+    extra = {"follows": follows, "seed": seed, "trains": trains, "names": names}
+    return {"json_schema_extra": extra}
 
 
 def follows(key: str) -> dict[str, Any]:
@@ -132,14 +142,17 @@ def config_node(schema: type[BaseModel]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- resolving plugins
 def resolve(target: str) -> Any:
-    """The object a ``_target_`` names (``package.module.name``).
+    """The object a ``_target_`` names (``package.module.name``), imported only when its package
+    is allowed (:func:`refused_target`).
 
     Raises:
-        RunnerError: it cannot be imported (the reason, and that the module must be importable).
+        RunnerError: it is not allowed, or cannot be imported (the reason, and that the module
+            must be importable).
     """
+    why = refused_target(target)
+    if why:
+        raise RunnerError(f"_target_={target}: {why}")
     module, _, name = str(target).rpartition(".")
-    if not module:
-        raise RunnerError(f"_target_={target}: expected package.module.name")
     try:
         obj = importlib.import_module(module)
     except ImportError as e:

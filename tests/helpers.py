@@ -41,10 +41,15 @@ def compose_config(*overrides: str) -> DictConfig:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: int = 600, extra_pythonpath: str = ""
+    *args: str,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    extra_pythonpath: str = "",
+    plugins: str = "",
 ) -> subprocess.CompletedProcess:
+    """``python -m runner ARGS``; ``plugins``: the user's plugin packages a config may name."""
     path = os.pathsep.join(p for p in (extra_pythonpath, str(ROOT)) if p)
-    env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "0", "TFQ_RUNNER_PLUGINS": plugins}
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd or ROOT,

@@ -50,6 +50,7 @@ def _sleeping_site(tmp_path) -> tuple[list[str], dict[str, str]]:
     conf.mkdir(parents=True)
     (conf / "sleep.yaml").write_text("_target_: sleeping.Sleep\nname: sleep\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    env["TFQ_RUNNER_PLUGINS"] = "sleeping"  # a config may name only the plugins the user names
     return [f"hydra.searchpath=[file://{tmp_path / 'conf'}]"], env
 
 
@@ -107,6 +108,7 @@ def slurm(tmp_path):
     (conf / "sleep.yaml").write_text("_target_: sleeping.Sleep\nname: sleep\n")
     name = f"tfq-test-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
+    env["TFQ_RUNNER_PLUGINS"] = "sleeping"  # a config may name only the plugins the user names
     args = [sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", *TINY]
     args += [f"hydra.launcher.name={name}", f"cache_dir={tmp_path / 'cache'}"]
     args += [f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]

@@ -84,6 +84,7 @@ def test_an_outside_recipe_runs_in_a_sweep_over_its_own_option(user_plugin, tmp_
         f"cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={sweep}",
         extra_pythonpath=str(site),
+        plugins="my_recipes",
     )
     # assert: both jobs ran it and scored its file like any other row
     assert p.returncode == 0, p.stderr[-2000:]
@@ -108,7 +109,13 @@ def test_a_typo_in_a_users_yaml_or_command_line_names_the_closest_key(user_plugi
         (("recipe=clip", "recipe.limit=-1"), "recipe.limit=-1: expected a number > 0"),
     ):
         run_dir = tmp_path / "run"
-        p = run_cli(searchpath, *args, f"hydra.run.dir={run_dir}", extra_pythonpath=str(site))
+        p = run_cli(
+            searchpath,
+            *args,
+            f"hydra.run.dir={run_dir}",
+            extra_pythonpath=str(site),
+            plugins="my_recipes",
+        )
         assert p.returncode == 2, p.stderr[-1000:]
         assert p.stderr.strip() == f"error: bad config value: {line}"
         assert not run_dir.exists()

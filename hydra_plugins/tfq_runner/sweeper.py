@@ -39,10 +39,11 @@ class ComposedOnce:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    def compose(self, master_config: Any, overrides: Sequence[str]) -> None:
+    def compose(self, master_config: Any, overrides: Sequence[str]) -> Any:
         config = self.loader.load_sweep_config(master_config, list(overrides))
         if len(self.held) < KEPT:
             self.held[tuple(overrides)] = config
+        return config
 
     def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
         config = self.held.pop(tuple(sweep_overrides), None)
@@ -60,7 +61,21 @@ class RunnerSweeper(BasicSweeper):
         super().setup(hydra_context=context, task_function=task_function, config=config)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Every job of the batch composed and checked against the runner's schemas before any
+        job starts: one line per problem, prefixed with the job's overrides, exit 2."""
+        from runner.config import problems
+        from runner.preflight import ConfigProblems
+
         assert self.hydra_context is not None and self.config is not None
         loader = self.hydra_context.config_loader
+        bad: list[str] = []
         for overrides in batch:
-            loader.compose(self.config, overrides)  # raises as Hydra's check does
+            where = " ".join(overrides) or "(no overrides)"
+            try:
+                config = loader.compose(self.config, overrides)  # raises as Hydra's check does
+            except ConfigProblems as e:
+                bad += [f"job {where}: {line}" for line in e.lines]
+                continue
+            bad += [f"job {where}: {line}" for line in problems(config)]
+        if bad:
+            raise ConfigProblems(bad)

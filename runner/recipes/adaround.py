@@ -35,6 +35,7 @@ from runner.errors import RunnerError
 from runner.evaluation.noise import beats
 from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
 from runner.recipes.ranges import RangeEstimator
+from runner.schema import tags
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class AdaRoundOptions(CalibrationOptions):
     )
     export: str = Field(
         "full_integer",
+        **tags(names="recipe"),
         min_length=1,
         description="the converter recipe (conf/recipe) that writes the file",
     )

@@ -165,6 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:  # a read-only or full --out folder
         where = e.filename or args.out or args.paths[0]
         parser.error(f"cannot write the table in {where}: {e.strerror}; give a writable --out DIR")
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback; the table may be written
+        from runner.errors import summarize_error
+
+        print(
+            f"error: the table or verdict could not be made: {summarize_error(e)} "
+            "(what was written is in the --out folder; please report this with the folder)",
+            file=sys.stderr,
+        )
+        return 1
     if not rows:
         parser.error("no run results found under " + ", ".join(args.paths))
     print(to_markdown(rows, SWEEP_DISPLAY))

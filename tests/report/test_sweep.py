@@ -291,6 +291,7 @@ def test_ctrl_c_or_sigterm_in_a_sweep_stops_with_one_line_and_the_finished_jobs_
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(ROOT)])}
     env["STOP_SIGNAL"] = stop
+    env["TFQ_RUNNER_PLUGINS"] = "interrupting"
     args = [sys.executable, "-m", "runner", "-m", *TINY, f"cache_dir={tmp_path / 'cache'}"]
     args += [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"hydra.sweep.dir={sweep_dir}"]
     # execute
@@ -339,3 +340,92 @@ def test_report_into_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch,
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "cannot write the table in" in err and "give a writable --out DIR" in err
+
+
+def test_a_moved_sweep_folder_names_its_own_files(tmp_path):
+    # setup: a job whose results name files under the original sweep's absolute path
+    job = tmp_path / "moved" / "0"
+    row = _row("a.tflite", "a")
+    row["path"] = "/gone/original/sweep/0/models/a.tflite"
+    _job(job, [row], ["recipe=a"])
+    (job / "models").mkdir()
+    (job / "models" / "a.tflite").write_bytes(b"x")
+    # execute
+    rows = {r["artifact"]: r for r in aggregate([tmp_path / "moved"])}
+    # assert: the file that is here is named here, not at the original sweep's path
+    assert rows["a.tflite"]["path"] == str(job / "models" / "a.tflite")
+
+
+def _sweep_folder(tmp_path):
+    _job(tmp_path / "0", [_row("a.tflite", "a")], ["recipe=a"])
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+
+
+def test_a_failing_verdict_step_fails_the_command_with_one_line(tmp_path, monkeypatch, capsys):
+    # setup: the verdict raises after the table is written (Hydra would make it a warning)
+    from runner import cli
+    from runner.report import recommend
+
+    cfg = _sweep_folder(tmp_path)
+
+    def boom(*a, **k):
+        raise ValueError("injected")
+
+    monkeypatch.setattr(recommend, "write", boom)
+    # execute
+    cli.SweepReportCallback().on_multirun_end(cfg)
+    with pytest.raises(SystemExit) as e:
+        cli.ExitStatusCallback().on_multirun_end(cfg)
+    # assert: exit 1, one line, the table kept
+    assert e.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert err == [
+        "error: the sweep table and verdict failed after the jobs: ValueError: injected"
+    ], err
+    assert (tmp_path / "comparison.md").exists()
+    assert not cli._after_jobs
+
+
+def test_report_rebuild_never_shows_a_traceback(tmp_path, monkeypatch, capsys):
+    from runner.report import recommend
+
+    _sweep_folder(tmp_path)
+    monkeypatch.setattr(recommend, "write", lambda *a, **k: 1 / 0)
+    assert recommend.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ZeroDivisionError" in err and "Traceback" not in err
+
+
+INJECTED = """
+import runpy, sys
+import runner.report.recommend as r
+def boom(*a, **k):
+    raise ValueError("injected")
+r.write = boom
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_real_sweep_whose_verdict_raises_exits_1_with_its_table(tmp_path):
+    import os
+
+    sweep_dir = tmp_path / "sweep"
+    p = subprocess.run(
+        [sys.executable, "-c", INJECTED, "-m", *TINY, f"cache_dir={tmp_path / 'cache'}"]
+        + [f"hydra.sweep.dir={sweep_dir}", "recipe=dynamic_range"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 1, p.stderr[-3000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: the sweep table and verdict failed after the jobs: ValueError: injected"
+    ]
+    assert "dynamic_range.tflite" in (sweep_dir / "comparison.md").read_text()

@@ -38,6 +38,7 @@ from runner.recipes.base import (
     RecipeContext,
     float_layers_text,
 )
+from runner.schema import tags
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class QATInt4Options(CalibrationOptions):
     )
     export: str = Field(
         "int4_weight_only",
+        **tags(names="recipe"),
         min_length=1,
         description="the ai-edge-quantizer recipe (conf/recipe) that writes the file",
     )
