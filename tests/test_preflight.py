@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import CONF, ROOT, TINY, run_cli
 
-from runner.config import group_options, problems
+from runner.config import problems
+from runner.references import group_options
 from runner.schema import Options, options_of, resolve
 
 

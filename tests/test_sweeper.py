@@ -10,9 +10,14 @@ import sys
 from helpers import ROOT, run_cli
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.plugins import Plugins
 
-from hydra_plugins.tfq_runner.sweeper import KEPT, ComposedOnce
 from runner.config import CONF_DIR, register_bases
+
+# Hydra's plugin scan executes every module of the hydra_plugins namespace again (a new class
+# object): scan first, so the class imported here is the one a later scan leaves in sys.modules
+Plugins.instance()
+from hydra_plugins.tfq_runner.sweeper import KEPT, ComposedOnce  # noqa: E402
 
 
 class CountingLoader:
@@ -59,7 +64,8 @@ def test_the_default_sweeper_is_the_runners_and_a_bad_value_stops_the_sweep_firs
     assert cfg.hydra.sweeper._target_ == "hydra_plugins.tfq_runner.sweeper.RunnerSweeper"
     # a swept option that does not exist fails before any job runs, as with Hydra's sweeper
     p = run_cli("-m", "recipe=float16,nope", f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert p.returncode == 1 and "Could not find 'recipe/nope'" in p.stderr, p.stderr[-1500:]
+    assert p.returncode == 2, p.stderr[-1500:]
+    assert "recipe=nope: no such option; did you mean recipe=none?" in p.stderr
     assert not list((tmp_path / "sweep").glob("[0-9]*"))  # no job started
 
 

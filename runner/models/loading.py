@@ -83,15 +83,12 @@ def load_pretrained(
             f"{path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; the runner "
             "takes models with one input and one classification output"
         )
-    if input_shape is not None:
-        got = tuple(model.input_shape[1:])
-        want = tuple(input_shape)
-        if len(got) != len(want) or any(
-            g is not None and g != w for g, w in zip(got, want, strict=False)
-        ):
-            raise RunnerError(
-                f"{path} expects inputs of shape {got}, but the data set gives {want}"
-            )
+    if input_shape is not None and not fits(model.input_shape[1:], input_shape):
+        raise RunnerError(
+            f"{path} expects inputs of shape {tuple(model.input_shape[1:])}, but the data set "
+            f"gives {tuple(input_shape)}: give data of the model's shape (an image folder is "
+            "resized to it; dataset.image_size=[H,W]) or a model built for this data"
+        )
     if num_classes is not None:
         out = int(model.output_shape[-1])
         if not (out == num_classes or (out == 1 and num_classes == 2)):
@@ -112,6 +109,14 @@ def load_pretrained(
             f"(or cap it with dataset.num_words={embedding.input_dim})"
         )
     return loaded
+
+
+def fits(expected: Sequence[int | None], given: Sequence[int]) -> bool:
+    """Does a sample of shape ``given`` fit a model input of shape ``expected`` (None: any)?"""
+    expected, given = tuple(expected), tuple(given)
+    return len(expected) == len(given) and all(
+        e is None or e == g for e, g in zip(expected, given, strict=True)
+    )
 
 
 def _final_activation(model: Any) -> str | None:
@@ -228,7 +233,8 @@ def _open_keras3(p: Path, safe_mode: bool, version: str | None, sample: Any) -> 
     original = keras3.load(p, safe_mode)
     twin = keras3.translate(original)
     note = f"translated from Keras {version} to tf_keras"
-    if sample is not None and len(sample):
+    # a sample that does not fit the model is the caller's one-line error (load_pretrained)
+    if sample is not None and len(sample) and fits(twin.input_shape[1:], np.shape(sample)[1:]):
         diff = float(
             np.max(np.abs(np.asarray(original(sample, training=False)) - np.asarray(twin(sample))))
         )

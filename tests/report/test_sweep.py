@@ -365,7 +365,7 @@ def _sweep_folder(tmp_path):
 
 def test_a_failing_verdict_step_fails_the_command_with_one_line(tmp_path, monkeypatch, capsys):
     # setup: the verdict raises after the table is written (Hydra would make it a warning)
-    from runner import cli
+    from runner import callbacks, cli
     from runner.report import recommend
 
     cfg = _sweep_folder(tmp_path)
@@ -375,9 +375,9 @@ def test_a_failing_verdict_step_fails_the_command_with_one_line(tmp_path, monkey
 
     monkeypatch.setattr(recommend, "write", boom)
     # execute
-    cli.SweepReportCallback().on_multirun_end(cfg)
+    callbacks.SweepReportCallback().on_multirun_end(cfg)
     with pytest.raises(SystemExit) as e:
-        cli.ExitStatusCallback().on_multirun_end(cfg)
+        callbacks.ExitStatusCallback().on_multirun_end(cfg)
     # assert: exit 1, one line, the table kept
     assert e.value.code == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
