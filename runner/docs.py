@@ -146,7 +146,11 @@ def markdown(schema: type[BaseModel], prefix: str) -> str:
     return "\n".join(lines + _rows(schema, prefix))
 
 
-def _rows(schema: type[BaseModel], prefix: str) -> list[str]:
+def _rows(
+    schema: type[BaseModel], prefix: str, given: dict[str, Any] | None = None
+) -> list[str]:
+    """``given``: the defaults a parent field sets on this nested schema (its
+    ``default_factory``), which win over the nested schema's own."""
     out = []
     for name, field in schema.model_fields.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -155,9 +159,17 @@ def _rows(schema: type[BaseModel], prefix: str) -> list[str]:
         nested = base if isinstance(base, type) and issubclass(base, BaseModel) else None
         item = _item(base) if typing.get_origin(base) is list else None
         if nested is not None:
-            out += _rows(nested, key)
+            inner = None if field.is_required() else config_default(field)
+            if given is not None and name in given:
+                inner = given[name]
+            out += _rows(nested, key, inner if isinstance(inner, dict) else None)
             continue
-        default = "required" if field.is_required() else _plain_default(config_default(field))
+        if given is not None and name in given:
+            default = _plain_default(given[name])
+        elif field.is_required():
+            default = "required"
+        else:
+            default = _plain_default(config_default(field))
         allowed = describe(_field_annotation(field)).replace("|", "\\|")
         if isinstance(item, type) and issubclass(item, BaseModel):
             allowed = "a list of {" + ", ".join(item.model_fields) + "}, below"

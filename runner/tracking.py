@@ -9,6 +9,7 @@ status) and its files (comparison table, results.json, layer report; the ``.tfli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,10 @@ from pydantic import Field
 from runner.errors import RunnerError
 from runner.report.table import METRIC_COLUMNS
 from runner.schema import Options
+
+# MLflow's SQLite store, relative to where you launch: `mlflow ui --backend-store-uri` takes the
+# same URI (MLflow 3 keeps its folder store only behind MLFLOW_ALLOW_FILE_STORE=true)
+DEFAULT_STORE = "sqlite:///outputs/mlruns.db"
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,11 @@ class LoggerOptions(Options):
 
     name: Literal["none", "mlflow"] = Field("none", description="none, or MLflow runs")
     tracking_uri: str = Field(
-        "outputs/mlruns", min_length=1, description="a local folder, or a server / database URI"
+        DEFAULT_STORE,
+        min_length=1,
+        description="where runs are logged: a SQLite file (sqlite:///path.db), a server "
+        "(http://...) or a local folder (MLflow's file store, kept only behind "
+        "MLFLOW_ALLOW_FILE_STORE=true, which the runner sets)",
     )
     experiment: str = Field("tfq-runner", min_length=1, description="the MLflow experiment")
     log_models: bool = Field(False, description="also upload every .tflite file of the run")
@@ -65,14 +74,23 @@ def connect(logger: Mapping[str, Any]):
     as given).
     """
     mlflow = mlflow_module()
-    uri = str(logger.get("tracking_uri") or "outputs/mlruns")
+    uri = str(logger.get("tracking_uri") or DEFAULT_STORE)
+    if uri.startswith("sqlite:///"):  # the database file's folder must exist
+        Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if "://" not in uri and not uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         uri = Path(uri).expanduser().resolve().as_uri()
     elif uri.startswith("file:"):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(str(logger.get("experiment") or "tfq-runner"))
+    name = str(logger.get("experiment") or "tfq-runner")
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        # artifacts beside the database (MLflow's default is ./mlruns under the working folder)
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+        # another job of the sweep may create it first
+        with contextlib.suppress(Exception):
+            mlflow.create_experiment(name, artifact_location=(db.parent / "mlartifacts").as_uri())
+    mlflow.set_experiment(name)
     return mlflow
 
 

@@ -47,3 +47,46 @@ def test_the_readmes_sweep_table_is_the_main_jobs_recipes_as_generated():
         "python -m runner.docs --readme-table <its sweep folder>"
     )
     assert "The verdict it ended with: ship `" in block
+
+
+def _documented(group: str) -> dict[str, dict[str, str]]:
+    """{option file: {key: value}} as docs/options.md tells it: its family table's defaults,
+    then what the file's "sets" line changes."""
+    import re
+
+    from runner.docs import OPTIONS
+
+    text = OPTIONS.read_text(encoding="utf-8")
+    out: dict[str, dict[str, str]] = {}
+    for section in text.split("\n### ")[1:]:
+        files = re.findall(rf"`{group}=(\w+)`", section.split("\n\n", 2)[1])
+        table = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", section, re.M))
+        for f in files:
+            values = {k: v for k, v in table.items() if k.startswith(f"{group}.")}
+            sets = re.search(rf"^- `{group}={f}` sets (.*)$", section, re.M)
+            for k, v in re.findall(r"`([\w.\[\]]+)=([^`]*)`", sets.group(1) if sets else ""):
+                values[k] = v
+            out[f] = values
+    return out
+
+
+def test_the_option_tables_equal_every_recipes_composed_config():
+    # setup
+    from omegaconf import OmegaConf
+
+    from runner.config import CONF_DIR, compose
+    from runner.docs import _leaves, _plain, _plain_default
+
+    documented = _documented("recipe")
+    files = sorted(f.stem for f in (CONF_DIR / "recipe").glob("*.yaml"))
+    assert set(documented) == set(files)
+    for f in files:
+        # execute: the config a run of this recipe composes (what --cfg job prints)
+        node = OmegaConf.to_container(compose([f"recipe={f}"]).recipe, resolve=False)
+        composed = {f"recipe.{k}": v for k, v in _leaves(node) if not k.startswith("_")}
+        # assert: every key the table documents shows the composed value
+        for key, shown in documented[f].items():
+            if key not in composed or key.split(".")[1] in ("name", "description", "use_case"):
+                continue
+            value = composed[key]
+            assert shown in (_plain_default(value), _plain(value)), (f, key, shown, value)
