@@ -18,9 +18,9 @@ from runner.config import sweep_values
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIBO = ROOT.parent / "shared" / "data" / "weibo_rumor" / "weibo_rumor.csv"
-# the recipes of the main job (+experiment=all_recipes), less the ai-edge-quantizer one (its
+# the recipes of the main job (+experiment=core_recipes), less the ai-edge-quantizer one (its
 # own section: --only int4)
-RECIPES = [r for r in sweep_values("all_recipes") if r != "int4_weight_only"]
+RECIPES = [r for r in sweep_values("core_recipes") if r != "int4_weight_only"]
 
 
 def sh(args: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:

@@ -213,7 +213,7 @@ README_COLUMNS = [
 
 
 def readme_table(sweep_dir: Path) -> str:
-    """The README's table and verdict, from a real ``+experiment=all_recipes`` sweep folder."""
+    """The README's table and verdict, from a real ``+experiment=core_recipes`` sweep folder."""
     from runner.report.table import to_markdown
 
     rows = json.loads((sweep_dir / "comparison.json").read_text(encoding="utf-8"))
@@ -235,11 +235,11 @@ def replace_readme_table(sweep_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m runner.docs``: docs/options.md; ``--readme-table SWEEP_DIR``: the README's
-    table from a real ``python -m runner -m +experiment=all_recipes`` sweep folder."""
+    table from a real ``python -m runner -m +experiment=core_recipes`` sweep folder."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m runner.docs", description=main.__doc__)
-    ap.add_argument("--readme-table", metavar="SWEEP_DIR", help="a +experiment=all_recipes sweep")
+    ap.add_argument("--readme-table", metavar="SWEEP_DIR", help="a +experiment=core_recipes sweep")
     args = ap.parse_args(argv)
     if args.readme_table:
         replace_readme_table(Path(args.readme_table))

@@ -42,8 +42,8 @@ def test_the_readmes_sweep_table_is_the_main_jobs_recipes_as_generated():
     text = README.read_text(encoding="utf-8")
     block = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
     shown = {ln.split("|")[1].strip() for ln in block.splitlines() if ln.startswith("| recipe=")}
-    assert shown == {f"recipe={r}" for r in sweep_values("all_recipes")}, (
-        "the README's table is not a run of +experiment=all_recipes: run it and "
+    assert shown == {f"recipe={r}" for r in sweep_values("core_recipes")}, (
+        "the README's table is not a run of +experiment=core_recipes: run it and "
         "python -m runner.docs --readme-table <its sweep folder>"
     )
     assert "The verdict it ended with: ship `" in block

@@ -17,9 +17,9 @@ from runner.files import sha256_file
 from runner.pipeline import run
 from runner.recipes.base import Artifact
 
-# the converter recipes of the main job's sweep (+experiment=all_recipes), and the ptq alias
+# the converter recipes of the main job's sweep (+experiment=core_recipes), and the ptq alias
 POST_TRAINING = [
-    *(r for r in sweep_values("all_recipes") if r not in ("qat", "int4_weight_only")),
+    *(r for r in sweep_values("core_recipes") if r not in ("qat", "int4_weight_only")),
     "ptq",
 ]
 EXPECTED_COLUMNS = [
