@@ -146,9 +146,7 @@ def markdown(schema: type[BaseModel], prefix: str) -> str:
     return "\n".join(lines + _rows(schema, prefix))
 
 
-def _rows(
-    schema: type[BaseModel], prefix: str, given: dict[str, Any] | None = None
-) -> list[str]:
+def _rows(schema: type[BaseModel], prefix: str, given: dict[str, Any] | None = None) -> list[str]:
     """``given``: the defaults a parent field sets on this nested schema (its
     ``default_factory``), which win over the nested schema's own."""
     out = []

@@ -44,7 +44,7 @@ def reference_problems(
     for name, field in schema.model_fields.items():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         target_group = extra.get("names")
-        if not target_group or name not in node:
+        if not target_group or target_group == "layer" or name not in node:  # layers: per model
             continue
         value = node[name]
         options = group_options(str(target_group), folders)

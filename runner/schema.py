@@ -96,7 +96,9 @@ def tags(
         trains: false for a key that does not change the trained model (left out of the
             baseline cache key: a test subset, how a model is converted).
         names: the value names an option of this config group (``"recipe"``: a file of
-            ``conf/recipe``), checked with the config before any work starts.
+            ``conf/recipe``), checked with the config before any work starts; ``"layer"``: a
+            layer of the model, checked by the recipe before its own work
+            (:func:`runner.recipes.base.check_layer_names`).
     """
     extra = {"follows": follows, "seed": seed, "trains": trains, "names": names}
     return {"json_schema_extra": extra}

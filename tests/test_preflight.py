@@ -137,7 +137,7 @@ def _tagged_fields() -> list[tuple[str, str, str, str]]:
         schema = options_of(resolve(target), target)
         for name, field in schema.model_fields.items():
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            if extra.get("names"):
+            if extra.get("names") and extra["names"] != "layer":  # layers: per model, below
                 out.append((f.stem, name, extra["names"], field.get_default()))
     return out
 
@@ -278,3 +278,70 @@ def test_the_conf_folder_names_only_allowed_targets():
     for f in sorted(Path(ROOT / "conf").rglob("*.yaml")):
         bad += target_problems(yaml.safe_load(f.read_text()) or {}, f.stem)
     assert not bad, bad
+
+
+def _layer_fields() -> list[tuple[str, str]]:
+    """(recipe file, key) for every schema field that names a layer of the model."""
+    import yaml
+
+    out = []
+    for f in sorted((CONF / "recipe").glob("*.yaml")):
+        text = f.read_text()
+        target = next(
+            (
+                line.split("/base/")[1].split("@")[0]
+                for line in text.splitlines()
+                if "/base/" in line
+            ),
+            (yaml.safe_load(text) or {}).get("_target_"),
+        )
+        if not target:
+            continue
+        for name, field in options_of(resolve(target), target).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            if extra.get("names") == "layer":
+                out.append((f.stem, name))
+    return out
+
+
+def test_the_walk_finds_every_field_that_names_a_layer():
+    found = set(_layer_fields())
+    assert {("prune", "skip_layers"), ("cluster", "skip_layers"), ("qat", "skip_layers")} <= found
+    assert {("adaround", "skip_layers"), ("qat_int4", "skip_layers")} <= found
+    assert ("prune_cluster_qat", "skip_layers") in found
+
+
+@pytest.mark.parametrize("recipe, key", _layer_fields())
+def test_every_field_that_names_a_layer_refuses_a_typo_before_its_work(tmp_path, recipe, key):
+    # setup: a tiny digits CNN; its first weighted layer's name with one letter dropped
+    from runner.data import Dataset, Scaling
+    from runner.data.digits import load_digits
+    from runner.errors import RunnerError
+    from runner.models.builders import small_cnn
+    from runner.pipeline import build_recipe, recipe_by_name
+    from runner.recipes.base import RecipeContext
+
+    d = load_digits(train_size=40, test_size=10)
+    model = small_cnn((8, 8, 1), 10, filters=(4,), dense_units=0, dropout=0)
+    layer = next(la.name for la in model.layers if la.get_weights())
+    cfg = tiny_cfg_recipe(recipe, f"recipe.{key}=[{layer[:-1]}]")
+    ctx = RecipeContext(
+        model=model,
+        dataset=Dataset("tiny", d.train, d.test, 10),
+        scaling=Scaling("unit"),
+        models_dir=tmp_path,
+        train_cfg={"batch_size": 8, "validation_split": 0.2},
+        recipes=recipe_by_name,
+    )
+    # execute / assert: one line naming the closest layer, and no file written
+    with pytest.raises(
+        RunnerError, match=rf"recipe.{key} names {layer[:-1]} \(did you mean {layer}\?\)"
+    ):
+        build_recipe(cfg.recipe).produce(ctx)
+    assert not list(tmp_path.glob("*.tflite"))
+
+
+def tiny_cfg_recipe(recipe: str, *overrides: str):
+    from runner.config import compose
+
+    return compose([f"recipe={recipe}", *overrides])

@@ -33,7 +33,13 @@ from pydantic import Field
 
 from runner.errors import RunnerError
 from runner.evaluation.noise import beats
-from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
+from runner.recipes.base import (
+    Artifact,
+    CalibrationOptions,
+    RecipeBase,
+    RecipeContext,
+    check_layer_names,
+)
 from runner.recipes.ranges import RangeEstimator
 from runner.schema import tags
 
@@ -55,7 +61,9 @@ class AdaRoundOptions(CalibrationOptions):
     )
     warmup: float = Field(0.2, ge=0, lt=1, description="share of the steps before that term starts")
     skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, description="layer names left at nearest rounding"
+        default_factory=list,
+        **tags(names="layer"),
+        description="layer names left at nearest rounding",
     )
     export: str = Field(
         "full_integer",
@@ -90,9 +98,7 @@ class AdaRoundRecipe(RecipeBase):
             raise RunnerError(NEEDS_KERAS.format(path=ctx.model.path, recipe=self.name))
         converter = self._converter(ctx)
         calib = self.opts.draw(ctx)
-        unknown = sorted(set(self.opts.skip_layers) - {la.name for la in ctx.model.layers})
-        if unknown:
-            raise RunnerError(f"recipe.skip_layers names {unknown}, which the model does not have")
+        check_layer_names(ctx.model, self.opts.skip_layers, "recipe.skip_layers")
         t0 = time.perf_counter()
         model, folded = fold_batch_norm(qat_ready(ctx.model, calib), calib)
         per_tensor = bool(converter.attributes.get("_experimental_disable_per_channel"))

@@ -53,6 +53,7 @@ class FineTuneOptions(CalibrationOptions):
     batch_size: int | None = Field(None, ge=1, description="null: train.batch_size")
     skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list,
+        **tags(names="layer"),
         description="layer names left dense (the guide: the first conv, the head)",
     )
     export: str = Field(

@@ -36,6 +36,7 @@ from runner.recipes.base import (
     CalibrationOptions,
     RecipeBase,
     RecipeContext,
+    check_layer_names,
     float_layers_text,
 )
 from runner.schema import tags
@@ -62,7 +63,9 @@ class QATInt4Options(CalibrationOptions):
         None, ge=1, description="null: one pass over the fitted samples per epoch"
     )
     skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, description="layer names fine-tuned without the 4-bit quantizer"
+        default_factory=list,
+        **tags(names="layer"),
+        description="layer names fine-tuned without the 4-bit quantizer",
     )
     export: str = Field(
         "int4_weight_only",
@@ -200,9 +203,7 @@ class QATInt4Recipe(RecipeBase):
         from runner.models.qat_scope import load_scope
 
         config, wrapper = _classes()
-        unknown = sorted(set(self.opts.skip_layers) - {layer.name for layer in model.layers})
-        if unknown:
-            raise RunnerError(f"recipe.skip_layers names {unknown}, which the model does not have")
+        check_layer_names(model, self.opts.skip_layers, "recipe.skip_layers")
         names: list[str] = []
 
         def clone(layer):

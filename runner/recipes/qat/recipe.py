@@ -22,13 +22,20 @@ from pydantic import Field, field_validator
 from runner.console import check_interrupt
 from runner.errors import RunnerError
 from runner.models.qat_scope import load_scope
-from runner.recipes.base import Artifact, CalibrationOptions, RecipeBase, RecipeContext
+from runner.recipes.base import (
+    Artifact,
+    CalibrationOptions,
+    RecipeBase,
+    RecipeContext,
+    check_layer_names,
+)
 from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
 from runner.recipes.qat.judge import EpochJudge, kept_note, left_float_note
 from runner.recipes.qat.lr import TRIAL_STEPS, fine_tuning_rate
 from runner.recipes.qat.quantizer_ranges import activation_range_keeper, calibrate_ranges
 from runner.recipes.qat.wrap import qat_ready, quantize_aware
 from runner.recipes.ranges import RangeEstimator, one_knob
+from runner.schema import tags
 from runner.train import Optimizer
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,9 @@ class QATOptions(CalibrationOptions):
     batch_size: int | None = Field(None, ge=1, description="null: train.batch_size")
     steps_per_epoch: int | None = Field(None, ge=1, description="null: the whole training split")
     skip_layers: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, description="layer names left unannotated (float)"
+        default_factory=list,
+        **tags(names="layer"),
+        description="layer names left unannotated (float)",
     )
     fallback: bool = Field(
         True, description="leave layers tfmot cannot annotate float (false: stop, naming them)"
@@ -312,6 +321,7 @@ class QATRecipe(RecipeBase):
         from runner.files import atomic_write_with
         from runner.models.loading import load_model
 
+        check_layer_names(ctx.model, self.opts.skip_layers, "recipe.skip_layers")
         calib = self.opts.draw(ctx)  # the quantizers' starting ranges and the export's data
         start, prepared, before = self.start_model(ctx, calib)
         done = self.fine_tune(start, ctx, calib)

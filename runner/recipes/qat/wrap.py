@@ -15,6 +15,7 @@ from runner.models.qat_scope import (
     load_scope,
     tfmot_module,
 )
+from runner.recipes.base import check_layer_names
 from runner.recipes.recurrent import RECURRENT
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,7 @@ def plan_annotation(
     )
 
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
-    names = {layer.name for layer in model.layers}
-    unknown = sorted(set(skip_layers) - names)
-    if unknown:
-        raise RunnerError(
-            f"recipe.skip_layers names {unknown}, which the model does not have; its layers: {sorted(names)}"
-        )
+    check_layer_names(model, skip_layers, "recipe.skip_layers")
     plan: dict[str, Any] = {}
     floats: list[tuple[str, str]] = []
     conv1d = conv1d_quantize_config()
