@@ -23,11 +23,12 @@ from omegaconf import OmegaConf
 
 import runner  # noqa: F401 - TF_USE_LEGACY_KERAS before TensorFlow
 from runner.arguments import checked_arguments, checked_flag, checked_inputs
+from runner.artifacts import Artifact
 from runner.data import Dataset, Scaling
 from runner.errors import RunnerError
 from runner.files import atomic_write_bytes
 from runner.predict import predict_labels, prediction_label
-from runner.recipes.base import Artifact, Recipe, RecipeContext
+from runner.recipes.base import Recipe, RecipeContext
 
 __all__ = ["compare", "predict_labels", "prediction_label", "quantize_model"]
 

@@ -292,7 +292,7 @@ def memo_metrics(folder: Path | None, spec: dict[str, Any], compute: Callable[[]
     """
     import numpy as np
 
-    from runner.evaluation.metrics import Metrics
+    from runner.artifacts import Metrics
     from runner.files import atomic_write_with
 
     if folder is None:

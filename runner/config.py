@@ -30,7 +30,7 @@ from runner.models.meta import ModelMeta
 from runner.recipes.base import RecipeMeta
 from runner.references import CONF_DIR, config_folders, reference_problems, target_problems
 from runner.report.select import SelectOptions
-from runner.schema import Options, combined, config_node, options_of, parse, resolve
+from runner.schema import Options, combined, config_node, options_of, parse, resolve, tagged
 from runner.schema import problems as schema_problems
 from runner.tracking import LoggerOptions
 from runner.train import TrainConfig
@@ -357,3 +357,17 @@ def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
     else:
         yield prefix, node
+
+
+def seeds(cfg: DictConfig) -> dict[str, Any]:
+    """Every seed of the run: ``seed``, and each key a group's schema tags as a seed
+    (``train.seed``, ``dataset.split_seed``, ``recipe.calibration_seed`` ...)."""
+    out: dict[str, Any] = {"seed": cfg.seed}
+    for group in ("dataset", "model", "train", "recipe"):
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        try:
+            keys = tagged(schema_of(group, node), "seed", True)
+        except RunnerError:
+            continue
+        out |= {f"{group}.{k}": node[k] for k in keys if k in node}
+    return out

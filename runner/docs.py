@@ -19,18 +19,9 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel
 
 from runner.config import CONF_DIR, FIXED, GROUP_META, RunOptions, compose, schema_of
+from runner.describe import describe, field_annotation, item_type, non_null, unwrap
 from runner.files import atomic_write_text
-from runner.schema import (
-    _field_annotation,
-    _item,
-    _non_null,
-    _unwrap,
-    config_default,
-    config_node,
-    describe,
-    options_of,
-    resolve,
-)
+from runner.schema import config_default, config_node, options_of, resolve
 
 OPTIONS = CONF_DIR.parent / "docs" / "options.md"
 HEAD = """# Every option
@@ -152,10 +143,10 @@ def _rows(schema: type[BaseModel], prefix: str, given: dict[str, Any] | None = N
     out = []
     for name, field in schema.model_fields.items():
         key = f"{prefix}.{name}" if prefix else name
-        base, _ = _unwrap(_field_annotation(field))
-        base = _non_null(base)
+        base, _ = unwrap(field_annotation(field))
+        base = non_null(base)
         nested = base if isinstance(base, type) and issubclass(base, BaseModel) else None
-        item = _item(base) if typing.get_origin(base) is list else None
+        item = item_type(base) if typing.get_origin(base) is list else None
         if nested is not None:
             inner = None if field.is_required() else config_default(field)
             if given is not None and name in given:
@@ -168,7 +159,7 @@ def _rows(schema: type[BaseModel], prefix: str, given: dict[str, Any] | None = N
             default = "required"
         else:
             default = _plain_default(config_default(field))
-        allowed = describe(_field_annotation(field)).replace("|", "\\|")
+        allowed = describe(field_annotation(field)).replace("|", "\\|")
         if isinstance(item, type) and issubclass(item, BaseModel):
             allowed = "a list of {" + ", ".join(item.model_fields) + "}, below"
         out.append(

@@ -21,15 +21,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runner import cache
+from runner.artifacts import Artifact
 from runner.baseline import Baseline, get_baseline, load_dataset, scaling_from
-from runner.config import plugin, validate
+from runner.config import plugin, seeds, validate
 from runner.console import check_interrupt
 from runner.data import Dataset
 from runner.errors import summarize_error
 from runner.evaluation.metrics import EvalConfig
 from runner.evaluation.scoring import Scorer
 from runner.files import atomic_copy, atomic_write_text, atomic_write_with
-from runner.recipes.base import Artifact, Recipe, RecipeContext
+from runner.recipes.base import Recipe, RecipeContext
 from runner.report.results import ResultsTable, RunResult, write_job_failure
 from runner.schema import call
 
@@ -127,6 +128,7 @@ def open_table(
         timings,
         data={"class_names": list(data.class_names), **data.info},
         truth=data.test.y,
+        seeds=seeds(cfg),
         common={
             "dataset": data.name,
             "model": str(cfg.model.get("name", "model")),

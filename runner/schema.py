@@ -24,16 +24,14 @@ import difflib
 import functools
 import importlib
 import inspect
-import types
-import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Union
+from typing import Any
 
-import annotated_types as at
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
 from runner.allowed import refused_target
+from runner.describe import describe, field_annotation, item_type, unwrap
 from runner.errors import RunnerError
 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
@@ -129,8 +127,18 @@ def config_default(field: FieldInfo) -> Any:
     extra = field.json_schema_extra
     if isinstance(extra, dict) and extra.get("follows"):
         return "${" + str(extra["follows"]) + "}"
-    value = field.get_default(call_default_factory=True)
-    return value.model_dump() if isinstance(value, BaseModel) else value
+    return _as_config(field.get_default(call_default_factory=True))
+
+
+def _as_config(value: Any) -> Any:
+    """A default as YAML would hold it: a nested schema as a mapping, a tuple as a list."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        return {k: _as_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_config(v) for v in value]
+    return value
 
 
 def config_node(schema: type[BaseModel]) -> dict[str, Any]:
@@ -248,14 +256,14 @@ def _walk(schema: type[BaseModel], values: Any, loc: tuple, prefix: str) -> tupl
     annotation: Any = schema
     key, value = prefix, values
     for part in loc:
-        base, _ = _unwrap(annotation)
+        base, _ = unwrap(annotation)
         if isinstance(part, int):
             key += f"[{part}]"
-            annotation = _item(base)
+            annotation = item_type(base)
             value = value[part] if isinstance(value, (list, tuple)) and part < len(value) else None
             continue
         if isinstance(base, type) and issubclass(base, BaseModel) and part in base.model_fields:
-            annotation = _field_annotation(base.model_fields[part])
+            annotation = field_annotation(base.model_fields[part])
         else:
             break  # a union's branch name or similar: stop at the last real key
         key = f"{key}.{part}" if key else str(part)
@@ -266,7 +274,7 @@ def _walk(schema: type[BaseModel], values: Any, loc: tuple, prefix: str) -> tupl
 def _unknown(schema: type[BaseModel], values: Any, loc: tuple, prefix: str) -> str:
     *parent, name = loc
     annotation, key, _ = _walk(schema, values, tuple(parent), prefix)
-    base, _ = _unwrap(annotation)
+    base, _ = unwrap(annotation)
     known = (
         list(base.model_fields) if isinstance(base, type) and issubclass(base, BaseModel) else []
     )
@@ -282,101 +290,6 @@ def _unknown(schema: type[BaseModel], values: Any, loc: tuple, prefix: str) -> s
 
 def _plain(v: Any) -> str:
     return str(v).replace("'", "")
-
-
-# --------------------------------------------------------------------------- describing
-def _field_annotation(field: FieldInfo) -> Any:
-    ann = field.annotation
-    return typing.Annotated[(ann, *field.metadata)] if field.metadata else ann
-
-
-def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
-    """(the type, its constraints) of ``Annotated[...]``."""
-    meta: list[Any] = []
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation, *more = typing.get_args(annotation)
-        for m in more:
-            meta.extend(m.metadata if isinstance(m, FieldInfo) else [m])
-    return annotation, meta
-
-
-def _item(annotation: Any) -> Any:
-    base, _ = _unwrap(annotation)
-    base = _non_null(base)
-    args = typing.get_args(base)
-    return args[0] if args else Any
-
-
-def _non_null(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(rest) == 1:
-            return rest[0]
-    return annotation
-
-
-def describe(annotation: Any) -> str:
-    """What a field accepts, in words: ``an integer >= 1``, ``one of a, b`` ... (or null)."""
-    base, meta = _unwrap(annotation)
-    for m in meta:
-        if isinstance(m, Described):
-            return m.text
-    if typing.get_origin(base) in (Union, types.UnionType):
-        args = typing.get_args(base)
-        parts = [
-            describe(typing.Annotated[(a, *meta)] if meta else a)
-            for a in args
-            if a is not type(None)
-        ]
-        text = ", or ".join(parts)
-        return text + (" or null" if type(None) in args else "")
-    if typing.get_origin(base) is Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(base))
-    if base is bool:
-        return "true or false"
-    if base in (int, float):
-        noun = "an integer" if base is int else "a number"
-        return noun + _bounds(meta)
-    if base is str:
-        return "a non-empty string" if any(isinstance(m, at.MinLen) for m in meta) else "a string"
-    origin = typing.get_origin(base)
-    if origin in (list, tuple):
-        item = describe(_item(base))
-        item = item.removeprefix("a ").removeprefix("an ")
-        nonempty = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta)
-        return ("a non-empty list" if nonempty else "a list") + f" of ({item})"
-    if origin in (dict, Mapping) or base is dict:
-        return "a mapping"
-    if isinstance(base, type) and issubclass(base, BaseModel):
-        return "{" + ", ".join(base.model_fields) + "}"
-    return "a value" if base is Any else getattr(base, "__name__", str(base))
-
-
-def _bounds(meta: list[Any]) -> str:
-    lo = next((m for m in meta if isinstance(m, (at.Ge, at.Gt))), None)
-    hi = next((m for m in meta if isinstance(m, (at.Le, at.Lt))), None)
-    lo_v = None if lo is None else getattr(lo, "ge", getattr(lo, "gt", None))
-    hi_v = None if hi is None else getattr(hi, "le", getattr(hi, "lt", None))
-    if lo is not None and hi is not None:
-        return (
-            f" in {'[' if isinstance(lo, at.Ge) else '('}{lo_v:g}, "
-            f"{hi_v:g}{']' if isinstance(hi, at.Le) else ')'}"
-        )
-    if lo is not None:
-        return f" {'>=' if isinstance(lo, at.Ge) else '>'} {lo_v:g}"
-    if hi is not None:
-        return f" {'<=' if isinstance(hi, at.Le) else '<'} {hi_v:g}"
-    return ""
-
-
-class Described:
-    """``Annotated[int, Described("an integer 6n+2")]``: the words :func:`describe` gives."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return f"Described({self.text!r})"
 
 
 # --------------------------------------------------------------------------- building

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from helpers import compose_config
 
+from runner.artifacts import Artifact, Metrics
 from runner.config import sweep_values
-from runner.evaluation.metrics import Metrics
 from runner.evaluation.scoring import fidelity_warnings
 from runner.files import sha256_file
 from runner.pipeline import run
-from runner.recipes.base import Artifact
 
 # the converter recipes of the main job's sweep (+experiment=core_recipes), and the ptq alias
 POST_TRAINING = [

@@ -31,9 +31,10 @@ from runner.data.base import Dataset, Split, SplitOptions, subset
 from runner.data.image_cache import check_room, writable_root
 from runner.data.image_decode import COLOR_MODES
 from runner.data.image_files import DECODE_VERSION, Listing, decode_key, list_images
+from runner.describe import Described
 from runner.errors import RunnerError
 from runner.files import temp_dir
-from runner.schema import Described, options, tags
+from runner.schema import options, tags
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
+from runner.artifacts import Metrics
 from runner.data import Scaling
 from runner.errors import RunnerError
 from runner.evaluation.fidelity import MAX_SQNR_DB, labels_from_outputs, output_fidelity  # noqa: F401
@@ -58,25 +58,6 @@ class EvalConfig(Options):
         """A config node's keys of this schema (validated)."""
         known = set(cls.model_fields)
         return cls.model_validate({k: v for k, v in dict(cfg).items() if k in known})
-
-
-@dataclass(frozen=True)
-class Metrics:
-    accuracy: float
-    top5: float | None
-    agreement: float | None
-    labels: np.ndarray
-    latency_ms: float | None
-    latency_p50_ms: float | None
-    latency_p90_ms: float | None
-    eval_seconds: float
-    # Output-level fidelity against the float Keras model's outputs on the same inputs (None for
-    # the float model itself): conversion drift shows here before it flips a label.
-    output_sqnr_db: float | None = None
-    output_max_abs_error: float | None = None
-    outputs: np.ndarray | None = None  # the dequantized outputs (kept for the reference only)
-    latency_spread: float | None = None  # p90 / p50: near 1 is a steady measurement
-    latency_note: str | None = None  # why the latency may not be trusted (a loaded machine ...)
 
 
 # --------------------------------------------------------------------------- scoring

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from runner import cache
+from runner.artifacts import Artifact, Metrics
 from runner.data import Dataset, Scaling
-from runner.evaluation.metrics import EvalConfig, Metrics, evaluate_keras, evaluate_tflite
+from runner.evaluation.metrics import EvalConfig, evaluate_keras, evaluate_tflite
 from runner.files import sha256_file
-from runner.recipes.base import Artifact
 
 log = logging.getLogger(__name__)
 

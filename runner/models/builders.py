@@ -15,8 +15,9 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator
 
+from runner.describe import Described
 from runner.errors import RunnerError
-from runner.schema import Described, Options, options
+from runner.schema import Options, options
 
 Count = Annotated[int, Field(ge=1)]
 Counts = Annotated[list[Count], Field(min_length=1)]

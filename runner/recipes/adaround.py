@@ -31,15 +31,10 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field
 
+from runner.artifacts import Artifact
 from runner.errors import RunnerError
 from runner.evaluation.noise import beats
-from runner.recipes.base import (
-    Artifact,
-    CalibrationOptions,
-    RecipeBase,
-    RecipeContext,
-    check_layer_names,
-)
+from runner.recipes.base import CalibrationOptions, RecipeBase, RecipeContext, check_layer_names
 from runner.recipes.ranges import RangeEstimator
 from runner.schema import tags
 
@@ -142,12 +137,11 @@ class AdaRoundRecipe(RecipeBase):
         epoch rule: :func:`runner.evaluation.noise.beats`; which
         estimator wins depends on the model, and on EfficientNetB0 the converter's ranges cost
         more than the rounding wins back). Returns (the file, what the row says of it)."""
-        import dataclasses
 
         best = None
         scored = []
         for estimator in self.opts.calibration_ranges:
-            settings = dataclasses.replace(converter, calibration_ranges=estimator)
+            settings = converter.replace(calibration_ranges=estimator)
             flatbuffer = self._convert(rounded, settings, calib, ctx)
             if held is None:
                 return flatbuffer, f"activation ranges {estimator}"

@@ -29,15 +29,9 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from runner import tflite
+from runner.artifacts import Artifact, LayerRows
 from runner.errors import RunnerError
-from runner.recipes.base import (
-    Artifact,
-    CalibrationOptions,
-    LayerRows,
-    RecipeBase,
-    RecipeContext,
-    float_layers_text,
-)
+from runner.recipes.base import CalibrationOptions, RecipeBase, RecipeContext, float_layers_text
 from runner.recipes.ranges import aeq_calibration
 from runner.schema import Options
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import Field
 
+from runner.artifacts import Artifact, LayerRows
 from runner.data import Dataset, Scaling, Split, calibration_sample
 from runner.errors import RunnerError
 from runner.schema import Options, tags
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 
 # Inputs the fidelity check of a recurrent conversion runs on (real training samples).
 PROBE_SAMPLES = 256
-
-LayerRows = list[dict[str, Any]]  # layer_report.csv rows, worst first
 
 
 class RecipeMeta(Options):
@@ -45,30 +44,6 @@ class ArtifactStore(Protocol):
 
     def put(self, name: str, spec: Mapping[str, Any], data: bytes, meta: dict[str, Any]) -> None:
         """Keep ``data`` (and ``meta``) for ``name`` under ``spec``."""
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A file a recipe produced, and what is needed to score it."""
-
-    name: str  # row name, e.g. "float16", "qat_tflite"
-    recipe: str
-    path: Path
-    format: str  # "tflite" or "keras"
-    quantized: bool
-    train_seconds: float = 0.0
-    convert_seconds: float = 0.0
-    model: Any = None  # the in-memory Keras model, for "keras" artifacts
-    float_layers: str | None = None  # layers an int8 recipe kept in float ("2: conv1, fc")
-    worst_layer: str | None = None  # the op with the largest int8 error (layer report)
-    note: str | None = None  # what the recipe wants the reader of the row to know
-    conversion: dict[str, Any] | None = None  # recurrent models: the route chosen, why, trials
-    warnings: tuple[str, ...] = ()  # told to the user at the end of the run, and in results.json
-    layer_rows: LayerRows | None = None  # a per-layer int8 report made while producing
-
-    @property
-    def route(self) -> str | None:
-        return (self.conversion or {}).get("route")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from runner.recipes.base import RecipeContext
 from runner.recipes.compressible import known_layers_only
-from runner.recipes.conversion import ConverterSettings, full_integer_settings
+from runner.recipes.conversion import ConverterOptions, full_integer_settings
 from runner.recipes.prune import ClusterOptions, ClusterRecipe, PruneOptions, PruneRecipe
 from runner.recipes.qat import QATOptions, QATRecipe
 
@@ -32,7 +32,7 @@ class CollaborativeOptions(QATOptions):
     sparsity: float = Field(0.5, gt=0, lt=1, description="pruning: share of weights set to zero")
     clusters: int = Field(16, ge=2, le=256, description="clustering: distinct values per layer")
     compress_epochs: int = Field(2, ge=1, description="fine-tuning epochs of each compression step")
-    converter: ConverterSettings = Field(
+    converter: ConverterOptions = Field(
         default_factory=full_integer_settings,
         description="the export's TFLite converter settings (full integer, int8 I/O)",
     )

@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
@@ -22,63 +22,30 @@ from runner.evaluation import fidelity
 from runner.models.meta import ROUTES
 from runner.recipes.ranges import RangeEstimator, converter_ranges
 from runner.recipes.recurrent import has_recurrent, unrolled, with_fixed_batch
-from runner.schema import Options
+from runner.schema import Options, parse
 
 log = logging.getLogger(__name__)
 
 DType = Literal["float32", "float16", "int8", "uint8", "int16"]
 _TYPES = get_args(DType)
-Optimization = Literal["DEFAULT", "OPTIMIZE_FOR_SIZE", "OPTIMIZE_FOR_LATENCY"]
+Optimization = Literal[
+    "DEFAULT", "OPTIMIZE_FOR_SIZE", "OPTIMIZE_FOR_LATENCY", "EXPERIMENTAL_SPARSITY"
+]
 
 
-@dataclass(frozen=True)
-class ConverterOptions:
-    """TFLite converter settings, by name, as a recipe YAML spells them.
+class ConverterOptions(Options):
+    """TFLite converter settings, by name, as a recipe YAML spells them (its ``converter:`` node);
+    the one type of this fact, from the config to :func:`convert`. Integer token-id inputs are
+    never changed by ``inference_input_type``."""
 
-    optimizations: names of ``tf.lite.Optimize`` members (``DEFAULT``).
-    supported_types: ``tf`` dtype names for ``target_spec.supported_types`` (``float16``, ``int8``).
-    supported_ops: names of ``tf.lite.OpsSet`` members (``TFLITE_BUILTINS_INT8`` ...).
-    inference_input_type / inference_output_type: dtype of the model's float inputs/outputs
-        after conversion; integer token-id inputs are never changed.
-    representative_dataset: calibrate activations on sample inputs (needed for int8 activations).
-    calibration_ranges: how those samples set each int8 activation range (:mod:`runner.recipes.ranges`).
-    attributes: other converter attributes set verbatim (e.g. ``_experimental_lower_tensor_list_ops``).
-    """
-
-    optimizations: tuple[str, ...] = ()
-    supported_types: tuple[str, ...] = ()
-    supported_ops: tuple[str, ...] = ()
-    inference_input_type: str | None = None
-    inference_output_type: str | None = None
-    representative_dataset: bool = False
-    calibration_ranges: str = "minmax"
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any] | None) -> ConverterOptions:
-        m = dict(m or {})
-        unknown = set(m) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise RunnerError(
-                f"unknown recipe.converter key(s) {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
-            )
-        for k in ("optimizations", "supported_types", "supported_ops"):
-            m[k] = tuple(m.get(k) or ())
-        m["attributes"] = dict(m.get("attributes") or {})
-        return cls(**m)
-
-
-class ConverterSettings(Options):
-    """A recipe's ``converter:`` node (the schema of :class:`ConverterOptions`)."""
-
-    optimizations: list[Optimization] = Field(
-        default_factory=list, description="tf.lite.Optimize members (DEFAULT: quantize weights)"
+    optimizations: tuple[Optimization, ...] = Field(
+        (), strict=False, description="tf.lite.Optimize members (DEFAULT: quantize weights)"
     )
-    supported_types: list[DType] = Field(
-        default_factory=list, description="target_spec.supported_types (float16, int8 ...)"
+    supported_types: tuple[DType, ...] = Field(
+        (), strict=False, description="target_spec.supported_types (float16, int8 ...)"
     )
-    supported_ops: list[Annotated[str, Field(min_length=1)]] = Field(
-        default_factory=list, description="tf.lite.OpsSet members (TFLITE_BUILTINS_INT8 ...)"
+    supported_ops: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        (), strict=False, description="tf.lite.OpsSet members (TFLITE_BUILTINS_INT8 ...)"
     )
     inference_input_type: DType | None = Field(
         None, description="dtype of the model's float inputs after conversion (null: float32)"
@@ -98,16 +65,22 @@ class ConverterSettings(Options):
         default_factory=dict, description="other converter attributes, set verbatim"
     )
 
-    def to_options(self) -> ConverterOptions:
-        return ConverterOptions.from_mapping(self.model_dump())
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | None) -> ConverterOptions:
+        """``m`` checked (raises RunnerError naming a bad key or value and what is allowed)."""
+        return parse(dict(m or {}), cls, "recipe.converter", strict=True)  # type: ignore[return-value]
+
+    def replace(self, **changes: Any) -> ConverterOptions:
+        """A copy with ``changes`` (checked as the config would be)."""
+        return self.from_mapping({**self.model_dump(), **changes})
 
 
-def full_integer_settings() -> ConverterSettings:
+def full_integer_settings() -> ConverterOptions:
     """The converter settings of ``full_integer``: int8 weights and activations, int8 I/O,
     calibrated (the default of recipes that always write a full-integer file)."""
-    return ConverterSettings(
-        optimizations=["DEFAULT"],
-        supported_ops=["TFLITE_BUILTINS_INT8"],
+    return ConverterOptions(
+        optimizations=("DEFAULT",),
+        supported_ops=("TFLITE_BUILTINS_INT8",),
         inference_input_type="int8",
         inference_output_type="int8",
         representative_dataset=True,

@@ -172,10 +172,9 @@ def _rows(dbg: Any) -> list[dict[str, Any]]:
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    from runner.files import atomic_write_text
-    from runner.report.table import to_csv
+    from runner.files import atomic_write_text, csv_text
 
-    return atomic_write_text(path, to_csv(rows, columns))
+    return atomic_write_text(path, csv_text(rows, columns))
 
 
 def summary(rows: Sequence[Mapping[str, Any]], n: int = 3) -> str:

@@ -19,9 +19,10 @@ from typing import Annotated
 
 from pydantic import Field
 
+from runner.artifacts import Artifact
 from runner.errors import RunnerError
 from runner.recipes.aeq import AEQRecipe, Rule
-from runner.recipes.base import Artifact, CalibrationOptions, RecipeContext
+from runner.recipes.base import CalibrationOptions, RecipeContext
 from runner.recipes.conversion import full_integer_settings
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,7 @@ class MixedA16W8Recipe(AEQRecipe):
             return stored[1]["layers"][: self.opts.sixteen_bit_layers]
         from runner.recipes.layer_report import Debugger, summary
 
-        settings = dataclasses.replace(
-            full_integer_settings().to_options(), calibration_ranges="mean"
-        )
+        settings = full_integer_settings().replace(calibration_ranges="mean")
         dbg = Debugger.build(
             ctx.model, settings, self.opts.draw(ctx), ctx.dataset.is_text, ctx.convert_batch_size
         )

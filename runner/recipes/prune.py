@@ -22,15 +22,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from runner.artifacts import Artifact
 from runner.console import check_interrupt
 from runner.errors import RunnerError, summarize_error
-from runner.recipes.base import (
-    Artifact,
-    CalibrationOptions,
-    RecipeBase,
-    RecipeContext,
-    check_layer_names,
-)
+from runner.recipes.base import CalibrationOptions, RecipeBase, RecipeContext, check_layer_names
 from runner.recipes.compressible import kind, swap_depthwise
 from runner.recipes.conversion import convert_checked
 from runner.schema import tags
@@ -153,7 +148,6 @@ class _FineTuneRecipe(RecipeBase):
 
     def _convert(self, model, export, ctx: RecipeContext) -> tuple[bytes, str]:
         """(the file, what its storage note says): sparse storage only where LiteRT runs it."""
-        import dataclasses
 
         from runner.evaluation.metrics import TFLiteModel
 
@@ -162,8 +156,8 @@ class _FineTuneRecipe(RecipeBase):
         kw |= {"recurrent": ctx.recurrent, "quantized": True}
         if self.opts.storage == "sparse":
             settings = export.converter
-            sparse = dataclasses.replace(
-                settings, optimizations=(*settings.optimizations, "EXPERIMENTAL_SPARSITY")
+            sparse = settings.replace(
+                optimizations=(*settings.optimizations, "EXPERIMENTAL_SPARSITY")
             )
             data = convert_checked(model, sparse, calib, **kw).flatbuffer
             try:  # what a phone's default interpreter does with it: load, allocate, run

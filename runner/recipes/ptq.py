@@ -6,22 +6,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
 import numpy as np
 from pydantic import Field
 
-from runner.recipes.base import (
-    PROBE_SAMPLES,
-    Artifact,
-    CalibrationOptions,
-    LayerRows,
-    RecipeBase,
-    RecipeContext,
-)
-from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert_checked
+from runner.artifacts import Artifact, LayerRows
+from runner.recipes.base import PROBE_SAMPLES, CalibrationOptions, RecipeBase, RecipeContext
+from runner.recipes.conversion import ConverterOptions, convert_checked
 from runner.recipes.layer_report import Debugger
 from runner.recipes.recurrent import has_recurrent
 
@@ -31,8 +24,8 @@ log = logging.getLogger(__name__)
 class PTQOptions(CalibrationOptions):
     """A post-training recipe's options (``conf/recipe/dynamic_range.yaml`` ...)."""
 
-    converter: ConverterSettings = Field(
-        default_factory=ConverterSettings, description="the TFLite converter's settings"
+    converter: ConverterOptions = Field(
+        default_factory=ConverterOptions, description="the TFLite converter's settings"
     )
 
 
@@ -45,7 +38,7 @@ class ConverterRecipe(RecipeBase):
     @property
     def converter(self) -> ConverterOptions:
         """The converter settings as the conversion code takes them."""
-        return self.opts.converter.to_options()
+        return self.opts.converter
 
     def data_needed(self) -> str | None:
         if self.converter.representative_dataset:
@@ -72,7 +65,7 @@ class ConverterRecipe(RecipeBase):
         """Convert (or reuse this baseline's earlier conversion with the same settings) and write."""
         recurrent = has_recurrent(ctx.model)
         spec = {
-            "options": dataclasses.asdict(self.converter),
+            "options": self.converter.model_dump(),
             "calibration": self.opts.draw_key,
             "batch": ctx.convert_batch_size,
         } | ({"recurrent": ctx.recurrent, "probe": PROBE_SAMPLES} if recurrent else {})

@@ -5,7 +5,6 @@ Every candidate is scored by running its ``.tflite`` in LiteRT.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -13,10 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from runner.artifacts import Artifact, LayerRows
 from runner.errors import RunnerError
-from runner.recipes.base import Artifact, LayerRows, RecipeContext, float_layers_text
+from runner.recipes.base import RecipeContext, float_layers_text
 from runner.recipes.candidates import TRACE_COLUMNS, Fallback, Holdout, Step, choose
-from runner.recipes.conversion import ConverterSettings, full_integer_settings
+from runner.recipes.conversion import ConverterOptions, full_integer_settings
 from runner.recipes.layer_report import Debugger, summary, write_rows
 from runner.recipes.mixed import A16W8Files
 from runner.recipes.ptq import ConverterRecipe, PTQOptions
@@ -32,7 +32,7 @@ MIN_SAMPLES_IN_BUDGET = 2
 class DebuggerOptions(PTQOptions):
     """What ``selective`` and ``auto_int8`` share: full-integer conversion, calibrated."""
 
-    converter: ConverterSettings = Field(
+    converter: ConverterOptions = Field(
         default_factory=full_integer_settings,
         description="full-integer settings the quantization debugger starts from",
     )
@@ -105,7 +105,7 @@ class _DebuggerRecipe(ConverterRecipe):
         range estimator when given)."""
         converter = self.converter
         if ranges is not None:
-            converter = dataclasses.replace(converter, calibration_ranges=ranges)
+            converter = converter.replace(calibration_ranges=ranges)
         dbg = Debugger.build(
             ctx.model,
             converter,

@@ -11,15 +11,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.artifacts import Artifact, Metrics
 from runner.cache import package_versions
 from runner.data import Scaling
-from runner.errors import RunnerError
-from runner.evaluation.metrics import Metrics
 from runner.evaluation.scoring import fidelity_warnings
 from runner.files import MB, atomic_write_json, atomic_write_with, sha256_file
-from runner.recipes.base import Artifact
 from runner.report import table as report
-from runner.schema import tagged
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +67,13 @@ class ResultsTable:
         common: dict[str, Any],
         data: dict[str, Any] | None = None,
         truth: Any = None,
+        seeds: dict[str, Any] | None = None,
     ) -> None:
         """``truth``: the test split's labels; with them every artifact's predicted labels are
-        kept in ``predictions.npz`` (the verdict compares rows sample by sample)."""
+        kept in ``predictions.npz`` (the verdict compares rows sample by sample). ``seeds``:
+        every seed of the run (:func:`runner.config.seeds`), recorded in ``results.json``."""
         self.output_dir, self.cfg, self.scaling = output_dir, cfg, scaling
+        self.seeds = dict(seeds or {"seed": cfg.get("seed")})
         self.data = data or {}  # the data set's class names and what its loader found
         self.timings, self.common = timings, common
         self.rows: list[dict[str, Any]] = []
@@ -222,7 +222,7 @@ class ResultsTable:
                 "rows": self.rows,
                 "warnings": self.warnings,
                 "config": OmegaConf.to_container(cfg, resolve=True),
-                "seeds": seeds(cfg),
+                "seeds": self.seeds,
                 "input_scaling": self.scaling.as_dict(),
                 "data": self.data,
                 "num_threads": int(cfg.evaluation.num_threads),
@@ -251,22 +251,6 @@ def _small_ints(a: Any) -> Any:
 
     a = np.asarray(a)
     return a.astype(np.int16) if a.size and a.max() < 2**15 and a.min() >= -(2**15) else a
-
-
-def seeds(cfg: DictConfig) -> dict[str, Any]:
-    """Every seed of the run: ``seed``, and each key a group's schema tags as a seed
-    (``train.seed``, ``dataset.split_seed``, ``recipe.calibration_seed`` ...)."""
-    from runner.config import schema_of
-
-    out: dict[str, Any] = {"seed": cfg.seed}
-    for group in ("dataset", "model", "train", "recipe"):
-        node = OmegaConf.to_container(cfg[group], resolve=True)
-        try:
-            keys = tagged(schema_of(group, node), "seed", True)
-        except RunnerError:
-            continue
-        out |= {f"{group}.{k}": node[k] for k in keys if k in node}
-    return out
 
 
 def _stored(art: Artifact) -> dict[str, Any]:

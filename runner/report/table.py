@@ -5,17 +5,14 @@ Imports neither TensorFlow nor LiteRT, so tables can be rebuilt anywhere.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from runner.files import atomic_write_text
+from runner.files import atomic_write_text, csv_text
 from runner.report.select import INCOMPLETE, pareto
 
 log = logging.getLogger(__name__)
@@ -113,14 +110,7 @@ def empty_row(**values: Any) -> Row:
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n"
-    )
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({c: _csv_cell(r.get(c)) for c in columns})
-    return buf.getvalue()
+    return csv_text(rows, columns)
 
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = DISPLAY) -> str:
@@ -142,14 +132,6 @@ def write_tables(
     csv_path = atomic_write_text(out_dir / f"{stem}.csv", to_csv(rows))
     md_path = atomic_write_text(out_dir / f"{stem}.md", to_markdown(rows))
     return csv_path, md_path
-
-
-def _csv_cell(v: Any) -> Any:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(round(v, 6))
-    return v
 
 
 def _md_cell(col: str, v: Any) -> str:

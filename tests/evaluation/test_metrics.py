@@ -55,7 +55,13 @@ def digits_model(tmp_path_factory):
             folder / "i.tflite",
             convert(
                 model,
-                ConverterOptions(("DEFAULT",), (), ("TFLITE_BUILTINS_INT8",), "int8", "int8", True),
+                ConverterOptions(
+                    optimizations=("DEFAULT",),
+                    supported_ops=("TFLITE_BUILTINS_INT8",),
+                    inference_input_type="int8",
+                    inference_output_type="int8",
+                    representative_dataset=True,
+                ),
                 calib,
             ),
         ),
@@ -119,7 +125,7 @@ def test_fidelity_orders_float32_over_float16_over_int8(digits_model, tmp_path):
     model, data, paths = digits_model
     paths["float16"] = atomic_write_bytes(
         tmp_path / "h.tflite",
-        convert(model, ConverterOptions(("DEFAULT",), ("float16",))),
+        convert(model, ConverterOptions(optimizations=("DEFAULT",), supported_types=("float16",))),
     )
     ref = model.predict(Scaling("unit")(data.test.x), verbose=0)
     cfg = EvalConfig(latency_samples=0, progress=False)

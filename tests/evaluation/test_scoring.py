@@ -7,9 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from runner.evaluation.metrics import Metrics
+from runner.artifacts import Artifact, Metrics
 from runner.evaluation.scoring import fidelity_warnings
-from runner.recipes.base import Artifact
 
 FLOORS = SimpleNamespace(min_agreement=0.99, min_agreement_quantized=0.95, min_output_sqnr_db=30)
 

@@ -78,7 +78,7 @@ def test_the_named_layer_gets_int16_activations_and_every_other_op_stays_int8(ct
 
 def test_by_default_the_layer_reports_worst_layers_are_chosen(ctx):
     art = _produce(ctx, "recipe.sixteen_bit_layers=1", "recipe.calibration_samples=100")
-    settings = dataclasses.replace(full_integer_settings().to_options(), calibration_ranges="mean")
+    settings = full_integer_settings().replace(calibration_ranges="mean")
     from runner.data import calibration_sample
 
     calib = UNIT(calibration_sample(ctx.dataset.train, 100, 0))

@@ -581,7 +581,7 @@ def test_depthwise_kernels_are_fake_quantized_and_written_per_channel_as_post_tr
     x = np.random.default_rng(2).normal(size=(64, 8, 8, 4)).astype("float32")
     qat, _ = quantize_aware(model, freeze_batch_norm=True)
     calibrate_ranges(qat, model, x)
-    settings = full_integer_settings().to_options()
+    settings = full_integer_settings()
     qat_file, ptq_file = convert(qat, settings, x), convert(model, settings, x)
 
     qat_scales, ptq_scales = _depthwise_scales(qat_file), _depthwise_scales(ptq_file)
@@ -641,7 +641,7 @@ def test_a_kernel_read_directly_by_a_relu_is_fake_quantized_as_the_file_quantize
         )
     }
     assert quantized == {"c", "dw", "d", "out"}
-    settings = full_integer_settings().to_options()
+    settings = full_integer_settings()
     out = TFLiteModel(content=convert(qat, settings, x)).predict(x, lambda a: a, 64)
     fake, ref = qat.predict(x, verbose=0), model.predict(x, verbose=0)
 
@@ -715,7 +715,7 @@ def test_preserving_qat_keeps_the_zeros_of_a_kernel_read_directly_by_a_relu(reci
 
     x = g.normal(size=(32, 8, 8, 1)).astype("float32")
     calibrate_ranges(qat, model, x)
-    flatbuffer = convert(qat, full_integer_settings().to_options(), x)
+    flatbuffer = convert(qat, full_integer_settings(), x)
     interp = TFLiteModel(content=flatbuffer)._interp
     (t,) = [t for t in interp.get_tensor_details() if list(t["shape"]) == [8, 3, 3, 1]]
     written = interp.get_tensor(t["index"])  # the int8 kernel in the file

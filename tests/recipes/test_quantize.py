@@ -130,13 +130,13 @@ def test_calibration_draw_follows_its_seed(weight_heavy, tmp_path):
 
 
 def test_converter_settings_are_validated_with_the_valid_choices():
-    with pytest.raises(RunnerError, match="valid keys"):
+    with pytest.raises(RunnerError, match="did you mean recipe.converter.optimizations"):
         ConverterOptions.from_mapping({"optimisations": ["DEFAULT"]})
     model = small_cnn((8, 8, 1), 10, filters=(4,))
     with pytest.raises(RunnerError, match="TFLITE_BUILTINS_INT8"):
         convert(model, ConverterOptions(supported_ops=("INT8_ONLY",)))
-    with pytest.raises(RunnerError, match="float16"):
-        convert(model, ConverterOptions(supported_types=("half",)))
+    with pytest.raises(RunnerError, match="float16"):  # refused when made, before converting
+        ConverterOptions.from_mapping({"supported_types": ["half"]})
     with pytest.raises(RunnerError, match="calibration_samples"):
         convert(model, ConverterOptions(representative_dataset=True), calibration=None)
 

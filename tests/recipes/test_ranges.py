@@ -30,8 +30,7 @@ def outlier():
 
 
 def _file(model, calib, ranges: str) -> bytes:
-    opts = dataclasses.replace(
-        full_integer_settings().to_options(),
+    opts = full_integer_settings().replace(
         inference_input_type=None,
         inference_output_type=None,
         calibration_ranges=ranges,
@@ -77,11 +76,7 @@ def test_mean_ranges_clip_one_outlier_sample_and_give_the_others_finer_steps(out
     # minmax is the converter's own file, byte for byte
     plain = convert(
         model,
-        dataclasses.replace(
-            full_integer_settings().to_options(),
-            inference_input_type=None,
-            inference_output_type=None,
-        ),
+        full_integer_settings().replace(inference_input_type=None, inference_output_type=None),
         calib,
     )
     assert _file(model, calib, "minmax") == plain

@@ -6,7 +6,8 @@ import json
 
 from helpers import compose_config
 
-from runner.report.results import seeds, write_job_failure
+from runner.config import seeds
+from runner.report.results import write_job_failure
 
 
 def test_every_seed_is_named_by_its_key_from_the_schemas():

@@ -28,11 +28,11 @@ import numpy as np
 from pydantic import Field
 
 from runner import tflite
+from runner.artifacts import Artifact
 from runner.console import check_interrupt
 from runner.errors import RunnerError
 from runner.evaluation.noise import paired_gain
 from runner.recipes.base import (
-    Artifact,
     CalibrationOptions,
     RecipeBase,
     RecipeContext,

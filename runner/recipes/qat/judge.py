@@ -5,15 +5,13 @@ notes."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from runner.evaluation.holdout import Holdout
 from runner.evaluation.noise import beats
 from runner.recipes.base import RecipeContext
-from runner.recipes.conversion import convert
-
-if TYPE_CHECKING:
-    from runner.recipes.qat.recipe import QATRecipe
+from runner.recipes.conversion import ConverterOptions, convert
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +22,31 @@ JUDGE_SAMPLES = 2000
 
 class EpochJudge:
     """Scores each epoch's real int8 file on the validation split; keeps the best epoch's
-    weights and file (see :meth:`QATRecipe.fine_tune`)."""
+    weights and file (see ``QATRecipe.fine_tune``). It is given what it needs from the recipe:
+    ``to_file(model, ranges)`` writes a model's int8 file with an activation range estimator,
+    ``converter`` is the recipe's (for the post-training comparison), ``seed`` draws the
+    validation subset, ``epochs`` and ``max_backoffs`` bound the back-offs."""
 
     def __init__(
-        self, recipe: QATRecipe, float_model, ctx: RecipeContext, calib, val, where: str
+        self,
+        to_file: Callable[[Any, str | None], bytes],
+        converter: ConverterOptions,
+        float_model,
+        ctx: RecipeContext,
+        calib,
+        val,
+        where: str,
+        *,
+        seed: int,
+        epochs: int,
+        max_backoffs: int,
     ) -> None:
         from runner.data import subset
 
-        self.recipe, self.ctx, self.calib, self.where = recipe, ctx, calib, where
-        val = subset(val, JUDGE_SAMPLES, recipe.opts.calibration_seed)
+        self.to_file, self.converter = to_file, converter
+        self.ctx, self.calib, self.where = ctx, calib, where
+        self.epochs, self.max_backoffs = epochs, max_backoffs
+        val = subset(val, JUDGE_SAMPLES, seed)
         self.holdout = Holdout.of(float_model, val, where, ctx.scaling)
         self.scores: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -47,7 +61,7 @@ class EpochJudge:
         (right, agrees with float)."""
         import numpy as np
 
-        flatbuffer = self.recipe.to_tflite(qat_model, self.ctx, self.calib, self.ranges)
+        flatbuffer = self.to_file(qat_model, self.ranges)
         right, agrees = self.holdout.hits(flatbuffer)
         s = {
             "epoch": epoch,
@@ -73,12 +87,11 @@ class EpochJudge:
         """Score ``epoch``'s int8 file; when it fell below the best beyond the noise (the rate
         overshot: tf_keras EfficientNetB0 under SGD at 3e-3, agreement 0.90 -> 0.83 in one
         epoch) and epochs remain, go on from the best epoch's weights at a tenth of the rate
-        (at most ``recipe.backoffs`` times)."""
+        (at most ``max_backoffs`` times: ``recipe.backoffs``)."""
         import tf_keras as keras
 
         hits = self.score(qat_model, epoch)
-        o = self.recipe.opts
-        if epoch >= o.epochs or len(self.backoffs) >= o.backoffs:
+        if epoch >= self.epochs or len(self.backoffs) >= self.max_backoffs:
             return
         if not beats(hits, self.best_hits):  # the best is not ahead beyond the noise
             return
@@ -118,13 +131,12 @@ class EpochJudge:
         """The converter's own post-training int8 file of the model QAT started from, scored on
         the same samples: (its scores, its file) when it beats the kept epoch beyond the noise
         (that file is then shipped, and the row says so), else None."""
-        import dataclasses
 
         import numpy as np
 
-        calibrated = dataclasses.replace(self.recipe.converter, representative_dataset=True)
+        calibrated = self.converter.replace(representative_dataset=True)
         if self.ranges is not None:
-            calibrated = dataclasses.replace(calibrated, calibration_ranges=self.ranges)
+            calibrated = calibrated.replace(calibration_ranges=self.ranges)
         flatbuffer = convert(
             float_model,
             calibrated,

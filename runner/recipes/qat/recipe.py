@@ -9,7 +9,6 @@ saved as ``.keras`` fails to load ("Layer 'quantize_layer' expected 5 variables,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -19,17 +18,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from runner.artifacts import Artifact
 from runner.console import check_interrupt
 from runner.errors import RunnerError
 from runner.models.qat_scope import load_scope
-from runner.recipes.base import (
-    Artifact,
-    CalibrationOptions,
-    RecipeBase,
-    RecipeContext,
-    check_layer_names,
-)
-from runner.recipes.conversion import ConverterOptions, ConverterSettings, convert
+from runner.recipes.base import CalibrationOptions, RecipeBase, RecipeContext, check_layer_names
+from runner.recipes.conversion import ConverterOptions, convert
 from runner.recipes.qat.judge import EpochJudge, kept_note, left_float_note
 from runner.recipes.qat.lr import TRIAL_STEPS, fine_tuning_rate
 from runner.recipes.qat.quantizer_ranges import activation_range_keeper, calibrate_ranges
@@ -103,8 +97,8 @@ class QATOptions(CalibrationOptions):
         "the noise, put the best epoch's weights back and cut the learning rate by 10, at most "
         "this many times (0: never)",
     )
-    converter: ConverterSettings = Field(
-        default_factory=ConverterSettings, description="the export's TFLite converter settings"
+    converter: ConverterOptions = Field(
+        default_factory=ConverterOptions, description="the export's TFLite converter settings"
     )
     calibration_ranges: Annotated[list[RangeEstimator], Field(min_length=1)] = Field(
         default_factory=lambda: ["minmax", "mean"],
@@ -137,7 +131,7 @@ class QATRecipe(RecipeBase):
 
     @property
     def converter(self) -> ConverterOptions:
-        return self.opts.converter.to_options()
+        return self.opts.converter
 
     def data_needed(self) -> str | None:
         return "fine-tunes on labelled training samples"
@@ -179,9 +173,20 @@ class QATRecipe(RecipeBase):
         fit_split, val_split, where = (
             ctx.held_out() if o.restore_best else (ctx.dataset.train, None, "")
         )
-        judge = (
-            EpochJudge(self, model, ctx, calib, val_split, where) if val_split is not None else None
-        )
+        judge = None
+        if val_split is not None:
+            judge = EpochJudge(
+                lambda m, ranges: self.to_tflite(m, ctx, calib, ranges),
+                self.converter,
+                model,
+                ctx,
+                calib,
+                val_split,
+                where,
+                seed=o.calibration_seed,
+                epochs=o.epochs,
+                max_backoffs=o.backoffs,
+            )
         ranges = self.start_ranges(qat_model, model, calib, judge)
         seq, steps, lr = self._compile(qat_model, model, ctx, train_cfg, fit_split)
         seconds, steps_run = self._fit(qat_model, seq, steps, judge, train_cfg.seed)
@@ -304,7 +309,7 @@ class QATRecipe(RecipeBase):
         """The int8 file of ``qat_model`` (calibrated with ``ranges`` where not fake-quantized)."""
         converter = self.converter
         if ranges is not None:
-            converter = dataclasses.replace(converter, calibration_ranges=ranges)
+            converter = converter.replace(calibration_ranges=ranges)
         return convert(
             qat_model,
             converter,
