@@ -238,6 +238,9 @@ def _lines(e: ValidationError, schema: type[BaseModel], values: Any, prefix: str
         if err["type"] == "extra_forbidden":
             out.append(_unknown(schema, values, loc, prefix))
             continue
+        if not loc and err["type"] == "value_error":  # a rule across keys (model_validator)
+            out.append(err["msg"].removeprefix("Value error, "))
+            continue
         annotation, key, value = _walk(schema, values, loc, prefix)
         if key in {o.split(":", 1)[0].split("=", 1)[0] for o in out}:
             continue  # one line per key (a list's items may fail one by one)

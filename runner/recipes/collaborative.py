@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from runner.recipes.base import RecipeContext
 from runner.recipes.compressible import known_layers_only
@@ -32,20 +32,32 @@ class CollaborativeOptions(QATOptions):
     sparsity: float = Field(0.5, gt=0, lt=1, description="pruning: share of weights set to zero")
     clusters: int = Field(16, ge=2, le=256, description="clustering: distinct values per layer")
     compress_epochs: int = Field(2, ge=1, description="fine-tuning epochs of each compression step")
+    compress_learning_rate_scale: float = Field(
+        0.1,
+        gt=0,
+        description="each compression step's fine-tuning rate = train.learning_rate x this (the "
+        "prune and cluster recipes' own default); QAT then runs at learning_rate_scale",
+    )
+    fold_batch_norm: bool = Field(
+        True,
+        description="fold each BatchNorm into the conv/dense before it first (QAT's measured "
+        "default); steps with clustering must set false: folding scales each output channel of "
+        "the clustered kernels, so the clusters would no longer share values",
+    )
     converter: ConverterOptions = Field(
         default_factory=full_integer_settings,
         description="the export's TFLite converter settings (full integer, int8 I/O)",
     )
 
-    @field_validator("steps")
-    @classmethod
-    def _clusters_unfolded(cls, steps: str, info) -> str:
-        if info.data.get("fold_batch_norm") and steps != "prune":
+    @model_validator(mode="after")
+    def _clusters_unfolded(self) -> CollaborativeOptions:
+        if self.fold_batch_norm and self.steps != "prune":
             raise ValueError(
-                "recipe.fold_batch_norm=true scales each output channel of the clustered "
-                "kernels, so the clusters would no longer share values: leave it false here"
+                f"recipe.fold_batch_norm=true with steps={self.steps}: folding scales each output "
+                "channel of the clustered kernels, so the clusters would no longer share values; "
+                "set recipe.fold_batch_norm=false"
             )
-        return steps
+        return self
 
 
 class CollaborativeRecipe(QATRecipe):
@@ -63,9 +75,10 @@ class CollaborativeRecipe(QATRecipe):
         from runner.recipes.qat.wrap import qat_ready
 
         o, model, seconds, done = self.opts, qat_ready(ctx.model, calib), 0.0, []
-        common: dict[str, Any] = {"epochs": o.compress_epochs}
-        if o.learning_rate_scale != "auto":  # auto: the compression step's own default
-            common["learning_rate_scale"] = o.learning_rate_scale
+        common: dict[str, Any] = {
+            "epochs": o.compress_epochs,
+            "learning_rate_scale": o.compress_learning_rate_scale,
+        }
         common |= {"skip_layers": list(o.skip_layers), "calibration_seed": o.calibration_seed}
         if o.steps in ("prune", "prune_cluster"):
             step = PruneRecipe(self.meta, PruneOptions(sparsity=o.sparsity, **common))
