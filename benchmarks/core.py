@@ -171,7 +171,7 @@ def eval_overhead(models_dir: Path, x_raw: np.ndarray, batch_size: int, repeats:
 
     import runner  # noqa: F401
     from runner.data import Scaling
-    from runner.evaluation.metrics import TFLiteModel
+    from runner.evaluation.interpreter import TFLiteModel
 
     unit = Scaling("unit")
     out = {}

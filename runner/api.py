@@ -262,7 +262,7 @@ def _check_fidelity(model, flatbuffer, data, rec, recipe, model_path, check, rea
     reported, never refused."""
     from runner.data import Scaling
     from runner.evaluation.fidelity import compare
-    from runner.evaluation.metrics import TFLiteModel
+    from runner.evaluation.interpreter import TFLiteModel
     from runner.recipes.recurrent import has_recurrent
 
     probe = data.train.x[:256]

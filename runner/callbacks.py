@@ -84,7 +84,7 @@ def _writable(folder: Path, key: str) -> None:
     """The run folder can be created and written (else one line before Hydra's traceback)."""
     import tempfile
 
-    from runner.config import not_a_folder
+    from runner.references import not_a_folder
 
     why = not_a_folder(folder)
     if why:

@@ -28,7 +28,13 @@ from runner.errors import RunnerError
 from runner.evaluation.metrics import EvalConfig
 from runner.models.meta import ModelMeta
 from runner.recipes.base import RecipeMeta
-from runner.references import CONF_DIR, config_folders, reference_problems, target_problems
+from runner.references import (
+    CONF_DIR,
+    config_folders,
+    path_problems,
+    reference_problems,
+    target_problems,
+)
 from runner.report.select import SelectOptions
 from runner.schema import Options, combined, config_node, options_of, parse, resolve, tagged
 from runner.schema import problems as schema_problems
@@ -234,72 +240,12 @@ def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
     return (
         out
         + [line for line in target_problems(raw) if not line.startswith(TOP_GROUP_TARGETS)]
-        + _model_file_problems(raw.get("model"))
-        + _data_path_problems(cfg)
-        + _cache_dir_problems(cfg)
+        + path_problems(cfg, raw.get("model"))
     )
 
 
 # a plugin group's own ``_target_`` is reported by its schema check above
 TOP_GROUP_TARGETS = tuple(f"{g}._target_=" for g in GROUP_META)
-
-
-# folder keys a run creates when missing: a file (or a file above it) there stops it mid-way
-FOLDER_KEYS = ("cache_dir", "dataset.cache_dir")
-
-
-def _cache_dir_problems(cfg: Any) -> list[str]:
-    out = []
-    for key in FOLDER_KEYS:
-        try:
-            path = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else None
-        except Exception:  # noqa: BLE001 - an unresolvable value is reported by its schema
-            continue
-        why = not_a_folder(path) if isinstance(path, str) and path else None
-        if why:
-            out.append(f"{key}={path}: {why}")
-    return out
-
-
-def not_a_folder(path: str | Path) -> str | None:
-    """Why ``path`` cannot be (or become) a folder: it, or a path above it, is a file."""
-    p = Path(path).expanduser()
-    for q in (p, *p.parents):
-        if q.exists():
-            if q.is_dir():
-                return None
-            where = "is a file" if q == p else f"{q} above it is a file"
-            return f"{where}; expected a folder (created when missing)"
-    return None
-
-
-def _data_path_problems(cfg: Any) -> list[str]:
-    """A named data file or folder must exist: said here, before anything loads."""
-    try:
-        path = OmegaConf.select(cfg, "dataset.path") if isinstance(cfg, DictConfig) else None
-    except Exception:  # noqa: BLE001 - an unresolvable value is reported by its rule
-        return []
-    if isinstance(path, str) and path and not Path(path).expanduser().exists():
-        return [f"dataset.path={path}: {path} does not exist"]
-    return []
-
-
-def _model_file_problems(model: Any) -> list[str]:
-    """A user's model file must be named and exist: checked here, before the data set loads."""
-    if not isinstance(model, dict) or model.get("needs_training", True) is not False:
-        return []
-    path = model.get("path")
-    if not path:
-        return [
-            "model.path=null: model=pretrained needs model.path=/path/to/model.keras "
-            "(or .h5, or a SavedModel folder)"
-        ]
-    if not Path(str(path)).expanduser().exists():
-        return [
-            f"model.path={path}: {path} does not exist; expected a .keras/.h5 file or a "
-            "SavedModel folder"
-        ]
-    return []
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> None:

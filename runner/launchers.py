@@ -29,7 +29,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf
 
 from runner.files import atomic_write_json, atomic_write_text
-from runner.report.table import STOPPED_FILE
+from runner.report.sweep import STOPPED_FILE
 
 log = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ _MODELS: dict[tuple[str, float], Any] = {}
 
 def _tflite_cache(path: Path):
     """One interpreter per model file (reloaded when the file changes)."""
-    from runner.evaluation.metrics import TFLiteModel
+    from runner.evaluation.interpreter import TFLiteModel
 
     key = (str(path.resolve()), path.stat().st_mtime)
     if key not in _MODELS:

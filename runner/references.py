@@ -1,6 +1,7 @@
 """What a config names besides its own values, checked before any work starts: other configs
-(``recipe.export=full_integer`` names ``conf/recipe/full_integer.yaml``) and code (every
-``_target_``, refused unless :mod:`runner.allowed` allows its package). Nothing is imported."""
+(``recipe.export=full_integer`` names ``conf/recipe/full_integer.yaml``), code (every
+``_target_``, refused unless :mod:`runner.allowed` allows its package), files and folders (a
+model file, the data, the cache). Nothing is imported."""
 
 from __future__ import annotations
 
@@ -77,3 +78,67 @@ def target_problems(node: Any, prefix: str = "") -> list[str]:
         for i, value in enumerate(node):
             out += target_problems(value, f"{prefix}[{i}]")
     return out
+
+
+def path_problems(cfg: Any, model: Any) -> list[str]:
+    """The files and folders a config names: a user's model file and the data path must exist,
+    the folders a run creates must be (or become) folders."""
+    return _model_file_problems(model) + _data_path_problems(cfg) + _cache_dir_problems(cfg)
+
+
+# folder keys a run creates when missing: a file (or a file above it) there stops it mid-way
+FOLDER_KEYS = ("cache_dir", "dataset.cache_dir")
+
+
+def _cache_dir_problems(cfg: Any) -> list[str]:
+    out = []
+    for key in FOLDER_KEYS:
+        try:
+            path = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else None
+        except Exception:  # noqa: BLE001 - an unresolvable value is reported by its schema
+            continue
+        why = not_a_folder(path) if isinstance(path, str) and path else None
+        if why:
+            out.append(f"{key}={path}: {why}")
+    return out
+
+
+def not_a_folder(path: str | Path) -> str | None:
+    """Why ``path`` cannot be (or become) a folder: it, or a path above it, is a file."""
+    p = Path(path).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if q.is_dir():
+                return None
+            where = "is a file" if q == p else f"{q} above it is a file"
+            return f"{where}; expected a folder (created when missing)"
+    return None
+
+
+def _data_path_problems(cfg: Any) -> list[str]:
+    """A named data file or folder must exist: said here, before anything loads."""
+    try:
+        path = OmegaConf.select(cfg, "dataset.path") if isinstance(cfg, DictConfig) else None
+    except Exception:  # noqa: BLE001 - an unresolvable value is reported by its rule
+        return []
+    if isinstance(path, str) and path and not Path(path).expanduser().exists():
+        return [f"dataset.path={path}: {path} does not exist"]
+    return []
+
+
+def _model_file_problems(model: Any) -> list[str]:
+    """A user's model file must be named and exist: checked here, before the data set loads."""
+    if not isinstance(model, dict) or model.get("needs_training", True) is not False:
+        return []
+    path = model.get("path")
+    if not path:
+        return [
+            "model.path=null: model=pretrained needs model.path=/path/to/model.keras "
+            "(or .h5, or a SavedModel folder)"
+        ]
+    if not Path(str(path)).expanduser().exists():
+        return [
+            f"model.path={path}: {path} does not exist; expected a .keras/.h5 file or a "
+            "SavedModel folder"
+        ]
+    return []

@@ -13,7 +13,7 @@ from helpers import WEIBO, compose_config, run_cli, write_text_csv
 from runner.api import predict_labels, prediction_label, quantize_model
 from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
-from runner.evaluation.metrics import TFLiteModel
+from runner.evaluation.interpreter import TFLiteModel
 from runner.pipeline import run
 
 

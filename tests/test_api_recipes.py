@@ -16,7 +16,8 @@ from helpers import CONF
 
 from runner.api import quantize_model
 from runner.errors import RunnerError
-from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+from runner.evaluation.interpreter import TFLiteModel
+from runner.evaluation.metrics import labels_from_outputs
 from runner.pipeline import load_dataset, run, scaling_from
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,23 @@ def test_import_contracts_are_kept():
     p = lint_imports()
     # assert: every contract kept (layers, recipe families, no TensorFlow in the light modules)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    assert re.search(r"Contracts: 4 kept, 0 broken", p.stdout), p.stdout[-1000:]
+    assert re.search(r"Contracts: 5 kept, 0 broken", p.stdout), p.stdout[-1000:]
+
+
+def test_the_layers_contract_names_every_module_and_hides_no_import():
+    # setup: the contract as written
+    import tomllib
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = conf["contracts"][0]["layers"]
+    named = {n.strip() for layer in layers for n in re.split(r"[|:]", layer)}
+    modules = {f"runner.{p.stem}" for p in (ROOT / "runner").glob("*.py") if p.stem != "__init__"}
+    packages = {f"runner.{p.parent.name}" for p in (ROOT / "runner").glob("*/__init__.py")}
+    # assert: each module and package on exactly one layer, nothing ignored, type hints counted
+    assert named == modules | packages, (modules | packages) ^ named
+    assert all(":" not in layer for layer in layers)  # siblings never import each other
+    assert not conf.get("exclude_type_checking_imports", False)
+    assert all("ignore_imports" not in c for c in conf["contracts"])
 
 
 def test_the_pipeline_calls_recipes_through_the_protocol_only():
@@ -43,7 +59,7 @@ def test_exit_codes_are_decided_at_the_command_line_edge_only():
 
 
 def test_modules_and_functions_stay_small():
-    # no module over 400 lines, no function body over 60 (its docstring not counted), and
+    # no module over 350 lines, no function body over 60 (its docstring not counted), and
     # pipeline.run a short chain of stages
     import ast
 
@@ -51,7 +67,7 @@ def test_modules_and_functions_stay_small():
     for path in (ROOT / "runner").rglob("*.py"):
         source = path.read_text()
         lines = len(source.splitlines())
-        if lines > 400:
+        if lines > 350:
             big.append(f"{path.relative_to(ROOT)}: {lines} lines")
         for node in ast.walk(ast.parse(source)):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):

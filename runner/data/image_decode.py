@@ -1,15 +1,10 @@
-"""Decoding image files into rows of a uint8 array file, in this process or in worker
-processes (``python -m runner.data.image_decode``: fresh interpreters, never forked from one
-running TensorFlow). :mod:`runner.data.images` decides when and caches the result."""
+"""Decoding image files into rows of a uint8 array file, in this process or in a pool of worker
+processes (``concurrent.futures`` with the spawn context: fresh interpreters, never forked from
+one running TensorFlow). :mod:`runner.data.images` decides when and caches the result."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,63 +25,37 @@ def decode_in_workers(
     bar: Any,
     chunk: int,
 ) -> tuple[set[int], dict[int, str]]:
-    """Chunks ``starts`` (of ``chunk`` files each) decoded by ``n_workers`` processes:
-    (chunks done, bad files)."""
-    job = raw.with_name("decode-job.json")
-    job.write_text(
-        json.dumps(
-            {"raw": str(raw), "size": list(size), "mode": mode, "paths": paths, "chunk": chunk}
-        )
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "runner.data.image_decode", str(job)]
-            + [str(s) for s in starts[k::n_workers]],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for k in range(n_workers)
-    ]
+    """Chunks ``starts`` (of ``chunk`` files each) decoded by a pool of ``n_workers`` processes:
+    (chunks done, bad files). The pool spawns fresh interpreters (never forked from a process
+    running TensorFlow); a chunk whose worker failed is not in the done set, so the caller
+    decodes it in-process, and a process that may not start children (a daemonic worker) gets
+    no pool at all."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
     done: set[int] = set()
     bad: dict[int, str] = {}
-    lock = threading.Lock()
-
-    def read(proc: subprocess.Popen) -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            kind, _, rest = line.rstrip("\n").partition("\t")
-            with lock:
-                if kind == "done":
-                    start = int(rest)
-                    done.add(start)
-                    bar.update(len(paths[start : start + chunk]))
-                elif kind == "bad":
-                    i, _, why = rest.partition("\t")
-                    bad[int(i)] = why
-
-    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p in procs]
-    for t in readers:
-        t.start()
-    for p, t in zip(procs, readers, strict=True):
-        t.join()
-        err = p.stderr.read() if p.stderr else ""  # type: ignore[union-attr]
-        if p.wait() != 0:
-            log.warning("decode worker exited with %d: %s", p.returncode, err.strip()[-300:])
-    job.unlink(missing_ok=True)
+    try:
+        pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
+    except (OSError, ValueError, AssertionError) as e:  # AssertionError: a daemonic process
+        log.warning("no decode workers (%s): decoding in-process", e)
+        return done, bad
+    with pool:
+        futures = {
+            pool.submit(decode_chunk, str(raw), s, paths[s : s + chunk], size, mode): s
+            for s in starts
+        }
+        for future in as_completed(futures):
+            start = futures[future]
+            try:
+                bad |= future.result()
+            except (BrokenProcessPool, OSError, RuntimeError) as e:
+                log.warning("decode worker failed on chunk %d: %s", start, e)
+                continue
+            done.add(start)
+            bar.update(len(paths[start : start + chunk]))
     return done, bad
-
-
-def _worker_main(argv: list[str]) -> None:
-    """``python -m runner.data.image_decode JOB START...``: decode those chunks, report each."""
-    job = json.loads(Path(argv[0]).read_text())
-    paths, size, chunk = job["paths"], tuple(job["size"]), int(job["chunk"])
-    for start in map(int, argv[1:]):
-        part = paths[start : start + chunk]
-        for i, why in decode_chunk(job["raw"], start, part, size, job["mode"]).items():
-            print(f"bad\t{i}\t{why}", flush=True)
-        print(f"done\t{start}", flush=True)
 
 
 def decode_chunk(
@@ -113,7 +82,3 @@ def decode_chunk(
     arr.flush()
     del arr
     return bad
-
-
-if __name__ == "__main__":
-    _worker_main(sys.argv[1:])

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from runner.data import Scaling, Split
-from runner.evaluation.metrics import TFLiteModel, labels_from_outputs, predict_keras
+from runner.evaluation.interpreter import TFLiteModel
+from runner.evaluation.metrics import labels_from_outputs, predict_keras
 
 
 @dataclass

@@ -9,16 +9,20 @@ on real inputs before the twin is used for anything.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
+from runner.models.keras3_layers import (
+    activation_name,
+    affine,
+    layer_from,
+    refs,
+    substitute,
+)
 
 log = logging.getLogger(__name__)
-
-_TENSOR = "__keras_tensor__"
 
 
 def load(path: Path, safe_mode: bool = True) -> Any:
@@ -65,7 +69,7 @@ def _rebuild(model: Any, cfg: dict, translator: type | None = None) -> Any:
         inp = t.sequential_input(cfg)
         out = t.sequential(cfg, inp, ())
     else:
-        ins, outs = _refs(cfg["input_layers"]), _refs(cfg["output_layers"])
+        ins, outs = refs(cfg["input_layers"]), refs(cfg["output_layers"])
         if len(ins) != 1 or len(outs) != 1:
             raise RunnerError(
                 f"the model has {len(ins)} inputs and {len(outs)} outputs; the runner takes "
@@ -127,7 +131,7 @@ class _Translator:
         return x
 
     def functional(self, cfg: dict, inputs: list, scope: tuple) -> list:
-        ins = _refs(cfg["input_layers"])
+        ins = refs(cfg["input_layers"])
         tensors: dict[tuple[str, int, int], Any] = dict(zip(ins, inputs, strict=False))
         for entry in cfg["layers"]:
             name = _name(entry)
@@ -135,12 +139,12 @@ class _Translator:
                 continue
             offset = int(entry.get("node_offset", 0))
             for node_index, node in enumerate(entry.get("inbound_nodes", []), start=offset):
-                args = _substitute(node.get("args", []), tensors)
-                kwargs = _substitute(node.get("kwargs", {}), tensors)
+                args = substitute(node.get("args", []), tensors)
+                kwargs = substitute(node.get("kwargs", {}), tensors)
                 out = self.call(entry, args, kwargs, scope)
                 for i, o in enumerate(out if isinstance(out, (list, tuple)) else [out]):
                     tensors[(name, node_index, i)] = o
-        return [tensors[ref] for ref in _refs(cfg["output_layers"])]
+        return [tensors[ref] for ref in refs(cfg["output_layers"])]
 
     # ---------------------------------------------------------------- one node
     def call(self, entry: dict, args: list, kwargs: dict, scope: tuple) -> Any:
@@ -166,7 +170,7 @@ class _Translator:
         """The twin layer, and the spelled-out activation that follows it (or None)."""
         config = dict(entry["config"])
         name = config.get("name", _name(entry))
-        act = _activation_name(config.get("activation"))
+        act = activation_name(config.get("activation"))
         after = None
         if act in _SPELLED:
             if entry["class_name"] == "Activation":
@@ -174,7 +178,7 @@ class _Translator:
             config["activation"] = "linear"
             after = self.spelled(act, self.unique(f"{name}_{act}"))
         config["name"] = self.unique(name)
-        twin = _layer({**entry, "config": config}, self.tk)
+        twin = layer_from({**entry, "config": config}, self.tk)
         self.weights.append(((*scope, name), twin, None))
         return twin, after
 
@@ -197,13 +201,13 @@ class _Translator:
         twin_name = self.unique(name if not scope else f"{scope[-1]}_{name}")
         if len(tensors) == 2 and not numbers and cls in _MERGE:
             return getattr(L, _MERGE[cls])(name=twin_name)(tensors)
-        affine = (
-            _affine(cls, numbers[0], isinstance(args[0], (int, float)))
+        scale_shift = (
+            affine(cls, numbers[0], isinstance(args[0], (int, float)))
             if len(tensors) == 1 and len(numbers) == 1
             else None
         )
-        if affine is not None:
-            return L.Rescaling(*affine, name=twin_name)(tensors[0])
+        if scale_shift is not None:
+            return L.Rescaling(*scale_shift, name=twin_name)(tensors[0])
         raise RunnerError(
             f"operation {name!r} (keras.ops.{cls.lower()} on {len(tensors)} tensor(s) and "
             f"{len(numbers)} number(s)) has no tf_keras layer twin; write it as a Keras layer "
@@ -251,128 +255,3 @@ class _Translator:
                 )
             if weights:
                 twin.set_weights(weights)
-
-
-def _affine(cls: str, c: float, number_first: bool) -> tuple[float, float] | None:
-    """``(scale, offset)`` of ``x op c`` (or ``c op x``), or None where it is not affine."""
-    if cls == "Add":
-        return 1.0, c
-    if cls == "Multiply":
-        return c, 0.0
-    if cls == "Subtract":
-        return (-1.0, c) if number_first else (1.0, -c)
-    if cls in ("Divide", "TrueDivide") and not number_first and c != 0:
-        return 1.0 / c, 0.0
-    return None
-
-
-def _activation_name(act: Any) -> str | None:
-    if isinstance(act, dict):  # a serialized function: {"class_name": "function", "config": "gelu"}
-        act = act.get("config")
-    return act if isinstance(act, str) else None
-
-
-def _refs(spec: Any) -> list[tuple[str, int, int]]:
-    if spec and isinstance(spec[0], str):
-        spec = [spec]
-    return [(str(s[0]), int(s[1]), int(s[2])) for s in spec]
-
-
-def _substitute(obj: Any, tensors: dict) -> Any:
-    if isinstance(obj, dict):
-        if obj.get("class_name") == _TENSOR:
-            name, node, index = obj["config"]["keras_history"]
-            return tensors[(name, int(node), int(index))]
-        return {k: _substitute(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_substitute(v, tensors) for v in obj]
-    return obj
-
-
-def _layer(entry: dict, tk: Any) -> Any:
-    """The tf_keras twin of one Keras 3 layer entry (its class, its config translated)."""
-    cls_name, config = entry["class_name"], dict(entry["config"])
-    name = config.get("name", "?")
-    module = str(entry.get("module") or "")
-    twin_cls = getattr(tk.layers, cls_name, None)
-    if twin_cls is None or (module and not module.startswith("keras")):
-        raise RunnerError(
-            f"layer {name!r} ({cls_name}) has no tf_keras twin, so this Keras 3 model cannot be "
-            "quantization-aware-trained or debugged; post-training recipes still work on the "
-            "SavedModel from model.export(path)"
-        )
-    config = {k: _value(v) for k, v in config.items()}
-    accepted = _accepted(twin_cls)
-    keras3_defaults = _defaults(entry)
-    for key in list(config):
-        if accepted is not None and key not in accepted:
-            if (
-                key in keras3_defaults
-                and config[key] == keras3_defaults[key]
-                or config[key]
-                in (
-                    None,
-                    False,
-                    {},
-                    [],
-                )
-            ):
-                del config[key]  # a Keras 3 option left at its default: nothing to carry over
-                continue
-            raise RunnerError(
-                f"layer {name!r} ({cls_name}) sets {key}={config[key]!r}, which tf_keras's "
-                f"{cls_name} does not have; the model cannot be translated to tf_keras"
-            )
-    if cls_name == "MultiHeadAttention":  # tf_keras builds from the shapes it was built with
-        shapes = (entry.get("build_config") or {}).get("shapes_dict") or {}
-        query, value = shapes.get("query_shape"), shapes.get("value_shape")
-        config["query_shape"], config["value_shape"] = query, value
-        config["key_shape"] = shapes.get("key_shape") or value
-    try:
-        return twin_cls.from_config(config)
-    except Exception as e:  # noqa: BLE001
-        raise RunnerError(
-            f"layer {name!r} ({cls_name}) could not be rebuilt in tf_keras: "
-            f"{' '.join(str(e).split())[:200]}"
-        ) from None
-
-
-def _value(v: Any) -> Any:
-    """Keras 3 config values in tf_keras terms: a DTypePolicy object becomes its name; nested
-    objects (initializers, regularizers) lose the Keras 3-only options they leave unset."""
-    if isinstance(v, dict) and v.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
-        return v.get("config", {}).get("name", "float32")
-    if isinstance(v, dict) and "class_name" in v and isinstance(v.get("config"), dict):
-        inner = {k: _value(x) for k, x in v["config"].items() if x is not None}
-        return {**v, "config": inner}
-    return v
-
-
-def _accepted(cls: type) -> set[str] | None:
-    """The config keys ``cls`` takes (None: it takes any keyword)."""
-    keys: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        keys |= {p.name for p in params if p.kind is not p.VAR_KEYWORD}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return keys
-    # every __init__ passes **kwargs up: the base Layer takes these
-    return keys | {"name", "dtype", "trainable", "dynamic", "input_dim", "input_shape"}
-
-
-def _defaults(entry: dict) -> dict[str, Any]:
-    """Keras 3's own defaults for the layer's class (so options left at default are dropped)."""
-    import keras
-
-    cls = getattr(keras.layers, entry["class_name"], None)
-    if cls is None:
-        return {}
-    out: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        if "__init__" in vars(klass):
-            for p in inspect.signature(klass.__init__).parameters.values():
-                if p.default is not p.empty:
-                    out[p.name] = p.default
-    return out

@@ -49,7 +49,7 @@ def file_format(p: Path) -> tuple[str, str | None]:
         raise RunnerError(
             f"{p} is a TensorFlow Lite flatbuffer (already converted): model.path takes the float "
             "model it came from (.keras, .h5 or a SavedModel folder); a .tflite file is run with "
-            "runner.api.prediction_label or runner.evaluation.metrics.TFLiteModel"
+            "runner.api.prediction_label or runner.evaluation.interpreter.TFLiteModel"
         )
     if zipfile.is_zipfile(p):
         try:

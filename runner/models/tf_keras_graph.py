@@ -8,15 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.models.keras3 import (
-    _NESTED,
-    _SPELLED,
-    _TENSOR,
-    _activation_name,
-    _name,
-    _rebuild,
-    _Translator,
-)
+from runner.models.keras3 import _NESTED, _SPELLED, _name, _rebuild, _Translator
+from runner.models.keras3_layers import TENSOR, activation_name
 
 # What the rebuild rewrites; a model with none of them is returned as it is
 _REWRITTEN = (*_NESTED, "TFOpLambda", "LayerScale", "SeparableConv2D")
@@ -53,7 +46,7 @@ class _QATTranslator(_Translator):
         still folds."""
         c, name = entry["config"], _name(entry)
         L = self.tk.layers  # noqa: N806
-        act = _activation_name(c.get("activation")) or "linear"
+        act = activation_name(c.get("activation")) or "linear"
         depthwise = L.DepthwiseConv2D(
             c["kernel_size"],
             strides=c["strides"],
@@ -131,7 +124,7 @@ def _from_tf_keras(entry: dict) -> dict:
 def _tf_keras_ref(ref: Any) -> Any:
     """``[layer, node, tensor]`` (a tf_keras inbound reference) as a Keras 3 tensor dict."""
     if isinstance(ref, list) and len(ref) >= 3 and isinstance(ref[0], str):
-        return {"class_name": _TENSOR, "config": {"keras_history": list(ref[:3])}}
+        return {"class_name": TENSOR, "config": {"keras_history": list(ref[:3])}}
     return ref
 
 

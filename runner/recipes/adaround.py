@@ -157,7 +157,7 @@ class AdaRoundRecipe(RecipeBase):
 
     @staticmethod
     def _convert(model, converter, calib, ctx: RecipeContext) -> bytes:
-        from runner.recipes.conversion import convert_checked
+        from runner.recipes.routes import convert_checked
 
         return convert_checked(
             model,

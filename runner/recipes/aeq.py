@@ -21,19 +21,24 @@ what AEQ writes is scored in LiteRT like every other artifact. Ops AEQ leaves wi
 from __future__ import annotations
 
 import logging
-import re
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from runner import tflite
 from runner.artifacts import Artifact, LayerRows
 from runner.errors import RunnerError
+from runner.recipes.aeq_rules import (
+    Rule,
+    add_rule,
+    scope_regex,
+    tensor_results,
+    weight_ops,
+)
 from runner.recipes.base import CalibrationOptions, RecipeBase, RecipeContext, float_layers_text
 from runner.recipes.ranges import aeq_calibration
-from runner.schema import Options
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +48,6 @@ INSTALL = (
 )
 # Part of every cached result's key: bumped when the same rules would give another file.
 SPEC_VERSION = 5
-
-
-Mode = Literal["weight_only", "dynamic", "static", "none"]
-Granularity = Literal[
-    "channelwise", "tensorwise", "blockwise_32", "blockwise_64", "blockwise_128", "blockwise_256"
-]
-
-
-class Rule(Options):
-    """One AEQ scope: which ops (``scope`` regex, ``op``) get which quantization."""
-
-    scope: str = Field(".*", description="a regex on layer names, or first / last")
-    op: str = Field("*", description="a TFLite op name (FULLY_CONNECTED ...) or * for all")
-    mode: Mode = Field("weight_only", description="what is quantized (none: keep float)")
-    bits: Literal[4, 8] = Field(8, description="weight bits")
-    granularity: Granularity = Field("channelwise", description="how many scales per weight")
-    activation_bits: Literal[8, 16] = Field(8, description="mode=static: activation bits")
-    algorithm: str = Field("min_max_uniform_quantize", description="an AEQ algorithm key")
-
-    @field_validator("scope")
-    @classmethod
-    def _regex(cls, scope: str) -> str:
-        if scope not in ("first", "last"):
-            try:
-                re.compile(scope)
-            except re.error as e:
-                raise ValueError(f"not a regex: {e}") from None
-        return scope
 
 
 class AEQOptions(CalibrationOptions):
@@ -221,7 +198,7 @@ class AEQRecipe(RecipeBase):
         try:
             for i, rule in enumerate(rules):
                 try:
-                    _add(manager, rule, _scope(rule.scope, ops), qtyping)
+                    add_rule(manager, rule, scope_regex(rule.scope, ops), qtyping)
                 except (ValueError, KeyError) as e:
                     raise RunnerError(
                         f"recipe.rules[{i}]: {' '.join(str(e).split())[:200]}"
@@ -276,7 +253,7 @@ class AEQRecipe(RecipeBase):
         )
         producers = tflite.tensor_producers(reference)
         rows = []
-        for name, metrics in _tensor_results(result).items():
+        for name, metrics in tensor_results(result).items():
             snr = metrics.get("snr", 0.0)
             rows.append(
                 {
@@ -310,78 +287,6 @@ class AEQRecipe(RecipeBase):
         raw = calibration_sample(ctx.dataset.train, n, self.opts.calibration_seed)
         x = np.asarray(ctx.scaling(raw)).astype(dtype)
         return {key: [{input_name: x[i : i + 1]} for i in range(len(x))]}
-
-
-def _algorithm(name: str) -> str:
-    """AEQ's key for an algorithm named in any case (its keys mix 'octav' styles)."""
-    from ai_edge_quantizer import algorithm_manager
-
-    keys = {}
-    for a in algorithm_manager.AlgorithmName:
-        keys[a.value.lower()] = keys[a.name.lower()] = a.value
-    if name.lower() not in keys:
-        known = sorted({a.value.lower() for a in algorithm_manager.AlgorithmName})
-        raise RunnerError(f"unknown algorithm {name!r}; ai-edge-quantizer has {', '.join(known)}")
-    return keys[name.lower()]
-
-
-def _add(manager: Any, rule: Rule, scope: str, qtyping: Any) -> None:
-    algorithm = _algorithm(rule.algorithm)
-    op = (
-        qtyping.TFLOperationName.ALL_SUPPORTED
-        if rule.op == "*"
-        else qtyping.TFLOperationName(rule.op.upper())
-    )
-    if rule.mode == "none":
-        manager.add_quantization_config(scope, op, algorithm_key="no_quantize")
-        return
-    granularity = qtyping.QuantGranularity(rule.granularity.upper())
-    if rule.mode == "weight_only":
-        manager.add_weight_only_config(scope, op, rule.bits, granularity, algorithm)
-    elif rule.mode == "dynamic":
-        manager.add_dynamic_config(scope, op, rule.bits, granularity, algorithm)
-    else:
-        manager.add_static_config(
-            scope, op, rule.activation_bits, rule.bits, granularity, algorithm
-        )
-
-
-def weight_ops(flatbuffer: bytes) -> list[tuple[str, str]]:
-    """(op name, AEQ's scope name of the op) of each op with weights, in graph order."""
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as utils
-
-    model = tflite.read(flatbuffer)
-    sg = model.subgraphs[0]
-    return [
-        (tflite.op_name(model, op), utils.get_op_scope(op, sg.tensors))
-        for op in sg.operators
-        if tflite.weight_tensors(model, sg, op)
-    ]
-
-
-LOOKUPS = ("EMBEDDING_LOOKUP", "GATHER")
-
-
-def _scope(scope: str, ops: list[tuple[str, str]]) -> str:
-    """A rule's scope regex; ``first`` / ``last``: the first / last op with weights that is not
-    an embedding lookup (a text model's table is its bulk, not its sensitive input layer)."""
-    if scope not in ("first", "last"):
-        return scope
-    ops = [o for o in ops if o[0] not in LOOKUPS]
-    if not ops:
-        raise RunnerError(f"scope {scope}: the model has no op with weights")
-    _, name = ops[0] if scope == "first" else ops[-1]
-    return f"^{re.escape(name)}$"
-
-
-def _tensor_results(result: Any) -> dict[str, dict[str, float]]:
-    """{tensor name: {metric: value}} of AEQ's ComparisonResult (intermediate and output
-    tensors of every signature)."""
-    out: dict[str, dict[str, float]] = {}
-    for sig in result.available_signature_keys():
-        per = result.get_signature_comparison_result(sig)
-        out |= {**per.intermediate_tensors, **per.output_tensors}
-    return out
 
 
 def _sha(data: bytes) -> str:

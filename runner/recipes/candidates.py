@@ -106,7 +106,8 @@ class Holdout:
         ranges: str,
     ) -> Step:
         """``flatbuffer`` run in LiteRT on the holdout; its trace row appended to :attr:`trace`."""
-        from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+        from runner.evaluation.interpreter import TFLiteModel
+        from runner.evaluation.metrics import labels_from_outputs
 
         labels = labels_from_outputs(
             TFLiteModel(content=flatbuffer).predict(self.x, self.scaling, 128)

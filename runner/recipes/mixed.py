@@ -21,7 +21,8 @@ from pydantic import Field
 
 from runner.artifacts import Artifact
 from runner.errors import RunnerError
-from runner.recipes.aeq import AEQRecipe, Rule
+from runner.recipes.aeq import AEQRecipe
+from runner.recipes.aeq_rules import Rule
 from runner.recipes.base import CalibrationOptions, RecipeContext
 from runner.recipes.conversion import full_integer_settings
 

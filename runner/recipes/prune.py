@@ -27,7 +27,7 @@ from runner.console import check_interrupt
 from runner.errors import RunnerError, summarize_error
 from runner.recipes.base import CalibrationOptions, RecipeBase, RecipeContext, check_layer_names
 from runner.recipes.compressible import kind, swap_depthwise
-from runner.recipes.conversion import convert_checked
+from runner.recipes.routes import convert_checked
 from runner.schema import tags
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class _FineTuneRecipe(RecipeBase):
     def _convert(self, model, export, ctx: RecipeContext) -> tuple[bytes, str]:
         """(the file, what its storage note says): sparse storage only where LiteRT runs it."""
 
-        from runner.evaluation.metrics import TFLiteModel
+        from runner.evaluation.interpreter import TFLiteModel
 
         calib = export.opts.draw(ctx) if export.converter.representative_dataset else None
         kw = {"token_ids": ctx.dataset.is_text, "batch_size": ctx.convert_batch_size}

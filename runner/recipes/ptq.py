@@ -14,9 +14,10 @@ from pydantic import Field
 
 from runner.artifacts import Artifact, LayerRows
 from runner.recipes.base import PROBE_SAMPLES, CalibrationOptions, RecipeBase, RecipeContext
-from runner.recipes.conversion import ConverterOptions, convert_checked
+from runner.recipes.conversion import ConverterOptions
 from runner.recipes.layer_report import Debugger
 from runner.recipes.recurrent import has_recurrent
+from runner.recipes.routes import convert_checked
 
 log = logging.getLogger(__name__)
 

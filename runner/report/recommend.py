@@ -19,7 +19,8 @@ import numpy as np
 from runner.errors import RunnerError
 from runner.files import atomic_write_text
 from runner.report.select import SelectOptions, Verdict, choose, rejection
-from runner.report.table import SWEEP_DISPLAY, to_markdown, write_sweep_report
+from runner.report.sweep import SWEEP_DISPLAY, write_sweep_report
+from runner.report.table import to_markdown
 from runner.schema import parse
 
 PREDICTIONS = "predictions.npz"

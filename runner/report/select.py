@@ -22,13 +22,12 @@ import numpy as np
 from pydantic import Field
 
 from runner.evaluation.noise import paired_gain
+from runner.report.rows import brief_row, describe_row, latency_trusted, num, row_name, shippable
 from runner.schema import Options
 
 Objective = Literal["size", "gzip_size", "latency", "accuracy"]
-# The error of the row a job that stopped mid-recipe leaves (runner.report.table.job_rows).
+# The error of the row a job that stopped mid-recipe leaves (runner.report.sweep.job_rows).
 INCOMPLETE = "incomplete:"
-# A latency whose p90 is more than this times its p50 is too noisy to decide on.
-MAX_TRUSTED_SPREAD = 1.5
 
 
 class SelectOptions(Options):
@@ -70,10 +69,10 @@ class Verdict:
         return {
             "dataset": self.dataset,
             "model": self.model,
-            "chosen": _brief(self.chosen),
-            "runner_up": _brief(self.runner_up),
+            "chosen": brief_row(self.chosen),
+            "runner_up": brief_row(self.runner_up),
             "why": self.why,
-            "rejected": [{**_brief(r), "reason": why} for r, why in self.rejected],
+            "rejected": [{**brief_row(r), "reason": why} for r, why in self.rejected],
             "flags": self.flags,
         }
 
@@ -83,10 +82,10 @@ class Verdict:
         if self.chosen is None:
             out = [head + f"no artifact meets the budget; {self.why}"]
         else:
-            out = [head + _describe(self.chosen), f"  why: {self.why}"]
+            out = [head + describe_row(self.chosen), f"  why: {self.why}"]
             if self.runner_up is not None:
-                out.append(f"  runner-up: {_describe(self.runner_up)}")
-        out += [f"  rejected {_name(r)}: {why}" for r, why in self.rejected]
+                out.append(f"  runner-up: {describe_row(self.runner_up)}")
+        out += [f"  rejected {row_name(r)}: {why}" for r, why in self.rejected]
         out += [f"  note: {f}" for f in self.flags]
         return out
 
@@ -120,10 +119,10 @@ def pareto(rows: Sequence[Mapping[str, Any]]) -> list[bool]:
     rows only: no other is at most as large and at least as accurate, one of them strictly)."""
     on = [False] * len(rows)
     for i, r in enumerate(rows):
-        if not _shippable(r):
+        if not shippable(r):
             continue
         on[i] = not any(
-            _shippable(o)
+            shippable(o)
             and (o.get("dataset"), o.get("model")) == (r.get("dataset"), r.get("model"))
             and o["size_bytes"] <= r["size_bytes"]
             and o["accuracy"] >= r["accuracy"]
@@ -166,34 +165,28 @@ def rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
     drop = -float(r.get("accuracy_delta") or 0.0)
     if drop > b.max_accuracy_drop + 1e-12:
         return f"accuracy drop {drop:.4f} > {b.max_accuracy_drop:g}"
-    agreement = _num(r.get("agreement"))
+    agreement = num(r.get("agreement"))
     if agreement is not None and agreement < b.min_agreement:
         return f"agreement {agreement:.4f} < {b.min_agreement:g}"
-    size = _num(r.get("size_mb"))
+    size = num(r.get("size_mb"))
     if b.max_size_mb is not None and size is not None and size > b.max_size_mb:
         return f"size {size:.3f} MB > {b.max_size_mb:g} MB"
-    latency = _num(r.get("latency_p50_ms")) or _num(r.get("latency_ms"))
+    latency = num(r.get("latency_p50_ms")) or num(r.get("latency_ms"))
     over = b.max_latency_ms is not None and latency is not None and latency > b.max_latency_ms
     if over and latency_trusted(r):  # an untrusted latency neither rejects nor qualifies
         return f"latency {latency:.3f} ms > {b.max_latency_ms:g} ms"
     return ""
 
 
-def latency_trusted(r: Mapping[str, Any]) -> bool:
-    """Was the row's latency measured with a narrow spread (p90/p50) on a quiet machine?"""
-    spread = _num(r.get("latency_spread"))
-    return spread is not None and spread <= MAX_TRUSTED_SPREAD and not r.get("latency_note")
-
-
 def _key(r: Mapping[str, Any], objective: str) -> tuple:
-    size = _num(r.get("size_bytes")) or math.inf
+    size = num(r.get("size_bytes")) or math.inf
     if objective == "gzip_size":
-        return (_num(r.get("size_gzip_bytes")) or size, size)
+        return (num(r.get("size_gzip_bytes")) or size, size)
     if objective == "latency":
-        lat = _num(r.get("latency_p50_ms")) or _num(r.get("latency_ms")) or math.inf
+        lat = num(r.get("latency_p50_ms")) or num(r.get("latency_ms")) or math.inf
         return (lat if latency_trusted(r) else math.inf, size)
     if objective == "accuracy":
-        return (-(_num(r.get("accuracy")) or 0.0), size)
+        return (-(num(r.get("accuracy")) or 0.0), size)
     return (size,)
 
 
@@ -216,7 +209,7 @@ def _tied(a, b, predictions, truth) -> bool:
 def _smallest_of_the_tied(ranked, predictions, truth) -> dict[str, Any]:
     best = ranked[0]
     tied = [best] + [r for r in ranked[1:] if _tied(best, r, predictions, truth)]
-    return min(tied, key=lambda r: _num(r.get("size_bytes")) or math.inf)
+    return min(tied, key=lambda r: num(r.get("size_bytes")) or math.inf)
 
 
 _OBJECTIVE_TEXT = {
@@ -247,17 +240,17 @@ def _why(chosen, runner_up, b: SelectOptions, predictions, truth) -> str:
         return text + "; the only one"
     t = _tie(chosen, runner_up, predictions, truth)
     if t is None:
-        delta = (_num(runner_up.get("accuracy")) or 0) - (_num(chosen.get("accuracy")) or 0)
+        delta = (num(runner_up.get("accuracy")) or 0) - (num(chosen.get("accuracy")) or 0)
         return text + f"; the runner-up's accuracy differs by {delta:+.4f} (no paired predictions)"
     tied, gain, bound = t
     if tied:
         return text + (
-            f"; a tie on accuracy with {_name(runner_up)} ({gain:+.4f}, within the noise "
+            f"; a tie on accuracy with {row_name(runner_up)} ({gain:+.4f}, within the noise "
             f"bound {bound:.4f} of the test split)"
         )
     better = "more" if gain > 0 else "less"
     return text + (
-        f"; {_name(runner_up)} is {better} accurate by {gain:+.4f}, beyond the noise bound "
+        f"; {row_name(runner_up)} is {better} accurate by {gain:+.4f}, beyond the noise bound "
         f"{bound:.4f}"
     )
 
@@ -266,9 +259,7 @@ def _next_steps(rows, rejected, b: SelectOptions) -> str:
     ok = [r for r, why in rejected if r.get("status") == "ok"]
     if not ok:
         return "no artifact was made (see the failed rows)"
-    closest = max(
-        ok, key=lambda r: (_num(r.get("accuracy")) or 0, -(_num(r.get("size_bytes")) or 0))
-    )
+    closest = max(ok, key=lambda r: (num(r.get("accuracy")) or 0, -(num(r.get("size_bytes")) or 0)))
     recipes = {str(r.get("recipe")) for r in rows}
     tries = [
         t
@@ -276,7 +267,7 @@ def _next_steps(rows, rejected, b: SelectOptions) -> str:
         if t not in recipes
     ]
     return (
-        f"the closest is {_describe(closest)}; try "
+        f"the closest is {describe_row(closest)}; try "
         + ", ".join(f"recipe={t}" for t in tries[:3])
         + (", " if tries else "")
         + "more recipe.calibration_samples, or a looser budget (select.max_accuracy_drop, "
@@ -287,7 +278,7 @@ def _next_steps(rows, rejected, b: SelectOptions) -> str:
 def _flags(rows, predictions, truth) -> list[str]:
     """Rows that defeat their purpose: a fallback or QAT file below plain full int8, an
     auto_int8 no smaller than the float32 reference."""
-    by_recipe = {str(r.get("recipe")): r for r in rows if _shippable(r)}
+    by_recipe = {str(r.get("recipe")): r for r in rows if shippable(r)}
     full = by_recipe.get("full_integer")
     out = []
     for name in (
@@ -303,86 +294,19 @@ def _flags(rows, predictions, truth) -> list[str]:
         if r is None or full is None:
             continue
         t = _tie(full, r, predictions, truth)
-        gain = t[1] if t else (_num(r.get("accuracy")) or 0) - (_num(full.get("accuracy")) or 0)
+        gain = t[1] if t else (num(r.get("accuracy")) or 0) - (num(full.get("accuracy")) or 0)
         beyond = t is None or not t[0]
         if gain < 0 and beyond:
             out.append(
-                f"{_name(r)} is less accurate than full_integer.tflite ({gain:+.4f}): its extra "
+                f"{row_name(r)} is less accurate than full_integer.tflite ({gain:+.4f}): its extra "
                 "work bought nothing here"
             )
     auto, ref = (
         by_recipe.get("auto_int8"),
-        next((r for r in rows if r.get("role") == "reference" and _shippable(r)), None),
+        next((r for r in rows if r.get("role") == "reference" and shippable(r)), None),
     )
-    if auto and ref and (_num(auto.get("size_bytes")) or 0) >= (_num(ref.get("size_bytes")) or 1):
+    if auto and ref and (num(auto.get("size_bytes")) or 0) >= (num(ref.get("size_bytes")) or 1):
         out.append(
             "auto_int8.tflite is no smaller than the float32 file: it kept every layer float"
         )
     return out
-
-
-# --------------------------------------------------------------------------- small helpers
-def _shippable(r: Mapping[str, Any]) -> bool:
-    return (
-        r.get("status") == "ok"
-        and r.get("format") == "tflite"
-        and _num(r.get("size_bytes")) is not None
-        and _num(r.get("accuracy")) is not None
-    )
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _name(r: Mapping[str, Any]) -> str:
-    job = r.get("job")
-    return f"{r.get('artifact') or r.get('recipe')}" + (
-        f" (job {job})" if job not in (None, "") else ""
-    )
-
-
-def _describe(r: Mapping[str, Any]) -> str:
-    parts = [_name(r)]
-    if _num(r.get("size_mb")) is not None:
-        parts.append(f"{_num(r.get('size_mb')):.3f} MB")
-    if _num(r.get("compression")) is not None:
-        parts.append(f"{_num(r.get('compression')):.2f}x")
-    if _num(r.get("accuracy_delta")) is not None:
-        parts.append(
-            f"accuracy {_num(r.get('accuracy')):.4f} ({_num(r.get('accuracy_delta')):+.4f})"
-        )
-    if _num(r.get("agreement")) is not None:
-        parts.append(f"agreement {_num(r.get('agreement')):.4f}")
-    lat = _num(r.get("latency_p50_ms")) or _num(r.get("latency_ms"))
-    if lat is not None:
-        parts.append(f"latency {lat:.3f} ms" + ("" if latency_trusted(r) else " (not trusted)"))
-    if r.get("path"):
-        parts.append(str(r["path"]))
-    return ", ".join(parts)
-
-
-def _brief(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if r is None:
-        return None
-    keys = (
-        "job",
-        "recipe",
-        "artifact",
-        "path",
-        "size_bytes",
-        "size_mb",
-        "compression",
-        "accuracy",
-        "accuracy_delta",
-        "agreement",
-        "latency_ms",
-        "latency_p50_ms",
-        "latency_spread",
-        "status",
-    )
-    return {k: r.get(k) for k in keys if k in r}

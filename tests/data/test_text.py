@@ -12,7 +12,7 @@ from helpers import compose_config, text_rows, write_text_csv
 from runner.data.text import load_text_classification
 from runner.data.vocabulary import Vocabulary, looks_segmented, segment
 from runner.errors import RunnerError
-from runner.evaluation.metrics import TFLiteModel
+from runner.evaluation.interpreter import TFLiteModel
 from runner.pipeline import run
 
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import compose_config, run_cli
 
 from runner.data import Rows, Split, image_decode
-from runner.data import images as images_mod
+from runner.data import image_entry as images_mod
 from runner.data.arrays import load_arrays
 from runner.data.images import load_image_folder
 from runner.errors import RunnerError
@@ -123,13 +123,18 @@ def test_parallel_decode_equals_in_process(tmp_path, monkeypatch):
     serial = load(root, tmp_path / "c1", workers=1)
     monkeypatch.setattr(images_mod, "POOL_WORTH_SECONDS", 0.0)
     monkeypatch.setattr(images_mod, "CHUNK", 3)
-    started = []
-    real_popen = image_decode.subprocess.Popen
-    monkeypatch.setattr(
-        image_decode.subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k)
-    )
+    import concurrent.futures
+
+    pools = []
+    real_pool = concurrent.futures.ProcessPoolExecutor
+
+    def counted(n, **kw):
+        pools.append((n, kw["mp_context"].get_start_method()))
+        return real_pool(n, **kw)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", counted)
     parallel = load(root, tmp_path / "c2", workers=2)
-    assert len(started) == 2  # two worker processes shared the chunks after the first
+    assert pools == [(2, "spawn")]  # one pool of two spawned workers shared the later chunks
     np.testing.assert_array_equal(np.asarray(serial.train.x), np.asarray(parallel.train.x))
     np.testing.assert_array_equal(serial.test.y, parallel.test.y)
     assert parallel.info["skipped_files"] == serial.info["skipped_files"] == 1

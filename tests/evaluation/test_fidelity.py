@@ -71,7 +71,7 @@ def test_quantize_model_writes_a_faithful_float16_file_of_a_low_margin_cnn(tmp_p
     # setup
     from runner.api import quantize_model
     from runner.data import Scaling
-    from runner.evaluation.metrics import TFLiteModel
+    from runner.evaluation.interpreter import TFLiteModel
 
     rng = np.random.default_rng(0)
     x = (rng.random((256, 16, 16, 3)) * rng.random((256, 1, 1, 3))).astype("float32")
@@ -90,7 +90,7 @@ def test_a_drifting_float_file_is_refused_with_a_hint_that_fits_a_cnn(tmp_path, 
     import tf_keras as keras
 
     from runner import api
-    from runner.evaluation.metrics import TFLiteModel
+    from runner.evaluation.interpreter import TFLiteModel
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1))

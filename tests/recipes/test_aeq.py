@@ -11,7 +11,8 @@ from runner import tflite
 from runner.data import Dataset, Scaling
 from runner.data.digits import load_digits
 from runner.errors import RunnerError
-from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+from runner.evaluation.interpreter import TFLiteModel
+from runner.evaluation.metrics import labels_from_outputs
 from runner.pipeline import build_recipe as build
 from runner.pipeline import run
 from runner.recipes import aeq

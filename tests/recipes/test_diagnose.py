@@ -13,7 +13,8 @@ from helpers import compose_config, with_reference
 from runner.data import Scaling
 from runner.data.digits import load_digits
 from runner.errors import RunnerError
-from runner.evaluation.metrics import TFLiteModel, labels_from_outputs, predict_keras
+from runner.evaluation.interpreter import TFLiteModel
+from runner.evaluation.metrics import labels_from_outputs, predict_keras
 from runner.pipeline import build_recipe as build
 from runner.pipeline import run
 from runner.recipes.base import RecipeContext

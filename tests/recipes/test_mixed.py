@@ -89,7 +89,7 @@ def test_by_default_the_layer_reports_worst_layers_are_chosen(ctx):
     assert "no layer got int16 activations" in none.note
     assert all(t == {9} for t in _compute_types(none.path).values())
     # the 16-bit layer holds its outputs closer to the float model's
-    from runner.evaluation.metrics import TFLiteModel
+    from runner.evaluation.interpreter import TFLiteModel
 
     x = ctx.dataset.test.x[:200]
     ref = TFLiteModel(ctx.reference_path).predict(x, UNIT, 128)
@@ -159,7 +159,8 @@ def _auto(ctx, *overrides):
 
 
 def _test_accuracy(ctx, path) -> float:
-    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+    from runner.evaluation.interpreter import TFLiteModel
+    from runner.evaluation.metrics import labels_from_outputs
 
     out = TFLiteModel(path).predict(ctx.dataset.test.x, UNIT, 128)
     return float(np.mean(labels_from_outputs(out) == ctx.dataset.test.y))

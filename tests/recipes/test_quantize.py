@@ -9,7 +9,7 @@ from helpers import compose_config
 from runner.data import Scaling
 from runner.data.digits import load_digits
 from runner.errors import RunnerError, summarize_error
-from runner.evaluation.metrics import TFLiteModel
+from runner.evaluation.interpreter import TFLiteModel
 from runner.models.builders import small_cnn
 from runner.pipeline import build_recipe
 from runner.recipes.base import RecipeContext

@@ -157,7 +157,8 @@ def test_auto_int8_starts_from_the_estimator_that_meets_the_budget(bright, tmp_p
     import csv
 
     from runner.data import Scaling
-    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+    from runner.evaluation.interpreter import TFLiteModel
+    from runner.evaluation.metrics import labels_from_outputs
     from runner.pipeline import build_recipe
 
     _, data, lit = bright
@@ -208,7 +209,8 @@ def test_adaround_writes_its_rounding_with_the_estimator_whose_file_is_better(br
     adaround scores the file of each estimator on held-out samples and ships the mean one, as
     accurate on test as full_integer_mean_ranges and above full_integer."""
     from runner.data import Scaling
-    from runner.evaluation.metrics import TFLiteModel, labels_from_outputs
+    from runner.evaluation.interpreter import TFLiteModel
+    from runner.evaluation.metrics import labels_from_outputs
     from runner.pipeline import build_recipe, recipe_by_name
 
     _, data, lit = bright

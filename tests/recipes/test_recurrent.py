@@ -16,9 +16,11 @@ from runner.api import prediction_label, quantize_model
 from runner.data import Scaling
 from runner.data.vocabulary import Vocabulary
 from runner.errors import RunnerError
-from runner.evaluation.metrics import TFLiteModel, labels_from_outputs, output_fidelity
-from runner.recipes.conversion import ConverterOptions, convert_checked
+from runner.evaluation.interpreter import TFLiteModel
+from runner.evaluation.metrics import labels_from_outputs, output_fidelity
+from runner.recipes.conversion import ConverterOptions
 from runner.recipes.recurrent import unrolled
+from runner.recipes.routes import convert_checked
 
 LENGTH = 40
 FLOAT16 = ConverterOptions(optimizations=("DEFAULT",), supported_types=("float16",))

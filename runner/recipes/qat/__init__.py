@@ -15,6 +15,7 @@ Two QAT pieces live with the models because loading a QAT file must not import t
 """
 
 from runner.recipes.qat.judge import JUDGE_SAMPLES, kept_note, left_float_note
-from runner.recipes.qat.recipe import FineTuned, QATOptions, QATRecipe
+from runner.recipes.qat.options import QATOptions
+from runner.recipes.qat.recipe import FineTuned, QATRecipe
 
 __all__ = ["JUDGE_SAMPLES", "FineTuned", "QATOptions", "QATRecipe", "kept_note", "left_float_note"]

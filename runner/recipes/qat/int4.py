@@ -291,7 +291,7 @@ class QATInt4Recipe(RecipeBase):
 
     def _gap(self, flatbuffer: bytes, model, calib, ctx: RecipeContext) -> float:
         """Max |output difference| between the file and the fine-tuned model on ``calib``."""
-        from runner.evaluation.metrics import TFLiteModel
+        from runner.evaluation.interpreter import TFLiteModel
 
         x = calib[:64]
         want = np.asarray(model(x, training=False))

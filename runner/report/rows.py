@@ -1,0 +1,81 @@
+"""One row of a table, read for the verdict: is it a shippable file, is its latency trusted,
+its numbers, and how it is named and described in the "ship:" lines. No TensorFlow here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# A latency whose p90 is more than this times its p50 is too noisy to decide on.
+MAX_TRUSTED_SPREAD = 1.5
+
+
+def latency_trusted(r: Mapping[str, Any]) -> bool:
+    """Was the row's latency measured with a narrow spread (p90/p50) on a quiet machine?"""
+    spread = num(r.get("latency_spread"))
+    return spread is not None and spread <= MAX_TRUSTED_SPREAD and not r.get("latency_note")
+
+
+def shippable(r: Mapping[str, Any]) -> bool:
+    return (
+        r.get("status") == "ok"
+        and r.get("format") == "tflite"
+        and num(r.get("size_bytes")) is not None
+        and num(r.get("accuracy")) is not None
+    )
+
+
+def num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def row_name(r: Mapping[str, Any]) -> str:
+    job = r.get("job")
+    return f"{r.get('artifact') or r.get('recipe')}" + (
+        f" (job {job})" if job not in (None, "") else ""
+    )
+
+
+def describe_row(r: Mapping[str, Any]) -> str:
+    parts = [row_name(r)]
+    if num(r.get("size_mb")) is not None:
+        parts.append(f"{num(r.get('size_mb')):.3f} MB")
+    if num(r.get("compression")) is not None:
+        parts.append(f"{num(r.get('compression')):.2f}x")
+    if num(r.get("accuracy_delta")) is not None:
+        parts.append(f"accuracy {num(r.get('accuracy')):.4f} ({num(r.get('accuracy_delta')):+.4f})")
+    if num(r.get("agreement")) is not None:
+        parts.append(f"agreement {num(r.get('agreement')):.4f}")
+    lat = num(r.get("latency_p50_ms")) or num(r.get("latency_ms"))
+    if lat is not None:
+        parts.append(f"latency {lat:.3f} ms" + ("" if latency_trusted(r) else " (not trusted)"))
+    if r.get("path"):
+        parts.append(str(r["path"]))
+    return ", ".join(parts)
+
+
+def brief_row(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    keys = (
+        "job",
+        "recipe",
+        "artifact",
+        "path",
+        "size_bytes",
+        "size_mb",
+        "compression",
+        "accuracy",
+        "accuracy_delta",
+        "agreement",
+        "latency_ms",
+        "latency_p50_ms",
+        "latency_spread",
+        "status",
+    )
+    return {k: r.get(k) for k in keys if k in r}
