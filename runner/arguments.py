@@ -14,6 +14,15 @@ from runner.errors import RunnerError
 def checked_arguments(model_path, out_path, recipe, calibration, labels):
     """``quantize_model``'s arguments checked, one line each (not a library's IndexError):
     (calibration, labels) as arrays."""
+    _checked_paths(model_path, out_path)
+    if not isinstance(recipe, str):
+        raise RunnerError(f"recipe must be a recipe name (str), got {type(recipe).__name__}")
+    calibration = None if calibration is None else _checked_calibration(calibration)
+    labels = None if labels is None else _checked_labels(labels, calibration)
+    return calibration, labels
+
+
+def _checked_paths(model_path, out_path) -> None:
     for name, value in (("model_path", model_path), ("quantized_model_path", out_path)):
         if not isinstance(value, (str, os.PathLike)):
             raise RunnerError(
@@ -23,40 +32,43 @@ def checked_arguments(model_path, out_path, recipe, calibration, labels):
         raise RunnerError(
             f"quantized_model_path={out_path} is a folder: give the file to write (…/model.tflite)"
         )
-    if not isinstance(recipe, str):
-        raise RunnerError(f"recipe must be a recipe name (str), got {type(recipe).__name__}")
-    if calibration is not None:
-        try:
-            calibration = np.asarray(calibration)
-        except (ValueError, TypeError) as e:
-            raise RunnerError(f"calibration must be an array of model inputs: {e}") from None
-        if calibration.dtype.kind not in "biuf" or calibration.ndim < 2 or not len(calibration):
-            raise RunnerError(
-                "calibration must be a numeric array of model-ready inputs, one per row "
-                f"(samples, ...), got dtype {calibration.dtype} and shape {calibration.shape}"
-            )
-        if calibration.dtype.kind == "f" and not np.all(np.isfinite(calibration)):
-            bad = int(np.sum(~np.isfinite(calibration)))
-            raise RunnerError(
-                f"calibration holds {bad} NaN or infinite value(s) of {calibration.size}: "
-                "calibrating on them writes a broken file; pass finite model-ready inputs"
-            )
-    if labels is not None:
-        labels = np.asarray(labels)
-        integral = labels.dtype.kind in "iub" or (
-            labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels) & (labels % 1 == 0)))
+
+
+def _checked_calibration(calibration) -> np.ndarray:
+    try:
+        calibration = np.asarray(calibration)
+    except (ValueError, TypeError) as e:
+        raise RunnerError(f"calibration must be an array of model inputs: {e}") from None
+    if calibration.dtype.kind not in "biuf" or calibration.ndim < 2 or not len(calibration):
+        raise RunnerError(
+            "calibration must be a numeric array of model-ready inputs, one per row "
+            f"(samples, ...), got dtype {calibration.dtype} and shape {calibration.shape}"
         )
-        if not integral or (labels.size and labels.min() < 0):
-            raise RunnerError(
-                "labels must be class ids 0, 1, 2 ... (integers), got dtype "
-                f"{labels.dtype} (e.g. {labels.reshape(-1)[:3].tolist()}); map class names to ids first"
-            )
-        if calibration is None or len(labels) != len(calibration):
-            raise RunnerError(
-                f"labels must give one label per calibration sample ({len(labels)} labels for "
-                f"{0 if calibration is None else len(calibration)} samples)"
-            )
-    return calibration, labels
+    if calibration.dtype.kind == "f" and not np.all(np.isfinite(calibration)):
+        bad = int(np.sum(~np.isfinite(calibration)))
+        raise RunnerError(
+            f"calibration holds {bad} NaN or infinite value(s) of {calibration.size}: "
+            "calibrating on them writes a broken file; pass finite model-ready inputs"
+        )
+    return calibration
+
+
+def _checked_labels(labels, calibration: np.ndarray | None) -> np.ndarray:
+    labels = np.asarray(labels)
+    integral = labels.dtype.kind in "iub" or (
+        labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels) & (labels % 1 == 0)))
+    )
+    if not integral or (labels.size and labels.min() < 0):
+        raise RunnerError(
+            "labels must be class ids 0, 1, 2 ... (integers), got dtype "
+            f"{labels.dtype} (e.g. {labels.reshape(-1)[:3].tolist()}); map class names to ids first"
+        )
+    if calibration is None or len(labels) != len(calibration):
+        raise RunnerError(
+            f"labels must give one label per calibration sample ({len(labels)} labels for "
+            f"{0 if calibration is None else len(calibration)} samples)"
+        )
+    return labels
 
 
 def checked_flag(name: str, value: object) -> bool:

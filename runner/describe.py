@@ -50,31 +50,38 @@ def describe(annotation: Any) -> str:
     for m in meta:
         if isinstance(m, Described):
             return m.text
-    if typing.get_origin(base) in (Union, types.UnionType):
-        args = typing.get_args(base)
-        parts = [
-            describe(typing.Annotated[(a, *meta)] if meta else a)
-            for a in args
-            if a is not type(None)
-        ]
-        text = ", or ".join(parts)
-        return text + (" or null" if type(None) in args else "")
-    if typing.get_origin(base) is Literal:
+    origin = typing.get_origin(base)
+    if origin in (Union, types.UnionType):
+        return _union(base, meta)
+    if origin is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(base))
+    if origin in (list, tuple):
+        return _sequence(base, meta)
+    return _scalar(base, meta)
+
+
+def _union(base: Any, meta: list[Any]) -> str:
+    args = typing.get_args(base)
+    parts = [
+        describe(typing.Annotated[(a, *meta)] if meta else a) for a in args if a is not type(None)
+    ]
+    return ", or ".join(parts) + (" or null" if type(None) in args else "")
+
+
+def _sequence(base: Any, meta: list[Any]) -> str:
+    item = describe(item_type(base)).removeprefix("a ").removeprefix("an ")
+    nonempty = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta)
+    return ("a non-empty list" if nonempty else "a list") + f" of ({item})"
+
+
+def _scalar(base: Any, meta: list[Any]) -> str:
     if base is bool:
         return "true or false"
     if base in (int, float):
-        noun = "an integer" if base is int else "a number"
-        return noun + _bounds(meta)
+        return ("an integer" if base is int else "a number") + _bounds(meta)
     if base is str:
         return "a non-empty string" if any(isinstance(m, at.MinLen) for m in meta) else "a string"
-    origin = typing.get_origin(base)
-    if origin in (list, tuple):
-        item = describe(item_type(base))
-        item = item.removeprefix("a ").removeprefix("an ")
-        nonempty = any(isinstance(m, at.MinLen) and m.min_length > 0 for m in meta)
-        return ("a non-empty list" if nonempty else "a list") + f" of ({item})"
-    if origin in (dict, Mapping) or base is dict:
+    if typing.get_origin(base) in (dict, Mapping) or base is dict:
         return "a mapping"
     if isinstance(base, type) and issubclass(base, BaseModel):
         return "{" + ", ".join(base.model_fields) + "}"

@@ -151,18 +151,7 @@ def _extract_archive(archive: Path, target: Path) -> Path:
             f"{archive} is not a readable tar archive ({e}); expected cifar-100-python.tar.gz"
         ) from None
     with tar:
-        members = tar.getmembers()
-        for m in members:
-            parts = Path(m.name).parts
-            if m.name.startswith(("/", "\\")) or os.path.isabs(m.name) or ".." in parts:
-                raise RunnerError(
-                    f"refusing {archive}: member {m.name!r} would be written outside the target folder "
-                    "(absolute path or '..'); use an untouched copy of cifar-100-python.tar.gz"
-                )
-        if not any(Path(m.name).parts[:1] == (CIFAR_DIRNAME,) for m in members):
-            raise RunnerError(
-                f"{archive} has no '{CIFAR_DIRNAME}/' folder; it is not the CIFAR-100 python archive"
-            )
+        members = _checked_members(tar, archive)
         target.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir(".extract-", target)
         try:
@@ -186,6 +175,24 @@ def _extract_archive(archive: Path, target: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("extracted %s to %s", archive, done)
     return done
+
+
+def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """The archive's members, refused when one would escape the target folder or the CIFAR
+    folder is missing."""
+    members = tar.getmembers()
+    for m in members:
+        parts = Path(m.name).parts
+        if m.name.startswith(("/", "\\")) or os.path.isabs(m.name) or ".." in parts:
+            raise RunnerError(
+                f"refusing {archive}: member {m.name!r} would be written outside the target folder "
+                "(absolute path or '..'); use an untouched copy of cifar-100-python.tar.gz"
+            )
+    if not any(Path(m.name).parts[:1] == (CIFAR_DIRNAME,) for m in members):
+        raise RunnerError(
+            f"{archive} has no '{CIFAR_DIRNAME}/' folder; it is not the CIFAR-100 python archive"
+        )
+    return members
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):

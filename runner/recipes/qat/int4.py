@@ -85,6 +85,14 @@ def grid(kernel: np.ndarray, axis: int) -> np.ndarray:
 
 @functools.cache
 def _classes():
+    """(the int4 weight QuantizeConfig class, tfmot's wrapper), made once TensorFlow is needed."""
+    import tensorflow_model_optimization as tfmot
+
+    return _config_class(_quantizer_class()), tfmot.quantization.keras.QuantizeWrapperV2
+
+
+@functools.cache
+def _quantizer_class():
     import tensorflow as tf
     import tensorflow_model_optimization as tfmot
 
@@ -110,6 +118,15 @@ def _classes():
         def get_config(self):
             return {"axis": self.axis}
 
+    return Int4Quantizer
+
+
+@functools.cache
+def _config_class(Int4Quantizer):  # noqa: N803 - a class, made above
+    import tensorflow_model_optimization as tfmot
+
+    q = tfmot.quantization.keras
+
     class Int4WeightConfig(q.QuantizeConfig):
         """The kernel through :class:`Int4Quantizer`; activations stay float."""
 
@@ -134,7 +151,7 @@ def _classes():
         def get_config(self):
             return {"attr": self.attr, "axis": self.axis}
 
-    return Int4WeightConfig, q.QuantizeWrapperV2
+    return Int4WeightConfig
 
 
 class QATInt4Recipe(RecipeBase):

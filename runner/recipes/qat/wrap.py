@@ -83,27 +83,32 @@ def plan_annotation(
                 f"layer {layer.name!r} ({cls}) cannot be quantization-aware-trained: tensorflow-model-optimization has no "
                 "8-bit scheme for recurrent layers; use recipe=full_integer (post-training) for this model"
             )
-        if layer.name in skip_layers:
+        keep_float, config = _layer_plan(layer, cls, skip_layers, registry, conv1d)
+        if keep_float:
             floats.append((layer.name, cls))
-        elif cls == "BatchNormalization" and any(
-            c in _BN_FOLDS_INTO for c in _inbound_classes(layer)
-        ):
-            plan[layer.name] = None
-        elif cls == "Conv1D":
-            plan[layer.name] = conv1d()
-        elif cls in _OUTPUT_ONLY and "InputLayer" in _inbound_classes(layer):
-            # it reads the raw model input (features of very different scales): quantizing it
-            # would put an int8 quantizer on that input; it stays float (qat_mixed keeps it so)
-            floats.append((layer.name, cls))
-        elif cls in _OUTPUT_ONLY or (cls == "Activation" and not _tfmot_activation(layer)):
-            plan[layer.name] = output_only_config()
-        elif cls in _SAME_SCALE:
-            plan[layer.name] = output_only_config(quantize_output=False)
-        elif registry.supports(layer):
-            plan[layer.name] = None
         else:
-            floats.append((layer.name, cls))
+            plan[layer.name] = config
     return plan, floats
+
+
+def _layer_plan(layer, cls: str, skip_layers, registry, conv1d) -> tuple[bool, Any]:
+    """(stays float?, its QuantizeConfig or None for tfmot's default) for one layer."""
+    inbound = _inbound_classes(layer)
+    if layer.name in skip_layers:
+        return True, None
+    if cls == "BatchNormalization" and any(c in _BN_FOLDS_INTO for c in inbound):
+        return False, None
+    if cls == "Conv1D":
+        return False, conv1d()
+    if cls in _OUTPUT_ONLY and "InputLayer" in inbound:
+        # it reads the raw model input (features of very different scales): quantizing it
+        # would put an int8 quantizer on that input; it stays float (qat_mixed keeps it so)
+        return True, None
+    if cls in _OUTPUT_ONLY or (cls == "Activation" and not _tfmot_activation(layer)):
+        return False, output_only_config()
+    if cls in _SAME_SCALE:
+        return False, output_only_config(quantize_output=False)
+    return (False, None) if registry.supports(layer) else (True, None)
 
 
 def _tfmot_activation(layer) -> bool:
