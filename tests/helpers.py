@@ -34,6 +34,17 @@ TINY = [
     "evaluation.progress=false",
 ]
 
+# A small MobileNet (depthwise kernels, BatchNorm) trained briefly: the recipes' real-layer case.
+TINY_MOBILENET = [
+    "model=mobilenet",
+    "model.blocks=[[16,1],[32,2]]",
+    "model.width=8",
+    "dataset.train_size=600",
+    "train.epochs=10",
+    "train.early_stopping_patience=0",
+    "evaluation.latency_samples=3",
+]
+
 
 def compose_config(*overrides: str) -> DictConfig:
     """The real conf/ composed with Hydra's compose API (runner.config.compose)."""

@@ -26,12 +26,24 @@ from runner.recipes.base import RecipeBase
 
 
 class Sleep(RecipeBase):
-    \"\"\"Never finishes on its own: what scancel, a time limit or Ctrl-C stops.\"\"\"
+    \"\"\"Never finishes on its own: what scancel, a time limit or Ctrl-C stops. It says when
+    it has started (the file ``sleeping`` in its job folder), so a test waits on that event.\"\"\"
 
     def produce(self, ctx):
+        (ctx.output_dir / "sleeping").touch()
         time.sleep(3600)
         return []
 """
+
+
+def _wait_for(event, seconds: float) -> bool:
+    """Poll ``event()`` until it holds (True) or ``seconds`` pass (False)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if event():
+            return True
+        time.sleep(0.2)
+    return bool(event())
 
 
 def _slurm_up() -> bool:
@@ -74,13 +86,16 @@ def test_a_killed_joblib_worker_is_a_failed_row_and_the_table_is_written(tmp_pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    done = sweep_dir / "0" / "results.json"
-    end = time.monotonic() + 300
-    while time.monotonic() < end:  # job 0 finished; job 1 sleeps in its worker
-        if done.is_file() and json.loads(done.read_text()).get("status") == "ok":
-            break
-        time.sleep(0.5)
-    time.sleep(2)
+    # job 0 finished and job 1's recipe is running in its worker: both are events on disk
+    done, sleeping = sweep_dir / "0" / "results.json", sweep_dir / "1" / "sleeping"
+    assert _wait_for(
+        lambda: (
+            done.is_file()
+            and json.loads(done.read_text()).get("status") == "ok"
+            and sleeping.is_file()
+        ),
+        300,
+    ), "job 1 never started its recipe"
     children = subprocess.run(
         ["pgrep", "-f", "-P", str(sweep.pid), "popen_loky"], capture_output=True, text=True
     ).stdout.split()
@@ -211,9 +226,12 @@ def test_ctrl_c_on_the_submitter_cancels_its_jobs_and_writes_the_table(slurm):
     assert "cancelled the unfinished job(s)" in out
     assert "interrupted; the table of the 0 finished job(s)" in err
     assert (sweep_dir / "comparison.md").is_file()
-    time.sleep(2)
-    left = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True).stdout
-    assert not left.strip(), left
+
+    def queue_empty() -> bool:
+        p = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True)
+        return not p.stdout.strip()
+
+    assert _wait_for(queue_empty, 60), "the cancelled jobs are still queued"
 
 
 def _ray_head_running() -> bool:

@@ -11,50 +11,26 @@ import csv
 import textwrap
 
 import pytest
-from helpers import TINY, run_cli
+from helpers import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
-MODULE = """
-import time
-
-import numpy as np
-from pydantic import Field
-
-from runner.recipes.base import RecipeBase
-from runner.recipes.conversion import ConverterOptions, convert
-from runner.schema import Options
+EXTENDING = ROOT / "docs" / "extending.md"
 
 
-class ClipOptions(Options):
-    limit: float = Field(1.0, gt=0, description="weights are clipped to [-limit, limit] first")
+def _block(lang: str, first_line: str) -> str:
+    """The fenced ``lang`` block of docs/extending.md that starts with ``first_line``."""
+    text = EXTENDING.read_text(encoding="utf-8")
+    for block in text.split(f"```{lang}\n")[1:]:
+        body = block.split("```", 1)[0]
+        if body.startswith(first_line):
+            return body
+    raise AssertionError(f"docs/extending.md has no {lang} block starting {first_line!r}")
 
 
-class ClipRecipe(RecipeBase):
-    Options = ClipOptions
-
-    def __init__(self, meta=None, limit: float = 1.0):
-        super().__init__(meta)
-        self.limit = limit
-
-    def produce(self, ctx):
-        import tf_keras as keras
-
-        t0 = time.perf_counter()
-        model = keras.models.clone_model(ctx.model)
-        model.set_weights([np.clip(w, -self.limit, self.limit) for w in ctx.model.get_weights()])
-        flatbuffer = convert(model, ConverterOptions(optimizations=("DEFAULT",)))
-        return [self.write_tflite(ctx, flatbuffer, time.perf_counter() - t0)]
-"""
-
-YAML = """
-_target_: my_recipes.clip.ClipRecipe
-name: clip
-description: int8 weights after clipping
-use_case: when outlier weights waste the int8 range
-quantized: true
-limit: 0.5
-"""
+# The page's own example, run as it is written (no "..." to fill in)
+MODULE = _block("python", "# my_recipes/clip.py")
+YAML = _block("yaml", "# conf/recipe/clip.yaml")
 
 
 @pytest.fixture

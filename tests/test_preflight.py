@@ -114,9 +114,9 @@ def test_a_sweep_over_the_qat_family_can_set_their_shared_option(tmp_path):
     assert all(r["status"] == "ok" for r in mine.values())
 
 
-def _tagged_fields() -> list[tuple[str, str, str, str]]:
-    """(recipe file, key, group it names, a valid value) for every schema field that names
-    another config, over every recipe of conf/recipe."""
+def _named_fields() -> list[tuple[str, str, str, object]]:
+    """(recipe file, key, what it names, its default) for every schema field tagged ``names``
+    (another config's group, or ``layer``), over every recipe of conf/recipe."""
     import yaml
 
     out = []
@@ -128,18 +128,20 @@ def _tagged_fields() -> list[tuple[str, str, str, str]]:
                 for line in text.splitlines()
                 if "/base/" in line
             ),
-            None,
+            (yaml.safe_load(text) or {}).get("_target_"),
         )
-        if target is None:
-            target = (yaml.safe_load(text) or {}).get("_target_")
         if not target:
             continue
-        schema = options_of(resolve(target), target)
-        for name, field in schema.model_fields.items():
+        for name, field in options_of(resolve(target), target).model_fields.items():
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            if extra.get("names") and extra["names"] != "layer":  # layers: per model, below
+            if extra.get("names"):
                 out.append((f.stem, name, extra["names"], field.get_default()))
     return out
+
+
+def _tagged_fields() -> list[tuple[str, str, str, object]]:
+    """The fields that name another config (layers are per model: below)."""
+    return [f for f in _named_fields() if f[2] != "layer"]
 
 
 def test_the_walk_finds_the_fields_that_name_other_configs():
@@ -282,26 +284,7 @@ def test_the_conf_folder_names_only_allowed_targets():
 
 def _layer_fields() -> list[tuple[str, str]]:
     """(recipe file, key) for every schema field that names a layer of the model."""
-    import yaml
-
-    out = []
-    for f in sorted((CONF / "recipe").glob("*.yaml")):
-        text = f.read_text()
-        target = next(
-            (
-                line.split("/base/")[1].split("@")[0]
-                for line in text.splitlines()
-                if "/base/" in line
-            ),
-            (yaml.safe_load(text) or {}).get("_target_"),
-        )
-        if not target:
-            continue
-        for name, field in options_of(resolve(target), target).model_fields.items():
-            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            if extra.get("names") == "layer":
-                out.append((f.stem, name))
-    return out
+    return [(recipe, key) for recipe, key, names, _ in _named_fields() if names == "layer"]
 
 
 def test_the_walk_finds_every_field_that_names_a_layer():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import compose_config
+from helpers import TINY_MOBILENET, compose_config
 
 from runner.pipeline import run
 
@@ -97,13 +97,7 @@ def mobilenet_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dw")
     common = [
         f"cache_dir={tmp / 'cache'}",
-        "model=mobilenet",
-        "model.blocks=[[16,1],[32,2]]",
-        "model.width=8",
-        "dataset.train_size=600",
-        "train.epochs=10",
-        "train.early_stopping_patience=0",
-        "evaluation.latency_samples=3",
+        *TINY_MOBILENET,
         "evaluation.layer_report=true",
     ]
     out = {}

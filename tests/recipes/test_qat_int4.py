@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import compose_config
+from helpers import TINY_MOBILENET, compose_config
 
 from runner.pipeline import run
 from runner.recipes.qat.fold import fold_batch_norm
@@ -69,13 +69,7 @@ def test_the_int4_grid_is_symmetric_per_channel_with_at_most_15_levels():
 def test_qat_int4_writes_exactly_the_fine_tuned_weights_on_a_model_with_batch_norm(tmp_path):
     common = [
         f"cache_dir={tmp_path / 'cache'}",
-        "model=mobilenet",
-        "model.blocks=[[16,1],[32,2]]",
-        "model.width=8",
-        "dataset.train_size=600",
-        "train.epochs=10",
-        "train.early_stopping_patience=0",
-        "evaluation.latency_samples=3",
+        *TINY_MOBILENET,
     ]
     qat = run(compose_config("recipe=qat_int4", *common), tmp_path / "qat").row("qat_int4.tflite")
     ptq = run(compose_config("recipe=int4_weight_only", *common), tmp_path / "ptq")
