@@ -70,6 +70,7 @@ def _documented(group: str) -> dict[str, dict[str, str]]:
     return out
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_the_option_tables_equal_every_recipes_composed_config():
     # setup
     from omegaconf import OmegaConf

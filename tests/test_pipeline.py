@@ -133,6 +133,7 @@ def test_a_failing_recipe_gives_a_failed_row_and_keeps_the_rest(tiny_cfg, tmp_pa
     assert not (tmp_path / "models" / "full_integer.tflite").exists()
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_low_fidelity_is_warned_by_name(tiny_cfg, tmp_path):
     # a floor above what any file reaches (SQNR is capped at 150 dB): the float16 file is named
     result = run(tiny_cfg("recipe=float16", "evaluation.min_output_sqnr_db=1000"), tmp_path)

@@ -81,6 +81,7 @@ def test_adaround_writes_the_rounded_kernels_and_keeps_full_integers_accuracy(tm
     assert "validation accuracy" in note
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_a_rounding_worse_than_the_plain_converter_ships_the_plain_file_and_says_so(
     tmp_path, monkeypatch
 ):

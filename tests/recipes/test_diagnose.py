@@ -164,6 +164,7 @@ def test_auto_int8_budgets_agreement_for_a_pretrained_model_and_warns_when_too_c
     assert "budget accuracy drop <= 0.05" in own.note and own.warnings == ()
 
 
+@pytest.mark.slow  # trains or converts real models: over 3 s on 2 cores
 def test_auto_int8_without_a_point_in_budget_says_so_and_keeps_the_best(fragile, tmp_path):
     model, data = fragile
     ctx = _ctx(model, data, tmp_path)

@@ -76,6 +76,7 @@ def test_the_named_layer_gets_int16_activations_and_every_other_op_stays_int8(ct
         _produce(ctx, "recipe.layers=[nope]")
 
 
+@pytest.mark.slow  # trains or converts real models: over 3 s on 2 cores
 def test_by_default_the_layer_reports_worst_layers_are_chosen(ctx):
     art = _produce(ctx, "recipe.sixteen_bit_layers=1", "recipe.calibration_samples=100")
     settings = full_integer_settings().replace(calibration_ranges="mean")
@@ -181,6 +182,7 @@ def test_auto_int8_scores_float_and_int16_for_each_step_and_takes_float_first(sp
     assert "(meets it)" in art.note and _test_accuracy(spiky, art.path) > 0.8
 
 
+@pytest.mark.slow  # trains or converts real models: over 3 s on 2 cores
 def test_auto_int8_integer_only_takes_layers_to_int16_activations_not_float(spiky):
     art, trace = _auto(spiky, "recipe.fallback=[a16w8]")
     assert {r["fallback"] for r in trace[1:]} == {"a16w8"} and trace[-1]["meets_budget"] == "True"

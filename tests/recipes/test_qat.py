@@ -237,6 +237,7 @@ def _trained_digits(tmp_path):
     )
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
     """Each epoch's real int8 file is scored on the validation split, epoch 0 (before any step)
     included; fine-tuning that only harms (a learning rate 300x too high) keeps epoch 0."""
@@ -254,6 +255,7 @@ def test_qat_never_ends_below_its_epoch_0_int8_file(tmp_path):
     assert kept_note(kept).startswith("kept epoch 0 of 2 (int8 validation accuracy")
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_an_epoch_that_falls_behind_sends_fine_tuning_back_to_the_best_weights_at_a_tenth(
     tmp_path, monkeypatch
 ):
@@ -488,6 +490,7 @@ def test_distillation_at_a_temperature_teaches_where_both_models_already_agree()
     assert _probabilities(np.array([[0.2, 0.8]])) and not _probabilities(np.array([[-1.0, 3.0]]))
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_qat_folds_batch_norm_first_so_fine_tuning_stays_well_conditioned(tmp_path):
     """A conv whose kernel is 100x smaller and whose BatchNorm's sigma is 100x smaller computes
     the same function (what few training steps and no weight decay leave), but through the frozen
@@ -574,6 +577,7 @@ def _depthwise_scales(flatbuffer: bytes) -> np.ndarray:
     return t["quantization_parameters"]["scales"]
 
 
+@pytest.mark.slow  # trains or converts real models: over 3 s on 2 cores
 def test_depthwise_kernels_are_fake_quantized_and_written_per_channel_as_post_training_int8():
     """tfmot's own depthwise quantizer is per-tensor (its axis is the depth multiplier): the QAT
     file then had one weight scale for all channels, and the channels 10^4 below the largest
@@ -617,6 +621,7 @@ def test_a_qat_model_with_depthwise_convs_saves_and_loads_back(tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), qat.predict(x, verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow  # trains or converts real models: over 3 s on 2 cores
 def test_a_kernel_read_directly_by_a_relu_is_fake_quantized_as_the_file_quantizes_it():
     """tfmot's ReLU transforms gave a Conv2D/DepthwiseConv2D/Dense read directly by a ReLU a
     no-op config, dropping its weight quantizer: those kernels fine-tuned in float while the
@@ -684,6 +689,7 @@ def test_the_mended_layout_transforms_are_tfmots_own_in_its_order(monkeypatch):
     assert [type(o) is type(s) for o, s in zip(ours, seen, strict=True)][-2:] == [False, False]
 
 
+@pytest.mark.slow  # trains or converts real models: over 3 s on 2 cores
 @pytest.mark.parametrize("recipe", ["prune_qat", "prune_cluster_qat"])
 def test_preserving_qat_keeps_the_zeros_of_a_kernel_read_directly_by_a_relu(recipe):
     """tfmot's ReLU transform dropped the weight quantizer of a Conv2D read by a ReLU layer, and

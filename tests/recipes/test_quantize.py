@@ -160,6 +160,7 @@ def test_calibration_samples_beyond_the_split_are_said_on_the_row(tiny_cfg, tmp_
     assert any(said in w for w in result.warnings)
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_converting_a_tf_keras_model_does_not_import_keras_3():
     """TFLite's converter imports Keras 3 (1.8 s) only to ask whether the model is one; a
     process that never loaded Keras 3 holds no such model, so conversion skips the import and

@@ -151,6 +151,7 @@ def _bright_ctx(bright, tmp_path):
     )
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_auto_int8_starts_from_the_estimator_that_meets_the_budget(bright, tmp_path):
     """The bright image is drawn into the calibration: the converter's ranges hold it and miss
     the budget; the mean ranges meet it, and auto_int8 takes them."""
@@ -204,6 +205,7 @@ def test_qat_starts_from_the_estimator_whose_epoch_0_file_is_better(bright, tmp_
     )
 
 
+@pytest.mark.slow  # trains or converts real models: over 5 s on 2 cores
 def test_adaround_writes_its_rounding_with_the_estimator_whose_file_is_better(bright, tmp_path):
     """The converter's ranges hold the bright image and cost more than any rounding wins back:
     adaround scores the file of each estimator on held-out samples and ships the mean one, as
