@@ -33,11 +33,13 @@ from runner.references import (
     config_folders,
     path_problems,
     reference_problems,
+    requirement_problems,
     target_problems,
 )
 from runner.report.select import SelectOptions
 from runner.schema import Options, combined, config_node, options_of, parse, resolve, tagged
 from runner.schema import problems as schema_problems
+from runner.targets.base import TargetMeta
 from runner.tracking import LoggerOptions
 from runner.train import TrainConfig
 
@@ -80,6 +82,7 @@ GROUP_META: dict[str, type[Options]] = {
     "model": ModelMeta,
     "recipe": RecipeMeta,
     "reference": RecipeMeta,
+    "target": TargetMeta,
 }
 # Groups without a ``_target_``: one schema each.
 FIXED: dict[str, type[Options]] = {
@@ -237,6 +240,7 @@ def problems(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
             continue
         out += schema_problems(node, schema, group)
         out += reference_problems(node, schema, group, config_folders(cfg))
+        out += requirement_problems(group, node)
     return (
         out
         + [line for line in target_problems(raw) if not line.startswith(TOP_GROUP_TARGETS)]

@@ -34,7 +34,7 @@ sets differently from the schema. Set a key on the command line (`recipe.epochs=
 names the closest key, a bad value says what is allowed.
 """
 # group -> the override that selects an option of it
-SELECT = {"dataset": "dataset", "model": "model", "recipe": "recipe"}
+SELECT = {"dataset": "dataset", "model": "model", "recipe": "recipe", "target": "target"}
 # keys every option file sets to itself: not worth a line
 SELF_EVIDENT = ("name", "description", "use_case")
 

@@ -33,10 +33,17 @@ from runner.files import atomic_copy, atomic_write_text, atomic_write_with
 from runner.recipes.base import Recipe, RecipeContext
 from runner.report.results import ResultsTable, RunResult, write_job_failure
 from runner.schema import call
+from runner.targets.base import Target, on_target
 
 __all__ = ["build_recipe", "load_dataset", "run", "scaling_from", "write_job_failure"]
 
 log = logging.getLogger(__name__)
+
+
+def build_target(node: DictConfig | Mapping[str, Any]) -> Target:
+    """The device target a ``conf/target`` node describes (``host``: no check)."""
+    p = plugin("target", node)
+    return call(p.target, p.options, meta=p.meta)
 
 
 def build_recipe(node: DictConfig | Mapping[str, Any]) -> Recipe:
@@ -83,10 +90,12 @@ def run(
     score_float_model(base, out, scorer, table)
     # 2. the reference recipe (every size is compared with it), then 3. the run's recipe
     ctx = recipe_context(cfg, base, data, scaling, out, entry)
-    produce_and_score(cfg.reference, ctx, scorer, table, is_reference=True)
+    target = build_target(cfg.target)
+    produce_and_score(cfg.reference, ctx, scorer, table, target, is_reference=True)
     check_interrupt()  # a Ctrl-C that a converter swallowed into a failed row
     if cfg.recipe != cfg.reference:
-        produce_and_score(cfg.recipe, ctx, scorer, table, layer_report=cfg.evaluation.layer_report)
+        layer_report = cfg.evaluation.layer_report
+        produce_and_score(cfg.recipe, ctx, scorer, table, target, layer_report=layer_report)
     check_interrupt()
     return table.finish()
 
@@ -176,10 +185,12 @@ def produce_and_score(
     ctx: RecipeContext,
     scorer: Scorer,
     table: ResultsTable,
+    target: Target | None = None,
     is_reference: bool = False,
     layer_report: bool = False,
 ) -> None:
-    """Build the recipe, make its artifacts and score each; a failure is a failed row.
+    """Build the recipe, make its artifacts and score each (on the device ``target`` too); a
+    failure is a failed row.
 
     ``is_reference``: the float32 reference, whose score is shared by a sweep's jobs.
     """
@@ -208,7 +219,8 @@ def produce_and_score(
                 name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case, role
             )
             continue
-        table.add(art, m, use_case, scorer.memo_status, role)
+        on_board = on_target(target, art, m, ctx.dataset.test, ctx.scaling) if target else {}
+        table.add(art, m, use_case, scorer.memo_status, role, on_board)
 
 
 def _with_layer_report(

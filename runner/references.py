@@ -142,3 +142,29 @@ def _model_file_problems(model: Any) -> list[str]:
             "SavedModel folder"
         ]
     return []
+
+
+def requirement_problems(group: str, node: Mapping[str, Any]) -> list[str]:
+    """A plugin that needs a package the machine lacks (``requires = (module, install command)``
+    on its class: a device target's runtime) is one line with the install command, before any
+    work. The module is looked up, never imported."""
+    import importlib.util
+
+    from runner.schema import resolve
+
+    target = node.get("_target_")
+    if not isinstance(target, str) or refused_target(target):
+        return []
+    try:
+        needs = getattr(resolve(target), "requires", None)
+    except Exception:  # noqa: BLE001 - the schema check says why the target cannot be used
+        return []
+    if not needs:
+        return []
+    module, install = needs
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    name = node.get("name", target)
+    return [] if found else [f"{group}={name} needs {module.split('.')[0]}: {install}"]

@@ -130,10 +130,17 @@ class ResultsTable:
         self.worst_layers = [r["layer"] for r in rows[:3]]
 
     def add(
-        self, art: Artifact, m: Metrics, use_case: str, memo: str = "off", role: str = "recipe"
+        self,
+        art: Artifact,
+        m: Metrics,
+        use_case: str,
+        memo: str = "off",
+        role: str = "recipe",
+        on_target: dict[str, Any] | None = None,
     ) -> None:
         """A scored row; ``role``: float (the Keras model), reference (``recipe@reference``,
-        what compression is measured against) or recipe."""
+        what compression is measured against) or recipe; ``on_target``: the device target's
+        columns (:mod:`runner.targets`)."""
         size = _size(art.path)
         stored = _stored(art)
         if m.labels is not None:
@@ -147,50 +154,61 @@ class ResultsTable:
         self._eval_cache[art.name] = memo
         if art.conversion:
             self._conversions[art.name] = art.conversion
-        self.rows.append(
-            report.empty_row(
-                **self.common,
-                recipe=art.recipe,
-                role=role,
-                artifact=art.name,
-                format=art.format,
-                size_bytes=size,
-                size_mb=size / MB,
-                compression=(self._reference_size / size)
-                if self._reference_size and size
-                else None,
-                **stored,
-                compression_gzip=(self._reference_gzip / stored["size_gzip_bytes"])
-                if self._reference_gzip and stored["size_gzip_bytes"]
-                else None,
-                accuracy=m.accuracy,
-                accuracy_delta=m.accuracy - self._reference_accuracy,
-                agreement=m.agreement if m.agreement is not None else 1.0,
-                output_sqnr_db=m.output_sqnr_db,
-                output_max_abs_error=m.output_max_abs_error,
-                top5=m.top5,
-                latency_ms=m.latency_ms,
-                latency_p50_ms=m.latency_p50_ms,
-                latency_p90_ms=m.latency_p90_ms,
-                latency_spread=m.latency_spread,
-                latency_note=m.latency_note,
-                train_seconds=art.train_seconds,
-                convert_seconds=art.convert_seconds,
-                eval_seconds=m.eval_seconds,
-                status="ok",
-                error="",
-                use_case=use_case,
-                path=str(art.path),
-                sha256=sha,
-                worst_layer=art.worst_layer,
-                float_layers=art.float_layers,
-                route=art.route,
-                note=art.note,
-            )
-        )
+        self.rows.append(self._scored_row(art, m, use_case, role, size, stored, sha, on_target))
         for w in (*art.warnings, *fidelity_warnings(art, m, self.cfg.evaluation)):
             self.warn(w)
         self.write()
+
+    def _scored_row(
+        self,
+        art: Artifact,
+        m: Metrics,
+        use_case: str,
+        role: str,
+        size: int,
+        stored: dict[str, Any],
+        sha: str | None,
+        on_target: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The row of a scored artifact (every column of :class:`runner.report.table.Row`)."""
+        return report.empty_row(
+            **self.common,
+            recipe=art.recipe,
+            role=role,
+            artifact=art.name,
+            format=art.format,
+            size_bytes=size,
+            size_mb=size / MB,
+            compression=(self._reference_size / size) if self._reference_size and size else None,
+            **stored,
+            compression_gzip=(self._reference_gzip / stored["size_gzip_bytes"])
+            if self._reference_gzip and stored["size_gzip_bytes"]
+            else None,
+            accuracy=m.accuracy,
+            accuracy_delta=m.accuracy - self._reference_accuracy,
+            agreement=m.agreement if m.agreement is not None else 1.0,
+            output_sqnr_db=m.output_sqnr_db,
+            output_max_abs_error=m.output_max_abs_error,
+            top5=m.top5,
+            latency_ms=m.latency_ms,
+            latency_p50_ms=m.latency_p50_ms,
+            latency_p90_ms=m.latency_p90_ms,
+            latency_spread=m.latency_spread,
+            latency_note=m.latency_note,
+            train_seconds=art.train_seconds,
+            convert_seconds=art.convert_seconds,
+            eval_seconds=m.eval_seconds,
+            status="ok",
+            error="",
+            use_case=use_case,
+            path=str(art.path),
+            sha256=sha,
+            worst_layer=art.worst_layer,
+            float_layers=art.float_layers,
+            route=art.route,
+            note=art.note,
+            **(on_target or {}),
+        )
 
     def fail(
         self, recipe: str, artifact: str, error: str, use_case: str, role: str = "recipe"

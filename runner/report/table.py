@@ -59,6 +59,19 @@ class Row(TypedDict):
     path: str | None
     sha256: str | None
     baseline_key: str | None
+    # on a device target (runner.targets; empty on the host): does the file run there, in how
+    # much RAM and flash, how fast, and with which labels
+    target: str | None
+    target_status: str | None  # runs | refused | over_ram | over_flash
+    target_reason: str | None
+    ram_bytes: int | None
+    flash_bytes: int | None
+    npu_ops: int | None
+    cpu_ops: int | None
+    target_latency_ms: float | None  # Vela's estimate on the NPU
+    target_accuracy: float | None  # computed in the target's interpreter
+    target_agreement: float | None  # share of labels equal to LiteRT's on the same file
+    target_samples: int | None
 
 
 # Every row has these columns, in this order: the keys of Row.
@@ -90,6 +103,15 @@ DISPLAY = [
     "baseline_cache",
     "status",
     "error",
+    "target",
+    "target_status",
+    "ram_bytes",
+    "flash_bytes",
+    "npu_ops",
+    "target_latency_ms",
+    "target_accuracy",
+    "target_agreement",
+    "target_reason",
     "worst_layer",
     "float_layers",
     "route",

@@ -1,0 +1,136 @@
+"""What every target shares: the board's limits (the ``target`` group's keys), the columns a
+check adds to a row, and the protocol each runtime implements."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import Field
+
+from runner.schema import Options
+
+# The columns a target check adds to a .tflite row (None where not measured).
+TARGET_COLUMNS = (
+    "target",
+    "target_status",  # runs | refused | over_ram | over_flash
+    "target_reason",
+    "ram_bytes",
+    "flash_bytes",
+    "npu_ops",
+    "cpu_ops",
+    "target_latency_ms",
+    "target_accuracy",
+    "target_agreement",
+    "target_samples",
+)
+RUNS = "runs"
+
+
+class TargetMeta(Options):
+    """The runner's keys of every ``conf/target/*.yaml``: the board's name and limits."""
+
+    name: str = Field("host", min_length=1, description="the target's name (table and verdict)")
+    ram_kb: float | None = Field(
+        None,
+        gt=0,
+        description="RAM the model may use (KiB): TFLite Micro's arena plus the NPU's SRAM; "
+        "null: not checked",
+    )
+    flash_kb: float | None = Field(
+        None, gt=0, description="flash the model file may use (KiB); null: not checked"
+    )
+    eval_samples: int = Field(
+        1000,
+        ge=1,
+        description="test samples scored in the target's interpreter, one at a time (its cost); "
+        "the row says how many",
+    )
+    timeout_seconds: float = Field(
+        600, gt=0, description="a target check that runs longer is a refused row"
+    )
+
+
+class Target(Protocol):
+    """One runtime: checks a written ``.tflite`` file and returns its :data:`TARGET_COLUMNS`."""
+
+    meta: TargetMeta
+
+    def check(
+        self, path: Path, inputs: np.ndarray, truth: np.ndarray, host_labels: np.ndarray
+    ) -> dict[str, Any]:
+        """``inputs``: test samples ready for the file's input (its dtype and scale);
+        ``truth`` and ``host_labels`` (LiteRT's labels) on the same samples."""
+        ...
+
+
+def limits(meta: TargetMeta, columns: dict[str, Any]) -> dict[str, Any]:
+    """``columns`` with the board's limits applied: a file that runs but needs more RAM or
+    flash than ``target.ram_kb`` / ``target.flash_kb`` is ``over_ram`` / ``over_flash``."""
+    if columns.get("target_status") != RUNS:
+        return columns
+    for key, limit, status in (
+        ("ram_bytes", meta.ram_kb, "over_ram"),
+        ("flash_bytes", meta.flash_kb, "over_flash"),
+    ):
+        need = columns.get(key)
+        if limit is not None and need is not None and need > limit * 1024:
+            what = key.split("_")[0].upper() if key == "ram_bytes" else "flash"
+            return columns | {
+                "target_status": status,
+                "target_reason": f"needs {need / 1024:.1f} KiB of {what}, the board has "
+                f"{limit:g} KiB (target.{key.replace('_bytes', '_kb')})",
+            }
+    return columns
+
+
+def run_child(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess | str:
+    """Run a runtime in a child process (it may abort: SIGFPE, an assert in C++); its result,
+    or why it died, in one line."""
+    try:
+        p = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"no answer in {timeout:g} s (target.timeout_seconds)"
+    if p.returncode < 0:
+        import signal
+
+        name = signal.Signals(-p.returncode).name if -p.returncode in signal.valid_signals() else ""
+        return f"the runtime crashed ({name or 'signal ' + str(-p.returncode)})"
+    return p
+
+
+def scores(labels: np.ndarray, truth: np.ndarray, host_labels: np.ndarray) -> dict[str, Any]:
+    """Accuracy in the target's interpreter and its agreement with LiteRT's labels."""
+    n = len(labels)
+    out = {
+        "target_accuracy": float(np.mean(labels == truth[:n])) if n else None,
+        "target_agreement": float(np.mean(labels == host_labels[:n])) if n else None,
+        "target_samples": n,
+    }
+    differ = int(np.sum(labels != host_labels[:n]))
+    if differ:  # the same file, other labels: what the board computes is not what LiteRT did
+        out["target_reason"] = f"its labels differ from LiteRT's on {differ} of {n} test samples"
+    return out
+
+
+def plain(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """Every target column, None where not set."""
+    return {c: columns.get(c) for c in TARGET_COLUMNS}
+
+
+def on_target(target: Target, art: Any, m: Any, test: Any, scaling: Any) -> dict[str, Any]:
+    """The target's columns of one scored artifact (none for the host or a Keras file): its
+    first ``target.eval_samples`` test samples, prepared for the file's input as LiteRT's were,
+    with LiteRT's labels on the same samples."""
+    from runner.evaluation.interpreter import TFLiteModel
+
+    if art.format != "tflite" or getattr(target, "requires", None) is None:
+        return {}
+    n = min(target.meta.eval_samples, len(test.y))
+    inputs = TFLiteModel(art.path).prepare(np.asarray(test.x[:n]), scaling)
+    host = np.asarray(m.labels[:n]) if m.labels is not None else np.full(n, -1)
+    return target.check(art.path, inputs, np.asarray(test.y[:n]), host)
