@@ -54,6 +54,8 @@ def describe_row(r: Mapping[str, Any]) -> str:
     lat = num(r.get("latency_p50_ms")) or num(r.get("latency_ms"))
     if lat is not None:
         parts.append(f"latency {lat:.3f} ms" + ("" if latency_trusted(r) else " (not trusted)"))
+    if r.get("target"):
+        parts.append(_on_target(r))
     if r.get("path"):
         parts.append(str(r["path"]))
     return ", ".join(parts)
@@ -77,5 +79,27 @@ def brief_row(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "latency_p50_ms",
         "latency_spread",
         "status",
+        "target",
+        "target_status",
+        "ram_bytes",
+        "flash_bytes",
+        "target_latency_ms",
+        "target_accuracy",
     )
     return {k: r.get(k) for k in keys if k in r}
+
+
+def _on_target(r: Mapping[str, Any]) -> str:
+    """ "on tflm: RAM 9.7 KiB, flash 91.2 KiB, NPU 33/33 ops, 0.18 ms (estimated)"."""
+    bits = []
+    for key, label in (("ram_bytes", "RAM"), ("flash_bytes", "flash")):
+        if num(r.get(key)) is not None:
+            bits.append(f"{label} {num(r.get(key)) / 1024:.1f} KiB")
+    if r.get("npu_ops") is not None:
+        total = (r.get("npu_ops") or 0) + (r.get("cpu_ops") or 0)
+        bits.append(f"NPU {r.get('npu_ops')}/{total} ops")
+    if num(r.get("target_latency_ms")) is not None:
+        bits.append(f"{num(r.get('target_latency_ms')):.3f} ms (estimated)")
+    if num(r.get("target_accuracy")) is not None:
+        bits.append(f"accuracy there {num(r.get('target_accuracy')):.4f}")
+    return f"on {r.get('target')}: " + ", ".join(bits)

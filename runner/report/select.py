@@ -64,11 +64,13 @@ class Verdict:
     rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     why: str = ""  # how the chosen file won (or, with none, what to try next)
     flags: list[str] = field(default_factory=list)  # rows that defeat their own purpose
+    target: str | None = None  # the device target the files were checked on (None: the host)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "model": self.model,
+            "target": self.target,
             "chosen": brief_row(self.chosen),
             "runner_up": brief_row(self.runner_up),
             "why": self.why,
@@ -78,7 +80,8 @@ class Verdict:
 
     def lines(self) -> list[str]:
         """The "ship:" block a person reads at the end of a sweep."""
-        head = f"ship ({self.dataset}, {self.model}): "
+        on = f", on {self.target}" if self.target else ""
+        head = f"ship ({self.dataset}, {self.model}{on}): "
         if self.chosen is None:
             out = [head + f"no artifact meets the budget; {self.why}"]
         else:
@@ -96,22 +99,33 @@ def choose(
     predictions: Predictions | None = None,
     truth: Predictions | None = None,
 ) -> list[Verdict]:
-    """One verdict per (data set, model) in ``rows``.
+    """One verdict per (data set, model, device target) in ``rows``.
 
     ``predictions(row)``: the row's predicted labels on the test split, and ``truth(row)`` the
     true ones, when they are kept: two rows are then compared sample by sample (ties within the
     noise); without them, by their accuracies alone.
     """
     budget = budget or SelectOptions()
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
         if r.get("dataset") is None and r.get("model") is None:
             continue  # a job that left nothing to say what it ran: a failed row of the table only
-        groups.setdefault((str(r.get("dataset")), str(r.get("model"))), []).append(r)
+        for target in _targets_of(r, rows):
+            groups.setdefault((str(r.get("dataset")), str(r.get("model")), target), []).append(r)
     return [
-        _verdict(ds, model, group, budget, predictions, truth)
-        for (ds, model), group in groups.items()
+        _verdict(ds, model, group, budget, predictions, truth, target or None)
+        for (ds, model, target), group in groups.items()
     ]
+
+
+def _targets_of(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The device target(s) whose verdict a row belongs to: its own; a row with none (a Keras
+    file, a failed row) its job's, else every target's; "" where nothing ran on a target."""
+    if r.get("target"):
+        return [str(r["target"])]
+    same_job = {str(o["target"]) for o in rows if o.get("target") and o.get("job") == r.get("job")}
+    everywhere = {str(o["target"]) for o in rows if o.get("target")}
+    return sorted(same_job or everywhere) or [""]
 
 
 def pareto(rows: Sequence[Mapping[str, Any]]) -> list[bool]:
@@ -133,7 +147,7 @@ def pareto(rows: Sequence[Mapping[str, Any]]) -> list[bool]:
 
 
 # --------------------------------------------------------------------------- one verdict
-def _verdict(ds, model, rows, budget, predictions, truth) -> Verdict:
+def _verdict(ds, model, rows, budget, predictions, truth, target=None) -> Verdict:
     candidates, rejected = [], []
     # a job that stopped before its recipe finished is a failed job: none of its files ships
     unfinished = {r.get("job") for r in rows if str(r.get("error") or "").startswith(INCOMPLETE)}
@@ -144,9 +158,10 @@ def _verdict(ds, model, rows, budget, predictions, truth) -> Verdict:
         if not why and r.get("job") in unfinished and r.get("role") not in ("float", "reference"):
             why = f"its job {r.get('job')} did not finish (the table marks it failed)"
         (rejected.append((dict(r), why)) if why else candidates.append(dict(r)))
-    verdict = Verdict(ds, model, None, None, rejected, flags=_flags(rows, predictions, truth))
+    flags = _flags(rows, predictions, truth)
+    verdict = Verdict(ds, model, None, None, rejected, flags=flags, target=target)
     if not candidates:
-        verdict.why = _next_steps(rows, rejected, budget)
+        verdict.why = _next_steps(rows, rejected, budget, target)
         return verdict
     ranked = sorted(candidates, key=lambda r: _key(r, budget.objective))
     chosen = ranked[0]
@@ -162,6 +177,10 @@ def rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
     """Why ``r`` does not meet the budget ``b`` (one phrase), or "" when it does."""
     if r.get("status") != "ok":
         return f"failed ({str(r.get('error') or '?')[:120]})"
+    on_board = r.get("target_status")
+    if on_board not in (None, "", "runs"):
+        what = {"refused": "refused", "over_ram": "too big", "over_flash": "too big"}
+        return f"{what.get(str(on_board), on_board)} on {r.get('target')}: {r.get('target_reason')}"
     drop = -float(r.get("accuracy_delta") or 0.0)
     if drop > b.max_accuracy_drop + 1e-12:
         return f"accuracy drop {drop:.4f} > {b.max_accuracy_drop:g}"
@@ -255,10 +274,12 @@ def _why(chosen, runner_up, b: SelectOptions, predictions, truth) -> str:
     )
 
 
-def _next_steps(rows, rejected, b: SelectOptions) -> str:
+def _next_steps(rows, rejected, b: SelectOptions, target: str | None = None) -> str:
     ok = [r for r, why in rejected if r.get("status") == "ok"]
     if not ok:
         return "no artifact was made (see the failed rows)"
+    if target and not any(r.get("target_status") == "runs" for r in ok):
+        return _nothing_fits(ok, target)
     closest = max(ok, key=lambda r: (num(r.get("accuracy")) or 0, -(num(r.get("size_bytes")) or 0)))
     recipes = {str(r.get("recipe")) for r in rows}
     tries = [
@@ -273,6 +294,20 @@ def _next_steps(rows, rejected, b: SelectOptions) -> str:
         + "more recipe.calibration_samples, or a looser budget (select.max_accuracy_drop, "
         "select.min_agreement, select.max_size_mb)"
     )
+
+
+def _nothing_fits(rows, target: str) -> str:
+    """Nothing runs within the board's limits: which files were refused and why, and what the
+    closest one would need."""
+    refused = sorted({str(r.get("recipe")) for r in rows if r.get("target_status") == "refused"})
+    big = [r for r in rows if str(r.get("target_status", "")).startswith("over_")]
+    text = f"no file runs on {target} within its limits"
+    if refused:
+        text += f"; refused there: {', '.join(refused)} (see each row's reason)"
+    if big:
+        smallest = min(big, key=lambda r: num(r.get("ram_bytes")) or math.inf)
+        text += f"; the smallest that runs, {row_name(smallest)}, {smallest.get('target_reason')}"
+    return text + "; an integer recipe (full_integer, int16x8, mixed_a16w8) runs on most boards"
 
 
 def _flags(rows, predictions, truth) -> list[str]:
