@@ -22,6 +22,7 @@ from runner.report.select import SelectOptions, Verdict, choose, rejection
 from runner.report.sweep import SWEEP_DISPLAY, write_sweep_report
 from runner.report.table import to_markdown
 from runner.schema import parse
+from runner.targets.firmware import write_firmware
 
 PREDICTIONS = "predictions.npz"
 TRUTH = "__truth__"  # the key of the true test labels in predictions.npz
@@ -84,6 +85,9 @@ def write(rows: Sequence[Mapping[str, Any]], out: Path, budget: SelectOptions) -
     md = ["# Which file to ship", "", f"Budget: `{budget.model_dump()}`", ""]
     for v in found:
         md += ["```", *v.lines(), "```", ""]
+        firmware = write_firmware(v.chosen, out) if v.chosen and v.target else None
+        if firmware is not None:  # what to paste into the board's firmware
+            md += [f"Firmware for {v.target}: `{firmware}/model_data.cc`, `model_data.h`", ""]
     atomic_write_text(out / "recommendation.md", "\n".join(md))
     from runner.report.plot import plot
 

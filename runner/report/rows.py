@@ -85,6 +85,7 @@ def brief_row(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "flash_bytes",
         "target_latency_ms",
         "target_accuracy",
+        "target_path",
     )
     return {k: r.get(k) for k in keys if k in r}
 

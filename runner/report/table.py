@@ -72,6 +72,7 @@ class Row(TypedDict):
     target_accuracy: float | None  # computed in the target's interpreter
     target_agreement: float | None  # share of labels equal to LiteRT's on the same file
     target_samples: int | None
+    target_path: str | None  # the file the board loads, where it differs (Vela's compiled file)
 
 
 # Every row has these columns, in this order: the keys of Row.

@@ -27,6 +27,7 @@ TARGET_COLUMNS = (
     "target_accuracy",
     "target_agreement",
     "target_samples",
+    "target_path",  # the file the board loads, where it differs from the row's (Vela's output)
 )
 RUNS = "runs"
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from runner.files import atomic_copy
 from runner.schema import Options
 from runner.targets.base import RUNS, TargetMeta, limits, plain, run_child, scores
 from runner.targets.tflm import INSTALL, tflm_run
@@ -39,8 +40,11 @@ class EthosUOptions(Options):
     )
 
 
-def vela(path: Path, opts: EthosUOptions, timeout: float) -> dict[str, Any]:
-    """Compile ``path`` with Vela in a child process; its columns, or refused with the reason."""
+def vela(
+    path: Path, opts: EthosUOptions, timeout: float, keep: Path | None = None
+) -> dict[str, Any]:
+    """Compile ``path`` with Vela in a child process; its columns, or refused with the reason.
+    ``keep``: a folder the compiled file and Vela's summary CSV are kept in."""
     with tempfile.TemporaryDirectory(prefix="vela-") as tmp:
         args = ["-m", "ethosu.vela", "--accelerator-config", opts.accelerator_config]
         args += ["--output-dir", tmp, str(path)]
@@ -62,14 +66,20 @@ def vela(path: Path, opts: EthosUOptions, timeout: float) -> dict[str, Any]:
         with open(summary, newline="") as f:
             row = next(csv.DictReader(f))
         ops = dict(OPS.findall(p.stdout))
+        flash = compiled.stat().st_size
+        if keep is not None:  # the file to flash, and Vela's own figures, beside the model
+            keep.mkdir(parents=True, exist_ok=True)
+            compiled = Path(atomic_copy(compiled, keep / compiled.name))
+            atomic_copy(summary, keep / summary.name)
         return {
             "target_status": RUNS,
             "npu_ops": int(ops.get("NPU", 0)),
             "cpu_ops": int(ops.get("CPU", 0)),
             "target_latency_ms": float(row["inference_time"]) * 1e3,
             "sram_bytes": float(row["sram_memory_used"]) * 1024,
-            "flash_bytes": compiled.stat().st_size,
+            "flash_bytes": flash,
             "npu_cycles": int(float(row.get("cycles_npu") or 0)),
+            "target_path": str(compiled) if keep is not None else None,
         }
 
 
@@ -87,7 +97,8 @@ class EthosUTarget:
         self, path: Path, inputs: np.ndarray, truth: np.ndarray, host_labels: np.ndarray
     ) -> dict[str, Any]:
         cpu, labels = tflm_run(path, inputs, self.meta.timeout_seconds)
-        npu = vela(path, self.opts, self.meta.timeout_seconds)
+        keep = path.parent / self.meta.name  # <run>/models/<target>/<stem>_vela.tflite
+        npu = vela(path, self.opts, self.meta.timeout_seconds, keep)
         columns: dict[str, Any] = {"target": self.meta.name}
         if cpu["target_status"] != RUNS:  # the CPU part cannot run what Vela leaves it
             columns |= cpu

@@ -256,3 +256,41 @@ def test_the_child_process_is_importable_without_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2]
     )
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_firmware_c_source_compiles_and_holds_the_shipped_bytes(files, tmp_path):
+    # setup: the int8 file shipped for tflm, as the verdict writes it
+    import re
+    import shutil
+
+    from runner.targets.firmware import write_firmware
+
+    cc = shutil.which("c++") or shutil.which("g++")
+    if cc is None:
+        pytest.skip("no C++ compiler here")
+    path = files[0]["int8"][0]
+    row = {"target": "tflm", "artifact": path.name, "path": str(path), "ram_bytes": 2928}
+    # execute
+    folder = write_firmware(row, tmp_path)
+    p = subprocess.run(
+        [cc, "-std=c++17", "-c", "model_data.cc", "-o", "model_data.o"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
+    # assert: it compiles; the array is the file byte for byte; the constants are the file's
+    assert p.returncode == 0, p.stderr
+    source = (folder / "model_data.cc").read_text()
+    array = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", source))
+    assert array == path.read_bytes() and "alignas(16)" in source
+    header = (folder / "model_data.h").read_text()
+    assert "kTensorArenaSize = 2928;" in header and "kInputZeroPoint = -128;" in header
+    assert f"g_model_data_len = {len(array)};" in source
+
+
+def test_no_firmware_is_written_for_the_host(tmp_path):
+    from runner.targets.firmware import write_firmware
+
+    assert write_firmware({"target": None, "path": __file__}, tmp_path) is None
+    assert not (tmp_path / "firmware").exists()
