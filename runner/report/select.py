@@ -184,6 +184,15 @@ def rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
     drop = -float(r.get("accuracy_delta") or 0.0)
     if drop > b.max_accuracy_drop + 1e-12:
         return f"accuracy drop {drop:.4f} > {b.max_accuracy_drop:g}"
+    there = num(r.get("target_accuracy"))
+    if there is not None and num(r.get("accuracy")) is not None:  # what the board computes
+        float_accuracy = num(r.get("accuracy")) - float(r.get("accuracy_delta") or 0.0)
+        if float_accuracy - there > b.max_accuracy_drop + 1e-12:
+            return (
+                f"on {r.get('target')} its accuracy is {there:.4f} (drop "
+                f"{float_accuracy - there:.4f} > {b.max_accuracy_drop:g}; LiteRT: "
+                f"{num(r.get('accuracy')):.4f}): {r.get('target_reason') or 'other labels there'}"
+            )
     agreement = num(r.get("agreement"))
     if agreement is not None and agreement < b.min_agreement:
         return f"agreement {agreement:.4f} < {b.min_agreement:g}"
