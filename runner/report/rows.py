@@ -4,7 +4,7 @@ its numbers, and how it is named and described in the "ship:" lines. No TensorFl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # A latency whose p90 is more than this times its p50 is too noisy to decide on.
@@ -104,3 +104,46 @@ def _on_target(r: Mapping[str, Any]) -> str:
     if num(r.get("target_accuracy")) is not None:
         bits.append(f"accuracy there {num(r.get('target_accuracy')):.4f}")
     return f"on {r.get('target')}: " + ", ".join(bits)
+
+
+def targets_of(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The device target(s) whose verdict a row belongs to: its own; a row with none (a Keras
+    file, a failed row) its job's, else every target's; "" where nothing ran on a target."""
+    if r.get("target"):
+        return [str(r["target"])]
+    same_job = {str(o["target"]) for o in rows if o.get("target") and o.get("job") == r.get("job")}
+    everywhere = {str(o["target"]) for o in rows if o.get("target")}
+    return sorted(same_job or everywhere) or [""]
+
+
+def nothing_fits(rows, target: str) -> str:
+    """Nothing runs within the board's limits: which files were refused and why, and what the
+    closest one would need."""
+    refused = sorted({str(r.get("recipe")) for r in rows if r.get("target_status") == "refused"})
+    big = [r for r in rows if str(r.get("target_status", "")).startswith("over_")]
+    text = f"no file runs on {target} within its limits"
+    if refused:
+        text += f"; refused there: {', '.join(refused)} (see each row's reason)"
+    if big:
+        smallest = min(big, key=lambda r: num(r.get("ram_bytes")) or math.inf)
+        text += f"; the smallest that runs, {row_name(smallest)}, {smallest.get('target_reason')}"
+    return text + "; an integer recipe (full_integer, int16x8, mixed_a16w8) runs on most boards"
+
+
+def target_rejection(r: Mapping[str, Any], max_drop: float) -> str:
+    """Why a row cannot ship on its device target (one phrase), or "": refused there, over the
+    board's limits, or less accurate there than the budget allows."""
+    on_board = r.get("target_status")
+    if on_board not in (None, "", "runs"):
+        what = {"refused": "refused", "over_ram": "too big", "over_flash": "too big"}
+        return f"{what.get(str(on_board), on_board)} on {r.get('target')}: {r.get('target_reason')}"
+    there = num(r.get("target_accuracy"))
+    if there is not None and num(r.get("accuracy")) is not None:  # what the board computes
+        float_accuracy = num(r.get("accuracy")) - float(r.get("accuracy_delta") or 0.0)
+        if float_accuracy - there > max_drop + 1e-12:
+            return (
+                f"on {r.get('target')} its accuracy is {there:.4f} (drop "
+                f"{float_accuracy - there:.4f} > {max_drop:g}; LiteRT: "
+                f"{num(r.get('accuracy')):.4f}): {r.get('target_reason') or 'other labels there'}"
+            )
+    return ""

@@ -22,7 +22,17 @@ import numpy as np
 from pydantic import Field
 
 from runner.evaluation.noise import paired_gain
-from runner.report.rows import brief_row, describe_row, latency_trusted, num, row_name, shippable
+from runner.report.rows import (
+    brief_row,
+    describe_row,
+    latency_trusted,
+    nothing_fits,
+    num,
+    row_name,
+    shippable,
+    target_rejection,
+    targets_of,
+)
 from runner.schema import Options
 
 Objective = Literal["size", "gzip_size", "latency", "accuracy"]
@@ -110,22 +120,12 @@ def choose(
     for r in rows:
         if r.get("dataset") is None and r.get("model") is None:
             continue  # a job that left nothing to say what it ran: a failed row of the table only
-        for target in _targets_of(r, rows):
+        for target in targets_of(r, rows):
             groups.setdefault((str(r.get("dataset")), str(r.get("model")), target), []).append(r)
     return [
         _verdict(ds, model, group, budget, predictions, truth, target or None)
         for (ds, model, target), group in groups.items()
     ]
-
-
-def _targets_of(r: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The device target(s) whose verdict a row belongs to: its own; a row with none (a Keras
-    file, a failed row) its job's, else every target's; "" where nothing ran on a target."""
-    if r.get("target"):
-        return [str(r["target"])]
-    same_job = {str(o["target"]) for o in rows if o.get("target") and o.get("job") == r.get("job")}
-    everywhere = {str(o["target"]) for o in rows if o.get("target")}
-    return sorted(same_job or everywhere) or [""]
 
 
 def pareto(rows: Sequence[Mapping[str, Any]]) -> list[bool]:
@@ -177,22 +177,12 @@ def rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
     """Why ``r`` does not meet the budget ``b`` (one phrase), or "" when it does."""
     if r.get("status") != "ok":
         return f"failed ({str(r.get('error') or '?')[:120]})"
-    on_board = r.get("target_status")
-    if on_board not in (None, "", "runs"):
-        what = {"refused": "refused", "over_ram": "too big", "over_flash": "too big"}
-        return f"{what.get(str(on_board), on_board)} on {r.get('target')}: {r.get('target_reason')}"
+    on_board = target_rejection(r, b.max_accuracy_drop)
+    if on_board:
+        return on_board
     drop = -float(r.get("accuracy_delta") or 0.0)
     if drop > b.max_accuracy_drop + 1e-12:
         return f"accuracy drop {drop:.4f} > {b.max_accuracy_drop:g}"
-    there = num(r.get("target_accuracy"))
-    if there is not None and num(r.get("accuracy")) is not None:  # what the board computes
-        float_accuracy = num(r.get("accuracy")) - float(r.get("accuracy_delta") or 0.0)
-        if float_accuracy - there > b.max_accuracy_drop + 1e-12:
-            return (
-                f"on {r.get('target')} its accuracy is {there:.4f} (drop "
-                f"{float_accuracy - there:.4f} > {b.max_accuracy_drop:g}; LiteRT: "
-                f"{num(r.get('accuracy')):.4f}): {r.get('target_reason') or 'other labels there'}"
-            )
     agreement = num(r.get("agreement"))
     if agreement is not None and agreement < b.min_agreement:
         return f"agreement {agreement:.4f} < {b.min_agreement:g}"
@@ -288,7 +278,7 @@ def _next_steps(rows, rejected, b: SelectOptions, target: str | None = None) -> 
     if not ok:
         return "no artifact was made (see the failed rows)"
     if target and not any(r.get("target_status") == "runs" for r in ok):
-        return _nothing_fits(ok, target)
+        return nothing_fits(ok, target)
     closest = max(ok, key=lambda r: (num(r.get("accuracy")) or 0, -(num(r.get("size_bytes")) or 0)))
     recipes = {str(r.get("recipe")) for r in rows}
     tries = [
@@ -303,20 +293,6 @@ def _next_steps(rows, rejected, b: SelectOptions, target: str | None = None) -> 
         + "more recipe.calibration_samples, or a looser budget (select.max_accuracy_drop, "
         "select.min_agreement, select.max_size_mb)"
     )
-
-
-def _nothing_fits(rows, target: str) -> str:
-    """Nothing runs within the board's limits: which files were refused and why, and what the
-    closest one would need."""
-    refused = sorted({str(r.get("recipe")) for r in rows if r.get("target_status") == "refused"})
-    big = [r for r in rows if str(r.get("target_status", "")).startswith("over_")]
-    text = f"no file runs on {target} within its limits"
-    if refused:
-        text += f"; refused there: {', '.join(refused)} (see each row's reason)"
-    if big:
-        smallest = min(big, key=lambda r: num(r.get("ram_bytes")) or math.inf)
-        text += f"; the smallest that runs, {row_name(smallest)}, {smallest.get('target_reason')}"
-    return text + "; an integer recipe (full_integer, int16x8, mixed_a16w8) runs on most boards"
 
 
 def _flags(rows, predictions, truth) -> list[str]:
