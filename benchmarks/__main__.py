@@ -16,7 +16,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import compression, core, data, families, hard, int4, recovery, routes, select
+from benchmarks import (
+    compression,
+    core,
+    data,
+    families,
+    hard,
+    int4,
+    recovery,
+    routes,
+    select,
+    targets,
+)
 from benchmarks.common import ROOT, WEIBO, machine
 
 # name -> (module, what it measures, runs in the full run when)
@@ -28,6 +39,7 @@ SECTIONS = {
     "families": (families, "keras.applications families: full int8 vs QAT vs auto_int8"),
     "routes": (routes, "both conversion routes of the Weibo LSTM (needs the Weibo set)"),
     "select": (select, "latency alone vs beside a parallel job, and the verdict"),
+    "targets": (targets, "the sweep on TFLite Micro and an Ethos-U NPU: cost and findings"),
     "recovery": (
         recovery,
         "share of full int8's loss each recovery recipe wins back (EfficientNetB0 ...)",
@@ -39,8 +51,9 @@ SECTIONS = {
 }
 
 
-# sections too long for every run (44 min for compression, ~1 h for recovery): --only NAME
-ONLY = ("compression", "recovery")
+# sections too long for every run (44 min for compression, ~1 h for recovery), or that need an
+# extra (targets: pip install -e ".[targets]"): --only NAME
+ONLY = ("compression", "recovery", "targets")
 
 
 def wanted(name: str, quick: bool) -> bool:

@@ -111,6 +111,10 @@ class EthosUTarget:
             columns["target_reason"] = (
                 f"{columns['npu_ops']} ops on the NPU, {columns['cpu_ops']} on the CPU"
             )
+            if not columns["npu_ops"]:  # Vela estimates the NPU's part only: there is none
+                columns["target_latency_ms"] = None
+            elif columns["cpu_ops"]:
+                columns["target_reason"] += " (the estimated time is the NPU's part only)"
         if labels is not None and columns["target_status"] == RUNS:
             found = scores(labels, truth, host_labels)
             if "target_reason" in found:
