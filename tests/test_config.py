@@ -219,8 +219,11 @@ def test_a_swept_model_path_is_checked_per_job_not_as_null(tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.keras"
     # execute
     p = run_cli("-m", "model=pretrained", f"model.path={a},{b}", f"hydra.sweep.dir={sweep}")
-    # assert: the sweep ran, each job's row names its own missing file, exit 1 with the table
+    # assert: each job's own file is named (not the unswept null), before any job runs: exit 2
     assert "model.path=null" not in p.stderr
-    assert p.returncode == 1 and "2 of 2 jobs failed" in p.stderr, p.stderr[-1500:]
-    table = (sweep / "comparison.csv").read_text()
-    assert f"{a} does not exist" in table and f"{b} does not exist" in table
+    assert p.returncode == 2, p.stderr[-1500:]
+    lines = p.stderr.strip().splitlines()
+    assert (
+        len(lines) == 2 and f"{a} does not exist" in lines[0] and f"{b} does not exist" in lines[1]
+    )
+    assert not list(sweep.glob("*/results.json"))  # no job ran
