@@ -259,3 +259,27 @@ def test_keras3_lambda_is_refused_like_any_other(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=300)
     with pytest.raises(RunnerError, match="Lambda layer.*safe_mode=false"):
         open_model(path)
+
+
+@pytest.mark.slow
+def test_a_keras3_model_whose_input_does_not_fit_the_data_is_one_line(tmp_path):
+    # setup: a user's own 16x16 model (Keras 3), the default data is 8x8 digits (issue #47)
+    from helpers import run_cli
+
+    script = (
+        "import os; os.environ.pop('TF_USE_LEGACY_KERAS', None)\n"
+        "import sys, keras\n"
+        "m = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3),"
+        " keras.layers.Flatten(), keras.layers.Dense(10, activation='softmax')])\n"
+        "m.save(sys.argv[1])\n"
+    )
+    path = tmp_path / "m16.keras"
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=300)
+    # execute
+    p = run_cli("model=pretrained", f"model.path={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    # assert: one line, what was expected and what the data gives, no ANSI codes, exit 2
+    lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+    assert "expects inputs of shape (16, 16, 1), but the data set gives (8, 8, 1)" in lines[0]
+    assert "\x1b[" not in p.stderr
