@@ -334,3 +334,15 @@ def test_int8_weight_only_computes_other_labels_in_tflite_micro_and_the_row_says
     assert "its labels differ from LiteRT's on" in row["target_reason"]
     assert row["target_accuracy"] < row["accuracy"]
     assert rows["none.tflite"]["target_agreement"] == 1.0  # the float file: the same labels
+
+
+def test_a_test_split_cut_by_eval_samples_says_how_certain_the_accuracy_there_is():
+    from runner.targets.base import cut_split_note
+
+    # 900 of 1,000 right on 1,000 of 10,000 samples: +-1.96 * sqrt(0.09 / 1000) = +-0.019
+    assert cut_split_note(0.9, 1000, 10_000) == (
+        "scored there on 1000 of 10000 test samples (target.eval_samples): its accuracy "
+        "0.9000 is known to +-0.019 (95 %)"
+    )
+    wide, narrow = cut_split_note(0.9, 100, 10_000), cut_split_note(0.9, 4000, 10_000)
+    assert float(wide.split("+-")[1][:5]) > 3 * float(narrow.split("+-")[1][:5])
