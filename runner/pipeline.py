@@ -219,7 +219,11 @@ def produce_and_score(
                 name, art.path.name, f"evaluation failed: {summarize_error(e)}", use_case, role
             )
             continue
-        on_board = on_target(target, art, m, ctx.dataset.test, ctx.scaling) if target else {}
+        on_board = (
+            on_target(target, art, m, ctx.dataset.test, ctx.scaling, scorer.memo_dir)
+            if target
+            else {}
+        )
         table.add(art, m, use_case, scorer.memo_status, role, on_board)
 
 

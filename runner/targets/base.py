@@ -123,10 +123,14 @@ def plain(columns: Mapping[str, Any]) -> dict[str, Any]:
     return {c: columns.get(c) for c in TARGET_COLUMNS}
 
 
-def on_target(target: Target, art: Any, m: Any, test: Any, scaling: Any) -> dict[str, Any]:
+def on_target(
+    target: Target, art: Any, m: Any, test: Any, scaling: Any, memo: Path | None = None
+) -> dict[str, Any]:
     """The target's columns of one scored artifact (none for the host or a Keras file): its
     first ``target.eval_samples`` test samples, prepared for the file's input as LiteRT's were,
-    with LiteRT's labels on the same samples."""
+    with LiteRT's labels on the same samples. ``memo``: a folder (the baseline's cache entry)
+    where a file's check is kept by its hash, the target's settings and the samples, so every
+    job of a sweep checks the shared float32 reference once."""
     from runner.evaluation.interpreter import TFLiteModel
 
     if art.format != "tflite" or getattr(target, "requires", None) is None:
@@ -134,7 +138,13 @@ def on_target(target: Target, art: Any, m: Any, test: Any, scaling: Any) -> dict
     n = min(target.meta.eval_samples, len(test.y))
     inputs = TFLiteModel(art.path).prepare(np.asarray(test.x[:n]), scaling)
     host = np.asarray(m.labels[:n]) if m.labels is not None else np.full(n, -1)
-    columns = target.check(art.path, inputs, np.asarray(test.y[:n]), host)
+    truth = np.asarray(test.y[:n])
+    columns = memo_check(
+        memo,
+        _check_spec(target, art.path, inputs, truth, host),
+        lambda: target.check(art.path, inputs, truth, host),
+        art.path.parent / target.meta.name,
+    )
     accuracy = columns.get("target_accuracy")
     if n < len(test.y) and accuracy is not None:
         note = cut_split_note(accuracy, n, len(test.y))
@@ -150,3 +160,54 @@ def cut_split_note(accuracy: float, n: int, total: int) -> str:
         f"scored there on {n} of {total} test samples (target.eval_samples): its accuracy "
         f"{accuracy:.4f} is known to +-{half:.3f} (95 %)"
     )
+
+
+def _check_spec(target: Target, path: Path, inputs, truth, host) -> dict[str, Any]:
+    from runner.cache import fingerprint, package_versions
+    from runner.files import sha256_file
+
+    return {
+        "file": sha256_file(path),
+        "target": type(target).__name__,
+        "settings": {**target.meta.model_dump(), **_options(target)},
+        "samples": fingerprint(inputs, truth, host),
+        "versions": package_versions(["tflite-micro", "ethos-u-vela"]),
+        "memo_version": 1,
+    }
+
+
+def _options(target: Target) -> dict[str, Any]:
+    opts = getattr(target, "opts", None)
+    return opts.model_dump() if opts is not None else {}
+
+
+def memo_check(folder: Path | None, spec: dict[str, Any], check: Any, keep: Path) -> dict[str, Any]:
+    """``check()``'s columns, kept in ``folder`` under ``spec`` (with the file the board loads,
+    restored into ``keep`` on a hit); computed when ``folder`` is None or holds none."""
+    import contextlib
+    import json
+
+    from runner.cache import cache_key
+    from runner.files import atomic_write_bytes, atomic_write_text
+
+    if folder is None:
+        return check()
+    stem = Path(folder) / f"target-{cache_key(spec)}"
+    try:
+        columns = json.loads(stem.with_suffix(".json").read_text())
+        if columns.get("target_path"):
+            name = Path(columns["target_path"]).name
+            columns["target_path"] = str(
+                atomic_write_bytes(keep / name, stem.with_suffix(".tflite").read_bytes())
+            )
+        return columns
+    except (OSError, ValueError):
+        pass
+    columns = check()
+    with contextlib.suppress(OSError):  # a read-only cache only costs the speed-up
+        if columns.get("target_path"):
+            atomic_write_bytes(
+                stem.with_suffix(".tflite"), Path(columns["target_path"]).read_bytes()
+            )
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(columns))
+    return columns

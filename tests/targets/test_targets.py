@@ -346,3 +346,28 @@ def test_a_test_split_cut_by_eval_samples_says_how_certain_the_accuracy_there_is
     )
     wide, narrow = cut_split_note(0.9, 100, 10_000), cut_split_note(0.9, 4000, 10_000)
     assert float(wide.split("+-")[1][:5]) > 3 * float(narrow.split("+-")[1][:5])
+
+
+def test_a_files_check_is_kept_and_its_compiled_file_restored_on_the_next_job(tmp_path):
+    # setup: a check that compiles a file (as Vela does) and counts its calls
+    from runner.targets.base import memo_check
+
+    calls = []
+    compiled = tmp_path / "job0" / "ethos" / "m_vela.tflite"
+
+    def check():
+        calls.append(1)
+        compiled.parent.mkdir(parents=True, exist_ok=True)
+        compiled.write_bytes(b"vela output")
+        return {"target_status": "runs", "ram_bytes": 100, "target_path": str(compiled)}
+
+    spec = {"file": "abc", "settings": {"ram_kb": None}}
+    # execute: two jobs of one sweep share the baseline's cache entry
+    first = memo_check(tmp_path / "entry", spec, check, compiled.parent)
+    second = memo_check(tmp_path / "entry", spec, check, tmp_path / "job1" / "ethos")
+    other = memo_check(tmp_path / "entry", {**spec, "settings": {"ram_kb": 1}}, check, tmp_path)
+    # assert: checked once per spec; the second job gets its own copy of the compiled file
+    assert len(calls) == 2 and first["ram_bytes"] == second["ram_bytes"] == other["ram_bytes"]
+    assert Path(second["target_path"]) == tmp_path / "job1" / "ethos" / "m_vela.tflite"
+    assert Path(second["target_path"]).read_bytes() == b"vela output"
+    assert memo_check(None, spec, check, tmp_path)["target_status"] == "runs" and len(calls) == 3
