@@ -145,9 +145,9 @@ def _model_file_problems(model: Any) -> list[str]:
 
 
 def requirement_problems(group: str, node: Mapping[str, Any]) -> list[str]:
-    """A plugin that needs a package the machine lacks (``requires = (module, install command)``
-    on its class: a device target's runtime) is one line with the install command, before any
-    work. The module is looked up, never imported."""
+    """A plugin whose runtime needs packages the machine lacks (``requires``: module names, and
+    ``install``: the command, on its class; a device target's) is one line naming the missing
+    ones and the install command, before any work. The modules are looked up, never imported."""
     import importlib.util
 
     from runner.schema import resolve
@@ -156,15 +156,18 @@ def requirement_problems(group: str, node: Mapping[str, Any]) -> list[str]:
     if not isinstance(target, str) or refused_target(target):
         return []
     try:
-        needs = getattr(resolve(target), "requires", None)
+        plugin = resolve(target)
     except Exception:  # noqa: BLE001 - the schema check says why the target cannot be used
         return []
-    if not needs:
+    missing = []
+    for module in getattr(plugin, "requires", ()) or ():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module.split(".")[0])
+    if not missing:
         return []
-    module, install = needs
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
     name = node.get("name", target)
-    return [] if found else [f"{group}={name} needs {module.split('.')[0]}: {install}"]
+    return [f"{group}={name} needs {', '.join(missing)}: {getattr(plugin, 'install', '')}"]

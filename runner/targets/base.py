@@ -60,6 +60,10 @@ class Target(Protocol):
     """One runtime: checks a written ``.tflite`` file and returns its :data:`TARGET_COLUMNS`."""
 
     meta: TargetMeta
+    # the modules its runtime needs (looked up before any work; empty: the host, nothing to
+    # check on a device) and the command that installs them
+    requires: tuple[str, ...]
+    install: str
 
     def check(
         self, path: Path, inputs: np.ndarray, truth: np.ndarray, host_labels: np.ndarray
@@ -133,18 +137,19 @@ def on_target(
     job of a sweep checks the shared float32 reference once."""
     from runner.evaluation.interpreter import TFLiteModel
 
-    if art.format != "tflite" or getattr(target, "requires", None) is None:
+    if art.format != "tflite" or not target.requires:
         return {}
     n = min(target.meta.eval_samples, len(test.y))
-    inputs = TFLiteModel(art.path).prepare(np.asarray(test.x[:n]), scaling)
+    raw = np.asarray(test.x[:n])
     host = np.asarray(m.labels[:n]) if m.labels is not None else np.full(n, -1)
     truth = np.asarray(test.y[:n])
-    columns = memo_check(
-        memo,
-        _check_spec(target, art.path, inputs, truth, host),
-        lambda: target.check(art.path, inputs, truth, host),
-        art.path.parent / target.meta.name,
-    )
+
+    def check() -> dict[str, Any]:  # inputs prepared for the file only when it is checked
+        inputs = TFLiteModel(art.path).prepare(raw, scaling)
+        return target.check(art.path, inputs, truth, host)
+
+    spec = _check_spec(target, art.path, raw, scaling, truth, host)
+    columns = memo_check(memo, spec, check, art.path.parent / target.meta.name)
     accuracy = columns.get("target_accuracy")
     if n < len(test.y) and accuracy is not None:
         note = cut_split_note(accuracy, n, len(test.y))
@@ -162,7 +167,7 @@ def cut_split_note(accuracy: float, n: int, total: int) -> str:
     )
 
 
-def _check_spec(target: Target, path: Path, inputs, truth, host) -> dict[str, Any]:
+def _check_spec(target: Target, path: Path, raw, scaling, truth, host) -> dict[str, Any]:
     from runner.cache import fingerprint, package_versions
     from runner.files import sha256_file
 
@@ -170,9 +175,10 @@ def _check_spec(target: Target, path: Path, inputs, truth, host) -> dict[str, An
         "file": sha256_file(path),
         "target": type(target).__name__,
         "settings": {**target.meta.model_dump(), **_options(target)},
-        "samples": fingerprint(inputs, truth, host),
+        "samples": fingerprint(raw, truth, host),
+        "scaling": scaling.as_dict(),
         "versions": package_versions(["tflite-micro", "ethos-u-vela"]),
-        "memo_version": 1,
+        "memo_version": 2,  # 2: keyed by the raw samples and their scaling
     }
 
 

@@ -87,7 +87,8 @@ class EthosUTarget:
     """An Ethos-U NPU beside a Cortex-M CPU (see the module)."""
 
     Options = EthosUOptions
-    requires = ("ethosu.vela", INSTALL)
+    requires = ("ethosu.vela", "tflite_micro")  # Vela, and TFLite Micro for the CPU part
+    install = INSTALL
 
     def __init__(self, meta: TargetMeta | None = None, **options: Any) -> None:
         self.meta = meta or TargetMeta(name="ethos_u55_128")

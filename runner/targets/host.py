@@ -18,7 +18,8 @@ class HostOptions(Options):
 
 class HostTarget:
     Options = HostOptions
-    requires = None
+    requires: tuple[str, ...] = ()  # nothing is checked on a device
+    install = ""
 
     def __init__(self, meta: TargetMeta | None = None) -> None:
         self.meta = meta or TargetMeta()

@@ -60,7 +60,8 @@ class TFLMTarget:
     """TFLite Micro on a microcontroller (see the module)."""
 
     Options = TFLMOptions
-    requires = ("tflite_micro", INSTALL)
+    requires = ("tflite_micro",)
+    install = INSTALL
 
     def __init__(self, meta: TargetMeta | None = None) -> None:
         self.meta = meta or TargetMeta(name="tflm")

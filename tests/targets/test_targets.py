@@ -371,3 +371,58 @@ def test_a_files_check_is_kept_and_its_compiled_file_restored_on_the_next_job(tm
     assert Path(second["target_path"]) == tmp_path / "job1" / "ethos" / "m_vela.tflite"
     assert Path(second["target_path"]).read_bytes() == b"vela output"
     assert memo_check(None, spec, check, tmp_path)["target_status"] == "runs" and len(calls) == 3
+
+
+def test_an_ethos_target_needs_both_its_runtimes_and_says_which_is_missing(monkeypatch):
+    import importlib.util
+
+    from runner.references import requirement_problems
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tflite_micro" else real(name)
+    )
+    node = {"_target_": "runner.targets.ethos_u.EthosUTarget", "name": "ethos_u55_128"}
+    (line,) = requirement_problems("target", node)
+    assert line.startswith("target=ethos_u55_128 needs tflite_micro: pip install")
+
+
+def test_a_cached_check_neither_loads_the_file_nor_checks_it_again(tmp_path, monkeypatch):
+    # setup: a fake device target that counts its checks, and a file it is given
+    from types import SimpleNamespace
+
+    from runner.data import Scaling, Split
+    from runner.evaluation import interpreter
+    from runner.targets.base import on_target
+
+    class Counting:
+        requires = ("numpy",)
+        install = ""
+        meta = TargetMeta(name="fake")
+        calls = 0
+
+        def check(self, path, inputs, truth, host):
+            Counting.calls += 1
+            return {"target": "fake", "target_status": "runs"}
+
+    loads = []
+
+    class FakeModel:
+        def __init__(self, path):
+            loads.append(path)
+
+        def prepare(self, x, scaling):
+            return x
+
+    monkeypatch.setattr(interpreter, "TFLiteModel", FakeModel)
+    path = tmp_path / "run" / "models" / "m.tflite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"tflite")
+    art = SimpleNamespace(format="tflite", path=path)
+    m = SimpleNamespace(labels=np.array([0, 1]))
+    test = Split(np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 1]))
+    # execute: two jobs of a sweep, one cache entry
+    for _ in range(2):
+        on_target(Counting(), art, m, test, Scaling("unit"), tmp_path / "entry")
+    # assert
+    assert Counting.calls == 1 and len(loads) == 1
