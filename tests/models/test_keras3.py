@@ -246,17 +246,22 @@ def test_a_missing_custom_class_is_named_with_the_key_and_the_key_fixes_it(tmp_p
     assert loaded.model.predict(np.ones((1, 4), np.float32), verbose=0).shape == (1, 2)
 
 
-@pytest.mark.slow
-def test_keras3_lambda_is_refused_like_any_other(tmp_path):
-    script = (
-        "import os; os.environ.pop('TF_USE_LEGACY_KERAS', None)\n"
-        "import sys, keras\n"
-        "i = keras.Input((4,)); o = keras.layers.Lambda(lambda t: t * 2)(i)\n"
-        "keras.Model(i, keras.layers.Dense(2)(o)).save(sys.argv[1])\n"
-    )
-    path = tmp_path / "lam.h5"
+def _keras3_file(path: Path, model: str) -> Path:
+    """``model`` (Python building ``m`` with Keras 3 as ``keras``) saved to ``path`` by a process
+    without tf_keras."""
+    script = f"import sys, keras\n{model}\nm.save(sys.argv[1])\n"
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=300)
+    return path
+
+
+@pytest.mark.slow
+def test_keras3_lambda_is_refused_like_any_other(tmp_path):
+    path = _keras3_file(
+        tmp_path / "lam.h5",
+        "i = keras.Input((4,)); o = keras.layers.Lambda(lambda t: t * 2)(i)\n"
+        "m = keras.Model(i, keras.layers.Dense(2)(o))",
+    )
     with pytest.raises(RunnerError, match="Lambda layer.*safe_mode=false"):
         open_model(path)
 
@@ -266,16 +271,11 @@ def test_a_keras3_model_whose_input_does_not_fit_the_data_is_one_line(tmp_path):
     # setup: a user's own 16x16 model (Keras 3), the default data is 8x8 digits (issue #47)
     from helpers import run_cli
 
-    script = (
-        "import os; os.environ.pop('TF_USE_LEGACY_KERAS', None)\n"
-        "import sys, keras\n"
+    path = _keras3_file(
+        tmp_path / "m16.keras",
         "m = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3),"
-        " keras.layers.Flatten(), keras.layers.Dense(10, activation='softmax')])\n"
-        "m.save(sys.argv[1])\n"
+        " keras.layers.Flatten(), keras.layers.Dense(10, activation='softmax')])",
     )
-    path = tmp_path / "m16.keras"
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, timeout=300)
     # execute
     p = run_cli("model=pretrained", f"model.path={path}", f"hydra.run.dir={tmp_path / 'run'}")
     # assert: one line, what was expected and what the data gives, no ANSI codes, exit 2
