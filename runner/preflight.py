@@ -75,7 +75,7 @@ def compose_checked(compose: Callable[[Sequence[str]], Any], overrides: list[str
 
     swept = swept_groups(overrides)
     forced: list[str] = []
-    for _ in range(len(overrides) + 1):
+    while True:  # ends: each retry turns one plain override into ++, which is never retried
         try:
             cfg = compose(overrides)
         except MissingConfigException as e:
@@ -89,8 +89,6 @@ def compose_checked(compose: Callable[[Sequence[str]], Any], overrides: list[str
             overrides = [*overrides[:i], "++" + overrides[i], *overrides[i + 1 :]]
             continue
         break
-    else:  # pragma: no cover - each round forces one more override
-        report(["the overrides could not be applied"])
     loose = [k for k in forced if k.split(".")[0] not in swept]
     if loose:  # not under a swept group: an unknown key, said with the closest valid one
         lines = [line for line in problems(cfg) if line.split(":")[0].split("=")[0] in loose]
