@@ -25,6 +25,7 @@ from benchmarks import (
     int4,
     recovery,
     routes,
+    scale,
     select,
     targets,
 )
@@ -44,6 +45,11 @@ SECTIONS = {
         recovery,
         "share of full int8's loss each recovery recipe wins back (EfficientNetB0 ...)",
     ),
+    "scale": (
+        scale,
+        "MobileNetV2 224x224 from a .keras file: per-job overhead, peak RSS, reference reuse; "
+        "10,000-image evaluation against raw LiteRT",
+    ),
     "compression": (
         compression,
         "pruning, clustering, PQAT/CQAT/PCQAT, int4 QAT: gzip and raw size",
@@ -51,9 +57,10 @@ SECTIONS = {
 }
 
 
-# sections too long for every run (44 min for compression, ~1 h for recovery), or that need an
+# sections too long for every run (44 min for compression, ~1 h for recovery, ~25 min for
+# scale), or that need an
 # extra (targets: pip install -e ".[targets]"): --only NAME
-ONLY = ("compression", "recovery", "targets")
+ONLY = ("compression", "recovery", "targets", "scale")
 
 
 def wanted(name: str, quick: bool) -> bool:

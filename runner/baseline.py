@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,32 +118,24 @@ class Baseline:
     cache: str  # hit, miss or pretrained
     train_seconds: float
     key: str  # the cache key (or the pretrained file): rows of one baseline share it
-    reference: Any = None  # what the float row is scored with (the model that made the file)
+    # what the float row is scored with (the model that made the file), loaded when first asked
+    # for: a memoized float score never loads a Keras 3 original again
+    reference: Callable[[], Any]
     note: str = ""
+    # the cache entry its conversions and shared scores are kept in (None: not kept)
+    entry: Path | None = None
 
 
 def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
     """The trained float model: loaded from ``model.path``, from the cache, or trained now."""
     import tf_keras as keras
 
-    from runner.data import calibration_sample
     from runner.train import TrainConfig, train
 
     keras.backend.clear_session()  # a reused worker process (joblib) starts clean
     builder = build_model(cfg.model)
     if not cfg.model.get("needs_training", True):
-        # a user's file: a Keras 3 model's tf_keras twin is checked on real training inputs
-        sample = scaling(calibration_sample(data.train, 64, 0))
-        loaded = builder(
-            input_shape=data.input_shape,
-            num_classes=data.num_classes,
-            sample=sample,
-            **data.model_kwargs,
-        )
-        path = Path(cfg.model.path)
-        return Baseline(
-            loaded.model, path, "pretrained", 0.0, str(path.resolve()), loaded.original, loaded.note
-        )
+        return pretrained_baseline(cfg, data, scaling, builder)
 
     def _train():
         train_cfg = TrainConfig.from_mapping(cfg.train)
@@ -154,6 +147,90 @@ def get_baseline(cfg: DictConfig, data: Dataset, scaling: Scaling) -> Baseline:
 
     spec = baseline_spec(cfg, data)
     got = cache.get_or_train(Path(cfg.cache_dir), spec, _train)
+    entry = got.path.parent if got.path is not None else None
     return Baseline(
-        got.model, got.path, got.status, got.train_seconds, cache.cache_key(spec), got.model
+        got.model,
+        got.path,
+        got.status,
+        got.train_seconds,
+        cache.cache_key(spec),
+        lambda: got.model,
+        entry=entry,
     )
+
+
+def pretrained_baseline(
+    cfg: DictConfig, data: Dataset, scaling: Scaling, builder: Callable[..., Any]
+) -> Baseline:
+    """A user's model file as the baseline, with its cache entry: a Keras 3 file's checked
+    translation, the float32 reference conversion and the shared scores are made once per
+    (file content, data, scaling), and every later job or sweep reads them."""
+    from runner.data import calibration_sample
+
+    path = Path(cfg.model.path)
+    entry = None
+    if path.exists():  # a missing file is load_pretrained's one-line error
+        entry = model_entry(cfg.cache_dir, pretrained_spec(cfg, data, scaling))
+    # a Keras 3 model's tf_keras twin is checked on real training inputs
+    loaded = builder(
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+        sample=scaling(calibration_sample(data.train, 64, 0)),
+        twins=cache.TwinCache(entry) if entry is not None else None,
+        **data.model_kwargs,
+    )
+    key = str(path.resolve())
+    return Baseline(
+        loaded.model, path, "pretrained", 0.0, key, loaded.reference, loaded.note, entry
+    )
+
+
+def pretrained_spec(cfg: DictConfig, data: Dataset, scaling: Scaling) -> dict[str, Any]:
+    """What a user's model file's cache entry depends on: the file's content (not its name), the
+    data its conversions calibrate on, the scaling, and the Keras versions that translate it."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return {
+        "model_sha256": _file_hash(Path(cfg.model.path)),
+        "model": {k: v for k, v in model.items() if k != "path"},
+        "dataset": _trained_by("dataset", cfg.dataset),
+        "data_source": data.source_key,
+        "scaling": scaling.as_dict(),
+        "data_version": DATA_VERSION,
+        "keras": cache.package_versions(("keras", "tf-keras")),
+    }
+
+
+def model_entry(root: str | os.PathLike, spec: dict[str, Any]) -> Path | None:
+    """The cache entry of a user's model file (``<root>/model-<key>/``, made when missing), where
+    its translation, its float32 reference conversion and their scores are kept, or None when
+    the cache cannot hold it (every job then makes them again)."""
+    import time
+
+    from runner.files import atomic_write_json
+
+    entry = Path(root) / f"model-{cache.cache_key(spec)}"
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        if not (entry / cache.META_FILE).is_file():
+            atomic_write_json(
+                entry / cache.META_FILE, {"spec": spec, "created": time.strftime("%c")}
+            )
+    except OSError as e:
+        log.warning("cannot keep this model's conversions in %s (%s): each job makes them", root, e)
+        return None
+    return entry
+
+
+def _file_hash(path: Path) -> str:
+    """The SHA-256 of a model file or SavedModel folder, hashed once per process while its
+    stamp holds (a sweep's jobs in one process)."""
+    from runner.files import sha256_tree
+
+    st = path.stat()
+    stamp = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if stamp not in _HASHES:
+        _HASHES[stamp] = sha256_tree(path)
+    return _HASHES[stamp]
+
+
+_HASHES: dict[tuple, str] = {}

@@ -267,53 +267,75 @@ class ConversionCache:
             log.warning("could not keep the conversion in %s (%s)", self.folder, e)
 
 
-# --------------------------------------------------------------------------- evaluation memo
-def fingerprint(*arrays: Any) -> str:
-    """SHA-256 of arrays' dtypes, shapes and bytes (a test split, a label vector)."""
-    import numpy as np
-
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.reshape(-1).view(np.uint8))  # the bytes in place: no copy of a mapped split
-    return h.hexdigest()
+# --------------------------------------------------------------------------- a user's model file
+TWIN_FILE = "twin.h5"  # a Keras 3 file's tf_keras translation
+TWIN_META = "twin.json"
 
 
-def memo_metrics(folder: Path | None, spec: dict[str, Any], compute: Callable[[], Any]):
-    """Metrics for ``spec`` kept in ``folder`` (a baseline's cache entry), or computed now.
+class TwinCache:
+    """A Keras 3 file's checked tf_keras translation, kept in the file's cache entry.
 
-    Every job of a sweep scores the same float model and float32 reference file on the same test
-    split; with this memo only the first does. ``spec`` must name everything the metrics depend
-    on (file hash, test-set fingerprint, scaling, evaluation settings, reference labels).
-
-    Returns:
-        (metrics, "hit" | "miss" | "off").
+    Implements :class:`runner.models.loaded.TwinStore`: ``twin.h5`` and ``twin.json`` (its
+    SHA-256 and the translation's note), written atomically, the metadata last; a twin whose
+    hash does not match is made again. A launcher process keeps the last one it loaded.
     """
-    import numpy as np
 
-    from runner.artifacts import Metrics
-    from runner.files import atomic_write_with
+    def __init__(self, entry: str | os.PathLike) -> None:
+        self.entry = Path(entry)
 
-    if folder is None:
-        return compute(), "off"
-    path = Path(folder) / f"metrics-{cache_key(spec)}.npz"
-    if path.is_file():
+    def get(self) -> tuple[Any, str] | None:
+        from runner.models.loading import load_model
+
+        path, meta_path = self.entry / TWIN_FILE, self.entry / TWIN_META
         try:
-            with np.load(path, allow_pickle=False) as z:
-                fields = json.loads(str(z["fields"]))
-                outputs = z["outputs"] if "outputs" in z.files else None
-                return Metrics(labels=z["labels"], outputs=outputs, **fields), "hit"
-        except Exception as e:  # noqa: BLE001 - a damaged memo is recomputed
-            log.warning("evaluation memo %s is unreadable (%s); measuring again", path, e)
-    m = compute()
-    fields = {k: v for k, v in m.__dict__.items() if k not in ("labels", "outputs")}
-    arrays = {"labels": m.labels} | ({"outputs": m.outputs} if m.outputs is not None else {})
+            stamp = self._stamp()
+        except OSError:
+            return None
+        kept = _TWINS.get(self.entry)
+        if kept is not None and kept[0] == stamp:
+            return kept[1], kept[2]
+        try:
+            meta = json.loads(meta_path.read_text())
+            if sha256_file(path) != meta["sha256"]:
+                raise ValueError("twin.h5 does not match its recorded SHA-256")
+            model = load_model(path)
+        except Exception as e:  # noqa: BLE001 - any defect means: translate again
+            log.warning("cached translation %s is unusable (%s); translating again", path, e)
+            return None
+        _TWINS.clear()
+        _TWINS[self.entry] = (stamp, model, str(meta.get("note", "")))
+        return model, str(meta.get("note", ""))
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, fields=np.array(json.dumps(fields)), **arrays)
+    def put(self, twin: Any, note: str) -> None:
+        from runner.files import atomic_write_with
 
-    with contextlib.suppress(OSError):  # a read-only cache only costs the speed-up
-        atomic_write_with(path, write)
-    return m, "miss"
+        path = self.entry / TWIN_FILE
+        try:
+            needed = sum(w.nbytes for w in twin.get_weights()) + ENTRY_OVERHEAD
+            if shutil.disk_usage(self.entry).free < needed:  # HDF5 may crash on a full disk
+                raise OSError(errno.ENOSPC, "No space left", str(self.entry))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
+                atomic_write_with(path, lambda tmp: twin.save(tmp, include_optimizer=False))
+            atomic_write_json(self.entry / TWIN_META, {"sha256": sha256_file(path), "note": note})
+            _TWINS.clear()  # the next job of this process takes it as it is
+            _TWINS[self.entry] = (self._stamp(), twin, note)
+        except (OSError, RuntimeError) as e:
+            log.warning("could not keep the translation in %s (%s)", self.entry, e)
+
+    def _stamp(self) -> tuple:
+        return tuple(
+            (st.st_ino, st.st_mtime_ns)
+            for st in ((self.entry / f).stat() for f in (TWIN_FILE, TWIN_META))
+        )
+
+    def lock(self) -> contextlib.AbstractContextManager[object]:
+        from filelock import FileLock
+
+        if not os.access(self.entry, os.W_OK):  # a read-only cache: nobody writes a twin there
+            return contextlib.nullcontext()
+        return FileLock(str(self.entry / "twin.lock"))
+
+
+# The translation a launcher process loaded last: {entry: (stamp, model, note)}.
+_TWINS: dict[Path, tuple[tuple, Any, str]] = {}

@@ -131,6 +131,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def sha256_tree(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a folder's files (their relative paths and bytes, sorted): what a
+    SavedModel folder holds."""
+    p = Path(path)
+    if not p.is_dir():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode())
+    return h.hexdigest()
+
+
 def _remove(path: str) -> None:
     p = Path(path)
     if p.is_dir():

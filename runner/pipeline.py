@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -74,7 +75,7 @@ def run(
     """
     validate(cfg)
     out, timings = Path(output_dir), dict(timings or {})
-    with _timed(timings, "data_seconds"):
+    with _timed(timings, "data_seconds", str(cfg.dataset.get("name", ""))):
         data = load_dataset(cfg)
     scaling = scaling_from(cfg.model, data)
     log.info(
@@ -85,7 +86,7 @@ def run(
         base = get_baseline(cfg, data, scaling)
     table = open_table(cfg, out, data, scaling, base, timings)
     # 1. the float Keras model: the reference for accuracy_delta, agreement and output fidelity
-    entry = base.path.parent if base.cache in ("hit", "miss") else None  # its cache entry
+    entry = base.entry  # its cache entry (the trained model's, or the user's file's)
     scorer = Scorer(data, scaling, EvalConfig.from_mapping(cfg.evaluation), memo_dir=entry)
     score_float_model(base, out, scorer, table)
     # 2. the reference recipe (every size is compared with it), then 3. the run's recipe
@@ -111,7 +112,7 @@ def recipe_context(
         models_dir=out / "models",
         train_cfg=cfg.train,
         convert_batch_size=cfg.model.get("convert_batch_size"),
-        # deterministic conversions are kept with the cached baseline (never for a user's file)
+        # deterministic conversions are kept in the baseline's cache entry
         store=cache.ConversionCache(entry) if entry is not None else None,
         recurrent=str(cfg.model.get("recurrent", "auto")),
         output_dir=out,
@@ -165,7 +166,7 @@ def score_float_model(base: Baseline, out: Path, scorer: Scorer, table: ResultsT
         )
     else:
         keras_path = atomic_copy(base.path, out / "models" / "float.h5")
-    with _timed(table.timings, "evaluate_seconds"):
+    with _timed(table.timings, "evaluate_seconds", keras_path.name):
         m = scorer.score_float_model(base.reference, keras_path)
     art = Artifact(
         keras_path.name,
@@ -197,7 +198,7 @@ def produce_and_score(
     name, use_case = str(rcfg.get("name", "?")), str(rcfg.get("use_case", ""))
     role = "reference" if is_reference else "recipe"
     try:
-        with _timed(table.timings, "convert_seconds"):
+        with _timed(table.timings, "convert_seconds", name):
             recipe = build_recipe(rcfg)
             artifacts = recipe.produce(ctx)
     except Exception as e:  # noqa: BLE001 - a failing recipe is a failed row, never a lost table
@@ -211,7 +212,7 @@ def produce_and_score(
         artifacts = _with_layer_report(recipe, ctx, artifacts, table, layer_report)
     for art in artifacts:
         try:
-            with _timed(table.timings, "evaluate_seconds"):
+            with _timed(table.timings, "evaluate_seconds", art.path.name):
                 m = scorer.score(art, memoize=is_reference)
         except Exception as e:  # noqa: BLE001
             log.error("evaluating %s failed: %s", art.path, summarize_error(e))
@@ -282,10 +283,31 @@ def _weight_columns(stats: dict[str, Any] | None) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    """Add the block's wall time to ``timings[key]`` (also when it raises)."""
+def _timed(timings: dict[str, float], key: str, what: str = "") -> Iterator[None]:
+    """Add the block's wall time to ``timings[key]`` (also when it raises), and say in the log
+    what the process holds after it (resident memory now, and its peak so far)."""
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        timings[key] = timings.get(key, 0.0) + seconds
+        now, peak = memory_mb()
+        stage = key.removesuffix("_seconds") + (f" {what}" if what else "")
+        log.info("%s: %.1f s; memory %.0f MB resident, peak %.0f MB", stage, seconds, now, peak)
+
+
+def memory_mb() -> tuple[float, float]:
+    """(resident, peak resident) MB of this process (0 where the platform does not say)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (
+        1 << 20 if sys.platform == "darwin" else 1 << 10
+    )
+    try:
+        with open("/proc/self/statm") as f:
+            now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        now = 0.0
+    return now, peak

@@ -10,10 +10,15 @@ from helpers import TINY, compose_config
 from omegaconf import DictConfig
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory) -> Path:
-    """One baseline cache for the session: the tiny baseline is trained once and then hit."""
-    return tmp_path_factory.mktemp("cache")
+    """One cache for the session: the tiny baseline is trained once and then hit, and a config
+    composed without a cache_dir uses it too (never the checkout's outputs/cache)."""
+    import helpers
+
+    folder = tmp_path_factory.mktemp("cache")
+    helpers.DEFAULT_CACHE[:] = [folder]
+    return folder
 
 
 @pytest.fixture

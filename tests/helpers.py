@@ -46,8 +46,15 @@ TINY_MOBILENET = [
 ]
 
 
+# The session's cache folder (set by conftest): a composed config without its own cache_dir
+# never writes into the checkout's outputs/cache.
+DEFAULT_CACHE: list[Path] = []
+
+
 def compose_config(*overrides: str) -> DictConfig:
     """The real conf/ composed with Hydra's compose API (runner.config.compose)."""
+    if DEFAULT_CACHE and not any(o.startswith("cache_dir=") for o in overrides):
+        overrides = (f"cache_dir={DEFAULT_CACHE[0]}", *overrides)
     return compose(overrides)
 
 

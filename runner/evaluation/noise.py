@@ -20,9 +20,47 @@ def paired_gain(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     :data:`SIGN_TEST_ALPHA` would call real, given how many samples changed."""
     won, lost = int(np.sum(other & ~base)), int(np.sum(base & ~other))
     changed, n = won + lost, max(1, len(base))
+    return (won - lost) / n, noise_bound(changed, n)
+
+
+def noise_bound(changed: int, n: int) -> float:
+    """The least accuracy gain a sign test calls real on ``n`` samples of which ``changed``
+    are labelled right by one candidate and wrong by the other."""
     need = fewest_wins(changed)
-    bound = (2 * need - changed) / n if need <= changed else (changed + 1) / n
-    return (won - lost) / n, bound
+    return (2 * need - changed) / n if need <= changed else (changed + 1) / n
+
+
+# Beyond this, "how many samples would separate them" has no useful answer.
+MOST_SAMPLES = 10**9
+
+
+def samples_needed(changed_share: float, margin: float) -> int | None:
+    """The fewest test samples whose noise bound is at most ``margin`` (an accuracy gain, or a
+    budget), when the same share of them changes label as here; None when no split would (no
+    sample changes, or a zero margin).
+
+    The bound falls like ``sqrt(changed_share / n)``: doubling finds an ``n`` that is enough,
+    then a bisection the least one.
+    """
+    if changed_share <= 0 or margin <= 0:
+        return None
+
+    def enough(n: int) -> bool:
+        return noise_bound(round(changed_share * n), n) <= margin
+
+    hi = 1
+    while not enough(hi):
+        hi *= 2
+        if hi > MOST_SAMPLES:
+            return None
+    lo = hi // 2 + 1 if hi > 1 else 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
 
 
 def fewest_wins(changed: int, alpha: float = SIGN_TEST_ALPHA) -> int:

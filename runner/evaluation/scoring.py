@@ -4,14 +4,15 @@ shared ones memoized with the baseline, and the fidelity floors that name a drif
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runner import cache
 from runner.artifacts import Artifact, Metrics
 from runner.data import Dataset, Scaling
+from runner.evaluation.memo import fingerprint, memo_metrics
 from runner.evaluation.metrics import EvalConfig, evaluate_keras, evaluate_tflite
-from runner.files import sha256_file
+from runner.files import sha256_file, sha256_tree
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,24 @@ class Scorer:
         self.reference: Metrics | None = None  # the float Keras model's metrics and outputs
         self.memo_status = "off"  # of the last score: hit | miss | off
         self._spec = {
-            "test": cache.fingerprint(data.test.x, data.test.y),
+            "test": fingerprint(data.test.x, data.test.y),
             "scaling": scaling.as_dict(),
             "num_classes": data.num_classes,
             "evaluation": ecfg.model_dump(include=SCORING_KEYS),
             "memo_version": 2,  # 2: the float model's outputs are kept (output fidelity)
         }
 
-    def score_float_model(self, model: Any, path: Path) -> Metrics:
-        """The float Keras model's own metrics: the reference every artifact is compared with."""
+    def score_float_model(self, load: Callable[[], Any], path: Path) -> Metrics:
+        """The float Keras model's own metrics: the reference every artifact is compared with.
+
+        ``load`` gives the model (from the file at ``path``); a memoized score never calls it.
+        """
         test = self.data.test
-        m, self.memo_status = cache.memo_metrics(
+        m, self.memo_status = memo_metrics(
             self.memo_dir,
-            {"keras": sha256_file(path), **self._spec} if self.memo_dir is not None else {},
+            {"keras": sha256_tree(path), **self._spec} if self.memo_dir is not None else {},
             lambda: evaluate_keras(
-                model, test.x, test.y, self.scaling, None, self.data.num_classes, self.ecfg
+                load(), test.x, test.y, self.scaling, None, self.data.num_classes, self.ecfg
             ),
         )
         self.reference = m
@@ -78,13 +82,13 @@ class Scorer:
         spec = (
             {
                 "artifact": sha256_file(art.path),
-                "reference": cache.fingerprint(self.reference.outputs),
+                "reference": fingerprint(self.reference.outputs),
                 **self._spec,
             }
             if memo
             else {}
         )
-        m, self.memo_status = cache.memo_metrics(self.memo_dir if memo else None, spec, measure)
+        m, self.memo_status = memo_metrics(self.memo_dir if memo else None, spec, measure)
         return m
 
 

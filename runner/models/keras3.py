@@ -21,6 +21,7 @@ from runner.models.keras3_layers import (
     refs,
     substitute,
 )
+from runner.models.loaded import LoadedModel, TwinStore, fits
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,78 @@ def load(path: Path, safe_mode: bool = True) -> Any:
         )
     kwargs = {"safe_mode": safe_mode} if path.suffix == ".keras" else {}
     return keras.saving.load_model(path, compile=False, **kwargs)
+
+
+# Tolerance of a Keras 3 model's tf_keras twin on real inputs (max |difference| of any output).
+TWIN_TOLERANCE = 1e-5
+
+
+def open_keras3(
+    p: Path, safe_mode: bool, version: str | None, sample: Any, twins: TwinStore | None
+) -> LoadedModel:
+    """A Keras 3 file's checked translation: from ``twins`` when kept there, else made now."""
+
+    def cached() -> LoadedModel | None:
+        hit = twins.get() if twins is not None else None
+        if hit is None:
+            return None
+        log.info("%s: the tf_keras translation cached for this file (%s)", p.name, hit[1])
+        return LoadedModel(hit[0], None, "keras3", hit[1], lambda: load(p, safe_mode))
+
+    found = cached()
+    if found is not None or twins is None:
+        return found or _translate_keras3(p, safe_mode, version, sample)
+    with twins.lock():  # a concurrent job translating it: wait for its twin
+        found = cached()
+        if found is not None:
+            return found
+        loaded = _translate_keras3(p, safe_mode, version, sample)
+        twins.put(loaded.model, loaded.note)
+        return loaded
+
+
+def _translate_keras3(p: Path, safe_mode: bool, version: str | None, sample: Any) -> LoadedModel:
+    import numpy as np
+
+    original = load(p, safe_mode)
+    twin = translate(original)
+    note = f"translated from Keras {version} to tf_keras"
+    # a sample that does not fit the model is the caller's one-line error (load_pretrained)
+    if sample is not None and len(sample) and fits(twin.input_shape[1:], np.shape(sample)[1:]):
+        diff = max_difference(original, twin, sample)
+        if diff >= TWIN_TOLERANCE:
+            raise RunnerError(
+                f"{p}: the tf_keras translation of this Keras 3 model differs from it by up to "
+                f"{diff:.2g} on {len(sample)} real inputs (tolerance {TWIN_TOLERANCE:g}); export "
+                "it with model.export(path) and pass that folder (post-training recipes only)"
+            )
+        note += f" (max |diff| {diff:.1g} on {len(sample)} real inputs)"
+    log.info("%s: %s", p.name, note)
+    return LoadedModel(twin, original, "keras3", note)
+
+
+# An eager call holds every layer's activations of its batch: the check runs in batches of at
+# most this many input values (one 224x224x3 image; 64 at once took 5.6 GB on MobileNetV2).
+CHECK_BATCH_VALUES = 1 << 18
+
+
+def max_difference(original: Any, twin: Any, sample: Any) -> float:
+    """The largest |difference| of the two models' outputs on ``sample``, run in small batches."""
+    import numpy as np
+
+    per_sample = int(np.prod(np.shape(sample)[1:])) or 1
+    bs = max(1, CHECK_BATCH_VALUES // per_sample)
+    return max(
+        float(
+            np.max(
+                np.abs(
+                    np.asarray(original(sample[s : s + bs], training=False))
+                    - np.asarray(twin(sample[s : s + bs]))
+                )
+            )
+        )
+        for s in range(0, len(sample), bs)
+    )
 
 
 def translate(model: Any) -> Any:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from runner.errors import RunnerError
+from runner.models.loaded import LoadedModel, TwinStore, fits
 from runner.models.model_file import configs, file_format, layer_name, objects, one_line
 from runner.schema import Options, options
 
@@ -23,21 +23,6 @@ def _keras():
     import tf_keras
 
     return tf_keras
-
-
-@dataclass
-class LoadedModel:
-    """A user's model file, opened.
-
-    ``model`` is what recipes convert (a tf_keras model, the translated twin of a Keras 3 model,
-    or a :class:`SavedModelSource`); ``original`` is what made the file, and is what the float row
-    is scored with (the Keras 3 model itself, the SavedModel's signature).
-    """
-
-    model: Any
-    original: Any
-    kind: str  # tf_keras | keras3 | saved_model
-    note: str = ""
 
 
 class PretrainedOptions(Options):
@@ -62,11 +47,13 @@ def load_pretrained(
     *,
     safe_mode: bool,
     custom_objects: str | None,
+    twins: TwinStore | None = None,
 ) -> LoadedModel:
     """Load a user's trained model instead of building one, and check it fits the data.
 
     Args:
         sample: model-ready real inputs; a Keras 3 model's tf_keras twin must match it on them.
+        twins: where a Keras 3 file's checked translation is kept (None: translate every time).
 
     Raises:
         RunnerError: missing or unreadable file, a ``Lambda`` layer without ``safe_mode=false``,
@@ -76,7 +63,9 @@ def load_pretrained(
         raise RunnerError(
             "model=pretrained needs model.path=/path/to/model.keras (or .h5, or a SavedModel folder)"
         )
-    loaded = open_model(path, safe_mode=safe_mode, custom_objects=custom_objects, sample=sample)
+    loaded = open_model(
+        path, safe_mode=safe_mode, custom_objects=custom_objects, sample=sample, twins=twins
+    )
     model = loaded.model
     if len(getattr(model, "inputs", [None])) != 1 or len(getattr(model, "outputs", [None])) > 1:
         raise RunnerError(
@@ -111,14 +100,6 @@ def load_pretrained(
     return loaded
 
 
-def fits(expected: Sequence[int | None], given: Sequence[int]) -> bool:
-    """Does a sample of shape ``given`` fit a model input of shape ``expected`` (None: any)?"""
-    expected, given = tuple(expected), tuple(given)
-    return len(expected) == len(given) and all(
-        e is None or e == g for e, g in zip(expected, given, strict=True)
-    )
-
-
 def _final_activation(model: Any) -> str | None:
     """The activation of a Keras model's output layer (None: unknown, e.g. a SavedModel)."""
     layers = getattr(model, "layers", ())
@@ -134,22 +115,20 @@ def load_model(path: str | Path, safe_mode: bool = True, custom_objects: str | N
     return open_model(path, safe_mode=safe_mode, custom_objects=custom_objects).model
 
 
-# Tolerance of a Keras 3 model's tf_keras twin on real inputs (max |difference| of any output).
-TWIN_TOLERANCE = 1e-5
-
-
 def open_model(
     path: str | Path,
     safe_mode: bool = True,
     custom_objects: str | None = None,
     sample: Any = None,
+    twins: TwinStore | None = None,
 ) -> LoadedModel:
     """Open a model file by what it says it is (the Keras version it records), not its suffix.
 
     - tf.keras / tf_keras ``.h5``, ``.keras``, SavedModel with Keras metadata: loaded by tf_keras
       (QAT models inside tfmot's ``quantize_scope``);
     - Keras 3 ``.keras`` / ``.h5``: loaded by Keras 3 and translated into an equal tf_keras model,
-      checked on ``sample`` (model-ready real inputs) when given;
+      checked on ``sample`` (model-ready real inputs) when given, and kept in ``twins`` (the
+      model's cache entry) when given, so the next job loads the checked translation;
     - a bare SavedModel (``model.export()``, ``tf.saved_model.save``): its serving signature.
 
     The file's layer list is read and checked before any layer is deserialized: a ``Lambda``
@@ -172,7 +151,9 @@ def open_model(
             source = SavedModelSource(p)
             return LoadedModel(source, source, kind, "a SavedModel used through its signature")
         if kind == "keras3":
-            return _open_keras3(p, safe_mode, version, sample)
+            from runner.models.keras3 import open_keras3
+
+            return open_keras3(p, safe_mode, version, sample, twins)
         keras = _keras()
         kw = {**_safe_kw(p, safe_mode), "custom_objects": _application_layers(layers)}
         if any(cls.startswith("Quantize") for cls, _ in layers):
@@ -223,30 +204,6 @@ def _application_layers(layers: list[tuple[str, str]]) -> dict[str, Any]:
     from tf_keras.src.applications import convnext
 
     return {n: getattr(convnext, n) for n in ("LayerScale", "StochasticDepth") if n in used}
-
-
-def _open_keras3(p: Path, safe_mode: bool, version: str | None, sample: Any) -> LoadedModel:
-    import numpy as np
-
-    from runner.models import keras3
-
-    original = keras3.load(p, safe_mode)
-    twin = keras3.translate(original)
-    note = f"translated from Keras {version} to tf_keras"
-    # a sample that does not fit the model is the caller's one-line error (load_pretrained)
-    if sample is not None and len(sample) and fits(twin.input_shape[1:], np.shape(sample)[1:]):
-        diff = float(
-            np.max(np.abs(np.asarray(original(sample, training=False)) - np.asarray(twin(sample))))
-        )
-        if diff >= TWIN_TOLERANCE:
-            raise RunnerError(
-                f"{p}: the tf_keras translation of this Keras 3 model differs from it by up to "
-                f"{diff:.2g} on {len(sample)} real inputs (tolerance {TWIN_TOLERANCE:g}); export "
-                "it with model.export(path) and pass that folder (post-training recipes only)"
-            )
-        note += f" (max |diff| {diff:.1g} on {len(sample)} real inputs)"
-    log.info("%s: %s", p.name, note)
-    return LoadedModel(twin, original, "keras3", note)
 
 
 def _missing_custom_classes(objects: list[dict], kind: str) -> list[str]:

@@ -19,7 +19,9 @@ class ModelMeta(Options):
 
     name: str = Field(min_length=1, description="the model's name in the table")
     needs_training: bool = Field(
-        True, description="false: the file at model.path is the baseline (no training, no cache)"
+        True,
+        description="false: the file at model.path is the baseline (no training; its conversions are "
+        "cached by the file's content)",
     )
     input_scaling: InputScaling = Field(
         "unit",

@@ -33,6 +33,7 @@ from runner.report.rows import (
     target_rejection,
     targets_of,
 )
+from runner.report.split import right, split_too_small, tie_note
 from runner.schema import Options
 
 Objective = Literal["size", "gzip_size", "latency", "accuracy"]
@@ -170,6 +171,7 @@ def _verdict(ds, model, rows, budget, predictions, truth, target=None) -> Verdic
     runner_up = next((r for r in ranked if r is not chosen), None)
     verdict.chosen, verdict.runner_up = chosen, runner_up
     verdict.why = _why(chosen, runner_up, budget, predictions, truth)
+    verdict.flags += split_too_small(rows, chosen, budget.max_accuracy_drop, predictions, truth)
     return verdict
 
 
@@ -208,15 +210,15 @@ def _key(r: Mapping[str, Any], objective: str) -> tuple:
     return (size,)
 
 
-def _tie(a, b, predictions, truth) -> tuple[bool, float, float] | None:
-    """(tied?, accuracy gain of b over a, noise bound) on paired predictions, when kept."""
-    if predictions is None or truth is None:
+def _tie(a, b, predictions, truth) -> tuple[bool, float, float, str] | None:
+    """(tied?, accuracy gain of b over a, noise bound, what a tie says of the test split) on
+    paired predictions, when kept."""
+    ra, rb = right(a, predictions, truth), right(b, predictions, truth)
+    if ra is None or rb is None or len(ra) != len(rb):
         return None
-    pa, pb, y = predictions(a), predictions(b), truth(a)
-    if pa is None or pb is None or y is None or len(pa) != len(pb) or len(pa) != len(y):
-        return None
-    gain, bound = paired_gain(pa == y, pb == y)
-    return abs(gain) < max(bound, 1e-12), gain, bound
+    gain, bound = paired_gain(ra, rb)
+    tied = abs(gain) < max(bound, 1e-12)
+    return tied, gain, bound, tie_note(ra, rb, gain) if tied else ""
 
 
 def _tied(a, b, predictions, truth) -> bool:
@@ -260,11 +262,11 @@ def _why(chosen, runner_up, b: SelectOptions, predictions, truth) -> str:
     if t is None:
         delta = (num(runner_up.get("accuracy")) or 0) - (num(chosen.get("accuracy")) or 0)
         return text + f"; the runner-up's accuracy differs by {delta:+.4f} (no paired predictions)"
-    tied, gain, bound = t
+    tied, gain, bound, note = t
     if tied:
         return text + (
             f"; a tie on accuracy with {row_name(runner_up)} ({gain:+.4f}, within the noise "
-            f"bound {bound:.4f} of the test split)"
+            f"bound {bound:.4f} of the test split): {note}"
         )
     better = "more" if gain > 0 else "less"
     return text + (

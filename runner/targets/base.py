@@ -168,7 +168,8 @@ def cut_split_note(accuracy: float, n: int, total: int) -> str:
 
 
 def _check_spec(target: Target, path: Path, raw, scaling, truth, host) -> dict[str, Any]:
-    from runner.cache import fingerprint, package_versions
+    from runner.cache import package_versions
+    from runner.evaluation.memo import fingerprint
     from runner.files import sha256_file
 
     return {

@@ -88,6 +88,30 @@ def test_int8_io_is_quantized_and_dequantized_from_the_tensor_params(digits_mode
     assert np.abs(out - ref).max() < 0.1
 
 
+def test_the_split_is_scored_the_same_on_every_core_and_in_memory_capped_batches(
+    digits_model, monkeypatch
+):
+    from runner.evaluation import interpreter
+    from runner.evaluation.metrics import EvalConfig, evaluate_tflite
+
+    # setup
+    _, data, paths = digits_model
+    x, y = data.test.x, data.test.y
+    one = EvalConfig(eval_threads=1, latency_samples=0, progress=False)
+    every = EvalConfig(eval_threads=None, latency_samples=0, progress=False)
+    # execute: one thread, every core, and a batch cap of 3 samples (64 input values each)
+    a = evaluate_tflite(paths["int8"], x, y, Scaling("unit"), None, 10, one)
+    b = evaluate_tflite(paths["int8"], x, y, Scaling("unit"), None, 10, every)
+    monkeypatch.setattr(interpreter, "BATCH_VALUES", 3 * 64)
+    c = evaluate_tflite(paths["int8"], x, y, Scaling("unit"), None, 10, every)
+    # assert: the same labels and outputs whatever the threads and batch
+    assert interpreter.batch_cap(x) == 3
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.outputs, b.outputs)
+    np.testing.assert_array_equal(b.outputs, c.outputs)
+    assert a.accuracy == b.accuracy == c.accuracy
+
+
 def test_fixed_batch_model_pads_its_last_batch(tmp_path, digits_model):
     model, data, _ = digits_model
     inp = keras.Input((8, 8, 1), batch_size=8)

@@ -283,3 +283,47 @@ def test_a_keras3_model_whose_input_does_not_fit_the_data_is_one_line(tmp_path):
     assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
     assert "expects inputs of shape (16, 16, 1), but the data set gives (8, 8, 1)" in lines[0]
     assert "\x1b[" not in p.stderr
+
+
+@pytest.mark.slow
+def test_a_users_file_is_translated_converted_and_scored_once_per_content(
+    k3, tmp_path, monkeypatch, caplog
+):
+    import json
+    import logging
+    import shutil
+
+    from runner import baseline, cache
+    from runner.models import keras3
+
+    # setup: one cache; the second run as a new process would start (nothing kept in memory),
+    # on a copy of the file under another name (the entry follows the content, not the name)
+    folder, _ = k3
+    copy = tmp_path / "renamed.keras"
+    shutil.copy(folder / "sequential.keras", copy)
+    store = f"cache_dir={tmp_path / 'cache'}"
+    first = run(
+        pretrained(folder / "sequential.keras", store, "recipe=dynamic_range"), tmp_path / "a"
+    )
+    cache._TWINS.clear()
+    baseline._HASHES.clear()
+
+    def never(*a, **k):
+        raise AssertionError("the Keras 3 file was loaded again")
+
+    monkeypatch.setattr(keras3, "load", never)
+    # execute
+    with caplog.at_level(logging.INFO):
+        second = run(pretrained(copy, store, "recipe=float16"), tmp_path / "b")
+    # assert: the second run read the twin, the reference and both shared scores from the entry
+    log = caplog.text
+    assert "the tf_keras translation cached for this file" in log
+    assert "recipe none: reusing the conversion cached" in log
+    evaluation = json.loads((tmp_path / "b" / "results.json").read_text())["evaluation_cache"]
+    assert evaluation == {"renamed.keras": "hit", "none.tflite": "hit", "float16.tflite": "off"}
+    a = {r["artifact"]: r for r in first.rows}
+    b = {r["artifact"]: r for r in second.rows}
+    assert b["none.tflite"]["sha256"] == a["none.tflite"]["sha256"]
+    assert b["renamed.keras"]["accuracy"] == a["sequential.keras"]["accuracy"] > 0.85
+    assert b["float16.tflite"]["agreement"] >= 0.99  # the cached twin converts like the fresh one
+    assert len(list((tmp_path / "cache").glob("model-*"))) == 1

@@ -203,3 +203,69 @@ def test_a_file_of_a_job_that_did_not_finish_is_never_shipped():
     assert v.chosen["artifact"] == "full_integer.tflite"
     why = dict((r["artifact"], w) for r, w in v.rejected)["int4_weight_only.tflite"]
     assert "its job 1 did not finish" in why
+
+
+def _pattern(n: int, a_only: int, b_only: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels of n samples: a.tflite wrong where b is right on b_only of them, the reverse on
+    a_only; the float model right everywhere."""
+    y = np.arange(n) % 10
+    labels = {k: y.copy() for k in ("float.h5", "a.tflite", "b.tflite")}
+    labels["a.tflite"][:b_only] = (y[:b_only] + 1) % 10
+    labels["b.tflite"][b_only : b_only + a_only] = (y[b_only : b_only + a_only] + 1) % 10
+    return y, labels
+
+
+def test_a_tie_says_the_split_is_too_small_and_how_many_samples_would_separate_the_two():
+    # setup: of 200 test samples, a (the smaller) misses 6 that b gets and b misses 2 that a
+    # gets: a 2-point gap inside this split's noise
+    from runner.evaluation.noise import paired_gain
+
+    n = 200
+    y, labels = _pattern(n, a_only=2, b_only=6)
+    rows = [
+        _row("float.h5", 400_000, 1.0, role="float"),
+        _row("a.tflite", 50_000, 1 - 6 / n, accuracy_delta=0.0),
+        _row("b.tflite", 90_000, 1 - 2 / n, accuracy_delta=0.0),
+    ]
+    # execute
+    (v,) = choose(
+        rows,
+        SelectOptions(objective="accuracy", max_accuracy_drop=0.05),
+        predictions=lambda r: labels[r["artifact"]],
+        truth=lambda r: y,
+    )
+    # assert: a tie, and the split that would separate them, which it does when it is that large
+    assert "a tie on accuracy with b.tflite" in v.why, v.why
+    assert "the test split (200 samples) is too small to separate them: about" in v.why
+    needed = int(v.why.split("about ")[1].split(" would")[0].replace(",", ""))
+    assert n < needed < 20 * n
+    for size, separated in ((needed, True), (needed // 2, False)):
+        k = size / n  # the same share of samples changing label, at this size
+        yy, big = _pattern(size, a_only=round(2 * k), b_only=round(6 * k))
+        gain, bound = paired_gain(big["a.tflite"] == yy, big["b.tflite"] == yy)
+        assert (gain >= bound) is separated, (size, gain, bound)
+
+
+def test_a_split_whose_noise_exceeds_the_accuracy_budget_says_so():
+    # setup: 100 test samples; the smallest file misses 1 the float model gets (within a
+    # 0.01 budget by its point estimate), but one flip in 100 cannot show a 1-point drop
+    n = 100
+    y, labels = _pattern(n, a_only=0, b_only=1)
+    rows = [
+        _row("float.h5", 400_000, 1.0, role="float"),
+        _row("a.tflite", 50_000, 0.99, accuracy_delta=-0.01),
+    ]
+    # execute
+    (v,) = choose(rows, predictions=lambda r: labels[r["artifact"]], truth=lambda r: y)
+    # assert
+    assert v.chosen["artifact"] == "a.tflite"
+    note = next(f for f in v.flags if "cannot check select.max_accuracy_drop=0.01" in f)
+    assert "the test split (100 samples)" in note and "about" in note, note
+    # a large split with the same 1 % of flips can: no note
+    y, labels = _pattern(20_000, a_only=0, b_only=10)
+    (v,) = choose(
+        [dict(rows[0]), {**rows[1], "accuracy": 1 - 10 / 20_000, "accuracy_delta": -0.0005}],
+        predictions=lambda r: labels[r["artifact"]],
+        truth=lambda r: y,
+    )
+    assert not [f for f in v.flags if "cannot check" in f], v.flags
