@@ -24,6 +24,7 @@ from runner.config import problems
 from runner.errors import RunnerError, summarize_error
 from runner.files import existing_ancestor
 from runner.report import recommend
+from runner.report.search import read_report, sampled_jobs, search_line
 
 log = logging.getLogger("runner")
 
@@ -138,7 +139,7 @@ class SweepReportCallback(_callback_base()):
     def on_multirun_end(self, config: Any, **_: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows, verdicts = recommend.sweep([sweep_dir], sweep_dir, recommend.budget_of(config))
-        failed = [r for r in rows if r.get("status") != "ok"]
+        failed = [r for r in rows if r.get("status") not in ("ok", "skipped")]
         print(report.to_markdown(rows, report.SWEEP_DISPLAY))
         summary = report.seed_summary(rows)
         if summary:
@@ -149,6 +150,9 @@ class SweepReportCallback(_callback_base()):
             f"sweep table: {sweep_dir / 'comparison.md'} ({len(rows)} rows, {len(failed)} failed)",
             file=sys.stderr,
         )
+        searched = read_report(sweep_dir)
+        if searched:
+            print(search_line(searched, sweep_dir), file=sys.stderr)
 
 
 class ExitStatusCallback(_callback_base()):
@@ -166,8 +170,14 @@ class ExitStatusCallback(_callback_base()):
             after = after or [f"the sweep table {sweep_dir / 'comparison.json'} was not written"]
         # a job whose rows were all another's (recipe=none beside its baseline) has none of its own
         jobs = {str(r.get("job")) for r in rows} | {d.name for d in report.job_dirs(sweep_dir)}
+        sampled = sampled_jobs(sweep_dir)
         failed = sorted(
-            {str(r.get("job")) for r in rows if r.get("status") != "ok"}, key=lambda j: (len(j), j)
+            {
+                str(r.get("job"))
+                for r in rows
+                if r.get("status") not in ("ok", "skipped") and str(r.get("job")) not in sampled
+            },
+            key=lambda j: (len(j), j),
         )
         lines = after + (
             [

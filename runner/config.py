@@ -36,6 +36,7 @@ from runner.references import (
     requirement_problems,
     target_problems,
 )
+from runner.report.search import SearchOptions
 from runner.report.select import SelectOptions
 from runner.schema import Options, combined, config_node, options_of, parse, resolve, tagged
 from runner.schema import problems as schema_problems
@@ -89,6 +90,7 @@ FIXED: dict[str, type[Options]] = {
     "train": TrainConfig,
     "evaluation": EvalConfig,
     "select": SelectOptions,
+    "search": SearchOptions,
     "logger": LoggerOptions,
 }
 TOP_KEYS = (*RunOptions.model_fields, *GROUP_META, *FIXED)

@@ -74,6 +74,7 @@ def run(
             an unusable model file.
     """
     validate(cfg)
+    t0 = time.perf_counter()
     out, timings = Path(output_dir), dict(timings or {})
     with _timed(timings, "data_seconds", str(cfg.dataset.get("name", ""))):
         data = load_dataset(cfg)
@@ -98,6 +99,8 @@ def run(
         layer_report = cfg.evaluation.layer_report
         produce_and_score(cfg.recipe, ctx, scorer, table, target, layer_report=layer_report)
     check_interrupt()
+    # the job's wall time (with the framework start a command line paid before the run)
+    table.timings["job_seconds"] = time.perf_counter() - t0 + timings.get("framework_seconds", 0)
     return table.finish()
 
 

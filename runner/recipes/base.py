@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 from pydantic import Field
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 PROBE_SAMPLES = 256
 
 
+# What making a recipe's file costs, cheapest first.
+Cost = Literal["conversion", "calibration", "search", "fine_tuning"]
+COSTS: tuple[str, ...] = get_args(Cost)
+
+
 class RecipeMeta(Options):
     """The runner's keys of every ``conf/recipe/*.yaml`` (the recipe family's own are its Options)."""
 
@@ -34,6 +39,19 @@ class RecipeMeta(Options):
     description: str = Field("", description="what the recipe does (one line)")
     use_case: str = Field("", description="when to ship it (the table's use_case column)")
     quantized: bool = Field(True, description="false: a float conversion, held to float fidelity")
+    cost: Cost = Field(
+        "conversion",
+        description="what making the file costs, cheapest first (hydra/sweeper=search runs "
+        "recipes in this order): conversion, calibration, search (gradient or per-layer PTQ), "
+        "fine_tuning",
+    )
+    weight_bits: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="the fewest bits any weight of its file takes (the search's size estimate: "
+        "a lower bound); null: unknown",
+    )
 
 
 class ArtifactStore(Protocol):

@@ -177,6 +177,8 @@ def _verdict(ds, model, rows, budget, predictions, truth, target=None) -> Verdic
 
 def rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
     """Why ``r`` does not meet the budget ``b`` (one phrase), or "" when it does."""
+    if r.get("status") == "skipped":
+        return str(r.get("error") or "skipped")
     if r.get("status") != "ok":
         return f"failed ({str(r.get('error') or '?')[:120]})"
     on_board = target_rejection(r, b.max_accuracy_drop)

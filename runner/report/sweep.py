@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.files import atomic_write_text
+from runner.report.search import extra_rows
 from runner.report.select import INCOMPLETE, pareto
 from runner.report.table import COLUMNS, DISPLAY, empty_row, to_csv, to_markdown
 
@@ -135,6 +136,8 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Every job's rows, with each baseline's float rows (Keras model, float32 TFLite) once."""
     rows, seen = [], set()
     jobs = [job for path in paths for job in job_dirs(path)]
+    searched = [extra_rows(Path(path)) for path in paths]  # a search's earlier and skipped
+    jobs += [job for earlier, _ in searched for job in earlier if job not in jobs]
     per_job = {job: _overrides(job) for job in jobs}
     common = set.intersection(*(set(o) for o in per_job.values())) if len(jobs) > 1 else set()
     for job in jobs:
@@ -147,7 +150,7 @@ def aggregate(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
                     continue
                 seen.add(key)
             rows.append(r)
-    return rows
+    return rows + [r for _, skipped in searched for r in skipped]
 
 
 SUMMARY_COLUMNS = [
