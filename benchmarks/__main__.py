@@ -26,6 +26,7 @@ from benchmarks import (
     recovery,
     routes,
     scale,
+    search,
     select,
     targets,
 )
@@ -50,6 +51,10 @@ SECTIONS = {
         "MobileNetV2 224x224 from a .keras file: per-job overhead, peak RSS, reference reuse; "
         "10,000-image evaluation against raw LiteRT",
     ),
+    "search": (
+        search,
+        "hydra/sweeper=search against +experiment=all_recipes, and a sparsity search against a grid",
+    ),
     "compression": (
         compression,
         "pruning, clustering, PQAT/CQAT/PCQAT, int4 QAT: gzip and raw size",
@@ -60,7 +65,7 @@ SECTIONS = {
 # sections too long for every run (44 min for compression, ~1 h for recovery, ~25 min for
 # scale), or that need an
 # extra (targets: pip install -e ".[targets]"): --only NAME
-ONLY = ("compression", "recovery", "targets", "scale")
+ONLY = ("compression", "recovery", "targets", "scale", "search")
 
 
 def wanted(name: str, quick: bool) -> bool:
