@@ -62,7 +62,7 @@ SECTIONS = {
 }
 
 
-# sections too long for every run (44 min for compression, ~1 h for recovery, ~25 min for
+# sections too long for every run (44 min for compression, ~1 h for recovery, ~8 min for
 # scale), or that need an
 # extra (targets: pip install -e ".[targets]"): --only NAME
 ONLY = ("compression", "recovery", "targets", "scale", "search")

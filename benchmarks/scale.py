@@ -10,7 +10,7 @@
    scoring path (raw pixels scaled and quantized per batch) against raw LiteRT ``invoke`` on
    inputs already prepared, both with every core.
 
-Run with ``--only scale`` (about 25 minutes here); ``--quick`` uses 300 images and 2,000
+Run with ``--only scale`` (about 8 minutes here; 40 before issue #50); ``--quick`` uses 300 images and 2,000
 evaluation samples.
 """
 
