@@ -235,3 +235,34 @@ def test_kill_9_mid_search_then_the_same_command_resumes_it(tmp_path):
     pruned = [r for r in rows if r["recipe"] == "prune"]
     assert len(pruned) == 4, [(r["job"], r["status"]) for r in pruned]
     assert "search: 4 trials run" in err.decode()
+
+
+@pytest.mark.slow
+def test_a_parallel_search_on_joblib_whose_budget_nothing_meets_names_the_closest(tmp_path):
+    # setup: a size budget no file can meet, three candidates, two jobs at a time on joblib
+    sweep = tmp_path / "s"
+    # execute
+    p = run_cli(
+        "-m",
+        "hydra/sweeper=search",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "search.parallel=2",
+        "recipe=dynamic_range,float16,int4_weight_only",
+        "select.max_size_mb=0.001",
+        f"cache_dir={tmp_path / 'cache'}",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        timeout=900,
+    )
+    # assert: every candidate ran (none met the budget, so none could be ruled out), one line
+    # says no file meets it and which is closest, exit 0
+    assert p.returncode == 0, p.stderr[-3000:]
+    data = json.loads((sweep / "search.json").read_text())
+    assert sorted(t["recipe"] for t in data["trials"] if t["state"] == "ran") == [
+        "dynamic_range",
+        "float16",
+        "int4_weight_only",
+    ]
+    assert "no artifact meets the budget; the closest is" in p.stdout
+    assert "search: 3 trials run, 0 recipes skipped" in p.stderr
