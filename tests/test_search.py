@@ -266,3 +266,24 @@ def test_a_parallel_search_on_joblib_whose_budget_nothing_meets_names_the_closes
     ]
     assert "no artifact meets the budget; the closest is" in p.stdout
     assert "search: 3 trials run, 0 recipes skipped" in p.stderr
+
+
+def test_candidates_follow_their_yaml_and_a_pruned_file_takes_its_exports_bits():
+    from runner.config import compose
+    from runner.search.plan import candidates
+
+    # execute: prune exported through int4_weight_only, beside the default qat
+    found = candidates(
+        ["qat", "prune", "none", "dynamic_range"],
+        lambda name: compose(
+            [f"recipe={name}"] + (["recipe.export=int4_weight_only"] if name == "prune" else [])
+        ),
+        {"recipe.sparsity": "interval(0.3,0.9)"},
+    )
+    # assert: the reference is no candidate; cheapest first; prune takes its export's 4 bits and
+    # is the one that has the searched key
+    assert [c.recipe for c in found] == ["dynamic_range", "prune", "qat"]
+    by = {c.recipe: c for c in found}
+    assert (by["dynamic_range"].cost, by["dynamic_range"].weight_bits) == ("conversion", 8)
+    assert (by["prune"].weight_bits, by["prune"].space) == (4, ("recipe.sparsity",))
+    assert (by["qat"].cost, by["qat"].space) == ("fine_tuning", ())

@@ -48,6 +48,10 @@ def candidates(
         cfg = compose(name)
         keys = tuple(k for k in space if OmegaConf.select(cfg, k, default=None) is not None)
         bits = cfg.recipe.get("weight_bits")
+        export = cfg.recipe.get("export")  # prune, cluster: the file is the export recipe's
+        if isinstance(export, str) and export:
+            exported = compose(export).recipe.get("weight_bits")
+            bits = min(b for b in (bits, exported) if b is not None) if exported else bits
         out.append(Candidate(name, str(cfg.recipe.get("cost", "conversion")), bits, keys))
     return sorted(out, key=lambda c: c.order)
 
