@@ -279,6 +279,7 @@ def test_candidates_follow_their_yaml_and_a_pruned_file_takes_its_exports_bits()
             [f"recipe={name}"] + (["recipe.export=int4_weight_only"] if name == "prune" else [])
         ),
         {"recipe.sparsity": "interval(0.3,0.9)"},
+        lambda name: compose([f"recipe={name}"]).recipe.get("weight_bits"),
     )
     # assert: the reference is no candidate; cheapest first; prune takes its export's 4 bits and
     # is the one that has the searched key

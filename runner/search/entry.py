@@ -79,7 +79,12 @@ def run_search(
     given = [o.split("=", 1)[1] for o in fixed if o.startswith("recipe=")]
     fixed = [o for o in fixed if not o.startswith("recipe=")]
     names = opts.recipes or swept or given or group_options("recipe")
-    found = candidates(names, lambda n: compose([*fixed, f"recipe={n}"]), opts.space)
+    found = candidates(
+        names,
+        lambda n: compose([*fixed, f"recipe={n}"]),
+        opts.space,
+        lambda n: compose([f"recipe={n}"]).recipe.get("weight_bits"),  # the YAML's own
+    )
     unused = set(opts.space) - {k for c in found for k in c.space}
     if unused:
         raise RunnerError(

@@ -38,9 +38,13 @@ class Candidate:
 
 
 def candidates(
-    names: Sequence[str], compose: Callable[[str], DictConfig], space: Mapping[str, str]
+    names: Sequence[str],
+    compose: Callable[[str], DictConfig],
+    space: Mapping[str, str],
+    bits_of: Callable[[str], int | None] | None = None,
 ) -> list[Candidate]:
-    """Each recipe's cost, bit width and searched keys, read from its composed job config."""
+    """Each recipe's cost, bit width and searched keys, read from its composed job config;
+    ``bits_of(name)``: another recipe's weight bits (a pruned file's export), from its YAML."""
     out = []
     for name in dict.fromkeys(names):
         if name in NOT_CANDIDATES:
@@ -49,8 +53,8 @@ def candidates(
         keys = tuple(k for k in space if OmegaConf.select(cfg, k, default=None) is not None)
         bits = cfg.recipe.get("weight_bits")
         export = cfg.recipe.get("export")  # prune, cluster: the file is the export recipe's
-        if isinstance(export, str) and export:
-            exported = compose(export).recipe.get("weight_bits")
+        if isinstance(export, str) and export and bits_of is not None:
+            exported = bits_of(export)
             bits = min(b for b in (bits, exported) if b is not None) if exported else bits
         out.append(Candidate(name, str(cfg.recipe.get("cost", "conversion")), bits, keys))
     return sorted(out, key=lambda c: c.order)
