@@ -157,3 +157,22 @@ def pretrained_sweep(recipes: list[str], path: Path, data: Path, scaling: str, r
         ],
         timeout=7200,
     )
+
+
+def child_peak_rss_gb(args: list[str]) -> tuple[float, float, str]:
+    """(peak RSS in GiB, wall seconds, stderr) of ``python -m runner ARGS``, measured by a fresh
+    parent process, so no earlier section's children count."""
+    code = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "p = subprocess.run([sys.executable, '-m', 'runner', *sys.argv[1:]], capture_output=True, text=True); "
+        "w = time.perf_counter() - t; sys.stderr.write(p.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, w, p.returncode)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    kib, wall, rc = p.stdout.split()
+    if rc not in ("0", "1"):
+        raise SystemExit(f"benchmark run failed ({rc}): {' '.join(args)}\n{p.stderr[-3000:]}")
+    return int(kib) / 2**20, float(wall), p.stderr

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import child_peak_rss_gb
 
 
 # --------------------------------------------------------------------------- 7. user image folders
@@ -29,26 +27,6 @@ def write_png_folder(root: Path, n: int, size: int, classes: int = 10) -> Path:
         px[: size // 2, : size // 2] = (c * 25, 255 - c * 25, 128)
         Image.fromarray(px).save(root / f"class{c:02d}" / f"{i:06d}.png")
     return root
-
-
-def child_peak_rss_gb(args: list[str]) -> tuple[float, float]:
-    """(peak RSS in GiB, wall seconds) of ``python -m runner ARGS`` measured by a fresh parent
-    process, so no earlier section's children count."""
-    code = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "p = subprocess.run([sys.executable, '-m', 'runner', *sys.argv[1:]], capture_output=True, text=True); "
-        "w = time.perf_counter() - t; "
-        "sys.stderr.write(p.stderr[-3000:] if p.returncode else ''); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, w, p.returncode)"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    kib, wall, rc = p.stdout.split()
-    if rc not in ("0", "1"):
-        raise SystemExit(f"benchmark run failed ({rc}): {' '.join(args)}\n{p.stderr}")
-    return int(kib) / 1024 / 1024, float(wall)
 
 
 def image_folders(tmp: Path, quick: bool) -> dict:
@@ -79,7 +57,7 @@ def image_folders(tmp: Path, quick: bool) -> dict:
             }
     n_mem = 10_000 if quick else 50_000
     root = write_png_folder(tmp / "png64", n_mem, 64)
-    peak, wall = child_peak_rss_gb(
+    peak, wall, _ = child_peak_rss_gb(
         [
             "dataset=image_folder",
             f"dataset.path={root}",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import child_peak_rss_gb
 
 RECIPES = ["none", "dynamic_range", "full_integer", "float16", "int16x8", "int8_weight_only"]
 # the rows' own-work seconds: what a recipe spends making its file
@@ -58,27 +58,9 @@ def write_digit_folder(root: Path, n: int, size: int = 224) -> Path:
     return root
 
 
-def run_peak(args: list[str]) -> tuple[float, float, str]:
-    """(peak RSS GiB, wall seconds, stderr) of ``python -m runner ARGS`` in a fresh process."""
-    code = (
-        "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "p = subprocess.run([sys.executable, '-m', 'runner', *sys.argv[1:]], capture_output=True, text=True); "
-        "w = time.perf_counter() - t; sys.stderr.write(p.stderr); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, w, p.returncode)"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    kib, wall, rc = p.stdout.split()
-    if rc not in ("0", "1"):
-        raise SystemExit(f"benchmark run failed ({rc}): {' '.join(args)}\n{p.stderr[-3000:]}")
-    return int(kib) / 2**20, float(wall), p.stderr
-
-
 def jobs(sweep: Path) -> list[dict]:
     """Each job's wall time (its ``.hydra`` folder made -> its results.json last written), its
-    recipe's own seconds and how its reference was made."""
+    recipe's own seconds and what converting the reference cost it (0: read from the cache)."""
     out = []
     for d in sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
         res = json.loads((d / "results.json").read_text())
@@ -88,7 +70,6 @@ def jobs(sweep: Path) -> list[dict]:
             r for r in rows if r.get("role") == "reference"
         ]
         own = sum(float(r.get(k) or 0) for r in mine for k in OWN)
-        log = (d / "__main__.log").read_text() if (d / "__main__.log").is_file() else ""
         ref = next((r for r in rows if r.get("role") == "reference"), {})
         out.append(
             {
@@ -98,8 +79,6 @@ def jobs(sweep: Path) -> list[dict]:
                 "own_seconds": own,
                 "overhead_share": (wall - own) / wall if wall > 0 else None,
                 "reference_convert_seconds": ref.get("convert_seconds"),
-                "reference_cached": "cached" in log and "reference" in log,
-                "translated": "translated from Keras" in log and "cached" not in log,
                 "timings": res.get("timings", {}),
             }
         )
@@ -120,7 +99,9 @@ def sweep_case(tmp: Path, quick: bool) -> dict:
     # job 0 alone, then the sweep, then the sweep again in a new process: each a fresh cache but
     # the last (the image cache is made first, so no run pays the decoding)
     warm = tmp / "scale-cache-images"
-    run_peak(["recipe=none", *base, f"cache_dir={warm}", f"hydra.run.dir={tmp / 'scale-warm'}"])
+    child_peak_rss_gb(
+        ["recipe=none", *base, f"cache_dir={warm}", f"hydra.run.dir={tmp / 'scale-warm'}"]
+    )
     for name, cache, recipes in (
         ("job0", "scale-cache-0", RECIPES[:1]),
         ("sweep", "scale-cache-1", RECIPES),
@@ -131,7 +112,7 @@ def sweep_case(tmp: Path, quick: bool) -> dict:
             cache_dir.mkdir()
             os.symlink(warm / "images", cache_dir / "images")
         folder = tmp / f"scale-{name}"
-        peak, wall, err = run_peak(
+        peak, wall, err = child_peak_rss_gb(
             ["-m", f"recipe={','.join(recipes)}", *base, f"cache_dir={cache_dir}"]
             + [f"hydra.sweep.dir={folder}"]
         )
