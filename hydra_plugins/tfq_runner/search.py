@@ -31,11 +31,9 @@ class SearchSweeper(RunnerSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
-        loader = self.hydra_context.config_loader
 
         def compose(job: list[str]) -> Any:
-            self.validate_batch_is_legal([job])  # every candidate checked before any job runs
-            return loader.compose(self.config, job)
+            return self.checked(job)  # every candidate checked before any job runs
 
         def launch(batch: list[list[str]], first: int) -> list[Path]:
             self.validate_batch_is_legal(batch)

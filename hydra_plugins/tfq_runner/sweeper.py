@@ -40,9 +40,12 @@ class ComposedOnce:
         self.__dict__.update(state)
 
     def compose(self, master_config: Any, overrides: Sequence[str]) -> Any:
-        config = self.loader.load_sweep_config(master_config, list(overrides))
-        if len(self.held) < KEPT:
-            self.held[tuple(overrides)] = config
+        """The job's config, composed now or held from an earlier check of the same job."""
+        config = self.held.get(tuple(overrides))
+        if config is None:
+            config = self.loader.load_sweep_config(master_config, list(overrides))
+            if len(self.held) < KEPT:
+                self.held[tuple(overrides)] = config
         return config
 
     def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
@@ -63,19 +66,34 @@ class RunnerSweeper(BasicSweeper):
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Every job of the batch composed and checked against the runner's schemas before any
         job starts: one line per problem, prefixed with the job's overrides, exit 2."""
+        from runner.preflight import ConfigProblems
+
+        bad: list[str] = []
+        for overrides in batch:
+            try:
+                self.checked(overrides)
+            except ConfigProblems as e:
+                bad += e.lines
+        if bad:
+            raise ConfigProblems(bad)
+
+    def checked(self, overrides: Sequence[str]) -> Any:
+        """One job's config, composed (once: the launcher gets the same) and checked against the
+        runner's schemas.
+
+        Raises:
+            ConfigProblems: one line per problem, prefixed with the job's overrides.
+        """
         from runner.config import problems
         from runner.preflight import ConfigProblems
 
         assert self.hydra_context is not None and self.config is not None
-        loader = self.hydra_context.config_loader
-        bad: list[str] = []
-        for overrides in batch:
-            where = " ".join(overrides) or "(no overrides)"
-            try:
-                config = loader.compose(self.config, overrides)  # raises as Hydra's check does
-            except ConfigProblems as e:
-                bad += [f"job {where}: {line}" for line in e.lines]
-                continue
-            bad += [f"job {where}: {line}" for line in problems(config)]
+        where = " ".join(overrides) or "(no overrides)"
+        try:  # raises as Hydra's check does
+            config = self.hydra_context.config_loader.compose(self.config, overrides)
+        except ConfigProblems as e:
+            raise ConfigProblems([f"job {where}: {line}" for line in e.lines]) from None
+        bad = problems(config)
         if bad:
-            raise ConfigProblems(bad)
+            raise ConfigProblems([f"job {where}: {line}" for line in bad])
+        return config
