@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner import cache
 from runner.config import plugin, schema_of
 from runner.data import Dataset, Scaling, check_dataset
+from runner.files import atomic_write_json, sha256_tree
 from runner.schema import call, tagged
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def pretrained_spec(cfg: DictConfig, data: Dataset, scaling: Scaling) -> dict[st
     data its conversions calibrate on, the scaling, and the Keras versions that translate it."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     return {
-        "model_sha256": _file_hash(Path(cfg.model.path)),
+        "model_sha256": sha256_tree(Path(cfg.model.path)),
         "model": {k: v for k, v in model.items() if k != "path"},
         "dataset": _trained_by("dataset", cfg.dataset),
         "data_source": data.source_key,
@@ -206,8 +207,6 @@ def model_entry(root: str | os.PathLike, spec: dict[str, Any]) -> Path | None:
     the cache cannot hold it (every job then makes them again)."""
     import time
 
-    from runner.files import atomic_write_json
-
     entry = Path(root) / f"model-{cache.cache_key(spec)}"
     try:
         entry.mkdir(parents=True, exist_ok=True)
@@ -219,18 +218,3 @@ def model_entry(root: str | os.PathLike, spec: dict[str, Any]) -> Path | None:
         log.warning("cannot keep this model's conversions in %s (%s): each job makes them", root, e)
         return None
     return entry
-
-
-def _file_hash(path: Path) -> str:
-    """The SHA-256 of a model file or SavedModel folder, hashed once per process while its
-    stamp holds (a sweep's jobs in one process)."""
-    from runner.files import sha256_tree
-
-    st = path.stat()
-    stamp = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if stamp not in _HASHES:
-        _HASHES[stamp] = sha256_tree(path)
-    return _HASHES[stamp]
-
-
-_HASHES: dict[tuple, str] = {}

@@ -133,14 +133,23 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def sha256_tree(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a folder's files (their relative paths and bytes, sorted): what a
-    SavedModel folder holds."""
+    SavedModel folder holds. What names a model file's content (a cache key, a memo key): a file
+    is hashed once per process while its stamp (inode, size, mtime) holds; cache entries check
+    their own files with :func:`sha256_file`, which always reads them."""
     p = Path(path)
     if not p.is_dir():
-        return sha256_file(p)
+        st = p.stat()
+        stamp = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp not in _TREE_HASHES:
+            _TREE_HASHES[stamp] = sha256_file(p)
+        return _TREE_HASHES[stamp]
     h = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file()):
         h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode())
     return h.hexdigest()
+
+
+_TREE_HASHES: dict[tuple, str] = {}
 
 
 def _remove(path: str) -> None:

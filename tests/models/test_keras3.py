@@ -293,7 +293,7 @@ def test_a_users_file_is_translated_converted_and_scored_once_per_content(
     import logging
     import shutil
 
-    from runner import baseline, cache
+    from runner import cache, files
     from runner.models import keras3
 
     # setup: one cache; the second run as a new process would start (nothing kept in memory),
@@ -306,7 +306,7 @@ def test_a_users_file_is_translated_converted_and_scored_once_per_content(
         pretrained(folder / "sequential.keras", store, "recipe=dynamic_range"), tmp_path / "a"
     )
     cache._TWINS.clear()
-    baseline._HASHES.clear()
+    files._TREE_HASHES.clear()
 
     def never(*a, **k):
         raise AssertionError("the Keras 3 file was loaded again")
