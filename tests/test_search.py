@@ -288,3 +288,20 @@ def test_candidates_follow_their_yaml_and_a_pruned_file_takes_its_exports_bits()
     assert (by["dynamic_range"].cost, by["dynamic_range"].weight_bits) == ("conversion", 8)
     assert (by["prune"].weight_bits, by["prune"].space) == (4, ("recipe.sparsity",))
     assert (by["qat"].cost, by["qat"].space) == ("fine_tuning", ())
+
+
+def test_a_study_file_that_cannot_be_written_is_one_line_before_any_job(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    p = run_cli(
+        "-m",
+        "hydra/sweeper=search",
+        "recipe=dynamic_range",
+        f"search.study={blocker / 'study.journal'}",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        timeout=300,
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert f"cannot keep the search's study in {blocker / 'study.journal'}" in p.stderr
+    assert "search.study=" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "s" / "0").exists()

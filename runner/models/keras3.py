@@ -98,17 +98,12 @@ def max_difference(original: Any, twin: Any, sample: Any) -> float:
 
     per_sample = int(np.prod(np.shape(sample)[1:])) or 1
     bs = max(1, CHECK_BATCH_VALUES // per_sample)
-    return max(
-        float(
-            np.max(
-                np.abs(
-                    np.asarray(original(sample[s : s + bs], training=False))
-                    - np.asarray(twin(sample[s : s + bs]))
-                )
-            )
-        )
-        for s in range(0, len(sample), bs)
-    )
+    most = 0.0
+    for s in range(0, len(sample), bs):
+        batch = sample[s : s + bs]
+        diff = np.asarray(original(batch, training=False)) - np.asarray(twin(batch))
+        most = max(most, float(np.max(np.abs(diff))))
+    return most
 
 
 def translate(model: Any) -> Any:

@@ -71,7 +71,7 @@ def write_report(folder: Path, summary: Mapping[str, Any], trials: Sequence[Mapp
     """``search.json`` and ``search.md`` in the sweep folder."""
     atomic_write_json(folder / SEARCH_FILE, {**summary, "trials": list(trials)})
     head = [f"# Search ({summary.get('objective')} under the budget)", ""]
-    head += [f"- {k}: {v}" for k, v in summary.items() if k not in ("trials",)]
+    head += [f"- {k}: {v}" for k, v in summary.items()]
     atomic_write_text(
         folder / "search.md", "\n".join(head) + "\n\n" + to_markdown(list(trials), COLUMNS)
     )

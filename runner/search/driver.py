@@ -14,7 +14,15 @@ from typing import Any
 
 from runner.report.search import SearchOptions
 from runner.report.select import SelectOptions
-from runner.search.plan import Candidate, Outcome, Reference, cannot_win, outcome, reference_of
+from runner.search.plan import (
+    Candidate,
+    Outcome,
+    Reference,
+    cannot_win,
+    objective_value,
+    outcome,
+    reference_of,
+)
 from runner.search.study import constrain, distributions, finished, open_study
 
 log = logging.getLogger(__name__)
@@ -142,14 +150,17 @@ class Search:
     def _note(self, c: Candidate, state: str, why: str) -> None:
         estimate = self.reference.estimate(c.weight_bits) if self.reference else None
         self.records.append(
-            {"trial": None, "recipe": c.recipe, "state": state, "reason": why}
-            | {"estimated_bytes": estimate}
+            {
+                "trial": None,
+                "recipe": c.recipe,
+                "state": state,
+                "reason": why,
+                "estimated_bytes": estimate,
+            }
         )
 
 
 def _better(a: dict[str, Any], b: dict[str, Any], budget: SelectOptions) -> bool:
-    from runner.search.plan import objective_value
-
     return objective_value(a, budget.objective) < objective_value(b, budget.objective)
 
 

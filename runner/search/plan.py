@@ -18,8 +18,7 @@ from runner.report.sweep import job_rows
 
 # recipes every job makes anyway (the float32 reference), or another's alias
 NOT_CANDIDATES = ("none", "ptq")
-# What an int8 weight costs beyond its byte where a size is estimated (scales, zero points are
-# per channel, not per weight): none here, so the estimate stays a lower bound.
+# A recipe that declares no weight bits is ordered as float32 within its cost.
 BITS_FLOAT = 32
 
 
@@ -116,10 +115,10 @@ def outcome(job: Path, budget: SelectOptions) -> Outcome:
     rows = job_rows(job)
     mine = [r for r in rows if r.get("role") not in ("float", "reference")]
     files = [r for r in mine if shippable(r)]
-    timings = _timings(job)
+    seconds = _job_seconds(job)
     if not files:
         why = next((str(r.get("error")) for r in mine if r.get("status") != "ok"), "no file")
-        return Outcome(rows, None, False, why, timings)
+        return Outcome(rows, None, False, why, seconds)
     ranked = sorted(
         files, key=lambda r: (bool(rejection(r, budget)), objective_value(r, budget.objective))
     )
@@ -132,13 +131,13 @@ def outcome(job: Path, budget: SelectOptions) -> Outcome:
         best,
         not why,
         why,
-        timings,
+        seconds,
         (objective_value(best, budget.objective), float(num(best.get("accuracy")) or 0)),
         [drop - budget.max_accuracy_drop, budget.min_agreement - agreement],
     )
 
 
-def _timings(job: Path) -> float | None:
+def _job_seconds(job: Path) -> float | None:
     import json
 
     try:

@@ -74,8 +74,14 @@ def open_study(path: Path, kind: str, seed: int, trials: int) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(path)))
+    except OSError as e:
+        raise RunnerError(
+            f"cannot keep the search's study in {path} ({e.strerror or e}): give a writable "
+            "search.study=<file>.journal or cache_dir=<folder>"
+        ) from None
     return optuna.create_study(
         study_name="search",
         storage=storage,
