@@ -24,6 +24,7 @@ from runner.config import problems
 from runner.errors import RunnerError, summarize_error
 from runner.files import existing_ancestor
 from runner.report import recommend
+from runner.report import rows as report_rows
 from runner.report.search import read_report, sampled_jobs, search_line
 
 log = logging.getLogger("runner")
@@ -139,7 +140,7 @@ class SweepReportCallback(_callback_base()):
     def on_multirun_end(self, config: Any, **_: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows, verdicts = recommend.sweep([sweep_dir], sweep_dir, recommend.budget_of(config))
-        failed = [r for r in rows if r.get("status") not in ("ok", "skipped")]
+        failed = [r for r in rows if report_rows.failed(r)]
         print(report.to_markdown(rows, report.SWEEP_DISPLAY))
         summary = report.seed_summary(rows)
         if summary:
@@ -175,7 +176,7 @@ class ExitStatusCallback(_callback_base()):
             {
                 str(r.get("job"))
                 for r in rows
-                if r.get("status") not in ("ok", "skipped") and str(r.get("job")) not in sampled
+                if report_rows.failed(r) and str(r.get("job")) not in sampled
             },
             key=lambda j: (len(j), j),
         )

@@ -17,6 +17,15 @@ def latency_trusted(r: Mapping[str, Any]) -> bool:
     return spread is not None and spread <= MAX_TRUSTED_SPREAD and not r.get("latency_note")
 
 
+# A row of a recipe the search did not run (it could not win, or the search stopped first).
+SKIPPED = "skipped"
+
+
+def failed(r: Mapping[str, Any]) -> bool:
+    """A row that failed: neither ``ok`` nor a recipe the search skipped."""
+    return r.get("status") not in ("ok", SKIPPED)
+
+
 def shippable(r: Mapping[str, Any]) -> bool:
     return (
         r.get("status") == "ok"

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from runner.files import atomic_write_json, atomic_write_text
+from runner.report.rows import SKIPPED
 from runner.report.table import empty_row, to_markdown
 from runner.schema import Options, tags
 
@@ -107,7 +108,7 @@ def extra_rows(folder: Path) -> tuple[list[Path], list[dict[str, Any]]]:
                 model=data.get("model"),
                 recipe=t.get("recipe"),
                 role="recipe",
-                status="skipped",
+                status=SKIPPED,
                 error=f"{t['state']} by the search: {t.get('reason')}",
             )
             rows.append({**row, "varies": f"recipe={t.get('recipe')}", "job": None})

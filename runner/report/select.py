@@ -23,6 +23,7 @@ from pydantic import Field
 
 from runner.evaluation.noise import paired_gain
 from runner.report.rows import (
+    SKIPPED,
     brief_row,
     describe_row,
     latency_trusted,
@@ -177,8 +178,8 @@ def _verdict(ds, model, rows, budget, predictions, truth, target=None) -> Verdic
 
 def rejection(r: Mapping[str, Any], b: SelectOptions) -> str:
     """Why ``r`` does not meet the budget ``b`` (one phrase), or "" when it does."""
-    if r.get("status") == "skipped":
-        return str(r.get("error") or "skipped")
+    if r.get("status") == SKIPPED:
+        return str(r.get("error") or SKIPPED)
     if r.get("status") != "ok":
         return f"failed ({str(r.get('error') or '?')[:120]})"
     on_board = target_rejection(r, b.max_accuracy_drop)
